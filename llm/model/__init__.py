@@ -1,0 +1,4 @@
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
+
+__all__ = ["GPT", "ModelConfig"]

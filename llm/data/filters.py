@@ -1,0 +1,170 @@
+"""Document filters: each marks failing kept rows with a reason and leaves every other row alone."""
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+
+import pyarrow as pa
+
+from llm.data.schema import TEXT, kept_mask, with_reasons
+
+GOPHER_STOP_WORDS: frozenset[str] = frozenset(
+    {"the", "be", "to", "of", "and", "that", "have", "with"}
+)
+
+# A stand-in for NLTK's English word_tokenize, which datatrove uses: split on whitespace, then split
+# off the marks NLTK splits off (so they count as tokens for the symbol and alphabetic ratios) and
+# English clitics ("n't", "'s"). Like NLTK, it keeps "/", "-", "=", "|" inside a token, commas
+# and colons before a digit ("1,000", "10:30"), and periods inside abbreviations ("U.S.").
+_SPLIT_RE = re.compile(
+    r"""(\.{2,}|--|[;@#$%&?!*()\[\]{}<>"“”]|[,:](?!\d)|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b)""",
+    re.IGNORECASE,
+)
+
+
+def split_words(text: str) -> list[str]:
+    """English word tokens, punctuation marks split off as tokens of their own."""
+    words: list[str] = []
+    for chunk in text.split():
+        for piece in _SPLIT_RE.split(chunk):
+            # A final period is split off (end of sentence) unless the token is an abbreviation.
+            if len(piece) > 1 and piece.endswith(".") and "." not in piece[:-1]:
+                words.extend((piece[:-1], "."))
+            elif piece:
+                words.append(piece)
+    return words
+
+
+def _is_symbol(token: str) -> bool:
+    return all(unicodedata.category(ch)[0] in "PS" for ch in token)
+
+
+def _mark_failures(batch: pa.Table, check: Callable[[str], str | None]) -> pa.Table:
+    texts = batch.column(TEXT).to_pylist()
+    reasons = [
+        check(text) if keep else None for text, keep in zip(texts, kept_mask(batch), strict=True)
+    ]
+    return with_reasons(batch, reasons)
+
+
+def _ratio(count: int, total: int) -> float:
+    return count / total if total else 0.0
+
+
+def _above(value: float, limit: float | None) -> bool:
+    return limit is not None and value > limit
+
+
+def _below(value: float, limit: float | None) -> bool:
+    return limit is not None and value < limit
+
+
+class LengthFilter:
+    """Rejects empty or whitespace-only documents, and those outside [min_chars, max_chars]."""
+
+    name = "length"
+
+    def __init__(self, min_chars: int = 1, max_chars: int | None = None) -> None:
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def check(self, text: str) -> str | None:
+        """The removal reason for ``text``, or None to keep it."""
+        if not text.strip():
+            return "empty"
+        if len(text) < self.min_chars:
+            return f"{self.name}:too_short"
+        if _above(len(text), self.max_chars):
+            return f"{self.name}:too_long"
+        return None
+
+    def apply(self, batch: pa.Table) -> pa.Table:
+        """Mark kept rows that fail ``check``."""
+        return _mark_failures(batch, self.check)
+
+
+class GopherQualityFilter:
+    """The Gopher quality rules (Rae et al. 2021, section A.1.1), as datatrove implements them.
+
+    Every threshold is overridable; None switches a rule off. A failing document gets the reason
+    of the first rule it fails, in the order the rules are listed in ``__init__``.
+    """
+
+    name = "gopher_quality"
+
+    def __init__(
+        self,
+        min_doc_words: int | None = 50,
+        max_doc_words: int | None = 100_000,
+        min_avg_word_length: float | None = 3,
+        max_avg_word_length: float | None = 10,
+        max_symbol_word_ratio: float | None = 0.1,
+        max_bullet_lines_ratio: float | None = 0.9,
+        max_ellipsis_lines_ratio: float | None = 0.3,
+        max_non_alpha_words_ratio: float | None = 0.8,
+        min_stop_words: int | None = 2,
+        stop_words: Iterable[str] = GOPHER_STOP_WORDS,
+    ) -> None:
+        self.min_doc_words = min_doc_words
+        self.max_doc_words = max_doc_words
+        self.min_avg_word_length = min_avg_word_length
+        self.max_avg_word_length = max_avg_word_length
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.max_bullet_lines_ratio = max_bullet_lines_ratio
+        self.max_ellipsis_lines_ratio = max_ellipsis_lines_ratio
+        # Named as in datatrove, but it is a floor: this share of words must contain a letter.
+        self.max_non_alpha_words_ratio = max_non_alpha_words_ratio
+        self.min_stop_words = min_stop_words
+        self.stop_words = frozenset(stop_words)
+
+    def check(self, text: str) -> str | None:
+        """The removal reason for ``text``, or None to keep it."""
+        words = split_words(text)
+        failed = self._word_rule(words) or self._symbol_rule(text, len(words))
+        failed = failed or self._line_rule(text) or self._content_rule(words)
+        return f"{self.name}:{failed}" if failed else None
+
+    def apply(self, batch: pa.Table) -> pa.Table:
+        """Mark kept rows that fail ``check``."""
+        return _mark_failures(batch, self.check)
+
+    def _word_rule(self, words: list[str]) -> str | None:
+        lengths = [len(word) for word in words if not _is_symbol(word)]
+        if _below(len(lengths), self.min_doc_words):
+            return "short_doc"
+        if _above(len(lengths), self.max_doc_words):
+            return "long_doc"
+        mean_length = _ratio(sum(lengths), len(lengths))
+        if _below(mean_length, self.min_avg_word_length):
+            return "below_avg_word_length"
+        if _above(mean_length, self.max_avg_word_length):
+            return "above_avg_word_length"
+        return None
+
+    def _symbol_rule(self, text: str, n_words: int) -> str | None:
+        if _above(_ratio(text.count("#"), n_words), self.max_symbol_word_ratio):
+            return "too_many_hashes"
+        ellipses = text.count("...") + text.count("…")
+        if _above(_ratio(ellipses, n_words), self.max_symbol_word_ratio):
+            return "too_many_ellipsis"
+        return None
+
+    def _line_rule(self, text: str) -> str | None:
+        lines = text.splitlines()
+        bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
+        if _above(_ratio(bullets, len(lines)), self.max_bullet_lines_ratio):
+            return "too_many_bullets"
+        trailing = sum(line.rstrip().endswith(("...", "…")) for line in lines)
+        if _above(_ratio(trailing, len(lines)), self.max_ellipsis_lines_ratio):
+            return "too_many_end_ellipsis"
+        return None
+
+    def _content_rule(self, words: list[str]) -> str | None:
+        alpha = sum(any(ch.isalpha() for ch in word) for word in words)
+        if _below(_ratio(alpha, len(words)), self.max_non_alpha_words_ratio):
+            return "below_alpha_words"
+        # Case-sensitive, as in datatrove: a capitalised "The" is not counted.
+        stop_words = sum(word in self.stop_words for word in words)
+        if _below(stop_words, self.min_stop_words):
+            return "below_stop_words"
+        return None

@@ -1,0 +1,194 @@
+"""Token shards: flat binary token files plus a manifest.json that describes and checksums them.
+
+Layout of a shard folder::
+
+    manifest.json      format, tokenizer hash, vocab size, dtype, EOS id, splits with shards
+    tokenizer.json     the Hugging Face tokenizer that produced the tokens
+    train-0000.bin     documents' token ids joined by EOS, raw little-endian uint16/uint32
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from llm.tokenizer.bpe import file_sha256
+
+FORMAT = "llmforge.tokens/1"
+MANIFEST_FILE = "manifest.json"
+SPLITS = ("train", "val")
+_DTYPES = ("uint16", "uint32")
+_SHARD_KEYS = ("file", "tokens", "documents", "sha256")
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    """Assign a document to "train" or "val" from a hash of its id alone, so adding data
+    never moves an existing document between splits."""
+    if not 0.0 <= val_fraction <= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    # Integer-vs-float comparison is exact in Python, so fraction 1.0 puts every doc in val.
+    return "val" if int.from_bytes(digest, "big") < val_fraction * 2.0**64 else "train"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
+
+
+def encode_documents(
+    tok: tokenizers.Tokenizer, texts: list[str], eos: int, dtype: np.dtype | str
+) -> np.ndarray:
+    """Token ids of every document, each followed by EOS, as one flat array."""
+    dtype = np.dtype(dtype)
+    pieces = []
+    for encoding in tok.encode_batch(texts, add_special_tokens=False):
+        pieces.append(np.asarray(encoding.ids, dtype=dtype))
+        pieces.append(np.asarray([eos], dtype=dtype))
+    if not pieces:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(pieces)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    # Temp file in the same directory so os.replace is a rename on one filesystem.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(directory: str | os.PathLike[str], name: str, tokens: np.ndarray) -> dict:
+    """Write one shard atomically; the caller adds "documents" to the returned entry."""
+    if tokens.ndim != 1 or tokens.dtype.name not in _DTYPES:
+        raise ValueError(
+            f"shard {name}: tokens must be a 1-D uint16/uint32 array, "
+            f"got shape {tokens.shape} dtype {tokens.dtype}"
+        )
+    data = np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tobytes()
+    _atomic_write_bytes(Path(directory) / name, data)
+    return {"file": name, "tokens": int(tokens.size), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _split_entry(shards: list[dict]) -> dict:
+    ordered = sorted(shards, key=lambda s: s["file"])
+    for shard in ordered:
+        missing = [k for k in _SHARD_KEYS if k not in shard]
+        if missing:
+            raise ValueError(f"shard {shard.get('file', '?')}: entry lacks {missing}")
+    return {
+        "tokens": sum(int(s["tokens"]) for s in ordered),
+        "documents": sum(int(s["documents"]) for s in ordered),
+        "shards": [{k: s[k] for k in _SHARD_KEYS} for s in ordered],
+    }
+
+
+def write_manifest(
+    directory: str | os.PathLike[str],
+    *,
+    tokenizer_file: str,
+    vocab_size: int,
+    dtype: np.dtype | str,
+    eos_id: int,
+    shards: dict[str, list[dict]],
+    extra: dict | None = None,
+) -> dict:
+    """Write manifest.json atomically and return it; splits absent from `shards` are empty."""
+    directory = Path(directory)
+    unknown = sorted(set(shards) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"{directory / MANIFEST_FILE}: unknown splits {unknown}")
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "tokenizer": {
+            "file": tokenizer_file,
+            "sha256": file_sha256(directory / tokenizer_file),
+        },
+        "vocab_size": int(vocab_size),
+        "dtype": np.dtype(dtype).name,
+        "eos_id": int(eos_id),
+        "splits": {split: _split_entry(shards.get(split, [])) for split in SPLITS},
+        **(extra or {}),
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    _atomic_write_bytes(directory / MANIFEST_FILE, text.encode("utf-8"))
+    return manifest
+
+
+def _validate_schema(manifest: Any, where: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{where}: format is {found!r}, expected {FORMAT!r}")
+    for key in ("tokenizer", "vocab_size", "dtype", "eos_id", "splits"):
+        if key not in manifest:
+            raise ValueError(f"{where}: missing key {key!r}")
+    if manifest["dtype"] not in _DTYPES:
+        raise ValueError(f"{where}: dtype {manifest['dtype']!r} is not one of {_DTYPES}")
+    if not isinstance(manifest["vocab_size"], int) or manifest["vocab_size"] <= 0:
+        raise ValueError(f"{where}: vocab_size must be a positive int")
+    if manifest["vocab_size"] > np.iinfo(manifest["dtype"]).max + 1:
+        raise ValueError(
+            f"{where}: dtype {manifest['dtype']} cannot hold vocab_size {manifest['vocab_size']}"
+        )
+    for split in SPLITS:
+        entry = manifest["splits"].get(split)
+        if entry is None or "shards" not in entry:
+            raise ValueError(f"{where}: split {split!r} missing or has no shard list")
+        for shard in entry["shards"]:
+            missing = [k for k in _SHARD_KEYS if k not in shard]
+            if missing:
+                raise ValueError(f"{where}: shard {shard.get('file', '?')} lacks {missing}")
+
+
+def _verify_files(directory: Path, manifest: dict) -> None:
+    tok_path = directory / manifest["tokenizer"]["file"]
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {tok_path}")
+    actual = file_sha256(tok_path)
+    if actual != manifest["tokenizer"]["sha256"]:
+        raise ValueError(
+            f"tokenizer {tok_path.name}: sha256 mismatch "
+            f"(manifest {manifest['tokenizer']['sha256']}, file {actual})"
+        )
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            path = directory / shard["file"]
+            if not path.is_file():
+                raise FileNotFoundError(f"shard file not found: {path}")
+            expected_size = int(shard["tokens"]) * itemsize
+            size = path.stat().st_size
+            if size != expected_size:
+                raise ValueError(
+                    f"shard {shard['file']}: size mismatch (manifest {shard['tokens']} tokens "
+                    f"= {expected_size} bytes, file {size} bytes)"
+                )
+            actual = file_sha256(path)
+            if actual != shard["sha256"]:
+                raise ValueError(
+                    f"shard {shard['file']}: sha256 mismatch "
+                    f"(manifest {shard['sha256']}, file {actual})"
+                )
+
+
+def read_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> dict:
+    """Load and validate manifest.json; with `verify`, also check every file's size and hash."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+    _validate_schema(manifest, path)
+    if verify:
+        _verify_files(directory, manifest)
+    return manifest

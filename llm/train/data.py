@@ -1,0 +1,173 @@
+"""Causal-LM batches from token shards (see llm.tokenizer.shards for the on-disk format).
+
+A split's tokens are cut into non-overlapping windows of seq_len + 1 tokens; a window never
+crosses a shard boundary, so each shard's last few tokens are unused. Input x is a window's
+first seq_len tokens and target y the last seq_len.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm.tokenizer.shards import SPLITS, read_manifest
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+_STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "rank", "world_size")
+
+
+class TokenShards:
+    """Memory-mapped view of one split of a shard folder."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], split: str = "train", verify: bool = True
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.directory = Path(directory)
+        self.split = split
+        self.manifest = read_manifest(self.directory, verify=verify)
+        self.vocab_size: int = self.manifest["vocab_size"]
+        self.eos_id: int = self.manifest["eos_id"]
+        self.dtype = np.dtype(self.manifest["dtype"])
+        entries = self.manifest["splits"][split]["shards"]
+        self.arrays: list[np.ndarray] = [self._open(e["file"], e["tokens"]) for e in entries]
+        self.num_tokens: int = sum(a.size for a in self.arrays)
+
+    def _open(self, name: str, tokens: int) -> np.ndarray:
+        path = self.directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"shard file not found: {path}")
+        if tokens == 0:
+            # np.memmap refuses zero-length files.
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype.newbyteorder("<"), mode="r", shape=(tokens,))
+
+    def window_starts(self, length: int) -> np.ndarray:
+        """Cumulative window counts per shard: shard s holds global windows
+        [starts[s], starts[s+1]) of `length` tokens each."""
+        counts = [a.size // length for a in self.arrays]
+        return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+    def windows(self, indices: np.ndarray, length: int, starts: np.ndarray) -> np.ndarray:
+        """Stack the given global windows into an int64 array of shape [len(indices), length]."""
+        out = np.empty((len(indices), length), dtype=np.int64)
+        shard_ids = np.searchsorted(starts, indices, side="right") - 1
+        for row, (window, shard) in enumerate(zip(indices, shard_ids, strict=True)):
+            offset = (int(window) - int(starts[shard])) * length
+            out[row] = self.arrays[shard][offset : offset + length]
+        return out
+
+
+def _to_batch(tokens: np.ndarray) -> Batch:
+    t = torch.from_numpy(tokens)
+    return t[:, :-1], t[:, 1:]
+
+
+class TrainBatches:
+    """Random fixed-length windows for causal LM, deterministic given seed, sharded across ranks.
+
+    Each epoch shuffles all windows with rng (seed, epoch); rank r takes every world_size-th
+    window starting at r, and the tail that would leave ranks uneven is dropped, so every rank
+    runs the same number of steps. Iteration never ends: epochs repeat.
+    """
+
+    def __init__(
+        self,
+        shards: TokenShards,
+        *,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
+        self.shards = shards
+        self.batch_size = batch_size
+        self.window_len = seq_len + 1
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self._starts = shards.window_starts(self.window_len)
+        self.num_windows = int(self._starts[-1])
+        self.batches_per_epoch = self.num_windows // world_size // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{shards.directory} split {shards.split!r}: {self.num_windows} windows of "
+                f"{self.window_len} tokens, but batch_size {batch_size} x world_size "
+                f"{world_size} needs at least {batch_size * world_size}"
+            )
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._perm_epoch = -1
+        self._rank_windows = np.zeros(0, dtype=np.int64)
+
+    def _windows_for_epoch(self) -> np.ndarray:
+        # Cached: one permutation per epoch, recomputed only when the epoch changes.
+        if self._perm_epoch != self.epoch:
+            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_windows)
+            per_rank = self.batches_per_epoch * self.batch_size
+            self._rank_windows = perm[self.rank :: self.world_size][:per_rank]
+            self._perm_epoch = self.epoch
+        return self._rank_windows
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        start = self.batch_in_epoch * self.batch_size
+        indices = self._windows_for_epoch()[start : start + self.batch_size]
+        self.batch_in_epoch += 1
+        return _to_batch(self.shards.windows(indices, self.window_len, self._starts))
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume so the next batch is the one that followed when `state` was taken."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"loader state lacks {missing}")
+        for key in ("seed", "rank", "world_size"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"loader state has {key}={state[key]}, but this loader has "
+                    f"{key}={getattr(self, key)}; resuming would change the data order"
+                )
+        if not 0 <= state["batch_in_epoch"] <= self.batches_per_epoch or state["epoch"] < 0:
+            raise ValueError(
+                f"loader state epoch {state['epoch']} batch {state['batch_in_epoch']} is out of "
+                f"range ({self.batches_per_epoch} batches per epoch)"
+            )
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+
+
+def val_batches(shards: TokenShards, *, batch_size: int, seq_len: int) -> Iterator[Batch]:
+    """Every window of the split once, in order; the last batch may be smaller.
+    Yields nothing when the split has no complete window."""
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    length = seq_len + 1
+    starts = shards.window_starts(length)
+    total = int(starts[-1])
+    for first in range(0, total, batch_size):
+        indices = np.arange(first, min(first + batch_size, total), dtype=np.int64)
+        yield _to_batch(shards.windows(indices, length, starts))

@@ -1,0 +1,19 @@
+"""Connecting a job to Ray: the cluster that submitted it, else a private local one."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray() -> None:
+    """Join ``RAY_ADDRESS`` (set by the Ray Jobs supervisor) or start a local instance.
+
+    Never ``ray.init()`` bare: it would join whatever cluster last ran on this machine.
+    """
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = {} if address != "local" else {"include_dashboard": False}
+    ray.init(address=address, log_to_driver=True, **kwargs)

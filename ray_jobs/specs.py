@@ -1,0 +1,165 @@
+"""Job specs: one pydantic model per job kind.
+
+Each spec is at once the REST body, the stored record and the entrypoint's input
+(``python -m ray_jobs.<kind> --spec URI``). Unknown fields are rejected so that a typo is a 422
+that names the field instead of a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobKind(StrEnum):
+    curate = "curate"
+    tokenize = "tokenize"
+    train = "train"
+    evaluate = "evaluate"
+
+
+# --- curate -------------------------------------------------------------------------------------
+
+
+class LengthStep(Spec):
+    kind: Literal["length"] = "length"
+    min_chars: int = Field(default=1, ge=0)
+    max_chars: int = Field(default=1_000_000, gt=0)
+
+
+class GopherQualityStep(Spec):
+    """Gopher quality rules (Rae et al. 2021); defaults are the published thresholds."""
+
+    kind: Literal["gopher_quality"] = "gopher_quality"
+    min_doc_words: int = Field(default=50, ge=0)
+    max_doc_words: int = Field(default=100_000, gt=0)
+    min_avg_word_length: float = Field(default=3, ge=0)
+    max_avg_word_length: float = Field(default=10, gt=0)
+    max_symbol_word_ratio: float = Field(default=0.1, ge=0)
+    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
+    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
+    max_non_alpha_words_ratio: float = Field(default=0.8, ge=0, le=1)
+    min_stop_words: int = Field(default=2, ge=0)
+
+
+class ExactDedupStep(Spec):
+    """Exact dedup on a hash of the normalised text, across the whole corpus."""
+
+    kind: Literal["exact_dedup"] = "exact_dedup"
+
+
+CurateStep = Annotated[LengthStep | GopherQualityStep | ExactDedupStep, Field(discriminator="kind")]
+
+
+class CurateSpec(Spec):
+    input: str = Field(description="JSONL file or folder (plain or .gz): a path or file:// URI")
+    output: str = Field(description="folder for data/, rejected/ and stats.json")
+    text_field: str = "text"
+    id_field: str | None = "id"
+    source: str | None = Field(default=None, description="source label; defaults to file name")
+    parts_per_file: int = Field(default=4, ge=1, le=1024, description="read tasks per input file")
+    steps: list[CurateStep] = Field(
+        default_factory=lambda: [LengthStep(), GopherQualityStep(), ExactDedupStep()]
+    )
+
+    @model_validator(mode="after")
+    def _dedup_is_last(self) -> CurateSpec:
+        kinds = [s.kind for s in self.steps]
+        if "exact_dedup" in kinds and kinds.index("exact_dedup") != len(kinds) - 1:
+            raise ValueError(
+                "steps: exact_dedup must be the last step (it needs the filtered corpus)"
+            )
+        return self
+
+
+# --- tokenize -----------------------------------------------------------------------------------
+
+
+class TokenizeSpec(Spec):
+    input: str = Field(description="a curate job's output folder (its data/ Parquet is read)")
+    output: str
+    vocab_size: int = Field(default=4096, ge=260, le=1_000_000)
+    tokenizer: str | None = Field(default=None, description="an existing tokenizer.json to reuse")
+    sample_docs: int = Field(default=20_000, gt=0, description="documents sampled for training")
+    val_fraction: float = Field(default=0.05, gt=0, lt=1)
+    seed: int = 0
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+class ModelSpec(Spec):
+    block_size: int = Field(default=128, gt=0)
+    n_layer: int = Field(default=4, gt=0)
+    n_head: int = Field(default=4, gt=0)
+    n_embd: int = Field(default=128, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    bias: bool = False
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class TrainSpec(Spec):
+    data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
+    output: str
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    steps: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=8, gt=0, description="sequences per worker per step")
+    seq_len: int | None = Field(default=None, gt=0, description="defaults to model.block_size")
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr: float = Field(default=3e-4, ge=0)
+    warmup_steps: int = Field(default=30, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    seed: int = 0
+    workers: int = Field(default=2, gt=0)
+    use_gpu: bool = False
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=100, gt=0)
+    eval_batches: int = Field(default=20, gt=0)
+    checkpoint_every: int = Field(default=100, gt=0)
+    max_failures: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _seq_fits_model(self) -> TrainSpec:
+        if self.seq_len is not None and self.seq_len > self.model.block_size:
+            raise ValueError(
+                f"seq_len ({self.seq_len}) must not exceed "
+                f"model.block_size ({self.model.block_size})"
+            )
+        return self
+
+
+# --- evaluate -----------------------------------------------------------------------------------
+
+
+class EvaluateSpec(Spec):
+    checkpoint: str = Field(description="a checkpoint folder, or a train job's output folder")
+    data: str = Field(description="token shard folder whose val split is scored")
+    output: str
+    batch_size: int = Field(default=8, gt=0)
+    max_batches: int | None = Field(default=None, gt=0, description="cap on val batches")
+    prompt: str = "The "
+    max_new_tokens: int = Field(default=48, ge=0, le=4096)
+    temperature: float = Field(default=0.8, ge=0)
+    top_k: int | None = Field(default=40, gt=0)
+    seed: int = 0
+
+
+SPEC_TYPES: dict[JobKind, type[Spec]] = {
+    JobKind.curate: CurateSpec,
+    JobKind.tokenize: TokenizeSpec,
+    JobKind.train: TrainSpec,
+    JobKind.evaluate: EvaluateSpec,
+}

@@ -1,0 +1,117 @@
+"""Train the Transformer under Ray Train's TorchTrainer: DDP over gloo on CPUs, nccl on GPUs.
+
+The loop itself lives in ``llm.train.loop``; this module only builds the model config from the
+spec and the token shards, scales it out, and reports metrics from rank 0 to the control plane
+and to Ray Train. A restarted worker group (``FailureConfig``) resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from llm.model import ModelConfig
+from llm.tokenizer.shards import read_manifest
+from llm.train.loop import TrainConfig, train
+from ray_jobs import entrypoint
+from ray_jobs.cluster import init_ray
+from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.reporting import MetricsReporter
+from ray_jobs.specs import TrainSpec
+
+
+def _configs(spec: TrainSpec, vocab_size: int) -> tuple[TrainConfig, ModelConfig]:
+    model = ModelConfig(vocab_size=vocab_size, **spec.model.model_dump())
+    cfg = TrainConfig(
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        seq_len=spec.seq_len or model.block_size,
+        lr=spec.lr,
+        min_lr=spec.min_lr,
+        warmup_steps=spec.warmup_steps,
+        weight_decay=spec.weight_decay,
+        grad_clip=spec.grad_clip,
+        seed=spec.seed,
+        log_every=spec.log_every,
+        eval_every=spec.eval_every,
+        eval_batches=spec.eval_batches,
+        checkpoint_every=spec.checkpoint_every,
+    )
+    return cfg, model
+
+
+def _worker(config: dict[str, Any]) -> None:
+    spec = TrainSpec.model_validate(config["spec"])
+    out = Path(config["output"])
+    cfg, model = _configs(spec, config["vocab_size"])
+    rank = ray.train.get_context().get_world_rank()
+    reporter = MetricsReporter(out) if rank == 0 else None
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        assert reporter is not None
+        reporter.log(step, metrics)
+
+    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
+        # Every rank must call report; only rank 0 wrote the checkpoint.
+        ray.train.report({"step": step, **metrics})
+
+    summary = train(cfg, model, config["data"], out, on_log=on_log, on_checkpoint=on_checkpoint)
+    if rank == 0:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def run(spec: TrainSpec) -> dict[str, Any]:
+    data = local_path(spec.data).resolve()
+    try:
+        manifest = read_manifest(data, verify=True)
+    except FileNotFoundError as e:
+        raise JobError(f"token shards not readable: {e}") from e
+    out = local_path(spec.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _configs(spec, manifest["vocab_size"])  # a bad combination fails here, before any worker
+    init_ray()
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={
+            "spec": spec.model_dump(),
+            "output": str(out),
+            "data": str(data),
+            "vocab_size": manifest["vocab_size"],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.workers,
+            use_gpu=spec.use_gpu,
+            resources_per_worker=None if spec.use_gpu else {"CPU": 1},
+        ),
+        run_config=RunConfig(
+            name=f"train-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+        ),
+    )
+    trainer.fit()
+    summary_path = out / "train_summary.json"
+    if not summary_path.is_file():
+        raise JobError(f"training finished without writing {summary_path}")
+    summary = json.loads(summary_path.read_text())
+    history = summary["loss_history"]
+    return {
+        "steps": summary["steps"],
+        "tokens_seen": summary["tokens_seen"],
+        "first_loss": history[0] if history else None,
+        "final_loss": history[-1] if history else None,
+        "last": summary["last"],
+        "checkpoint": summary["checkpoint"],
+        "parameters": summary["parameters"],
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(entrypoint.main(TrainSpec, run))

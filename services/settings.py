@@ -1,0 +1,65 @@
+"""One settings object for the control plane: chosen by environment, never by code edits.
+
+On one machine the defaults are embedded: a local Ray head, a SQLite file and a local artifact
+folder under ``LLMFORGE_HOME``. ``RAY_ADDRESS``, ``LLMFORGE_DATABASE_URL`` and
+``LLMFORGE_ARTIFACT_ROOT`` point the same code at a team cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMFORGE_", extra="ignore")
+
+    home: Path = Path(".llmforge")
+    database_url: str | None = None
+    artifact_root: str | None = None
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "LLMFORGE_RAY_ADDRESS")
+    )
+    ray_num_cpus: int | None = None
+    ray_object_store_mb: int = 256
+    ray_dashboard_port: int = 8265
+    ray_gcs_port: int = 6379
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # The URL that Ray jobs use to reach this control plane (metrics ingestion).
+    public_url: str | None = None
+    # The interpreter that runs job entrypoints; on the embedded head it is this one, so jobs see
+    # the same installed packages. On a cluster the image's `python` is used.
+    job_python: str | None = None
+    poll_interval_s: float = 0.5
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'llmforge.db').resolve()}"
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        if self.artifact_root:
+            return self.artifact_root
+        return str((self.home / "artifacts").resolve())
+
+    @property
+    def resolved_public_url(self) -> str:
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def resolved_job_python(self) -> str:
+        if self.job_python:
+            return self.job_python
+        return "python" if self.ray_address else sys.executable
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
