@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 256
     ray_dashboard_port: int = 8265
-    ray_gcs_port: int = 6379
+    # None: a free port (6379, Ray's default, is Redis's too, and often taken).
+    ray_gcs_port: int | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # The URL that Ray jobs use to reach this control plane (metrics ingestion).

@@ -1,0 +1,74 @@
+"""The FastAPI control plane: store, Ray (embedded local head or RAY_ADDRESS), scheduler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from services.api.routes import health, jobs, pipelines
+from services.ray_client import RayJobs
+from services.ray_head import LocalRayHead
+from services.scheduler import Scheduler
+from services.settings import Settings, get_settings
+from services.store.db import make_engine, make_sessionmaker
+
+log = logging.getLogger("llmforge.api")
+
+
+def _dashboard_url(settings: Settings) -> str:
+    address = settings.ray_address or ""
+    if address.startswith("http"):
+        return address
+    host = address.removeprefix("ray://").split(":")[0]
+    return f"http://{host}:{settings.ray_dashboard_port}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        head = None
+        if settings.ray_address:
+            dashboard = _dashboard_url(settings)
+        else:
+            head = LocalRayHead(
+                gcs_port=settings.ray_gcs_port,
+                dashboard_port=settings.ray_dashboard_port,
+                num_cpus=settings.ray_num_cpus,
+                object_store_mb=settings.ray_object_store_mb,
+                log_path=settings.home / "logs" / "ray-head.log",
+            )
+            log.info("starting a local Ray head (dashboard %s)", head.dashboard_url)
+            head.start()
+            dashboard = head.dashboard_url
+        app.state.settings = settings
+        app.state.sessions = make_sessionmaker(engine)
+        app.state.ray = RayJobs(dashboard)
+        app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
+        app.state.scheduler.start()
+        try:
+            yield
+        finally:
+            app.state.scheduler.stop()
+            if head is not None:
+                head.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="llmforge",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Control plane: submit and watch curate, tokenize, train and "
+        "evaluate jobs on Ray.",
+    )
+    api = APIRouter(prefix="/api/v1")
+    for module in (health, jobs, pipelines):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,141 @@
+"""/api/v1/jobs: submit, list, get, cancel, logs, and the metrics that jobs send."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+
+from services.api.deps import RayDep, SchedulerDep, SessionDep
+from services.api.schemas import (
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    MetricRecord,
+    MetricsIngest,
+    MetricsPublic,
+)
+from services.api.validation import validate_spec
+from services.ray_client import RayJobs
+from services.scheduler import hash_token
+from services.store import crud
+from services.store.models import Job, JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def to_public(job: Job, ray: RayJobs) -> JobPublic:
+    url = ray.job_url(job.ray_submission_id) if job.ray_submission_id else None
+    return JobPublic.model_validate(
+        {c: getattr(job, c) for c in JobPublic.model_fields if c != "dashboard_url"}
+        | {"dashboard_url": url}
+    )
+
+
+def _job_or_404(session: SessionDep, job_id: str) -> Job:
+    job = crud.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def submit_job(
+    body: JobCreate, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+) -> JobPublic:
+    spec = validate_spec(body.kind, body.spec, ("body", "spec"))
+    job = crud.create_job(session, kind=body.kind.value, spec=spec, name=body.name)
+    scheduler.submit_or_fail(session, job)
+    session.commit()
+    return to_public(job, ray)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    ray: RayDep,
+    kind: str | None = None,
+    state: JobState | None = None,
+    pipeline_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobsPublic:
+    jobs = crud.list_jobs(
+        session,
+        kind=kind,
+        state=state.value if state else None,
+        pipeline_id=pipeline_id,
+        limit=limit,
+    )
+    return JobsPublic(data=[to_public(j, ray) for j in jobs], count=len(jobs))
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
+    return to_public(_job_or_404(session, job_id), ray)
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
+    job = _job_or_404(session, job_id)
+    if JobState(job.state).terminal:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.state})")
+    if job.ray_submission_id:
+        ray.stop(job.ray_submission_id)
+        crud.set_state(session, job=job, state=JobState.stopped, message="cancelled by user")
+    else:
+        crud.set_state(session, job=job, state=JobState.cancelled, message="cancelled by user")
+    session.commit()
+    return to_public(job, ray)
+
+
+@router.get("/{job_id}/logs")
+def job_logs(
+    job_id: str, session: SessionDep, ray: RayDep, tail: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, str]:
+    job = _job_or_404(session, job_id)
+    if not job.ray_submission_id:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
+    logs = ray.logs(job.ray_submission_id)
+    if tail:
+        logs = "\n".join(logs.splitlines()[-tail:])
+    return {"job_id": job_id, "logs": logs}
+
+
+@router.post("/{job_id}/metrics", status_code=status.HTTP_202_ACCEPTED)
+def ingest_metrics(
+    job_id: str,
+    body: MetricsIngest,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, int]:
+    job = _job_or_404(session, job_id)
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if (
+        not token
+        or not job.token_hash
+        or not hmac.compare_digest(hash_token(token), job.token_hash)
+    ):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid job token for this job is required (Authorization: Bearer)",
+        )
+    n = crud.add_metrics(session, job_id=job_id, records=[r.model_dump() for r in body.records])
+    session.commit()
+    return {"accepted": n}
+
+
+@router.get("/{job_id}/metrics")
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    name: str | None = None,
+    min_step: Annotated[int | None, Query(ge=0)] = None,
+    max_step: Annotated[int | None, Query(ge=0)] = None,
+) -> MetricsPublic:
+    _job_or_404(session, job_id)
+    rows = crud.query_metrics(
+        session, job_id=job_id, name=name, min_step=min_step, max_step=max_step
+    )
+    records = [MetricRecord(step=m.step, name=m.name, value=m.value, time=m.time) for m in rows]
+    return MetricsPublic(job_id=job_id, records=records)

@@ -1,0 +1,97 @@
+"""/api/v1/pipelines: a DAG of jobs where each stage runs when its parents have succeeded."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from services.api.deps import RayDep, SchedulerDep, SessionDep
+from services.api.routes.jobs import to_public
+from services.api.schemas import PipelineCreate, PipelinePublic
+from services.api.validation import request_error, validate_spec
+from services.scheduler import PLACEHOLDER
+from services.store import crud
+from services.store.models import Job, JobState, Pipeline
+
+router = APIRouter(prefix="/pipelines", tags=["pipelines"])
+
+
+def _check_graph(body: PipelineCreate) -> None:
+    """Stage names unique; parents named before their children (so the graph has no cycle)."""
+    seen: set[str] = set()
+    for i, stage in enumerate(body.stages):
+        if stage.name in seen:
+            raise request_error(("body", "stages", i, "name"), f"duplicate stage {stage.name!r}")
+        for parent in stage.after:
+            if parent not in seen:
+                raise request_error(
+                    ("body", "stages", i, "after"),
+                    f"unknown parent {parent!r}: name a stage listed earlier",
+                )
+        for m in PLACEHOLDER.finditer(str(stage.spec)):
+            if m.group(1) not in stage.after:
+                raise request_error(
+                    ("body", "stages", i, "spec"),
+                    f"${{{m.group(1)}.{m.group(2)}}} refers to a stage that is "
+                    f"not in this stage's 'after'",
+                )
+        seen.add(stage.name)
+
+
+def pipeline_state(jobs: list[Job]) -> str:
+    states = {JobState(j.state) for j in jobs}
+    if states <= {JobState.succeeded}:
+        return JobState.succeeded.value
+    if any(s.terminal for s in states) and all(s.terminal for s in states):
+        return JobState.failed.value
+    if states & {JobState.pending, JobState.running}:
+        return JobState.running.value
+    return JobState.waiting.value
+
+
+def _public(pipeline: Pipeline, jobs: list[Job], ray: RayDep) -> PipelinePublic:
+    return PipelinePublic(
+        id=pipeline.id,
+        name=pipeline.name,
+        created_at=pipeline.created_at,
+        state=pipeline_state(jobs),
+        jobs=[to_public(j, ray) for j in jobs],
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_pipeline(
+    body: PipelineCreate, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+) -> PipelinePublic:
+    _check_graph(body)
+    specs = [
+        validate_spec(s.kind, s.spec, ("body", "stages", i, "spec"))
+        for i, s in enumerate(body.stages)
+    ]
+    pipeline = crud.create_pipeline(session, name=body.name)
+    ids: dict[str, str] = {}
+    jobs = []
+    for stage, spec in zip(body.stages, specs, strict=True):
+        job = crud.create_job(
+            session,
+            kind=stage.kind.value,
+            spec=spec,
+            name=stage.name,
+            state=JobState.waiting,
+            pipeline_id=pipeline.id,
+            stage=stage.name,
+            depends_on=[ids[p] for p in stage.after],
+        )
+        ids[stage.name] = job.id
+        jobs.append(job)
+    session.commit()
+    scheduler.tick()  # start the root stages now rather than at the next poll
+    session.expire_all()
+    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline.id), ray)
+
+
+@router.get("/{pipeline_id}")
+def get_pipeline(pipeline_id: str, session: SessionDep, ray: RayDep) -> PipelinePublic:
+    pipeline = crud.get_pipeline(session, pipeline_id=pipeline_id)
+    if pipeline is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"pipeline {pipeline_id} not found")
+    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline_id), ray)

@@ -1,0 +1,78 @@
+"""Submitting, watching and stopping jobs through the Ray Jobs API."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from services.store.models import JobState
+
+_STATES = {
+    JobStatus.PENDING: JobState.pending,
+    JobStatus.RUNNING: JobState.running,
+    JobStatus.SUCCEEDED: JobState.succeeded,
+    JobStatus.FAILED: JobState.failed,
+    JobStatus.STOPPED: JobState.stopped,
+}
+ERROR_LINE = re.compile(r"^LLMFORGE_ERROR: (.*)$", re.MULTILINE)
+
+
+def ray_auth_token() -> str | None:
+    """Ray's cluster token, where Ray itself looks for it: env, token path, ~/.ray/auth_token."""
+    if token := os.environ.get("RAY_AUTH_TOKEN"):
+        return token.strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    return path.read_text().strip() if path.is_file() else None
+
+
+class RayJobs:
+    def __init__(self, dashboard_url: str) -> None:
+        self.dashboard_url = dashboard_url.rstrip("/")
+        self._client: JobSubmissionClient | None = None
+
+    @property
+    def client(self) -> JobSubmissionClient:
+        if self._client is None:
+            # The header is sent explicitly: the SDK only sends the token when RAY_AUTH_MODE was
+            # "token" before ray was imported, which a server process cannot promise.
+            token = ray_auth_token()
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            self._client = JobSubmissionClient(self.dashboard_url, headers=headers)
+        return self._client
+
+    def submit(self, *, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
+        return self.client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            runtime_env={"env_vars": env},
+        )
+
+    def state(self, submission_id: str) -> JobState:
+        return _STATES[self.client.get_job_status(submission_id)]
+
+    def logs(self, submission_id: str) -> str:
+        return self.client.get_job_logs(submission_id)
+
+    def failure_message(self, submission_id: str) -> str:
+        """The job's own LLMFORGE_ERROR line, else Ray's message about it."""
+        found = ERROR_LINE.findall(self.logs(submission_id))
+        if found:
+            return str(found[-1]).strip()
+        info = self.client.get_job_info(submission_id)
+        return info.message or "job failed without a message; see its logs"
+
+    def stop(self, submission_id: str) -> bool:
+        return bool(self.client.stop_job(submission_id))
+
+    def job_url(self, submission_id: str) -> str:
+        return f"{self.dashboard_url}/#/jobs/{submission_id}"
+
+    def healthy(self) -> bool:
+        try:
+            self.client.list_jobs()
+        except Exception:
+            return False
+        return True

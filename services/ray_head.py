@@ -1,0 +1,112 @@
+"""The embedded local Ray head that the control plane starts when no RAY_ADDRESS is configured.
+
+It runs ``ray start --head --block`` as a child process, bound to loopback, and ends it by its PID
+(``ray stop`` would kill every Ray process on the machine, including ones we did not start).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+# Ray resolves 127.0.0.1 to the machine's first routable address unless this is off; with it
+# off every Ray process (head, workers, jobs) stays on loopback.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DISABLE_USAGE_STATS": "1"}
+# Ray's token authentication stays on: the head creates ~/.ray/auth_token if it is missing, and
+# the control plane's Jobs client reads it from there (services.ray_client.ray_auth_token).
+AUTH_ENV = {"RAY_AUTH_MODE": "token"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray_executable() -> str:
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+class LocalRayHead:
+    def __init__(
+        self,
+        *,
+        gcs_port: int,
+        dashboard_port: int,
+        num_cpus: int | None,
+        object_store_mb: int,
+        log_path: Path,
+    ) -> None:
+        self.gcs_port = gcs_port or free_port()
+        self.dashboard_port = dashboard_port
+        self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout_s: float = 90) -> None:
+        cmd = [
+            _ray_executable(),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+            "--disable-usage-stats",
+        ]
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**AUTH_ENV, **os.environ, **LOOPBACK_ENV}
+        env.pop("RAY_ADDRESS", None)
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"ray head exited with {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                # 401 is an answer too: the dashboard is up and asks for the token.
+                r = httpx.get(f"{self.dashboard_url}/api/version", timeout=2)
+                if r.status_code in (200, 401):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ray head not ready after {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # --block turns SIGTERM into an orderly shutdown of its children
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)

@@ -1,0 +1,125 @@
+"""Keyword-only store operations; routes and the scheduler call these, never raw queries."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.store.models import Job, JobState, Metric, Pipeline, utcnow
+
+
+def new_id() -> str:
+    return secrets.token_hex(6)
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    spec: dict[str, Any],
+    name: str | None = None,
+    state: JobState = JobState.pending,
+    pipeline_id: str | None = None,
+    stage: str | None = None,
+    depends_on: Sequence[str] = (),
+) -> Job:
+    job = Job(
+        id=new_id(),
+        kind=kind,
+        spec=spec,
+        name=name,
+        state=state.value,
+        pipeline_id=pipeline_id,
+        stage=stage,
+        depends_on=list(depends_on),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    kind: str | None = None,
+    state: str | None = None,
+    pipeline_id: str | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if state:
+        query = query.where(Job.state == state)
+    if pipeline_id:
+        query = query.where(Job.pipeline_id == pipeline_id)
+    return list(session.scalars(query))
+
+
+def jobs_in_states(session: Session, *, states: Sequence[JobState]) -> list[Job]:
+    query = select(Job).where(Job.state.in_([s.value for s in states])).order_by(Job.created_at)
+    return list(session.scalars(query))
+
+
+def set_state(session: Session, *, job: Job, state: JobState, message: str | None = None) -> None:
+    if job.state == state.value:
+        return
+    job.state = state.value
+    if state == JobState.running and job.started_at is None:
+        job.started_at = utcnow()
+    if state.terminal:
+        job.ended_at = utcnow()
+        job.token_hash = None  # a job token dies with its job
+    if message is not None:
+        job.message = message
+
+
+def add_metrics(session: Session, *, job_id: str, records: Sequence[dict[str, Any]]) -> int:
+    session.add_all(
+        Metric(job_id=job_id, step=r["step"], name=r["name"], value=r["value"], time=r["time"])
+        for r in records
+    )
+    return len(records)
+
+
+def query_metrics(
+    session: Session,
+    *,
+    job_id: str,
+    name: str | None = None,
+    min_step: int | None = None,
+    max_step: int | None = None,
+    limit: int = 10_000,
+) -> list[Metric]:
+    query = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        query = query.where(Metric.name == name)
+    if min_step is not None:
+        query = query.where(Metric.step >= min_step)
+    if max_step is not None:
+        query = query.where(Metric.step <= max_step)
+    return list(session.scalars(query.order_by(Metric.step, Metric.id).limit(limit)))
+
+
+def create_pipeline(session: Session, *, name: str) -> Pipeline:
+    pipeline = Pipeline(id=new_id(), name=name)
+    session.add(pipeline)
+    session.flush()
+    return pipeline
+
+
+def get_pipeline(session: Session, *, pipeline_id: str) -> Pipeline | None:
+    return session.get(Pipeline, pipeline_id)
+
+
+def pipeline_jobs(session: Session, *, pipeline_id: str) -> list[Job]:
+    query = select(Job).where(Job.pipeline_id == pipeline_id).order_by(Job.created_at, Job.id)
+    return list(session.scalars(query))

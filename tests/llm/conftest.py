@@ -1,0 +1,68 @@
+"""Shared fixtures for tests/llm: real token-shard folders built with the project's own tools."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from llm.tokenizer.bpe import eos_id, save_tokenizer, train_bpe
+from llm.tokenizer.shards import (
+    encode_documents,
+    split_of,
+    token_dtype,
+    write_manifest,
+    write_shard,
+)
+
+DATA = Path("/work/shared/data")
+SHAKESPEARE = DATA / "text/tinyshakespeare/input.txt"
+SHARDS_VOCAB = 512
+
+
+def build_shard_folder(
+    directory: Path,
+    docs: Sequence[str],
+    *,
+    vocab_size: int = SHARDS_VOCAB,
+    val_fraction: float = 0.1,
+) -> Path:
+    """train_bpe -> tokenizer.json -> one shard per split (by split_of on "doc{i}") -> manifest."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = train_bpe(docs, vocab_size=vocab_size)
+    save_tokenizer(tok, directory / "tokenizer.json")
+    eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
+    by_split: dict[str, list[str]] = {"train": [], "val": []}
+    for i, doc in enumerate(docs):
+        by_split[split_of(f"doc{i}", val_fraction)].append(doc)
+    shards: dict[str, list[dict]] = {}
+    for split, texts in by_split.items():
+        entry = write_shard(
+            directory, f"{split}-0000.bin", encode_documents(tok, texts, eos, dtype)
+        )
+        entry["documents"] = len(texts)
+        shards[split] = [entry]
+    write_manifest(
+        directory,
+        tokenizer_file="tokenizer.json",
+        vocab_size=tok.get_vocab_size(),
+        dtype=dtype,
+        eos_id=eos,
+        shards=shards,
+        extra={"source": "tests/llm/conftest.py"},
+    )
+    return directory
+
+
+def shakespeare_docs(max_chars: int = 200_000) -> list[str]:
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:max_chars]
+    return [d for d in text.split("\n\n") if d.strip()]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A shard folder of the first ~200 KB of tinyshakespeare, vocab 512, val_fraction 0.1."""
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"{SHAKESPEARE} absent")
+    return build_shard_folder(tmp_path_factory.mktemp("shakespeare_shards"), shakespeare_docs())
