@@ -15,5 +15,4 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = {} if address != "local" else {"include_dashboard": False}
-    ray.init(address=address, log_to_driver=True, **kwargs)
+    ray.init(address=address, include_dashboard=False if address == "local" else None)

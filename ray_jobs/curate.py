@@ -107,16 +107,16 @@ def run(spec: CurateSpec) -> dict[str, Any]:
         for f in files
         for k in range(spec.parts_per_file)
     ]
-    ds = ray.data.from_items(parts, override_num_blocks=len(parts))
+    ds: ray.data.Dataset = ray.data.from_items(parts, override_num_blocks=len(parts))
     ds = ds.flat_map(partial(_read_part, spec=spec))
     ds = ds.map_batches(
         partial(_apply_filters, filters=_build_filters(spec)), batch_format="pyarrow"
     )
     if any(isinstance(s, ExactDedupStep) for s in spec.steps):
         ds = _exact_dedup(ds, num_partitions=max(2, len(parts) // 2))
-    ds = ds.sort(["position", "id"]).materialize()
-    _write(ds, str(out))
-    stats = _funnel(ds)
+    done = ds.sort(["position", "id"]).materialize()
+    _write(done, str(out))
+    stats = _funnel(done)
     stats["seconds"] = round(time.time() - started, 3)
     stats["input"] = spec.input
     stats["files"] = len(files)

@@ -45,7 +45,7 @@ def _evaluate(spec: EvaluateSpec, checkpoint: str, data: str) -> dict[str, Any]:
             f"{data}: vocab_size {shards.vocab_size} does not match the checkpoint's "
             f"{model.config.vocab_size} ({checkpoint})"
         )
-    result = evaluate_loss(
+    metrics = evaluate_loss(
         model,
         shards,
         batch_size=spec.batch_size,
@@ -63,6 +63,7 @@ def _evaluate(spec: EvaluateSpec, checkpoint: str, data: str) -> dict[str, Any]:
         eos_id=eos_id(tok),
         seed=spec.seed,
     )
+    result: dict[str, Any] = dict(metrics)
     result.update(
         prompt=spec.prompt,
         completion=tok.decode(new_ids),

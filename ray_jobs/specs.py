@@ -65,7 +65,7 @@ class CurateSpec(Spec):
     source: str | None = Field(default=None, description="source label; defaults to file name")
     parts_per_file: int = Field(default=4, ge=1, le=1024, description="read tasks per input file")
     steps: list[CurateStep] = Field(
-        default_factory=lambda: [LengthStep(), GopherQualityStep(), ExactDedupStep()]
+        default_factory=lambda: [LengthStep(), GopherQualityStep(), ExactDedupStep()]  # type: ignore[arg-type]
     )
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ class LocalRayHead:
     def __init__(
         self,
         *,
-        gcs_port: int,
+        gcs_port: int | None,
         dashboard_port: int,
         num_cpus: int | None,
         object_store_mb: int,

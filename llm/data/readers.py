@@ -64,7 +64,7 @@ class _BatchBuilder:
 
 def _open_binary(path: str) -> IO[bytes]:
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if path.endswith(".zst"):
         if zstandard is None:
             raise ImportError(f"reading {path} needs the 'zstandard' module, not installed here")

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up (or reuse) .venv at the checkout's root, then run the demo or the test suite.
+#   scripts/dev.sh demo [llmforge demo options]   the end-to-end demo on embedded defaults
+#   scripts/dev.sh test [pytest options]          lint, type-check and the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+TORCH_VERSION=2.13.0
+STAMP="$VENV/.llmforge-installed"
+
+has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+install_torch() {
+  if has_cuda_gpu; then
+    "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+  # Without a GPU: the CPU build. Where a local wheel store has it, no index is asked at all.
+  elif ! "$VENV/bin/pip" install -q --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null; then
+    "$VENV/bin/pip" install -q --no-deps --index-url https://download.pytorch.org/whl/cpu \
+      "torch==$TORCH_VERSION"
+  fi
+}
+
+setup() {
+  [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
+  local want
+  want=$(cat pyproject.toml constraints.txt scripts/dev.sh | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
+    return  # fast path: nothing changed since the last install
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || install_torch
+  "$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]" 2>&1 | grep -v WARNING || true
+  "$VENV/bin/python" -c "import llm, ray_jobs, services, torch, ray"
+  echo "$want" > "$STAMP"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  demo)
+    setup
+    exec "$VENV/bin/llmforge" demo "$@"
+    ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+  *)
+    echo "usage: scripts/dev.sh demo|test [options]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,150 @@
+"""REST behaviour that needs no Ray job to run: validation, 404s, auth on metric ingestion.
+
+The app is pointed at a Ray address where nothing listens, so a submission fails visibly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.ray_head import free_port
+from services.settings import Settings
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        home=tmp_path, ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=60
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _locs(response: object) -> list[list[object]]:
+    return [e["loc"] for e in response.json()["detail"]]  # type: ignore[attr-defined]
+
+
+def test_unknown_job_kind_is_422_naming_kind(client: TestClient) -> None:
+    r = client.post("/api/v1/jobs", json={"kind": "bake", "spec": {}})
+    assert r.status_code == 422
+    assert ["body", "kind"] in _locs(r)
+
+
+def test_unknown_spec_field_is_422_naming_the_field(client: TestClient) -> None:
+    r = client.post(
+        "/api/v1/jobs",
+        json={"kind": "curate", "spec": {"input": "x", "output": "y", "imput": "typo"}},
+    )
+    assert r.status_code == 422
+    assert ["body", "spec", "imput"] in _locs(r)
+    assert "curate spec" in r.json()["detail"][0]["msg"]
+
+
+def test_wrong_type_inside_nested_spec_is_422_with_path(client: TestClient) -> None:
+    r = client.post(
+        "/api/v1/jobs",
+        json={
+            "kind": "train",
+            "spec": {"data": "d", "output": "o", "model": {"n_embd": 100, "n_head": 3}},
+        },
+    )
+    assert r.status_code == 422
+    assert any(
+        loc[:4] == ["body", "spec", "model"] or loc[:3] == ["body", "spec", "model"]
+        for loc in _locs(r)
+    )
+    assert "divisible" in r.text
+
+
+def test_missing_required_spec_field_is_422(client: TestClient) -> None:
+    r = client.post("/api/v1/jobs", json={"kind": "tokenize", "spec": {"input": "x"}})
+    assert r.status_code == 422
+    assert ["body", "spec", "output"] in _locs(r)
+
+
+def test_unknown_curate_step_is_422(client: TestClient) -> None:
+    r = client.post(
+        "/api/v1/jobs",
+        json={
+            "kind": "curate",
+            "spec": {"input": "x", "output": "y", "steps": [{"kind": "magic"}]},
+        },
+    )
+    assert r.status_code == 422
+    assert _locs(r)[0][:4] == ["body", "spec", "steps", 0]
+
+
+def test_pipeline_with_unknown_parent_is_422(client: TestClient) -> None:
+    body = {
+        "name": "p",
+        "stages": [
+            {"name": "a", "kind": "curate", "spec": {"input": "x", "output": "y"}},
+            {
+                "name": "b",
+                "kind": "tokenize",
+                "after": ["nope"],
+                "spec": {"input": "${a.output}", "output": "z"},
+            },
+        ],
+    }
+    r = client.post("/api/v1/pipelines", json=body)
+    assert r.status_code == 422
+    assert ["body", "stages", 1, "after"] in _locs(r)
+
+
+def test_pipeline_placeholder_must_name_a_parent(client: TestClient) -> None:
+    body = {
+        "name": "p",
+        "stages": [
+            {"name": "a", "kind": "curate", "spec": {"input": "x", "output": "y"}},
+            {"name": "b", "kind": "tokenize", "spec": {"input": "${a.output}", "output": "z"}},
+        ],
+    }
+    r = client.post("/api/v1/pipelines", json=body)
+    assert r.status_code == 422
+    assert ["body", "stages", 1, "spec"] in _locs(r)
+
+
+def test_unknown_job_and_pipeline_are_404(client: TestClient) -> None:
+    assert client.get("/api/v1/jobs/ffffffffffff").status_code == 404
+    assert client.get("/api/v1/jobs/ffffffffffff/metrics").status_code == 404
+    assert client.get("/api/v1/pipelines/ffffffffffff").status_code == 404
+
+
+def test_submission_to_unreachable_ray_fails_visibly(client: TestClient) -> None:
+    r = client.post("/api/v1/jobs", json={"kind": "curate", "spec": {"input": "x", "output": "y"}})
+    assert r.status_code == 201
+    job = r.json()
+    assert job["state"] == "FAILED"
+    assert job["message"].startswith("submit failed")
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["state"] == "FAILED"
+
+
+def test_metrics_ingest_needs_the_jobs_token(client: TestClient) -> None:
+    job = client.post(
+        "/api/v1/jobs", json={"kind": "curate", "spec": {"input": "x", "output": "y"}}
+    ).json()
+    record = {"step": 1, "name": "loss", "value": 1.0, "time": 0.0}
+    url = f"/api/v1/jobs/{job['id']}/metrics"
+    assert client.post(url, json={"records": [record]}).status_code == 401
+    r = client.post(url, json={"records": [record]}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+
+
+def test_cancel_of_ended_job_is_409(client: TestClient) -> None:
+    job = client.post(
+        "/api/v1/jobs", json={"kind": "curate", "spec": {"input": "x", "output": "y"}}
+    ).json()
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/api/v1/health/live").json() == {"status": "ok"}
+    ready = client.get("/api/v1/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["store"] == "ok"
