@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from services.api.observability import instrument
 from services.api.routes import health, jobs, pipelines
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
@@ -71,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, jobs, pipelines):
         api.include_router(module.router)
     app.include_router(api)
+    instrument(app)
     return app

@@ -148,3 +148,10 @@ def test_health(client: TestClient) -> None:
     ready = client.get("/api/v1/health/ready")
     assert ready.status_code == 503
     assert ready.json()["checks"]["store"] == "ok"
+
+
+def test_prometheus_metrics_count_jobs_by_state(client: TestClient) -> None:
+    client.post("/api/v1/jobs", json={"kind": "curate", "spec": {"input": "x", "output": "y"}})
+    body = client.get("/metrics").text
+    assert 'llmforge_jobs{kind="curate",state="FAILED"} 1.0' in body
+    assert "llmforge_http_request_seconds_bucket" in body

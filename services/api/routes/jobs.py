@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
@@ -105,6 +105,7 @@ def job_logs(
 @router.post("/{job_id}/metrics", status_code=status.HTTP_202_ACCEPTED)
 def ingest_metrics(
     job_id: str,
+    request: Request,
     body: MetricsIngest,
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
@@ -122,6 +123,7 @@ def ingest_metrics(
         )
     n = crud.add_metrics(session, job_id=job_id, records=[r.model_dump() for r in body.records])
     session.commit()
+    request.app.state.ingested_points.inc(n)
     return {"accepted": n}
 
 
