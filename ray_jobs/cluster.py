@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import ray
+import ray.data
 
 
 def init_ray() -> None:
@@ -16,3 +17,6 @@ def init_ray() -> None:
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
     ray.init(address=address, include_dashboard=False if address == "local" else None)
+    # Same input, same output: blocks keep their order through every stage, so shards, their
+    # names and the training stream do not depend on which task finished first.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
