@@ -28,6 +28,10 @@ def ray_auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+class LostJob(Exception):
+    """Ray has no record of a submission the store thinks is pending or running."""
+
+
 class RayJobs:
     def __init__(self, dashboard_url: str) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
@@ -51,7 +55,16 @@ class RayJobs:
         )
 
     def state(self, submission_id: str) -> JobState:
-        return _STATES[self.client.get_job_status(submission_id)]
+        try:
+            status = self.client.get_job_status(submission_id)
+        except RuntimeError as e:
+            if "status code 404" in str(e) or "does not exist" in str(e):
+                raise LostJob(
+                    f"lost: the Ray cluster does not know {submission_id} "
+                    "(it was restarted or the job was deleted)"
+                ) from e
+            raise
+        return _STATES[status]
 
     def logs(self, submission_id: str) -> str:
         return self.client.get_job_logs(submission_id)

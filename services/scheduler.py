@@ -13,16 +13,17 @@ import logging
 import re
 import secrets
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ray_jobs.entrypoint import local_path
-from services.ray_client import RayJobs
+from services.ray_client import LostJob, RayJobs
 from services.settings import Settings
 from services.store import crud
-from services.store.models import Job, JobState
+from services.store.models import Job, JobState, utcnow
 
 log = logging.getLogger("llmforge.scheduler")
 PLACEHOLDER = re.compile(r"\$\{(\w[\w-]*)\.(\w+)\}")
@@ -75,10 +76,19 @@ class Scheduler:
         entrypoint = (
             f"{self.settings.resolved_job_python} -m ray_jobs.{job.kind} --spec {spec_path}"
         )
+        attempt = f"-{job.attempts}" if job.attempts else ""
         job.ray_submission_id = self.ray.submit(
-            submission_id=f"llmforge-{job.id}", entrypoint=entrypoint, env=env
+            submission_id=f"llmforge-{job.id}{attempt}", entrypoint=entrypoint, env=env
         )
         crud.set_state(session, job=job, state=JobState.pending)
+
+    def retry(self, session: Session, job: Job) -> None:
+        """Submit an ended job again under a new Ray submission id; its output folder stays,
+        so training resumes from its last checkpoint."""
+        job.attempts += 1
+        job.state, job.message, job.result = JobState.waiting.value, None, None
+        job.ended_at = None
+        self.submit_or_fail(session, job)
 
     def tick(self) -> None:
         with self._lock, self.sessions() as session:
@@ -88,6 +98,9 @@ class Scheduler:
             for job in crud.jobs_in_states(session, states=[JobState.pending, JobState.running]):
                 self._poll(session, job)
                 session.commit()
+            for job in crud.jobs_in_states(session, states=[JobState.failed]):
+                self._maybe_retry(session, job)
+            session.commit()
 
     def _advance_waiting(self, session: Session, job: Job) -> None:
         parents = [crud.get_job(session, job_id=p) for p in job.depends_on]
@@ -113,11 +126,26 @@ class Scheduler:
             log.exception("submitting job %s failed", job.id)
             crud.set_state(session, job=job, state=JobState.failed, message=f"submit failed: {e}")
 
+    def _maybe_retry(self, session: Session, job: Job) -> None:
+        """Automatic retries with exponential backoff (2, 4, 8 … s after the failure)."""
+        if job.attempts >= job.max_retries or job.ended_at is None:
+            return
+        if utcnow() - job.ended_at >= timedelta(seconds=2 ** (job.attempts + 1)):
+            log.info(
+                "retrying job %s (attempt %d of %d)", job.id, job.attempts + 1, job.max_retries
+            )
+            self.retry(session, job)
+
     def _poll(self, session: Session, job: Job) -> None:
         if not job.ray_submission_id:
             return
         try:
             state = self.ray.state(job.ray_submission_id)
+        except LostJob as e:
+            # The cluster restarted and forgot the job: fail it visibly (retries may follow)
+            # instead of leaving it RUNNING for ever.
+            crud.set_state(session, job=job, state=JobState.failed, message=str(e))
+            return
         except Exception as e:
             log.warning("polling job %s: %s", job.id, e)
             return
@@ -148,6 +176,7 @@ class Scheduler:
 
 
 _BLOCKING = {JobState.failed.value, JobState.stopped.value, JobState.cancelled.value}
+RETRYABLE = _BLOCKING
 
 
 def _read_result(spec: dict[str, Any]) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ class BackgroundServer:
             port=settings.api_port,
             log_level="warning",
         )
+        self.app = config.app
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="llmforge-api", daemon=True)
 

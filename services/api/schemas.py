@@ -18,6 +18,7 @@ class JobCreate(Strict):
     kind: JobKind
     spec: dict[str, Any] = Field(description="the job kind's spec; see the *Spec schemas")
     name: str | None = Field(default=None, max_length=200)
+    max_retries: int = Field(default=0, ge=0, le=10, description="automatic retries on failure")
 
 
 class JobPublic(BaseModel):
@@ -30,6 +31,8 @@ class JobPublic(BaseModel):
     stage: str | None
     depends_on: list[str]
     message: str | None
+    attempts: int
+    max_retries: int
     result: dict[str, Any] | None
     ray_submission_id: str | None
     dashboard_url: str | None
@@ -41,6 +44,7 @@ class JobPublic(BaseModel):
 class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
+    next_cursor: str | None = None
 
 
 class MetricRecord(Strict):

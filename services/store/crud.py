@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from services.store.models import Job, JobState, Metric, Pipeline, utcnow
@@ -26,9 +29,14 @@ def create_job(
     pipeline_id: str | None = None,
     stage: str | None = None,
     depends_on: Sequence[str] = (),
+    max_retries: int = 0,
+    idempotency_key: str | None = None,
 ) -> Job:
     job = Job(
         id=new_id(),
+        max_retries=max_retries,
+        idempotency_key=idempotency_key,
+        attempts=0,
         kind=kind,
         spec=spec,
         name=name,
@@ -46,6 +54,23 @@ def get_job(session: Session, *, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id])
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError) as e:
+        raise ValueError("not a cursor from this API: pass next_cursor unchanged") from e
+
+
 def list_jobs(
     session: Session,
     *,
@@ -53,8 +78,13 @@ def list_jobs(
     state: str | None = None,
     pipeline_id: str | None = None,
     limit: int = 100,
+    after: tuple[datetime, str] | None = None,
 ) -> list[Job]:
-    query = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    """Newest first; ``after`` (created_at, id) continues a previous page (keyset pagination)."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if after:
+        created, job_id = after
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
     if kind:
         query = query.where(Job.kind == kind)
     if state:

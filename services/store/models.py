@@ -11,7 +11,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Naive UTC: SQLite drops offsets, so both stores hold the same kind of value."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class JobState(StrEnum):
@@ -59,6 +60,10 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     token_hash: Mapped[str | None] = mapped_column(String(64))
+    # A retried submission with the same Idempotency-Key returns this job instead of a new one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()

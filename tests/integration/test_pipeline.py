@@ -20,6 +20,8 @@ from llm.tokenizer.shards import read_manifest
 from services.demo import pipeline_body
 from services.ray_client import RayJobs
 from services.server import BackgroundServer
+from services.store import crud
+from services.store.models import JobState
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRAIN_STEPS = 40
@@ -142,3 +144,17 @@ def test_missing_input_fails_the_job_naming_the_path(
         final = _wait(client, f"/api/v1/jobs/{job['id']}", {"SUCCEEDED", "FAILED"}, 300)
     assert final["state"] == "FAILED"
     assert str(missing) in final["message"]
+
+
+def test_a_job_ray_forgot_is_failed_not_left_running(control_plane: BackgroundServer) -> None:
+    """The reconciler's view after a Ray restart: the store says RUNNING, Ray has no record."""
+    with control_plane.app.state.sessions() as session:
+        job = crud.create_job(
+            session, kind="curate", spec={"input": "x", "output": "y"}, state=JobState.running
+        )
+        job.ray_submission_id = "llmforge-never-submitted"
+        session.commit()
+        job_id = job.id
+    with httpx.Client(base_url=control_plane.url, timeout=30) as client:
+        final = _wait(client, f"/api/v1/jobs/{job_id}", {"FAILED"}, 60)
+    assert final["message"].startswith("lost:")

@@ -5,6 +5,7 @@ The app is pointed at a Ray address where nothing listens, so a submission fails
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from services.api.app import create_app
 from services.ray_head import free_port
 from services.settings import Settings
+from services.store.models import Job
 
 
 @pytest.fixture()
@@ -155,3 +157,55 @@ def test_prometheus_metrics_count_jobs_by_state(client: TestClient) -> None:
     body = client.get("/metrics").text
     assert 'llmforge_jobs{kind="curate",state="FAILED"} 1.0' in body
     assert "llmforge_http_request_seconds_bucket" in body
+
+
+CURATE = {"kind": "curate", "spec": {"input": "x", "output": "y"}}
+
+
+def test_idempotency_key_returns_the_first_job(client: TestClient) -> None:
+    headers = {"Idempotency-Key": "abc-1"}
+    first = client.post("/api/v1/jobs", json=CURATE, headers=headers)
+    again = client.post("/api/v1/jobs", json=CURATE, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    other = {"kind": "curate", "spec": {"input": "x", "output": "z"}}
+    assert client.post("/api/v1/jobs", json=other, headers=headers).status_code == 409
+    assert client.get("/api/v1/jobs").json()["count"] == 1
+
+
+def test_cursor_pagination_walks_every_job_once(client: TestClient) -> None:
+    ids = {client.post("/api/v1/jobs", json=CURATE).json()["id"] for _ in range(5)}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    bad = client.get("/api/v1/jobs", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422 and ["query", "cursor"] in _locs(bad)
+
+
+def test_retry_resubmits_an_ended_job_and_refuses_a_running_one(client: TestClient) -> None:
+    job = client.post("/api/v1/jobs", json=CURATE).json()
+    retried = client.post(f"/api/v1/jobs/{job['id']}/retry").json()
+    assert retried["attempts"] == 1 and retried["state"] == "FAILED"
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        row = session.get(Job, job["id"])
+        row.state = "RUNNING"
+        session.commit()
+    assert client.post(f"/api/v1/jobs/{job['id']}/retry").status_code == 409
+
+
+def test_failed_job_is_retried_automatically_after_backoff(client: TestClient) -> None:
+    job = client.post("/api/v1/jobs", json={**CURATE, "max_retries": 1}).json()
+    assert job["attempts"] == 0 and job["state"] == "FAILED"
+    time.sleep(2.1)
+    client.app.state.scheduler.tick()  # type: ignore[attr-defined]
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["attempts"] == 1
+    time.sleep(4.1)
+    client.app.state.scheduler.tick()  # type: ignore[attr-defined]
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["attempts"] == 1  # no more retries

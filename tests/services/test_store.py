@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from services.store import crud
 from services.store.db import make_engine, make_sessionmaker
-from services.store.models import JobState
+from services.store.migrate import downgrade, upgrade
+from services.store.models import Base, JobState
 
 POSTGRES_URL = os.environ.get(
     "LLMFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -112,3 +115,25 @@ def test_pipeline_jobs_in_creation_order(session: Session) -> None:
     jobs = crud.pipeline_jobs(session, pipeline_id=p.id)
     assert [j.id for j in jobs] == [first.id, second.id]
     assert jobs[1].depends_on == [first.id]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'migrate.db'}"
+    else:
+        yield from _postgres_schema_url()
+
+
+def test_migrations_match_the_models_and_go_down_and_up(database_url: str) -> None:
+    engine = make_engine(database_url)  # upgrades to head
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+        downgrade(engine, "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(engine)
+        assert {"jobs", "pipelines", "metrics"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
@@ -16,9 +16,9 @@ from services.api.schemas import (
     MetricsIngest,
     MetricsPublic,
 )
-from services.api.validation import validate_spec
+from services.api.validation import request_error, validate_spec
 from services.ray_client import RayJobs
-from services.scheduler import hash_token
+from services.scheduler import RETRYABLE, hash_token
 from services.store import crud
 from services.store.models import Job, JobState
 
@@ -42,10 +42,33 @@ def _job_or_404(session: SessionDep, job_id: str) -> Job:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def submit_job(
-    body: JobCreate, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+    body: JobCreate,
+    session: SessionDep,
+    scheduler: SchedulerDep,
+    ray: RayDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     spec = validate_spec(body.kind, body.spec, ("body", "spec"))
-    job = crud.create_job(session, kind=body.kind.value, spec=spec, name=body.name)
+    if idempotency_key:
+        earlier = crud.job_by_idempotency_key(session, key=idempotency_key)
+        if earlier is not None:
+            if (earlier.kind, earlier.spec) != (body.kind.value, spec):
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT,
+                    f"Idempotency-Key {idempotency_key!r} was used for job "
+                    f"{earlier.id} with a different kind or spec",
+                )
+            response.status_code = status.HTTP_200_OK
+            return to_public(earlier, ray)
+    job = crud.create_job(
+        session,
+        kind=body.kind.value,
+        spec=spec,
+        name=body.name,
+        max_retries=body.max_retries,
+        idempotency_key=idempotency_key,
+    )
     scheduler.submit_or_fail(session, job)
     session.commit()
     return to_public(job, ray)
@@ -59,15 +82,25 @@ def list_jobs(
     state: JobState | None = None,
     pipeline_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobsPublic:
+    try:
+        after = crud.decode_cursor(cursor) if cursor else None
+    except ValueError as e:
+        raise request_error(("query", "cursor"), str(e)) from e
     jobs = crud.list_jobs(
         session,
         kind=kind,
         state=state.value if state else None,
         pipeline_id=pipeline_id,
-        limit=limit,
+        limit=limit + 1,
+        after=after,
     )
-    return JobsPublic(data=[to_public(j, ray) for j in jobs], count=len(jobs))
+    page = jobs[:limit]
+    next_cursor = crud.encode_cursor(page[-1]) if len(jobs) > limit else None
+    return JobsPublic(
+        data=[to_public(j, ray) for j in page], count=len(page), next_cursor=next_cursor
+    )
 
 
 @router.get("/{job_id}")
@@ -85,6 +118,20 @@ def cancel_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
         crud.set_state(session, job=job, state=JobState.stopped, message="cancelled by user")
     else:
         crud.set_state(session, job=job, state=JobState.cancelled, message="cancelled by user")
+    session.commit()
+    return to_public(job, ray)
+
+
+@router.post("/{job_id}/retry")
+def retry_job(job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep) -> JobPublic:
+    """Run an ended, unsuccessful job again; training resumes from its last checkpoint."""
+    job = _job_or_404(session, job_id)
+    if job.state not in RETRYABLE:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"job {job_id} is {job.state}; only FAILED, STOPPED or CANCELLED jobs can be retried",
+        )
+    scheduler.retry(session, job)
     session.commit()
     return to_public(job, ray)
 
