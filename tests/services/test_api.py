@@ -209,3 +209,14 @@ def test_failed_job_is_retried_automatically_after_backoff(client: TestClient) -
     time.sleep(4.1)
     client.app.state.scheduler.tick()  # type: ignore[attr-defined]
     assert client.get(f"/api/v1/jobs/{job['id']}").json()["attempts"] == 1  # no more retries
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"), [("/data/../etc/passwd", "'..'"), ("http://example.com/x", "file://")]
+)
+def test_spec_paths_reject_escapes_and_unknown_schemes(
+    client: TestClient, path: str, rule: str
+) -> None:
+    r = client.post("/api/v1/jobs", json={"kind": "curate", "spec": {"input": path, "output": "y"}})
+    assert r.status_code == 422
+    assert ["body", "spec", "input"] in _locs(r) and rule in r.text
