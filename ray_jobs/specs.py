@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
+
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -89,6 +91,31 @@ class TokenizeSpec(Spec):
     sample_docs: int = Field(default=20_000, gt=0, description="documents sampled for training")
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     seed: int = 0
+    special_tokens: list[str] = Field(
+        default_factory=lambda: [EOS_TOKEN],
+        description=f"ids 0..n-1 in this order; {EOS_TOKEN} first, then e.g. "
+        f"{PAD_TOKEN}, {BOS_TOKEN}, {MASK_TOKEN} as the model family needs",
+    )
+    pretokenizer: Literal["gpt2", "llama3"] = Field(
+        default="gpt2", description="split regex applied before byte-level BPE"
+    )
+    workers: int | None = Field(
+        default=None, gt=0, description="parallel encoding tasks (default: as many as CPUs)"
+    )
+
+    @model_validator(mode="after")
+    def _special_tokens_fit(self) -> TokenizeSpec:
+        if not self.special_tokens or self.special_tokens[0] != EOS_TOKEN:
+            raise ValueError(f"special_tokens must start with {EOS_TOKEN} (documents end with it)")
+        if len(set(self.special_tokens)) != len(self.special_tokens):
+            raise ValueError(f"special_tokens has duplicates: {self.special_tokens}")
+        minimum = BYTE_ALPHABET_SIZE + len(self.special_tokens)
+        if self.tokenizer is None and self.vocab_size < minimum:
+            raise ValueError(
+                f"vocab_size {self.vocab_size} is too small: byte-level BPE needs at least "
+                f"{minimum} (256 bytes + {len(self.special_tokens)} special tokens)"
+            )
+        return self
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -102,11 +129,32 @@ class ModelSpec(Spec):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     bias: bool = False
     tie_embeddings: bool = True
+    # the train job builds a decoder (llm.model.GPT), so arch and n_encoder_layer are not offered
+    n_kv_head: int | None = Field(default=None, gt=0, description="None: one per query head")
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(default=1e-5, gt=0)
+    norm_placement: Literal["pre", "post"] = "pre"
+    qk_norm: bool = False
+    activation: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    mlp_hidden: int | None = Field(default=None, gt=0, description="None: 4 * n_embd")
+    position: Literal["learned", "rope", "alibi"] = "learned"
+    rope_theta: float = Field(default=10000.0, gt=0)
+    embd_dropout: float | None = Field(default=None, ge=0, lt=1)
+    attn_dropout: float | None = Field(default=None, ge=0, lt=1)
+    resid_dropout: float | None = Field(default=None, ge=0, lt=1)
+    init: Literal["gpt2", "normal"] = "gpt2"
+    init_std: float = Field(default=0.02, gt=0)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> ModelSpec:
+    def _sizes_divide(self) -> ModelSpec:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"
+            )
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("position='rope' needs an even head size (n_embd / n_head)")
         return self
 
 
@@ -130,6 +178,21 @@ class TrainSpec(Spec):
     eval_batches: int = Field(default=20, gt=0)
     checkpoint_every: int = Field(default=100, gt=0)
     max_failures: int = Field(default=1, ge=0)
+    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
+    decay_fraction: float = Field(default=0.2, ge=0, le=1, description="wsd: share decaying")
+    decay_embeddings: bool = True
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    global_batch_tokens: int | None = Field(default=None, gt=0)
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    spike_factor: float | None = Field(default=2.0, gt=1)
+    max_consecutive_spikes: int = Field(default=3, ge=1)
+    peak_flops: float | None = Field(default=None, gt=0, description="per device, for MFU")
+    tensorboard: bool = True
 
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:

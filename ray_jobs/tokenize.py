@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from llm.tokenizer.bpe import EOS_TOKEN, eos_id, load_tokenizer, save_tokenizer, train_bpe
+from llm.tokenizer.bpe import eos_id, file_sha256, load_tokenizer, save_tokenizer, train_bpe
+from llm.tokenizer.fast import Encoder, document_encoder
 from llm.tokenizer.shards import (
-    encode_documents,
     read_manifest,
     split_of,
     token_dtype,
@@ -35,13 +35,22 @@ from ray_jobs.reporting import MetricsReporter
 from ray_jobs.specs import TokenizeSpec
 
 TOKENIZER_FILE = "tokenizer.json"
-_tokenizers: dict[str, Any] = {}  # one loaded tokenizer per worker process, not per batch
+# One encoder per worker process and tokenizer file (keyed by its hash, so a rewritten file
+# at the same path is never encoded with a stale vocabulary), not one per batch.
+_encoders: dict[tuple[str, str], Encoder] = {}
 
 
-def _encode_block(batch: pa.Table, *, out: str, val_fraction: float) -> pa.Table:
-    path = f"{out}/{TOKENIZER_FILE}"
-    tok = _tokenizers.get(path) or _tokenizers.setdefault(path, load_tokenizer(path))
-    eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
+def _worker_encoder(path: str, vocab_size: int, fast: bool) -> Encoder:
+    key = (path, file_sha256(path))
+    if key not in _encoders:
+        _encoders[key] = document_encoder(path, token_dtype(vocab_size), allow_fast=fast)[0]
+    return _encoders[key]
+
+
+def _encode_block(
+    batch: pa.Table, *, out: str, val_fraction: float, vocab_size: int, fast: bool
+) -> pa.Table:
+    encode = _worker_encoder(f"{out}/{TOKENIZER_FILE}", vocab_size, fast)
     ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
     rows: list[dict[str, Any]] = []
     for split in ("train", "val"):
@@ -49,7 +58,7 @@ def _encode_block(batch: pa.Table, *, out: str, val_fraction: float) -> pa.Table
         if not docs:
             continue
         key = hashlib.blake2b(f"{ids[0]}|{ids[-1]}|{len(ids)}".encode(), digest_size=8).hexdigest()
-        entry = write_shard(out, f"{split}-{key}.bin", encode_documents(tok, docs, eos, dtype))
+        entry = write_shard(out, f"{split}-{key}.bin", encode(docs))
         rows.append(
             {
                 **entry,
@@ -85,11 +94,20 @@ def _prepare_tokenizer(spec: TokenizeSpec, ds: ray.data.Dataset, n_docs: int, ou
     fraction = min(1.0, spec.sample_docs / n_docs)
     sample = ds.random_sample(fraction, seed=spec.seed) if fraction < 1 else ds
     texts = [r["text"] for r in sample.select_columns(["text"]).take(spec.sample_docs)]
-    save_tokenizer(
-        train_bpe(texts, vocab_size=spec.vocab_size, special_tokens=(EOS_TOKEN,)),
-        out / TOKENIZER_FILE,
+    tok = train_bpe(
+        texts,
+        vocab_size=spec.vocab_size,
+        special_tokens=spec.special_tokens,
+        pretokenizer=spec.pretokenizer,
     )
+    save_tokenizer(tok, out / TOKENIZER_FILE)
     return time.time() - started
+
+
+def _choose_encoder(ds: ray.data.Dataset, out: Path, vocab_size: int) -> str:
+    """Which encoder the workers use: tiktoken if it matches `tokenizers` on a few documents."""
+    check = [r["text"] for r in ds.select_columns(["text"]).take(64)]
+    return document_encoder(out / TOKENIZER_FILE, token_dtype(vocab_size), check)[1]
 
 
 def _vocab_used(out: Path, manifest: dict[str, Any]) -> int:
@@ -121,6 +139,32 @@ def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any], out: Path) -
     }
 
 
+def _encode_corpus(
+    spec: TokenizeSpec, ds: ray.data.Dataset, out: Path, vocab_size: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Encode every block in parallel; return shard entries and the encoding figures."""
+    encoder = _choose_encoder(ds, out, vocab_size)
+    encode = partial(
+        _encode_block,
+        out=str(out),
+        val_fraction=spec.val_fraction,
+        vocab_size=vocab_size,
+        fast=encoder == "tiktoken",
+    )
+    started = time.time()
+    compute = ray.data.TaskPoolStrategy(size=spec.workers)
+    entries = ds.map_batches(
+        encode, batch_format="pyarrow", batch_size=1024, compute=compute
+    ).take_all()
+    seconds = time.time() - started
+    nbytes = sum(e["bytes"] for e in entries)
+    return entries, {
+        "encoder": encoder,
+        "encode_seconds": round(seconds, 3),
+        "encode_mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 3),
+    }
+
+
 def run(spec: TokenizeSpec) -> dict[str, Any]:
     src = local_path(spec.input)
     data = src / "data" if (src / "data").is_dir() else src
@@ -130,14 +174,18 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     init_ray()
-    ds = ray.data.read_parquet(str(data.resolve()), columns=["id", "text"])
+    # Ray Data sizes read blocks by bytes, which leaves a few MB of text in one block and so
+    # one encoding task; encoding is CPU-bound, so ask for several blocks per worker.
+    workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
+    ds = ray.data.read_parquet(
+        str(data.resolve()), columns=["id", "text"], override_num_blocks=4 * workers
+    )
     n_docs = ds.count()
     if n_docs == 0:
         raise JobError(f"empty corpus: {data} holds no documents")
     train_seconds = _prepare_tokenizer(spec, ds, n_docs, out)
-    encode = partial(_encode_block, out=str(out), val_fraction=spec.val_fraction)
-    entries = ds.map_batches(encode, batch_format="pyarrow", batch_size=1024).take_all()
     tok = load_tokenizer(out / TOKENIZER_FILE)
+    entries, encoding = _encode_corpus(spec, ds, out, tok.get_vocab_size())
     shards = {
         s: [
             {k: e[k] for k in ("file", "tokens", "documents", "sha256")}
@@ -156,19 +204,28 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
         extra={"source": spec.input},
     )
     read_manifest(out, verify=True)
-    stats = _stats(entries, manifest, out)
+    stats = {**_stats(entries, manifest, out), **encoding}
     stats.update(
         tokenizer_train_seconds=round(train_seconds, 3), seconds=round(time.time() - started, 3)
     )
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    _report(out, stats)
+    return {"stats": stats, "manifest": str(out / "manifest.json")}
+
+
+def _report(out: Path, stats: dict[str, Any]) -> None:
+    splits = stats["splits"]
     MetricsReporter(out).log(
         0,
         {
-            "train_tokens": stats["splits"]["train"]["tokens"],
-            "val_tokens": stats["splits"]["val"]["tokens"],
+            "train_tokens": splits["train"]["tokens"],
+            "val_tokens": splits["val"]["tokens"],
+            "bytes_per_token": splits["train"]["bytes_per_token"],
+            "vocab_used": stats["vocab_used"],
+            "encode_mb_per_s": stats["encode_mb_per_s"],
+            "seconds": stats["seconds"],
         },
     )
-    return {"stats": stats, "manifest": str(out / "manifest.json")}
 
 
 if __name__ == "__main__":

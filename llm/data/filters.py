@@ -2,11 +2,11 @@
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 
-from llm.data.schema import TEXT, kept_mask, with_reasons
+from llm.data.schema import mark_failures
 
 GOPHER_STOP_WORDS: frozenset[str] = frozenset(
     {"the", "be", "to", "of", "and", "that", "have", "with"}
@@ -37,14 +37,6 @@ def split_words(text: str) -> list[str]:
 
 def _is_symbol(token: str) -> bool:
     return all(unicodedata.category(ch)[0] in "PS" for ch in token)
-
-
-def _mark_failures(batch: pa.Table, check: Callable[[str], str | None]) -> pa.Table:
-    texts = batch.column(TEXT).to_pylist()
-    reasons = [
-        check(text) if keep else None for text, keep in zip(texts, kept_mask(batch), strict=True)
-    ]
-    return with_reasons(batch, reasons)
 
 
 def _ratio(count: int, total: int) -> float:
@@ -80,7 +72,7 @@ class LengthFilter:
 
     def apply(self, batch: pa.Table) -> pa.Table:
         """Mark kept rows that fail ``check``."""
-        return _mark_failures(batch, self.check)
+        return mark_failures(batch, self.check)
 
 
 class GopherQualityFilter:
@@ -126,7 +118,7 @@ class GopherQualityFilter:
 
     def apply(self, batch: pa.Table) -> pa.Table:
         """Mark kept rows that fail ``check``."""
-        return _mark_failures(batch, self.check)
+        return mark_failures(batch, self.check)
 
     def _word_rule(self, words: list[str]) -> str | None:
         lengths = [len(word) for word in words if not _is_symbol(word)]

@@ -5,6 +5,8 @@ kept and holds the removal reason once a step rejects it; steps never drop rows,
 document can be accounted for at the end of a pipeline.
 """
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -50,3 +52,12 @@ def with_reasons(batch: pa.Table, reasons: list[str | None]) -> pa.Table:
     old = batch.column(REASON).to_pylist()
     merged = [prev if prev is not None else new for prev, new in zip(old, reasons, strict=True)]
     return set_column(batch, REASON, pa.array(merged, type=pa.string()))
+
+
+def mark_failures(batch: pa.Table, check: Callable[[str], str | None]) -> pa.Table:
+    """Run ``check`` on the text of every kept row and record the reasons it returns."""
+    texts = batch.column(TEXT).to_pylist()
+    reasons = [
+        check(text) if keep else None for text, keep in zip(texts, kept_mask(batch), strict=True)
+    ]
+    return with_reasons(batch, reasons)

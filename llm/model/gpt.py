@@ -1,117 +1,138 @@
-"""A decoder-only Transformer in the GPT-2 mould, written to be read top to bottom.
+"""A decoder-only Transformer (causal LM), written to be read top to bottom.
 
-Pre-norm blocks (LayerNorm -> attention / MLP -> residual add), learned absolute positions,
-and an LM head that shares its weight with the token embedding when tie_embeddings is set.
+The defaults give GPT-2: pre-norm LayerNorm blocks, GELU MLP, learned absolute positions and an
+LM head that shares its weight with the token embedding. ModelConfig switches turn it into a
+Llama-style model (RMSNorm, SwiGLU, RoPE, grouped-query attention) or anything in between.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llm.model.config import ModelConfig
+from llm.model.layers import (
+    AttnInputs,
+    Block,
+    KVCache,
+    alibi_slopes,
+    init_weights,
+    make_norm,
+    rope_tables,
+)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        # one matmul for q, k and v is faster than three small ones
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim) so every head attends independently
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+def positions_for(
+    batch_len: int, past: int, attention_mask: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """Position ids (B|1, T). With a padding mask, each row counts only its real tokens, so a
+    left-padded prompt gets the same positions as the prompt alone."""
+    if attention_mask is None:
+        return torch.arange(past, past + batch_len, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
 
 
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+def attention_inputs(
+    config: ModelConfig,
+    positions: torch.Tensor,
+    *,
+    past: int,
+    causal: bool,
+    attention_mask: torch.Tensor | None,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> AttnInputs:
+    """Build the mask and rotary tables once per forward; every layer reuses them."""
+    T = positions.shape[-1]
+    rope = rope_tables(config, positions) if config.position == "rope" else None
+    needs_mask = attention_mask is not None or slopes is not None or (causal and past > 0 and T > 1)
+    if not needs_mask:
+        # the fused kernels: causal on a fresh sequence, no mask for one new token or an encoder
+        return AttnInputs(rope=rope, is_causal=causal and past == 0)
+    device = positions.device
+    q_idx = torch.arange(past, past + T, device=device)[:, None]
+    k_idx = torch.arange(past + T, device=device)[None]
+    allowed = k_idx <= q_idx if causal else torch.ones_like(k_idx - q_idx, dtype=torch.bool)
+    if attention_mask is not None:
+        # a padding query may still see itself, so its softmax row is never empty (NaN)
+        allowed = (allowed & attention_mask[:, None, None, :].bool()) | (k_idx == q_idx)
+    if slopes is None:
+        return AttnInputs(rope=rope, mask=allowed)
+    distance = -(k_idx - q_idx).abs() if not causal else (k_idx - q_idx)
+    bias = slopes.to(device)[:, None, None] * distance.to(dtype)
+    return AttnInputs(rope=rope, mask=bias.masked_fill(~allowed, float("-inf")))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.gelu(self.fc(x))))
 
-
-class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.arch != "decoder":
+            raise ValueError(
+                f"GPT builds ModelConfig.arch='decoder', got {config.arch!r}; "
+                "use llm.model.build_model for the other architectures"
+            )
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.wpe = (
+            nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
+        )
+        self.drop = nn.Dropout(config.dropout_at("embd"))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
-        # GPT-2: each block adds two residual contributions, so scale their projections down
-        # to keep the residual stream's variance from growing with depth
-        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
-        for name, param in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
-                nn.init.normal_(param, mean=0.0, std=residual_std)
+        self.slopes = alibi_slopes(config.n_head) if config.position == "alibi" else None
+        init_weights(self, config, config.n_layer)
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for batch sequences of up to max_len (default block_size) tokens."""
+        return KVCache(self.config, batch, max_len or self.config.block_size, self.wte.weight)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        seq_len = idx.shape[1]
-        if seq_len > self.config.block_size:
+        """idx (B, T) -> logits (B, T, vocab). attention_mask (B, past + T) marks real tokens
+        (1) and padding (0); cache holds the keys and values of the past tokens."""
+        past = cache.length if cache is not None else 0
+        seq_len = past + idx.shape[1]
+        limit = min(self.config.block_size, cache.max_len if cache is not None else seq_len)
+        if seq_len > limit:
             raise ValueError(
                 f"sequence length {seq_len} exceeds ModelConfig.block_size "
-                f"({self.config.block_size})"
+                f"({self.config.block_size}) or the KV cache's max_len"
             )
-        pos = torch.arange(seq_len, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(
-            logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+        positions = positions_for(idx.shape[1], past, attention_mask, idx.device)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        inputs = attention_inputs(
+            self.config,
+            positions,
+            past=past,
+            causal=True,
+            attention_mask=attention_mask,
+            slopes=self.slopes,
+            dtype=x.dtype,
         )
-        return logits, loss
+        inputs.cache = cache
+        for block in self.blocks:
+            x = block(x, inputs)
+        if cache is not None:
+            cache.length = seq_len
+        logits = self.lm_head(self.ln_f(x))
+        return logits, None if targets is None else lm_loss(logits, targets)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Count each distinct tensor once, so a tied LM head is not counted twice.
@@ -122,7 +143,8 @@ class GPT(nn.Module):
         # parameters() yields a shared tensor only once
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= self.wpe.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.wte.weight.numel()
         return n

@@ -11,7 +11,26 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<|bos|>"
+MASK_TOKEN = "<|mask|>"
 BYTE_ALPHABET_SIZE = 256
+
+# Split regexes, in the syntax both `tokenizers` (Oniguruma) and tiktoken (fancy-regex) accept.
+# "gpt2" is what ByteLevel(use_regex=True) applies; "llama3" keeps digits in groups of at most
+# three and attaches one leading non-letter to words, as Llama 3's tokenizer does.
+PRETOKENIZER_PATTERNS = {
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    "llama3": (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    ),
+}
+
+
+def sentinel_token(index: int) -> str:
+    """Name of the index-th span-corruption sentinel (T5's <extra_id_i>)."""
+    return f"<|sentinel_{index}|>"
 
 
 class _CharCounter:
@@ -28,14 +47,32 @@ class _CharCounter:
             yield text
 
 
+def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    if name not in PRETOKENIZER_PATTERNS:
+        raise ValueError(
+            f"pretokenizer must be one of {sorted(PRETOKENIZER_PATTERNS)}, got {name!r}"
+        )
+    if name == "gpt2":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = pre_tokenizers.Split(
+        tokenizers.Regex(PRETOKENIZER_PATTERNS[name]), behavior="isolated", invert=False
+    )
+    return pre_tokenizers.Sequence(
+        [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+
+
 def train_bpe(
     texts: Iterable[str],
     *,
     vocab_size: int,
     special_tokens: Sequence[str] = (EOS_TOKEN,),
     min_frequency: int = 2,
+    pretokenizer: str = "gpt2",
 ) -> tokenizers.Tokenizer:
     """Train a byte-level BPE tokenizer; special tokens get ids 0..n-1 in the given order."""
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError(f"special_tokens has duplicates: {list(special_tokens)}")
     minimum = BYTE_ALPHABET_SIZE + len(special_tokens)
     if vocab_size < minimum:
         raise ValueError(
@@ -43,7 +80,7 @@ def train_bpe(
             f"(256 bytes + {len(special_tokens)} special tokens)"
         )
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = _pre_tokenizer(pretokenizer)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

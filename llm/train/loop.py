@@ -1,8 +1,9 @@
-"""One training loop for causal LM, in a single process or under torch.distributed (DDP).
+"""One training loop for causal LM, in a single process or under torch.distributed (DDP, FSDP2).
 
 Whoever launches it (a test, ``ray_jobs.train`` on Ray Train, torchrun) initialises the process
 group; the loop only asks for rank and world size. Checkpoints go to ``out_dir/checkpoints`` and a
-restarted run resumes from the latest one by itself: model, optimizer, loader position, RNG.
+restarted run resumes from the latest one by itself: model, optimizer, loss scaler, loader
+position, RNG, spike-guard state.
 """
 
 from __future__ import annotations
@@ -11,38 +12,34 @@ import base64
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from llm.model import GPT, ModelConfig
 from llm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, step_dir
+from llm.train.config import TrainConfig, check_config
 from llm.train.data import TokenShards, TrainBatches, val_batches
-from llm.train.optim import build_optimizer, cosine_lr
+from llm.train.guard import SpikeGuard
+from llm.train.metrics import TensorBoard, device_peak_flops, mfu, peak_memory_gb
+from llm.train.optim import build_optimizer, scheduled_lr
+from llm.train.parallel import (
+    clip_grad_norm,
+    load_fsdp_checkpoint,
+    parallelize,
+    pick_device,
+    save_fsdp_checkpoint,
+    sync_gradients,
+)
+from llm.train.precision import autocast, grad_scaler, load_scaler_state, scaler_state
+
+__all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
 
 LogFn = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 8
-    seq_len: int = 128
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 100
-    eval_batches: int = 20
-    checkpoint_every: int = 100
 
 
 def _distributed() -> tuple[int, int]:
@@ -51,12 +48,20 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _mean_across_ranks(value: float, world_size: int) -> float:
+def _mean_across_ranks(value: float, world_size: int, device: torch.device) -> float:
     if world_size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / world_size
+
+
+def _encode_rng(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode()
+
+
+def _decode_rng(text: str) -> torch.Tensor:
+    return torch.ByteTensor(list(base64.b64decode(text)))
 
 
 @torch.no_grad()
@@ -71,11 +76,12 @@ def evaluate_loss(
     """Token-weighted mean loss over the split's windows (all of them unless capped)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for i, (x, y) in enumerate(val_batches(shards, batch_size=batch_size, seq_len=seq_len)):
         if max_batches is not None and i >= max_batches:
             break
-        _, loss = model(x, y)
+        _, loss = model(x.to(device), y.to(device))
         total += float(loss) * y.numel()
         tokens += y.numel()
     model.train(was_training)
@@ -96,10 +102,35 @@ class _Run:
     ) -> None:
         self.cfg, self.out_dir = cfg, out_dir
         self.rank, self.world_size = _distributed()
+        self.device = pick_device()
+        self.micro_steps = check_config(cfg, world_size=self.world_size, device=self.device)
+        self.fsdp = cfg.parallelism == "fsdp"
         torch.manual_seed(cfg.seed)
-        self.model = GPT(model_config)
+        self.model = GPT(model_config).to(self.device)
         self.model_config = model_config
-        self.optimizer = build_optimizer(self.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.flops_per_token = self.model.flops_per_token()
+        self.peak_flops = device_peak_flops(self.device, cfg.peak_flops)
+        self._open_data(data_dir)
+        self.wrapped = parallelize(
+            self.model,
+            parallelism=cfg.parallelism,
+            world_size=self.world_size,
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile_model=cfg.compile,
+        )
+        self.optimizer = self._make_optimizer(self.model)
+        self.scaler = grad_scaler(cfg.precision, self.device)
+        self.guard = SpikeGuard(cfg.spike_factor, cfg.max_consecutive_spikes)
+        self.step = 0
+        self.tokens_seen = 0
+        latest = latest_checkpoint(self.out_dir / "checkpoints")
+        if latest is not None:
+            state = self._restore(latest, loader=True)
+            if "guard" in state:
+                self.guard.load_state_dict(state["guard"])
+
+    def _open_data(self, data_dir: Path) -> None:
+        cfg = self.cfg
         self.shards = TokenShards(data_dir, "train")
         self.val = TokenShards(data_dir, "val", verify=False)
         if int(self.val.window_starts(cfg.seq_len + 1)[-1]) == 0:
@@ -107,10 +138,10 @@ class _Run:
                 f"{data_dir}: the val split has no window of {cfg.seq_len + 1} "
                 "tokens; raise the tokenize job's val_fraction or add data"
             )
-        if self.shards.vocab_size != model_config.vocab_size:
+        if self.shards.vocab_size != self.model_config.vocab_size:
             raise ValueError(
                 f"{data_dir}: vocab_size {self.shards.vocab_size} does not match "
-                f"the model's vocab_size {model_config.vocab_size}"
+                f"the model's vocab_size {self.model_config.vocab_size}"
             )
         self.batches = TrainBatches(
             self.shards,
@@ -120,66 +151,145 @@ class _Run:
             world_size=self.world_size,
             seed=cfg.seed,
         )
-        self.step = 0
-        self.tokens_seen = 0
-        self._resume()
-        self.ddp: nn.Module = (
-            DistributedDataParallel(self.model) if self.world_size > 1 else self.model
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return build_optimizer(
+            model,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            decay_embeddings=cfg.decay_embeddings,
         )
 
-    def _resume(self) -> None:
-        latest = latest_checkpoint(self.out_dir / "checkpoints")
-        if latest is None:
-            return
-        _, state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        loader = dict(state["loader"], rank=self.rank, world_size=self.world_size)
-        self.batches.load_state_dict(loader)
-        torch.set_rng_state(torch.ByteTensor(list(base64.b64decode(state["torch_rng"]))))
+    def autocast(self) -> Any:
+        return autocast(self.cfg.precision, self.device)
 
-    def save(self) -> Path | None:
-        path = None
-        if self.rank == 0:
-            state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "loader": self.batches.state_dict(),
-                "train_config": asdict(self.cfg),
-                "torch_rng": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-            }
-            path = save_checkpoint(
-                step_dir(self.out_dir / "checkpoints", self.step),
+    def _restore(self, path: Path, *, loader: bool) -> dict[str, Any]:
+        """Load model, optimizer, scaler, counters and RNG (and the loader position if asked)."""
+        if self.fsdp:
+            state = load_fsdp_checkpoint(
+                path,
                 model=self.model,
                 config=self.model_config,
                 optimizer=self.optimizer,
-                trainer_state=state,
+                make_optimizer=self._make_optimizer,
+            )
+        else:
+            _, state = load_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        if loader:
+            position = dict(state["loader"], rank=self.rank, world_size=self.world_size)
+            self.batches.load_state_dict(position)
+        torch.set_rng_state(_decode_rng(state["torch_rng"]))
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(_decode_rng(state["cuda_rng"]), self.device)
+        load_scaler_state(self.scaler, state.get("grad_scaler"))
+        return state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "loader": self.batches.state_dict(),
+            "train_config": asdict(self.cfg),
+            "torch_rng": _encode_rng(torch.get_rng_state()),
+            "grad_scaler": scaler_state(self.scaler),
+            "guard": self.guard.state_dict(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = _encode_rng(torch.cuda.get_rng_state(self.device))
+        return state
+
+    def save(self) -> Path | None:
+        path = None
+        target = step_dir(self.out_dir / "checkpoints", self.step)
+        if self.fsdp:
+            path = save_fsdp_checkpoint(
+                target,
+                model=self.model,
+                config=self.model_config,
+                optimizer=self.optimizer,
+                make_optimizer=self._make_optimizer,
+                trainer_state=self._trainer_state(),
+            )
+        elif self.rank == 0:
+            path = save_checkpoint(
+                target,
+                model=self.model,
+                config=self.model_config,
+                optimizer=self.optimizer,
+                trainer_state=self._trainer_state(),
             )
         if self.world_size > 1:
             dist.barrier()
         return path
 
+    def roll_back(self) -> None:
+        """Return to the last checkpoint after too many skipped steps in a row.
+
+        By default the loader keeps its position, so the batches since the checkpoint are
+        skipped rather than replayed: replaying them with the restored RNG would reproduce a
+        data-driven spike exactly (PaLM, section 5.1, skips them the same way).
+        """
+        cfg, latest = self.cfg, latest_checkpoint(self.out_dir / "checkpoints")
+        where = f"at step {self.step}: {self.guard.consecutive} steps in a row had a "
+        where += "non-finite or spiking loss"
+        if latest is None:
+            raise RuntimeError(f"{where}, and {self.out_dir / 'checkpoints'} has no checkpoint")
+        if self.guard.rollbacks >= cfg.max_rollbacks:
+            raise RuntimeError(f"{where}, after {cfg.max_rollbacks} roll-backs already")
+        state = self._restore(latest, loader=not cfg.rollback_skips_data)
+        saved = state.get("guard")
+        self.guard.ema = saved["ema"] if saved else None
+        self.guard.ema_steps = saved["ema_steps"] if saved else 0
+        self.guard.consecutive = 0
+        self.guard.rollbacks += 1
+
+    def _micro_step(self, final: bool) -> float:
+        x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        # no_sync must cover the backward pass, autocast only the forward
+        with sync_gradients(self.wrapped, final):
+            with self.autocast():
+                _, loss = self.wrapped(x, y)
+            assert loss is not None
+            scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return float(loss.detach())
+
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
-        lr = cosine_lr(
+        lr = scheduled_lr(
+            cfg.schedule,
             self.step,
             lr=cfg.lr,
             min_lr=cfg.min_lr,
             warmup_steps=cfg.warmup_steps,
             total_steps=cfg.steps,
+            decay_fraction=cfg.decay_fraction,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = next(self.batches)
-        _, loss = self.ddp(x, y)
-        assert loss is not None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        self.optimizer.step()
+        local = sum(self._micro_step(i == self.micro_steps - 1) for i in range(self.micro_steps))
+        # every rank must see the same loss, so that all take the same skip decision
+        loss = _mean_across_ranks(local / self.micro_steps, self.world_size, self.device)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_grad_norm(self.model, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        # an fp16 overflow is the GradScaler's to handle: it skips that step and lowers the scale
+        if self.guard.accept(loss, grad_norm, check_grad_norm=self.scaler is None):
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler:
+            self.scaler.update()
         self.step += 1
-        self.tokens_seen += x.numel() * self.world_size
-        return float(loss.detach()), grad_norm
+        self.tokens_seen += self.micro_steps * cfg.batch_size * cfg.seq_len * self.world_size
+        return loss, grad_norm
 
 
 def train(
@@ -193,31 +303,35 @@ def train(
 ) -> dict[str, Any]:
     """Train until ``cfg.steps``; ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all."""
     run = _Run(cfg, model_config, Path(data_dir), Path(out_dir))
+    board = TensorBoard(run.out_dir / "tensorboard") if cfg.tensorboard and run.rank == 0 else None
     history: list[float] = []
     last: dict[str, float] = {}
     tick, tick_step = time.perf_counter(), run.step
-    while run.step < cfg.steps:
-        loss, grad_norm = run.train_step()
-        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-            elapsed = time.perf_counter() - tick
-            tokens = (run.step - tick_step) * cfg.batch_size * cfg.seq_len * run.world_size
-            last = {
-                "loss": _mean_across_ranks(loss, run.world_size),
-                "grad_norm": grad_norm,
-                "lr": run.optimizer.param_groups[0]["lr"],
-                "tokens_per_s": tokens / max(elapsed, 1e-9),
-                "tokens_seen": float(run.tokens_seen),
-            }
-            history.append(last["loss"])
-            if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
-                last.update(_eval_on_rank0(run))
-            if run.rank == 0 and on_log:
-                on_log(run.step, last)
-            tick, tick_step = time.perf_counter(), run.step
-        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-            path = run.save()
-            if on_checkpoint:
-                on_checkpoint(run.step, path, last)
+    try:
+        while run.step < cfg.steps:
+            loss, grad_norm = run.train_step()
+            if run.guard.must_roll_back:
+                run.roll_back()
+                tick, tick_step = time.perf_counter(), run.step
+                continue
+            if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+                elapsed = time.perf_counter() - tick
+                last = _metrics(run, loss, grad_norm, run.step - tick_step, elapsed)
+                history.append(last["loss"])
+                if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
+                    last.update(_evaluate(run))
+                if run.rank == 0 and on_log:
+                    on_log(run.step, last)
+                if board:
+                    board.log(run.step, last)
+                tick, tick_step = time.perf_counter(), run.step
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                path = run.save()
+                if on_checkpoint:
+                    on_checkpoint(run.step, path, last)
+    finally:
+        if board:
+            board.close()
     final = latest_checkpoint(run.out_dir / "checkpoints")
     return {
         "steps": run.step,
@@ -229,9 +343,33 @@ def train(
     }
 
 
-def _eval_on_rank0(run: _Run) -> dict[str, float]:
-    result: dict[str, float] = {}
-    if run.rank == 0:
+def _metrics(
+    run: _Run, loss: float, grad_norm: float, steps: int, elapsed: float
+) -> dict[str, float]:
+    cfg = run.cfg
+    tokens = steps * run.micro_steps * cfg.batch_size * cfg.seq_len * run.world_size
+    tokens_per_s = tokens / max(elapsed, 1e-9)
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "tokens_per_s": tokens_per_s,
+        "tokens_seen": float(run.tokens_seen),
+        "skipped_steps": float(run.guard.skipped),
+        "rollbacks": float(run.guard.rollbacks),
+        "peak_memory_gb": peak_memory_gb(run.device),
+    }
+    if run.peak_flops is not None:
+        peak = run.peak_flops * run.world_size
+        metrics["mfu"] = mfu(run.flops_per_token, tokens_per_s, peak)
+    return metrics
+
+
+def _evaluate(run: _Run) -> dict[str, float]:
+    # under FSDP every forward is collective (it all-gathers the shards), so all ranks evaluate
+    if run.rank != 0 and not run.fsdp:
+        return {}
+    with run.autocast():
         result = evaluate_loss(
             run.model,
             run.val,
@@ -239,4 +377,4 @@ def _eval_on_rank0(run: _Run) -> dict[str, float]:
             seq_len=run.cfg.seq_len,
             max_batches=run.cfg.eval_batches,
         )
-    return result
+    return result if run.rank == 0 else {}

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from services.api.observability import instrument
-from services.api.routes import health, jobs, pipelines
+from services.api.routes import health, jobs, pipelines, plan
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
 from services.scheduler import Scheduler
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "evaluate jobs on Ray.",
     )
     api = APIRouter(prefix="/api/v1")
-    for module in (health, jobs, pipelines):
+    for module in (health, jobs, pipelines, plan):
         api.include_router(module.router)
     app.include_router(api)
     instrument(app)

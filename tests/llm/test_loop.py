@@ -66,9 +66,12 @@ def checkpoint_steps(out_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in (out_dir / "checkpoints").glob("step_*"))
 
 
+WALL_CLOCK = ("tokens_per_s", "peak_memory_gb", "mfu")
+
+
 def deterministic(metrics: dict[str, float]) -> dict[str, float]:
     """Everything a run logs except the wall-clock throughput."""
-    return {k: v for k, v in metrics.items() if k != "tokens_per_s"}
+    return {k: v for k, v in metrics.items() if k not in WALL_CLOCK}
 
 
 # --- train() ------------------------------------------------------------------------------

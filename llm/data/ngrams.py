@@ -1,0 +1,96 @@
+"""Word n-gram hashing shared by the repetition rules, MinHash shingling and decontamination.
+
+Each word gets a stable 64-bit hash (blake2b, so equal across processes and machines); an n-gram's
+hash is the polynomial ``sum(word_hash[i + k] * M**(n - 1 - k))`` in wrapping uint64 arithmetic,
+computed for every position at once with numpy instead of joining n-gram strings. Two different
+n-grams are confused only if their 64-bit hashes collide (odds about N²/2⁶⁴ for N n-grams).
+"""
+
+import hashlib
+import sys
+import unicodedata
+from collections.abc import Iterable
+from functools import cache
+
+import numpy as np
+
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication is a bijection mod 2^64
+
+
+def word_hashes(words: Iterable[str]) -> np.ndarray:
+    """A stable uint64 hash per word (repeated words are hashed once)."""
+    cache: dict[str, int] = {}
+    values = []
+    for word in words:
+        value = cache.get(word)
+        if value is None:
+            digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
+            value = cache[word] = int.from_bytes(digest, "little")
+        values.append(value)
+    return np.array(values, dtype=np.uint64)
+
+
+def local_word_hashes(words: list[str]) -> np.ndarray:
+    """Per-word uint64 hashes valid within this call only: cheaper than ``word_hashes``.
+
+    Words are numbered in order of first appearance and the numbers scrambled with the murmur3
+    finaliser, so the polynomial n-gram hash sees well-mixed 64-bit values.
+    """
+    numbering: dict[str, int] = {}
+    values = np.array([numbering.setdefault(word, len(numbering)) for word in words], np.uint64)
+    with np.errstate(over="ignore"):
+        values = (values + np.uint64(1)) * _MULTIPLIER
+        values ^= values >> np.uint64(33)
+        values *= np.uint64(0xFF51AFD7ED558CCD)
+        values ^= values >> np.uint64(33)
+    return values
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """The hash of the n-gram starting at each position (len(hashes) - n + 1 values, maybe 0)."""
+    count = len(hashes) - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    result = hashes[:count].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, n):
+            result = result * _MULTIPLIER + hashes[k : k + count]
+    return result
+
+
+def cumulative_lengths(words: list[str]) -> np.ndarray:
+    """Characters in the first k words, for k = 0..len(words) (input to ``ngram_lengths``)."""
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    return np.concatenate(([0], np.cumsum(lengths)))
+
+
+def ngram_lengths(cumulative: np.ndarray, n: int, separator_chars: int) -> np.ndarray:
+    """Characters in each n-gram: its word lengths plus ``separator_chars`` between words."""
+    if len(cumulative) - 1 < n:
+        return np.empty(0, dtype=np.int64)
+    return cumulative[n:] - cumulative[:-n] + separator_chars * (n - 1)
+
+
+@cache
+def _punctuation_to_space() -> dict[int, str]:
+    # Every Unicode punctuation mark (category P*), so curly quotes and dashes go too.
+    return {
+        code: " "
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)).startswith("P")
+    }
+
+
+def normalized_words(text: str) -> list[str]:
+    """Lowercased NFC words with punctuation removed, as GPT-3's 13-gram overlap check does."""
+    text = unicodedata.normalize("NFC", text).lower()
+    return text.translate(_punctuation_to_space()).split()
+
+
+def hash_rows(values: np.ndarray) -> np.ndarray:
+    """One polynomial uint64 hash per row of a uint64 array, over its last axis."""
+    result = np.zeros(values.shape[:-1], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(values.shape[-1]):
+            result = result * _MULTIPLIER + values[..., k]
+    return result

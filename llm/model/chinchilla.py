@@ -1,0 +1,135 @@
+"""Compute-optimal planning after Hoffmann et al. 2022 ("Chinchilla").
+
+Given a FLOP budget C (or GPU-hours on a named GPU at an assumed MFU), with C = 6 N D:
+- "rule": about 20 tokens per parameter, N = sqrt(C / 120), the paper's Table 3 rows;
+- "approach3": minimise the fitted loss L(N, D) = E + A / N^alpha + B / D^beta.
+Either way the loss is predicted by that fit, and the nearest sensible ModelConfig is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from llm.model.config import ModelConfig
+from llm.model.sizing import count_parameters, flops_per_token
+
+# Hoffmann et al. 2022, approach 3 (equation 10)
+E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+TOKENS_PER_PARAM = 20.0
+# dense bf16 peak FLOP/s per GPU (vendor datasheets, without sparsity)
+GPU_PEAK_FLOPS = {
+    "V100": 125e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "B200": 2250e12,
+}
+
+
+def predicted_loss(n_params: float, n_tokens: float) -> float:
+    return E + A / n_params**ALPHA + B / n_tokens**BETA
+
+
+def budget_from_gpu_hours(gpu_hours: float, gpu: str, mfu: float = 0.4) -> float:
+    if gpu not in GPU_PEAK_FLOPS:
+        raise ValueError(f"gpu must be one of {sorted(GPU_PEAK_FLOPS)}, got {gpu!r}")
+    if not 0 < mfu <= 1 or gpu_hours <= 0:
+        raise ValueError("gpu_hours must be > 0 and mfu in (0, 1]")
+    return gpu_hours * 3600 * GPU_PEAK_FLOPS[gpu] * mfu
+
+
+def optimal_size(flops: float, method: str = "rule") -> tuple[float, float]:
+    """(parameters, tokens) that minimise loss for the budget."""
+    if flops <= 0:
+        raise ValueError(f"flops must be > 0, got {flops}")
+    if method == "rule":
+        n = math.sqrt(flops / (6 * TOKENS_PER_PARAM))
+        return n, TOKENS_PER_PARAM * n
+    if method == "approach3":
+        # setting dL/dN = 0 along D = C / 6N gives N = G (C/6)^(beta/(alpha+beta))
+        g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+        n = g * (flops / 6) ** (BETA / (ALPHA + BETA))
+        return n, flops / (6 * n)
+    raise ValueError(f"method must be 'rule' or 'approach3', got {method!r}")
+
+
+def nearest_config(n_params: float, base: ModelConfig) -> ModelConfig:
+    """The config closest to n_params with base's switches, head size 64, width a multiple of
+    128 and a width/depth ratio near 100 (what GPT-3, Llama and Chinchilla itself use)."""
+    best: tuple[float, ModelConfig] | None = None
+    for n_layer in range(1, 161):
+        width = 128 * max(1, round(100 * n_layer / 128))
+        heads = width // 64
+        kv = base.n_kv_head
+        # keep the base's key/value head count where it still divides the heads
+        kv_heads = kv if kv is None or heads % kv == 0 else 1
+        candidate = dataclasses.replace(
+            base, n_layer=n_layer, n_embd=width, n_head=heads, n_kv_head=kv_heads, mlp_hidden=None
+        )
+        error = abs(math.log(count_parameters(candidate) / n_params))
+        if best is None or error < best[0]:
+            best = (error, candidate)
+    assert best is not None
+    return best[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    flops: float
+    method: str
+    params: float
+    tokens: float
+    loss: float
+    config: ModelConfig
+    config_params: int
+    config_tokens: float
+
+    def rows(self) -> list[tuple[str, str]]:
+        c = self.config
+        return [
+            ("compute budget (FLOPs)", f"{self.flops:.3g}"),
+            (f"optimal parameters ({self.method})", f"{self.params:.3g}"),
+            ("optimal tokens", f"{self.tokens:.3g}"),
+            ("tokens per parameter", f"{self.tokens / self.params:.1f}"),
+            ("predicted loss (approach 3 fit)", f"{self.loss:.3f}"),
+            ("nearest config", f"n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd}"),
+            ("its parameters", f"{self.config_params:.4g}"),
+            ("its tokens for the budget", f"{self.config_tokens:.3g}"),
+        ]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "flops": self.flops,
+            "method": self.method,
+            "params": self.params,
+            "tokens": self.tokens,
+            "loss": self.loss,
+            "config": self.config.to_dict(),
+            "config_params": self.config_params,
+            "config_tokens": self.config_tokens,
+        }
+
+
+def plan(flops: float, base: ModelConfig, method: str = "rule") -> Plan:
+    params, tokens = optimal_size(flops, method)
+    config = nearest_config(params, base)
+    return Plan(
+        flops=flops,
+        method=method,
+        params=params,
+        tokens=tokens,
+        loss=predicted_loss(params, tokens),
+        config=config,
+        config_params=count_parameters(config),
+        config_tokens=flops / flops_per_token(config),
+    )
+
+
+def format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -1,0 +1,143 @@
+"""ray_jobs.tokenize on a local Ray instance: tiktoken fast path, shard contents, stats, errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, load_tokenizer
+from llm.tokenizer.shards import split_of
+from llm.train.data import TokenShards
+from ray_jobs.entrypoint import JobError
+from ray_jobs.specs import TokenizeSpec
+from ray_jobs.tokenize import run
+
+pytestmark = [pytest.mark.ray]
+NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\n  two spaces\r\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], list[str]]:
+    src = Path(__file__).resolve().parents[2].parent / "shared/data/web/cc_dolma_sample"
+    if not src.is_dir():
+        pytest.skip("shared data absent")
+    with gzip.open(next(src.iterdir()), "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f][:300]
+    ids = [r["id"] for r in rows] + ["non-ascii", "has-eos"]
+    texts = [r["text"] for r in rows] + [NON_ASCII, f"one{EOS_TOKEN}two"]
+    directory = tmp_path_factory.mktemp("tokenize-job")
+    (directory / "data").mkdir()
+    for part in range(3):
+        table = pa.table({"id": ids[part::3], "text": texts[part::3]})
+        pq.write_table(table, directory / "data" / f"part-{part}.parquet")
+    return directory, ids, texts
+
+
+@pytest.fixture(scope="module")
+def job(
+    corpus: tuple[Path, list[str], list[str]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("tokenize-out")
+    spec = TokenizeSpec(
+        input=str(corpus[0]),
+        output=str(out),
+        vocab_size=1024,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN, MASK_TOKEN],
+        pretokenizer="llama3",
+        val_fraction=0.2,
+    )
+    return out, run(spec)["stats"]
+
+
+def shard_documents(out: Path, split: str) -> Counter[tuple[int, ...]]:
+    shards = TokenShards(out, split)
+    tokens = np.concatenate(shards.arrays).tolist()
+    docs: list[tuple[int, ...]] = []
+    start = 0
+    for i, token in enumerate(tokens):
+        if token == shards.eos_id:
+            docs.append(tuple(tokens[start:i]))
+            start = i + 1
+    return Counter(docs)
+
+
+def test_shards_equal_direct_encode(
+    job: tuple[Path, dict[str, Any]], corpus: tuple[Path, list[str], list[str]]
+) -> None:
+    out, stats = job
+    assert stats["encoder"] == "tiktoken"
+    tok = load_tokenizer(out / "tokenizer.json")
+    _, ids, texts = corpus
+    for split in ("train", "val"):
+        docs = [t for i, t in zip(ids, texts, strict=True) if split_of(i, 0.2) == split]
+        encoded = [tuple(tok.encode(t, add_special_tokens=False).ids) for t in docs]
+        # A literal EOS inside a document splits it on reading back, as it would for a model.
+        expected = Counter(p for e in encoded for p in _split_on(e, 0))
+        assert shard_documents(out, split) == expected
+        assert stats["splits"][split]["documents"] == len(docs)
+
+
+def _split_on(ids: tuple[int, ...], eos: int) -> list[tuple[int, ...]]:
+    parts: list[list[int]] = [[]]
+    for token in ids:
+        parts.append([]) if token == eos else parts[-1].append(token)
+    return [tuple(p) for p in parts]
+
+
+def test_stats_report(job: tuple[Path, dict[str, Any]]) -> None:
+    out, stats = job
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert 1.5 < stats["splits"]["train"]["bytes_per_token"] < 6
+    assert 0 < stats["vocab_used"] <= stats["vocab_size"] == 1024
+    assert stats["encode_mb_per_s"] > 0 and stats["tokenizer_train_seconds"] > 0
+
+
+def test_reuse_tokenizer_gives_same_shards(
+    job: tuple[Path, dict[str, Any]],
+    corpus: tuple[Path, list[str], list[str]],
+    tmp_path: Path,
+) -> None:
+    out, _ = job
+    spec = TokenizeSpec(
+        input=str(corpus[0]),
+        output=str(tmp_path),
+        tokenizer=str(out / "tokenizer.json"),
+        val_fraction=0.2,
+        workers=1,
+    )
+    stats = run(spec)["stats"]
+    assert stats["tokenizer_train_seconds"] == 0.0
+    for split in ("train", "val"):
+        assert shard_documents(out, split) == shard_documents(tmp_path, split)
+
+
+def test_corrupt_shard_is_named(job: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, _ = job
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in out.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    victim = json.loads((copy / "manifest.json").read_text())["splits"]["val"]["shards"][0]
+    data = bytearray((copy / victim["file"]).read_bytes())
+    data[0] ^= 0xFF
+    (copy / victim["file"]).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"shard {victim['file']}: sha256 mismatch"):
+        TokenShards(copy, "val")
+
+
+def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    pq.write_table(
+        pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
+        tmp_path / "data" / "part-0.parquet",
+    )
+    with pytest.raises(JobError, match="empty corpus"):
+        run(TokenizeSpec(input=str(tmp_path), output=str(tmp_path / "out")))
