@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -68,6 +69,10 @@ class RayJobs:
 
     def logs(self, submission_id: str) -> str:
         return self.client.get_job_logs(submission_id)
+
+    async def follow_logs(self, submission_id: str) -> AsyncIterator[str]:
+        async for chunk in self.client.tail_job_logs(submission_id):
+            yield chunk
 
     def failure_message(self, submission_id: str) -> str:
         """The job's own LLMFORGE_ERROR line, else Ray's message about it."""

@@ -82,12 +82,18 @@ class Scheduler:
         )
         crud.set_state(session, job=job, state=JobState.pending)
 
-    def retry(self, session: Session, job: Job) -> None:
-        """Submit an ended job again under a new Ray submission id; its output folder stays,
-        so training resumes from its last checkpoint."""
-        job.attempts += 1
+    def requeue(self, session: Session, job: Job) -> None:
+        """Make an ended job wait to run again; it is submitted once its parents succeeded,
+        under a new Ray submission id. Its output folder stays, so training resumes from its
+        last checkpoint."""
+        if job.ray_submission_id:
+            job.attempts += 1
         job.state, job.message, job.result = JobState.waiting.value, None, None
         job.ended_at = None
+
+    def retry(self, session: Session, job: Job) -> None:
+        """Submit an ended job again now."""
+        self.requeue(session, job)
         self.submit_or_fail(session, job)
 
     def tick(self) -> None:

@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
@@ -136,13 +137,19 @@ def retry_job(job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: Ra
     return to_public(job, ray)
 
 
-@router.get("/{job_id}/logs")
+@router.get("/{job_id}/logs", response_model=None)
 def job_logs(
-    job_id: str, session: SessionDep, ray: RayDep, tail: Annotated[int | None, Query(ge=1)] = None
-) -> dict[str, str]:
+    job_id: str,
+    session: SessionDep,
+    ray: RayDep,
+    tail: Annotated[int | None, Query(ge=1)] = None,
+    follow: Annotated[bool, Query(description="stream new lines until the job ends")] = False,
+) -> dict[str, str] | StreamingResponse:
     job = _job_or_404(session, job_id)
     if not job.ray_submission_id:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
+    if follow:
+        return StreamingResponse(ray.follow_logs(job.ray_submission_id), media_type="text/plain")
     logs = ray.logs(job.ray_submission_id)
     if tail:
         logs = "\n".join(logs.splitlines()[-tail:])

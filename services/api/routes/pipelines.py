@@ -8,7 +8,7 @@ from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import to_public
 from services.api.schemas import PipelineCreate, PipelinePublic
 from services.api.validation import request_error, validate_spec
-from services.scheduler import PLACEHOLDER
+from services.scheduler import PLACEHOLDER, RETRYABLE
 from services.store import crud
 from services.store.models import Job, JobState, Pipeline
 
@@ -87,6 +87,30 @@ def create_pipeline(
     scheduler.tick()  # start the root stages now rather than at the next poll
     session.expire_all()
     return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline.id), ray)
+
+
+@router.post("/{pipeline_id}/resume")
+def resume_pipeline(
+    pipeline_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+) -> PipelinePublic:
+    """Run the failed stage again, and the stages its failure cancelled, keeping what succeeded."""
+    pipeline = crud.get_pipeline(session, pipeline_id=pipeline_id)
+    if pipeline is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"pipeline {pipeline_id} not found")
+    jobs = crud.pipeline_jobs(session, pipeline_id=pipeline_id)
+    if pipeline_state(jobs) != JobState.failed.value:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"pipeline {pipeline_id} is {pipeline_state(jobs)}; only a FAILED "
+            "pipeline can be resumed",
+        )
+    for job in jobs:
+        if job.state in RETRYABLE:
+            scheduler.requeue(session, job)
+    session.commit()
+    scheduler.tick()
+    session.expire_all()
+    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline_id), ray)
 
 
 @router.get("/{pipeline_id}")
