@@ -18,14 +18,26 @@ import yaml
 from rich.console import Console
 
 from ray_jobs.specs import JobKind
+from services.auth import ADMIN_KEY_FILE
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
 console = Console(stderr=True)
 
 
+def api_key() -> str | None:
+    """``LLMFORGE_API_KEY``, else the admin key the local control plane wrote at first start."""
+    if key := os.environ.get("LLMFORGE_API_KEY"):
+        return key
+    path = Path(os.environ.get("LLMFORGE_HOME", ".llmforge")) / ADMIN_KEY_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
 def _api(timeout: float | None = 30) -> httpx.Client:
+    key = api_key()
     return httpx.Client(
-        base_url=os.environ.get("LLMFORGE_API_URL", "http://127.0.0.1:8000"), timeout=timeout
+        base_url=os.environ.get("LLMFORGE_API_URL", "http://127.0.0.1:8000"),
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
     )
 
 
@@ -115,7 +127,38 @@ def cmd_pipeline_resume(args: argparse.Namespace) -> int:
         return _print_response(api.post(f"/api/v1/pipelines/{args.pipeline}/resume"))
 
 
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "role": args.role, "team": args.team}
+    with _api() as api:
+        return _print_response(api.post("/api/v1/keys", json=body))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _api() as api:
+        return _print_response(api.get("/api/v1/keys"))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    with _api() as api:
+        return _print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
+
+
+def _add_keys(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="API keys (admin)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", choices=["read_only", "member", "admin"], default="member")
+    create.add_argument("--team", default="default")
+    create.set_defaults(fn=cmd_keys_create)
+    ksub.add_parser("list", help="list keys").set_defaults(fn=cmd_keys_list)
+    revoke = ksub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(fn=cmd_keys_revoke)
+
+
 def add_api_commands(sub: Any) -> None:
+    _add_keys(sub)
     submit = sub.add_parser("submit", help="submit one job from a JSON/YAML spec file")
     submit.add_argument("kind", choices=[k.value for k in JobKind])
     submit.add_argument("spec")

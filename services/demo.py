@@ -167,7 +167,7 @@ def run_demo(
     console.print("starting the control plane (local Ray head, SQLite, local artifacts)…")
     server.start()
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=30, headers=server.headers) as client:
             body = pipeline_body(corpus.path, work, steps=steps, workers=workers)
             p = client.post("/api/v1/pipelines", json=body)
             if p.status_code != 201:

@@ -86,7 +86,7 @@ class Scheduler:
         """Make an ended job wait to run again; it is submitted once its parents succeeded,
         under a new Ray submission id. Its output folder stays, so training resumes from its
         last checkpoint."""
-        if job.ray_submission_id:
+        if job.state != JobState.cancelled.value:  # a cancelled stage never ran: no attempt
             job.attempts += 1
         job.state, job.message, job.result = JobState.waiting.value, None, None
         job.ended_at = None

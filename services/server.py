@@ -9,6 +9,7 @@ import httpx
 import uvicorn
 
 from services.api.app import create_app
+from services.auth import ADMIN_KEY_FILE
 from services.settings import Settings
 
 
@@ -32,6 +33,14 @@ class BackgroundServer:
         self.app = config.app
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="llmforge-api", daemon=True)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin key the control plane wrote at its first start, as a request header."""
+        path = self.settings.home / ADMIN_KEY_FILE
+        if not self.settings.auth or not path.is_file():
+            return {}
+        return {"Authorization": f"Bearer {path.read_text().strip()}"}
 
     @property
     def url(self) -> str:

@@ -34,6 +34,9 @@ def _settings(home: Path, **overrides: object) -> Settings:
         ray_num_cpus=2,
         ray_object_store_mb=128,
         poll_interval_s=0.3,
+        # Keys are tested on their own (tests/services/test_auth.py); the shared cluster's
+        # tests are about their jobs, so they run without them.
+        auth=False,
         **overrides,
     )
 

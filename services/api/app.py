@@ -6,10 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.observability import instrument
-from services.api.routes import health, jobs, pipelines, plan
+from services.api.routes import health, ingest, jobs, keys, pipelines, plan
+from services.auth import authorize, bootstrap_admin_key
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
 from services.scheduler import Scheduler
@@ -50,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dashboard = head.dashboard_url
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
+        if settings.auth:
+            with app.state.sessions() as session:
+                bootstrap_admin_key(session, settings.home)
         app.state.ray = RayJobs(dashboard)
         app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
         app.state.scheduler.start()
@@ -69,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "evaluate jobs on Ray.",
     )
     api = APIRouter(prefix="/api/v1")
-    for module in (health, jobs, pipelines, plan):
+    secured = [Depends(authorize)]
+    for module in (jobs, pipelines, plan):
+        api.include_router(module.router, dependencies=secured)
+    for module in (health, ingest, keys):  # no key, a job token, admin per route
         api.include_router(module.router)
     app.include_router(api)
     instrument(app)

@@ -31,9 +31,13 @@ def create_job(
     depends_on: Sequence[str] = (),
     max_retries: int = 0,
     idempotency_key: str | None = None,
+    owner: str | None = None,
+    team: str | None = None,
 ) -> Job:
     job = Job(
         id=new_id(),
+        owner=owner,
+        team=team,
         max_retries=max_retries,
         idempotency_key=idempotency_key,
         attempts=0,
@@ -77,6 +81,8 @@ def list_jobs(
     kind: str | None = None,
     state: str | None = None,
     pipeline_id: str | None = None,
+    owner: str | None = None,
+    team: str | None = None,
     limit: int = 100,
     after: tuple[datetime, str] | None = None,
 ) -> list[Job]:
@@ -91,6 +97,10 @@ def list_jobs(
         query = query.where(Job.state == state)
     if pipeline_id:
         query = query.where(Job.pipeline_id == pipeline_id)
+    if owner:
+        query = query.where(Job.owner == owner)
+    if team:
+        query = query.where(Job.team == team)
     return list(session.scalars(query))
 
 

@@ -36,6 +36,30 @@ class Base(DeclarativeBase):
     pass
 
 
+class Role(StrEnum):
+    read_only = "read_only"
+    member = "member"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+
+class ApiKey(Base):
+    """An API key, stored as a SHA-256 hash: the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    team: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
 class Pipeline(Base):
     __tablename__ = "pipelines"
 
@@ -46,7 +70,11 @@ class Pipeline(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state", "state"), Index("ix_jobs_pipeline", "pipeline_id"))
+    __table_args__ = (
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_pipeline", "pipeline_id"),
+        Index("ix_jobs_team", "team"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
@@ -64,6 +92,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(32))  # the API key that submitted it
+    team: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()

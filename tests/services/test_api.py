@@ -21,7 +21,7 @@ from services.store.models import Job
 @pytest.fixture()
 def client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(
-        home=tmp_path, ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=60
+        home=tmp_path, ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=60, auth=False
     )
     with TestClient(create_app(settings)) as c:
         yield c

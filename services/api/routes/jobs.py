@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from services.api.deps import RayDep, SchedulerDep, SessionDep
@@ -14,14 +13,14 @@ from services.api.schemas import (
     JobPublic,
     JobsPublic,
     MetricRecord,
-    MetricsIngest,
     MetricsPublic,
 )
 from services.api.validation import request_error, validate_spec
+from services.auth import Principal, PrincipalDep
 from services.ray_client import RayJobs
-from services.scheduler import RETRYABLE, hash_token
+from services.scheduler import RETRYABLE
 from services.store import crud
-from services.store.models import Job, JobState
+from services.store.models import Job, JobState, Role
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -34,11 +33,20 @@ def to_public(job: Job, ray: RayJobs) -> JobPublic:
     )
 
 
-def _job_or_404(session: SessionDep, job_id: str) -> Job:
+def job_or_404(session: SessionDep, job_id: str, who: Principal) -> Job:
+    """The job, if it exists and the caller's team may see it (admins see every team's)."""
     job = crud.get_job(session, job_id=job_id)
-    if job is None:
+    if job is None or not (who.allowed(Role.admin) or job.team in (None, who.team)):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
+
+
+def _own_or_admin(job: Job, who: Principal, action: str) -> None:
+    if job.owner not in (None, who.key_id) and not who.allowed(Role.admin):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"job {job.id} belongs to another user: only an admin may {action} it",
+        )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -48,12 +56,13 @@ def submit_job(
     scheduler: SchedulerDep,
     ray: RayDep,
     response: Response,
+    who: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     spec = validate_spec(body.kind, body.spec, ("body", "spec"))
     if idempotency_key:
         earlier = crud.job_by_idempotency_key(session, key=idempotency_key)
-        if earlier is not None:
+        if earlier is not None and earlier.owner == who.key_id:
             if (earlier.kind, earlier.spec) != (body.kind.value, spec):
                 raise HTTPException(
                     status.HTTP_409_CONFLICT,
@@ -64,6 +73,8 @@ def submit_job(
             return to_public(earlier, ray)
     job = crud.create_job(
         session,
+        owner=who.key_id,
+        team=who.team,
         kind=body.kind.value,
         spec=spec,
         name=body.name,
@@ -79,7 +90,9 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     ray: RayDep,
+    who: PrincipalDep,
     kind: str | None = None,
+    owner: str | None = Query(default=None, description="an API key id"),
     state: JobState | None = None,
     pipeline_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -94,6 +107,8 @@ def list_jobs(
         kind=kind,
         state=state.value if state else None,
         pipeline_id=pipeline_id,
+        owner=owner,
+        team=None if who.allowed(Role.admin) else who.team,
         limit=limit + 1,
         after=after,
     )
@@ -105,13 +120,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
-    return to_public(_job_or_404(session, job_id), ray)
+def get_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
+    return to_public(job_or_404(session, job_id, who), ray)
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
-    job = _job_or_404(session, job_id)
+def cancel_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
+    job = job_or_404(session, job_id, who)
+    _own_or_admin(job, who, "cancel")
     if JobState(job.state).terminal:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.state})")
     if job.ray_submission_id:
@@ -124,9 +140,12 @@ def cancel_job(job_id: str, session: SessionDep, ray: RayDep) -> JobPublic:
 
 
 @router.post("/{job_id}/retry")
-def retry_job(job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep) -> JobPublic:
+def retry_job(
+    job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep, who: PrincipalDep
+) -> JobPublic:
     """Run an ended, unsuccessful job again; training resumes from its last checkpoint."""
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id, who)
+    _own_or_admin(job, who, "retry")
     if job.state not in RETRYABLE:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -142,10 +161,11 @@ def job_logs(
     job_id: str,
     session: SessionDep,
     ray: RayDep,
+    who: PrincipalDep,
     tail: Annotated[int | None, Query(ge=1)] = None,
     follow: Annotated[bool, Query(description="stream new lines until the job ends")] = False,
 ) -> dict[str, str] | StreamingResponse:
-    job = _job_or_404(session, job_id)
+    job = job_or_404(session, job_id, who)
     if not job.ray_submission_id:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
     if follow:
@@ -156,40 +176,16 @@ def job_logs(
     return {"job_id": job_id, "logs": logs}
 
 
-@router.post("/{job_id}/metrics", status_code=status.HTTP_202_ACCEPTED)
-def ingest_metrics(
-    job_id: str,
-    request: Request,
-    body: MetricsIngest,
-    session: SessionDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> dict[str, int]:
-    job = _job_or_404(session, job_id)
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if (
-        not token
-        or not job.token_hash
-        or not hmac.compare_digest(hash_token(token), job.token_hash)
-    ):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid job token for this job is required (Authorization: Bearer)",
-        )
-    n = crud.add_metrics(session, job_id=job_id, records=[r.model_dump() for r in body.records])
-    session.commit()
-    request.app.state.ingested_points.inc(n)
-    return {"accepted": n}
-
-
 @router.get("/{job_id}/metrics")
 def get_metrics(
     job_id: str,
     session: SessionDep,
+    who: PrincipalDep,
     name: str | None = None,
     min_step: Annotated[int | None, Query(ge=0)] = None,
     max_step: Annotated[int | None, Query(ge=0)] = None,
 ) -> MetricsPublic:
-    _job_or_404(session, job_id)
+    job_or_404(session, job_id, who)
     rows = crud.query_metrics(
         session, job_id=job_id, name=name, min_step=min_step, max_step=max_step
     )

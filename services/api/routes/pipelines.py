@@ -8,9 +8,10 @@ from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import to_public
 from services.api.schemas import PipelineCreate, PipelinePublic
 from services.api.validation import request_error, validate_spec
+from services.auth import Principal, PrincipalDep
 from services.scheduler import PLACEHOLDER, RETRYABLE
 from services.store import crud
-from services.store.models import Job, JobState, Pipeline
+from services.store.models import Job, JobState, Pipeline, Role
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -60,7 +61,11 @@ def _public(pipeline: Pipeline, jobs: list[Job], ray: RayDep) -> PipelinePublic:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_pipeline(
-    body: PipelineCreate, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+    body: PipelineCreate,
+    session: SessionDep,
+    scheduler: SchedulerDep,
+    ray: RayDep,
+    who: PrincipalDep,
 ) -> PipelinePublic:
     _check_graph(body)
     specs = [
@@ -80,6 +85,8 @@ def create_pipeline(
             pipeline_id=pipeline.id,
             stage=stage.name,
             depends_on=[ids[p] for p in stage.after],
+            owner=who.key_id,
+            team=who.team,
         )
         ids[stage.name] = job.id
         jobs.append(job)
@@ -91,13 +98,14 @@ def create_pipeline(
 
 @router.post("/{pipeline_id}/resume")
 def resume_pipeline(
-    pipeline_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep
+    pipeline_id: str,
+    session: SessionDep,
+    scheduler: SchedulerDep,
+    ray: RayDep,
+    who: PrincipalDep,
 ) -> PipelinePublic:
     """Run the failed stage again, and the stages its failure cancelled, keeping what succeeded."""
-    pipeline = crud.get_pipeline(session, pipeline_id=pipeline_id)
-    if pipeline is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"pipeline {pipeline_id} not found")
-    jobs = crud.pipeline_jobs(session, pipeline_id=pipeline_id)
+    pipeline, jobs = _visible(session, pipeline_id, who)
     if pipeline_state(jobs) != JobState.failed.value:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -114,8 +122,18 @@ def resume_pipeline(
 
 
 @router.get("/{pipeline_id}")
-def get_pipeline(pipeline_id: str, session: SessionDep, ray: RayDep) -> PipelinePublic:
+def get_pipeline(
+    pipeline_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep
+) -> PipelinePublic:
+    pipeline, jobs = _visible(session, pipeline_id, who)
+    return _public(pipeline, jobs, ray)
+
+
+def _visible(session: SessionDep, pipeline_id: str, who: Principal) -> tuple[Pipeline, list[Job]]:
+    """The pipeline and its jobs, if the caller's team may see them."""
     pipeline = crud.get_pipeline(session, pipeline_id=pipeline_id)
-    if pipeline is None:
+    jobs = crud.pipeline_jobs(session, pipeline_id=pipeline_id) if pipeline else []
+    hidden = not who.allowed(Role.admin) and any(j.team not in (None, who.team) for j in jobs)
+    if pipeline is None or hidden:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"pipeline {pipeline_id} not found")
-    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline_id), ray)
+    return pipeline, jobs

@@ -1,0 +1,120 @@
+"""API keys and roles: who may read, submit, cancel, and manage keys.
+
+Keys are random, shown once, stored as SHA-256 hashes. Roles rank read_only < member < admin:
+reads need read_only, writes need member, key management needs admin. A user sees the jobs of
+their own team; cancelling another user's job needs admin. The first start of a control plane
+with no keys creates an admin key in ``LLMFORGE_HOME/admin.key`` (mode 0600), for the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request, status
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.store.models import ApiKey, Role, utcnow
+
+log = logging.getLogger("llmforge.auth")
+ADMIN_KEY_FILE = "admin.key"
+DEFAULT_TEAM = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str | None
+    role: Role
+    team: str
+
+    def allowed(self, role: Role) -> bool:
+        return self.role.rank >= role.rank
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, *, name: str, role: Role, team: str) -> tuple[ApiKey, str]:
+    raw = f"lf_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        id=secrets.token_hex(6), name=name, key_hash=hash_key(raw), role=role.value, team=team
+    )
+    session.add(key)
+    session.flush()
+    return key, raw
+
+
+def bootstrap_admin_key(session: Session, home: Path) -> Path | None:
+    """On a store without keys, create an admin key and write it where only this user reads."""
+    if session.scalar(select(func.count()).select_from(ApiKey)):
+        return None
+    _, raw = create_key(session, name="bootstrap admin", role=Role.admin, team=DEFAULT_TEAM)
+    session.commit()
+    path = home / ADMIN_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(raw + "\n")
+    log.warning("created the first admin API key in %s", path)
+    return path
+
+
+def _lookup(session: Session, raw: str) -> ApiKey | None:
+    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(raw))).first()
+    if key is None or key.revoked_at is not None:
+        return None
+    # The hash lookup already matched; compare again in constant time for good measure.
+    return key if hmac.compare_digest(key.key_hash, hash_key(raw)) else None
+
+
+def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    if not request.app.state.settings.auth:
+        return Principal(key_id=None, role=Role.admin, team=DEFAULT_TEAM)
+    raw = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    with request.app.state.sessions() as session:
+        key = _lookup(session, raw) if raw else None
+    if key is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API key is required: 'Authorization: Bearer <key>' or "
+            "'X-API-Key: <key>' (admins create keys with `llmforge keys create`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return Principal(key_id=key.id, role=Role(key.role), team=key.team)
+
+
+def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """Reads need read_only, anything else member."""
+    needed = Role.read_only if request.method in ("GET", "HEAD") else Role.member
+    if not who.allowed(needed):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this key's role ({who.role}) may not {request.method} here; "
+            f"it needs {needed} or above",
+        )
+    return who
+
+
+def require_admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    if not who.allowed(Role.admin):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"admin role needed (this key: {who.role})")
+    return who
+
+
+def revoke(key: ApiKey) -> None:
+    key.revoked_at = utcnow()
+
+
+PrincipalDep = Annotated[Principal, Depends(authorize)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
