@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from ray_jobs import storage
 from ray_jobs.specs import Spec
 
 ERROR_PREFIX = "LLMFORGE_ERROR: "
@@ -36,10 +37,11 @@ def local_path(uri: str) -> Path:
 
 
 def load_spec(uri: str, spec_type: type[S]) -> S:
-    path = local_path(uri)
-    if not path.is_file():
-        raise JobError(f"spec file not found: {uri}")
-    return spec_type.model_validate(json.loads(path.read_text()))
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError as e:
+        raise JobError(f"spec file not found: {uri}") from e
+    return spec_type.model_validate(json.loads(text))
 
 
 def write_result(output: str, result: dict[str, Any]) -> None:

@@ -14,12 +14,11 @@ import re
 import secrets
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ray_jobs.entrypoint import local_path
+from ray_jobs import storage
 from services.ray_client import LostJob, RayJobs
 from services.settings import Settings
 from services.store import crud
@@ -61,10 +60,9 @@ class Scheduler:
 
     def submit(self, session: Session, job: Job) -> None:
         """Write the spec where the job can read it and hand the job to Ray."""
-        spec_dir = Path(local_path(self.settings.resolved_artifact_root)) / "jobs" / job.id
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = spec_dir / "spec.json"
-        spec_path.write_text(json.dumps(job.spec, indent=2))
+        root = self.settings.resolved_artifact_root.rstrip("/")
+        spec_path = f"{root}/jobs/{job.id}/spec.json"
+        storage.write_text(spec_path, json.dumps(job.spec, indent=2))
         token = secrets.token_urlsafe(32)
         job.token_hash = hash_token(token)
         env = {
@@ -73,6 +71,8 @@ class Scheduler:
             "LLMFORGE_JOB_TOKEN": token,
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
         }
+        if self.settings.s3_endpoint_url:  # where S3 is; credentials come from the cluster
+            env[storage.ENDPOINT_ENV] = self.settings.s3_endpoint_url
         entrypoint = (
             f"{self.settings.resolved_job_python} -m ray_jobs.{job.kind} --spec {spec_path}"
         )
@@ -187,8 +187,7 @@ RETRYABLE = _BLOCKING
 
 def _read_result(spec: dict[str, Any]) -> dict[str, Any] | None:
     try:
-        path = local_path(spec["output"]) / "result.json"
-        result: dict[str, Any] = json.loads(path.read_text())
+        result: dict[str, Any] = json.loads(storage.read_text(f"{spec['output']}/result.json"))
     except (OSError, ValueError, KeyError):
         return None
     return result

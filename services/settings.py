@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # the same installed packages. On a cluster the image's `python` is used.
     job_python: str | None = None
     poll_interval_s: float = 0.5
+    # An S3-compatible endpoint (MinIO, moto) for s3:// artifact roots; AWS when unset.
+    s3_endpoint_url: str | None = None
     # API keys on every route but health; off only for single-user tests.
     auth: bool = True
 

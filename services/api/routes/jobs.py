@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 
+from ray_jobs import storage
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
     JobCreate,
@@ -174,6 +175,23 @@ def job_logs(
     if tail:
         logs = "\n".join(logs.splitlines()[-tail:])
     return {"job_id": job_id, "logs": logs}
+
+
+@router.get("/{job_id}/artifacts")
+def job_artifacts(
+    job_id: str,
+    session: SessionDep,
+    who: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, object]:
+    """The files under the job's output URI (local folder or s3:// prefix), with sizes."""
+    job = job_or_404(session, job_id, who)
+    output = str(job.spec.get("output", ""))
+    return {
+        "job_id": job_id,
+        "output": output,
+        "files": storage.list_files(output, limit=limit) if output else [],
+    }
 
 
 @router.get("/{job_id}/metrics")
