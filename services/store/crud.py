@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from services.store.models import Job, JobState, Metric, Pipeline, utcnow
@@ -123,10 +123,9 @@ def set_state(session: Session, *, job: Job, state: JobState, message: str | Non
 
 
 def add_metrics(session: Session, *, job_id: str, records: Sequence[dict[str, Any]]) -> int:
-    session.add_all(
-        Metric(job_id=job_id, step=r["step"], name=r["name"], value=r["value"], time=r["time"])
-        for r in records
-    )
+    if records:
+        # One multi-row INSERT, not an ORM object per point: ingestion is the hot path.
+        session.execute(insert(Metric), [{**r, "job_id": job_id} for r in records])
     return len(records)
 
 

@@ -24,7 +24,8 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        # Sized for the API's worker threads, so concurrent requests do not queue for a connection.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
     upgrade(engine)
     return engine
 
