@@ -2,6 +2,7 @@
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -12,10 +13,12 @@ GOPHER_STOP_WORDS: frozenset[str] = frozenset(
     {"the", "be", "to", "of", "and", "that", "have", "with"}
 )
 
-# A stand-in for NLTK's English word_tokenize, which datatrove uses: split on whitespace, then split
-# off the marks NLTK splits off (so they count as tokens for the symbol and alphabetic ratios) and
-# English clitics ("n't", "'s"). Like NLTK, it keeps "/", "-", "=", "|" inside a token, commas
-# and colons before a digit ("1,000", "10:30"), and periods inside abbreviations ("U.S.").
+# A stand-in for NLTK's English word_tokenize (datatrove 0.10.1 uses spaCy's blank English
+# tokenizer instead; bench/curate_vs_datatrove.py measures the effect): split on whitespace, then
+# split off the marks NLTK splits off (so they count as tokens for the symbol and alphabetic
+# ratios) and English clitics ("n't", "'s"). Like NLTK, it keeps "/", "-", "=", "|" inside a
+# token, commas and colons before a digit ("1,000", "10:30"), and periods inside abbreviations
+# ("U.S.").
 _SPLIT_RE = re.compile(
     r"""(\.{2,}|--|[;@#$%&?!*()\[\]{}<>"“”]|[,:](?!\d)|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b)""",
     re.IGNORECASE,
@@ -26,6 +29,9 @@ def split_words(text: str) -> list[str]:
     """English word tokens, punctuation marks split off as tokens of their own."""
     words: list[str] = []
     for chunk in text.split():
+        if chunk.isalpha():  # letters only, most words: nothing to split off, skip the regex
+            words.append(chunk)
+            continue
         for piece in _SPLIT_RE.split(chunk):
             # A final period is split off (end of sentence) unless the token is an abbreviation.
             if len(piece) > 1 and piece.endswith(".") and "." not in piece[:-1]:
@@ -112,21 +118,27 @@ class GopherQualityFilter:
     def check(self, text: str) -> str | None:
         """The removal reason for ``text``, or None to keep it."""
         words = split_words(text)
-        failed = self._word_rule(words) or self._symbol_rule(text, len(words))
-        failed = failed or self._line_rule(text) or self._content_rule(words)
+        # The word rules only count, so each distinct word is classified once.
+        counts = Counter(words)
+        failed = self._word_rule(counts) or self._symbol_rule(text, len(words))
+        failed = failed or self._line_rule(text) or self._content_rule(counts, len(words))
         return f"{self.name}:{failed}" if failed else None
 
     def apply(self, batch: pa.Table) -> pa.Table:
         """Mark kept rows that fail ``check``."""
         return mark_failures(batch, self.check)
 
-    def _word_rule(self, words: list[str]) -> str | None:
-        lengths = [len(word) for word in words if not _is_symbol(word)]
-        if _below(len(lengths), self.min_doc_words):
+    def _word_rule(self, counts: Counter[str]) -> str | None:
+        n_words = chars = 0
+        for word, count in counts.items():
+            if not _is_symbol(word):
+                n_words += count
+                chars += len(word) * count
+        if _below(n_words, self.min_doc_words):
             return "short_doc"
-        if _above(len(lengths), self.max_doc_words):
+        if _above(n_words, self.max_doc_words):
             return "long_doc"
-        mean_length = _ratio(sum(lengths), len(lengths))
+        mean_length = _ratio(chars, n_words)
         if _below(mean_length, self.min_avg_word_length):
             return "below_avg_word_length"
         if _above(mean_length, self.max_avg_word_length):
@@ -151,12 +163,12 @@ class GopherQualityFilter:
             return "too_many_end_ellipsis"
         return None
 
-    def _content_rule(self, words: list[str]) -> str | None:
-        alpha = sum(any(ch.isalpha() for ch in word) for word in words)
-        if _below(_ratio(alpha, len(words)), self.max_non_alpha_words_ratio):
+    def _content_rule(self, counts: Counter[str], n_words: int) -> str | None:
+        alpha = sum(count for word, count in counts.items() if any(ch.isalpha() for ch in word))
+        if _below(_ratio(alpha, n_words), self.max_non_alpha_words_ratio):
             return "below_alpha_words"
         # Case-sensitive, as in datatrove: a capitalised "The" is not counted.
-        stop_words = sum(word in self.stop_words for word in words)
+        stop_words = sum(counts[word] for word in self.stop_words)
         if _below(stop_words, self.min_stop_words):
             return "below_stop_words"
         return None

@@ -3,7 +3,9 @@
 1. ``signatures``: a ``minhash`` column (num_perm uint64 values, datasketch's MinHash over word
    5-gram shingles of normalised text).
 2. ``band_keys``: one (band, band_hash, id) row per kept document and band, for a group-by.
-3. ``candidate_pairs``: edges between ids sharing a (band, band_hash).
+3. ``candidate_pairs``: edges between ids sharing a (band, band_hash); optionally
+   ``verify_pairs`` drops those whose signatures estimate a Jaccard similarity below the
+   threshold (NeMo Curator's "false positive check").
 4. ``propagate_labels``: one round of min-label propagation over the edges; repeat until nothing
    changes to get connected components (the cluster label is the smallest id in it).
 5. ``mark_fuzzy_duplicates``: annotate ``minhash_cluster`` and reject every document but the one
@@ -37,6 +39,7 @@ NUM_PERM = 128
 BANDS = 14
 ROWS = 9
 SHINGLE_SIZE = 5
+THRESHOLD = 0.8
 SEED = 1
 # Pinned so signatures stay comparable across datasketch versions (its default may change).
 SCHEME = "affine32"
@@ -132,6 +135,28 @@ def candidate_pairs(keys: pa.Table, all_pairs: bool = False) -> pa.Table:
             right.extend(members[index + 1 :])
     pairs = pa.table({"id_a": pa.array(left, pa.string()), "id_b": pa.array(right, pa.string())})
     return pairs.group_by(["id_a", "id_b"]).aggregate([])
+
+
+def verify_pairs(
+    pairs: pa.Table, batch: pa.Table, threshold: float = THRESHOLD, block: int = 65_536
+) -> pa.Table:
+    """The pairs whose signatures agree on at least ``threshold`` of their values.
+
+    Banding lets through pairs far below the threshold (44% of pairs at Jaccard 0.7 with 14 × 9);
+    the share of equal MinHash values estimates Jaccard without bias (standard deviation about
+    0.035 at 0.8 with 128 values). Give it ``candidate_pairs(..., all_pairs=True)``: a star edge
+    to a bucket's smallest id may fail where the pair between two other members would pass.
+    ``batch`` holds the ``minhash`` column of every id in ``pairs``.
+    """
+    matrix = signature_matrix(batch)
+    row_of = {doc: row for row, doc in enumerate(batch.column(ID).to_pylist())}
+    left = np.array([row_of[doc] for doc in pairs.column("id_a").to_pylist()], dtype=np.int64)
+    right = np.array([row_of[doc] for doc in pairs.column("id_b").to_pylist()], dtype=np.int64)
+    keep = np.zeros(len(left), dtype=bool)
+    for start in range(0, len(left), block):  # bounds the (pairs × num_perm) comparison in memory
+        a, b = left[start : start + block], right[start : start + block]
+        keep[start : start + block] = (matrix[a] == matrix[b]).mean(axis=1) >= threshold
+    return pairs.filter(pa.array(keep))
 
 
 def initial_labels(ids: Iterable[str]) -> pa.Table:

@@ -10,24 +10,23 @@ import hashlib
 import sys
 import unicodedata
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication is a bijection mod 2^64
 
 
+@lru_cache(maxsize=1 << 18)
+def _word_hash(word: str) -> int:
+    # Shared across documents (most words of a document were hashed for an earlier one), and
+    # bounded: 2^18 words is a few tens of MB.
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def word_hashes(words: Iterable[str]) -> np.ndarray:
-    """A stable uint64 hash per word (repeated words are hashed once)."""
-    cache: dict[str, int] = {}
-    values = []
-    for word in words:
-        value = cache.get(word)
-        if value is None:
-            digest = hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest()
-            value = cache[word] = int.from_bytes(digest, "little")
-        values.append(value)
-    return np.array(values, dtype=np.uint64)
+    """A stable uint64 hash per word."""
+    return np.fromiter(map(_word_hash, words), dtype=np.uint64)
 
 
 def local_word_hashes(words: list[str]) -> np.ndarray:
