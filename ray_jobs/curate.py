@@ -1,125 +1,170 @@
-"""Curate a JSONL corpus on Ray Data: read in parallel, filter, dedup exactly, write Parquet.
+"""Curate a corpus on Ray Data: read, run per-document steps, dedup, write Parquet.
 
-Every input file is read by ``parts_per_file`` tasks (each takes every n-th line), so one large
-file still spreads over the CPUs. Steps annotate a ``reason`` column instead of dropping rows;
-at the end kept rows go to ``data/`` and the rest to ``rejected/`` with their reason, and the
-funnel goes to ``stats.json``.
+Phase 1 runs each input part (file × part index) as one task: read (JSONL, Parquet, WARC, WET;
+local or s3://), run the per-document steps in the spec's order, write ``_parts/<key>.parquet``
+and then the completion marker ``_done/<key>.json``; a rerun skips parts with a marker.
+Phase 2 reads every part file and runs the dedup steps over the whole corpus (exact, then or
+instead MinHash, in the spec's order), then writes kept rows to ``data/``, the rest to
+``rejected/`` with their reason, and the funnel per step to ``stats.json``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import ray
+import ray.data
+from ray.data.context import ShuffleStrategy
 from ray.data.expressions import col
 
-from llm.data.dedup import DUPLICATE_OF, add_text_hash, mark_exact_duplicates
-from llm.data.filters import GopherQualityFilter, LengthFilter
-from llm.data.readers import FieldMap, list_input_files, read_jsonl
+from llm.data.dedup import (
+    DUPLICATE_OF,
+    EXACT_DUPLICATE,
+    TEXT_HASH,
+    add_text_hash,
+    mark_exact_duplicates,
+)
+from llm.data.minhash import FUZZY_DUPLICATE
+from llm.data.readers import list_input_files
 from llm.data.schema import REASON, set_column
-from llm.data.stats import empty_counts, merge_counts, reason_counts
+from llm.data.sources import is_remote
+from llm.data.stats import Counts
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
+from ray_jobs.curate_blocks import StepStats, empty_step_stats
+from ray_jobs.curate_fuzzy import minhash_dedup
+from ray_jobs.curate_output import write_outputs
+from ray_jobs.curate_parts import (
+    PARTS_DIR,
+    Part,
+    load_marker,
+    phase_one_stats,
+    plan_parts,
+    run_part,
+)
+from ray_jobs.curate_shuffle import map_shards
+from ray_jobs.curate_spec import CurateSpec, ExactDedupStep, MinHashDedupStep
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
-from ray_jobs.specs import CurateSpec, ExactDedupStep, GopherQualityStep, LengthStep
+
+DEDUP_REASONS = {"exact_dedup": EXACT_DUPLICATE, "minhash_dedup": FUZZY_DUPLICATE}
 
 
-def _read_part(row: dict[str, Any], *, spec: CurateSpec) -> list[dict[str, Any]]:
-    field_map = FieldMap(text=spec.text_field, id=spec.id_field)
-    tables = read_jsonl(
-        row["path"],
-        part=row["part"],
-        num_parts=row["num_parts"],
-        source=spec.source,
-        field_map=field_map,
-    )
-    return [r for t in tables for r in t.to_pylist()]
+def _run_part_row(row: dict[str, Any], *, spec: CurateSpec, out: str) -> dict[str, Any]:
+    return {"marker": json.dumps(run_part(Part(**row), spec, out))}
 
 
-def _build_filters(spec: CurateSpec) -> list[Any]:
-    filters: list[Any] = []
-    for step in spec.steps:
-        if isinstance(step, LengthStep):
-            filters.append(LengthFilter(min_chars=step.min_chars, max_chars=step.max_chars))
-        elif isinstance(step, GopherQualityStep):
-            filters.append(GopherQualityFilter(**step.model_dump(exclude={"kind"})))
-    return filters
-
-
-def _apply_filters(batch: pa.Table, *, filters: list[Any]) -> pa.Table:
-    for f in filters:
-        batch = f.apply(batch)
-    return batch
-
-
-def _counts_of(batch: pa.Table) -> dict[str, list[str]]:
-    return {"counts": [json.dumps(reason_counts(batch))]}
-
-
-def _funnel(ds: ray.data.Dataset) -> dict[str, Any]:
-    total: dict[str, Any] | None = None
-    for row in ds.map_batches(_counts_of, batch_format="pyarrow").iter_rows():
-        c = json.loads(row["counts"])
-        total = c if total is None else merge_counts(total, c)
-    return total or empty_counts()
+def phase_one(parts: list[Part], spec: CurateSpec, out: Path) -> tuple[list[dict[str, Any]], int]:
+    """Every part's marker, running the parts without one; and how many were skipped."""
+    markers = {part.sequence: load_marker(part, spec, str(out)) for part in parts}
+    todo = [asdict(part) for part in parts if markers[part.sequence] is None]
+    if todo:
+        tasks = ray.data.from_items(todo, override_num_blocks=len(todo))
+        done = tasks.map(partial(_run_part_row, spec=spec, out=str(out))).take_all()
+        for row in done:
+            marker = json.loads(row["marker"])
+            markers[marker["part"]["sequence"]] = marker
+    ordered = [markers[part.sequence] for part in parts]
+    return [m for m in ordered if m is not None], len(parts) - len(todo)
 
 
 def _no_duplicate_of(batch: pa.Table) -> pa.Table:
     # Rejected rows never took part in dedup; the column is added so both sides share a schema.
+    if DUPLICATE_OF in batch.column_names:
+        return batch
     return set_column(batch, DUPLICATE_OF, pa.nulls(batch.num_rows, pa.string()))
 
 
-def _exact_dedup(ds: ray.data.Dataset, num_partitions: int) -> ray.data.Dataset:
+def exact_dedup(ds: ray.data.Dataset, shards: int) -> ray.data.Dataset:
     hashed = ds.map_batches(add_text_hash, batch_format="pyarrow")
     rejected = hashed.filter(expr=col(REASON).is_not_null()).map_batches(
         _no_duplicate_of, batch_format="pyarrow"
     )
     candidates = hashed.filter(expr=col(REASON).is_null())
-    deduped = candidates.groupby("text_hash", num_partitions=num_partitions).map_groups(
-        mark_exact_duplicates, batch_format="pyarrow"
-    )
-    return rejected.union(deduped)
+    return rejected.union(map_shards(candidates, TEXT_HASH, mark_exact_duplicates, shards))
 
 
-def _write(ds: ray.data.Dataset, out: str) -> None:
-    kept = ds.filter(expr=col(REASON).is_null()).drop_columns(["reason"])
-    kept.write_parquet(f"{out}/data", min_rows_per_file=1)
-    ds.filter(expr=col(REASON).is_not_null()).write_parquet(f"{out}/rejected", min_rows_per_file=1)
+def phase_two(
+    ds: ray.data.Dataset, spec: CurateSpec, shards: int
+) -> tuple[ray.data.Dataset, dict[str, float]]:
+    """The dedup steps in spec order, each materialised so its seconds can be measured."""
+    seconds: dict[str, float] = {}
+    for step in spec.steps:
+        started = time.perf_counter()
+        if isinstance(step, ExactDedupStep):
+            ds = exact_dedup(ds, shards).materialize()
+        elif isinstance(step, MinHashDedupStep):
+            ds = minhash_dedup(ds, step, shards).materialize()
+        else:
+            continue
+        seconds[step.kind] = time.perf_counter() - started
+    return ds, seconds
+
+
+def _dedup_stats(
+    kept_before: dict[str, int], funnel: Counts, seconds: dict[str, float]
+) -> list[StepStats]:
+    """Dedup funnels: each step's removals come from the final reasons, its input the rest."""
+    stats = []
+    current = dict(kept_before)
+    for kind, spent in seconds.items():
+        step = empty_step_stats(kind)
+        removed = funnel["removed"].get(DEDUP_REASONS[kind], {"documents": 0, "bytes": 0})
+        step["in"], step["seconds"] = dict(current), spent
+        step["removed"] = {DEDUP_REASONS[kind]: removed} if removed["documents"] else {}
+        current = {key: current[key] - removed[key] for key in ("documents", "bytes")}
+        step["kept"] = dict(current)
+        stats.append(step)
+    return stats
+
+
+def _input_files(spec: CurateSpec) -> list[str]:
+    uri = spec.input if is_remote(spec.input) else str(local_path(spec.input))
+    try:
+        return list_input_files(uri, spec.input_format)
+    except FileNotFoundError as e:
+        raise JobError(f"input not found: {spec.input} ({e})") from e
+
+
+def _shards() -> int:
+    # A few shards per CPU: enough to spread a shuffle, few enough that tiny inputs stay fast.
+    return max(2, int(ray.cluster_resources().get("CPU", 2)))
 
 
 def run(spec: CurateSpec) -> dict[str, Any]:
-    try:
-        files = list_input_files(str(local_path(spec.input)))
-    except FileNotFoundError as e:
-        raise JobError(f"input not found: {spec.input}") from e
+    files = _input_files(spec)
     out = local_path(spec.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     reporter = MetricsReporter(out)
     started = time.time()
     init_ray()
-    parts = [
-        {"path": f, "part": k, "num_parts": spec.parts_per_file}
-        for f in files
-        for k in range(spec.parts_per_file)
-    ]
-    ds: ray.data.Dataset = ray.data.from_items(parts, override_num_blocks=len(parts))
-    ds = ds.flat_map(partial(_read_part, spec=spec))
-    ds = ds.map_batches(
-        partial(_apply_filters, filters=_build_filters(spec)), batch_format="pyarrow"
-    )
-    if any(isinstance(s, ExactDedupStep) for s in spec.steps):
-        ds = _exact_dedup(ds, num_partitions=max(2, len(parts) // 2))
-    done = ds.sort(["position", "id"]).materialize()
-    _write(done, str(out))
-    stats = _funnel(done)
-    stats["seconds"] = round(time.time() - started, 3)
-    stats["input"] = spec.input
-    stats["files"] = len(files)
+    # Ray 2.60's hash shuffle concatenates an input's empty, column-less blocks with real ones
+    # and fails ("Schema at index 1 was different"); the sort-based shuffle handles them.
+    ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    parts = plan_parts(files, spec)
+    markers, skipped = phase_one(parts, spec, out)
+    read, doc_steps = phase_one_stats(markers)
+    paths = [str(out / PARTS_DIR / m["file"]) for m in markers if m["file"]]
+    if not paths:
+        raise JobError(f"no documents read from {spec.input}")
+    ds, dedup_seconds = phase_two(ray.data.read_parquet(paths), spec, _shards())
+    funnel = write_outputs(ds, out)
+    kept_before = doc_steps[-1]["kept"] if doc_steps else read["kept"]
+    stats = funnel | {
+        "read": read,
+        "steps": doc_steps + _dedup_stats(kept_before, funnel, dedup_seconds),
+        "seconds": round(time.time() - started, 3),
+        "input": spec.input,
+        "files": len(files),
+        "parts": len(parts),
+        "parts_skipped": skipped,
+    }
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     reporter.log(0, {"docs_in": stats["documents"], "docs_kept": stats["kept"]["documents"]})
     return {"stats": stats, "data": str(out / "data"), "rejected": str(out / "rejected")}

@@ -10,13 +10,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ray_jobs.curate_spec import CurateSpec
+from ray_jobs.spec_base import Spec
 
 
 class JobKind(StrEnum):
@@ -24,60 +22,7 @@ class JobKind(StrEnum):
     tokenize = "tokenize"
     train = "train"
     evaluate = "evaluate"
-
-
-# --- curate -------------------------------------------------------------------------------------
-
-
-class LengthStep(Spec):
-    kind: Literal["length"] = "length"
-    min_chars: int = Field(default=1, ge=0)
-    max_chars: int = Field(default=1_000_000, gt=0)
-
-
-class GopherQualityStep(Spec):
-    """Gopher quality rules (Rae et al. 2021); defaults are the published thresholds."""
-
-    kind: Literal["gopher_quality"] = "gopher_quality"
-    min_doc_words: int = Field(default=50, ge=0)
-    max_doc_words: int = Field(default=100_000, gt=0)
-    min_avg_word_length: float = Field(default=3, ge=0)
-    max_avg_word_length: float = Field(default=10, gt=0)
-    max_symbol_word_ratio: float = Field(default=0.1, ge=0)
-    max_bullet_lines_ratio: float = Field(default=0.9, ge=0, le=1)
-    max_ellipsis_lines_ratio: float = Field(default=0.3, ge=0, le=1)
-    max_non_alpha_words_ratio: float = Field(default=0.8, ge=0, le=1)
-    min_stop_words: int = Field(default=2, ge=0)
-
-
-class ExactDedupStep(Spec):
-    """Exact dedup on a hash of the normalised text, across the whole corpus."""
-
-    kind: Literal["exact_dedup"] = "exact_dedup"
-
-
-CurateStep = Annotated[LengthStep | GopherQualityStep | ExactDedupStep, Field(discriminator="kind")]
-
-
-class CurateSpec(Spec):
-    input: str = Field(description="JSONL file or folder (plain or .gz): a path or file:// URI")
-    output: str = Field(description="folder for data/, rejected/ and stats.json")
-    text_field: str = "text"
-    id_field: str | None = "id"
-    source: str | None = Field(default=None, description="source label; defaults to file name")
-    parts_per_file: int = Field(default=4, ge=1, le=1024, description="read tasks per input file")
-    steps: list[CurateStep] = Field(
-        default_factory=lambda: [LengthStep(), GopherQualityStep(), ExactDedupStep()]  # type: ignore[arg-type]
-    )
-
-    @model_validator(mode="after")
-    def _dedup_is_last(self) -> CurateSpec:
-        kinds = [s.kind for s in self.steps]
-        if "exact_dedup" in kinds and kinds.index("exact_dedup") != len(kinds) - 1:
-            raise ValueError(
-                "steps: exact_dedup must be the last step (it needs the filtered corpus)"
-            )
-        return self
+    tune = "tune"
 
 
 # --- tokenize -----------------------------------------------------------------------------------
@@ -220,9 +165,74 @@ class EvaluateSpec(Spec):
     seed: int = 0
 
 
+# --- tune ---------------------------------------------------------------------------------------
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class SearchSpace(Spec):
+    """What each trial samples: (low, high) bounds for continuous values, lists for choices.
+
+    The loop's only optimizer is AdamW, so its second-moment decay (beta2) is searched in place
+    of an optimizer choice.
+    """
+
+    lr: tuple[float, float] = Field(default=(3e-4, 1e-2), description="log-uniform bounds")
+    batch_size: list[PositiveInt] = Field(default=[4, 8], min_length=1)
+    weight_decay: tuple[float, float] = Field(default=(0.0, 0.2), description="uniform bounds")
+    dropout: tuple[float, float] = Field(default=(0.0, 0.2), description="uniform bounds")
+    warmup_steps: list[Annotated[int, Field(ge=0)]] = Field(default=[0, 10, 30], min_length=1)
+    beta2: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[0.95, 0.99], min_length=1)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> SearchSpace:
+        for name in ("lr", "weight_decay", "dropout"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name}: need 0 <= low <= high, got ({low}, {high})")
+        if self.lr[0] <= 0:
+            raise ValueError(f"lr: a log-uniform range needs low > 0, got {self.lr[0]}")
+        if self.dropout[1] >= 1:
+            raise ValueError(f"dropout: high must be < 1, got {self.dropout[1]}")
+        return self
+
+
+class TuneSpec(Spec):
+    """Ray Tune with ASHA over ``space``: short training runs, ranked by val_loss (lower wins)."""
+
+    data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
+    output: str
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    space: SearchSpace = Field(default_factory=SearchSpace)
+    num_samples: int = Field(default=8, gt=0, description="trials drawn from space")
+    max_steps: int = Field(default=200, gt=0, description="steps of a trial that is not stopped")
+    grace_period: int = Field(default=20, gt=0, description="steps before ASHA may stop a trial")
+    reduction_factor: int = Field(default=2, ge=2, description="ASHA keeps 1/this per rung")
+    eval_every: int = Field(default=10, gt=0, description="steps between val_loss reports")
+    eval_batches: int = Field(default=8, gt=0)
+    seq_len: int | None = Field(default=None, gt=0, description="defaults to model.block_size")
+    seed: int = Field(default=0, description="model init and data order, the same in every trial")
+    cpus_per_trial: float = Field(default=1, gt=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> TuneSpec:
+        if self.seq_len is not None and self.seq_len > self.model.block_size:
+            raise ValueError(
+                f"seq_len ({self.seq_len}) must not exceed "
+                f"model.block_size ({self.model.block_size})"
+            )
+        if self.grace_period > self.max_steps:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) must not exceed max_steps ({self.max_steps})"
+            )
+        return self
+
+
 SPEC_TYPES: dict[JobKind, type[Spec]] = {
     JobKind.curate: CurateSpec,
     JobKind.tokenize: TokenizeSpec,
     JobKind.train: TrainSpec,
     JobKind.evaluate: EvaluateSpec,
+    JobKind.tune: TuneSpec,
 }

@@ -3,6 +3,16 @@
 The loop itself lives in ``llm.train.loop``; this module only builds the model config from the
 spec and the token shards, scales it out, and reports metrics from rank 0 to the control plane
 and to Ray Train. A restarted worker group (``FailureConfig``) resumes from the last checkpoint.
+
+After such a restart the steps between that checkpoint and the failure run again, and their
+metrics are sent again: the control plane keeps both records of a replayed step (the later one,
+by ``time``, belongs to the run that went on), and their losses match, since the resumed run
+restores the loader position and RNG state.
+
+Fault injection for tests: with ``LLMFORGE_TEST_FAIL_AT_STEP=N`` in the job's environment, rank 0
+raises once at the first log step >= N, leaving ``FAIL_MARKER`` in the output folder so that the
+restarted group goes on. It is read from the driver's environment only, never from the spec, so
+a REST caller cannot set it.
 """
 
 from __future__ import annotations
@@ -27,6 +37,9 @@ from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
 from ray_jobs.specs import TrainSpec
+
+ENV_FAIL_AT_STEP = "LLMFORGE_TEST_FAIL_AT_STEP"
+FAIL_MARKER = "injected_failure.json"
 
 # TrainSpec fields handed to the loop's TrainConfig under the same name.
 _LOOP_OPTIONS = {
@@ -69,16 +82,38 @@ def _configs(spec: TrainSpec, vocab_size: int) -> tuple[TrainConfig, ModelConfig
     return cfg, model
 
 
+def _fail_at_step() -> int | None:
+    value = os.environ.get(ENV_FAIL_AT_STEP)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as e:
+        raise JobError(f"{ENV_FAIL_AT_STEP} must be a step number, got {value!r}") from e
+
+
+def _inject_failure_once(out: Path, step: int) -> None:
+    """Raise the first time only: the marker survives the worker group's restart."""
+    marker = out / FAIL_MARKER
+    if marker.exists():
+        return
+    marker.write_text(json.dumps({"step": step}))
+    raise RuntimeError(f"injected failure at step {step} ({ENV_FAIL_AT_STEP})")
+
+
 def _worker(config: dict[str, Any]) -> None:
     spec = TrainSpec.model_validate(config["spec"])
     out = Path(config["output"])
     cfg, model = _configs(spec, config["vocab_size"])
     rank = ray.train.get_context().get_world_rank()
     reporter = MetricsReporter(out) if rank == 0 else None
+    fail_at = config.get("fail_at_step")
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         assert reporter is not None
         reporter.log(step, metrics)
+        if fail_at is not None and step >= fail_at:
+            _inject_failure_once(out, step)
 
     def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
         # Every rank must call report; only rank 0 wrote the checkpoint.
@@ -111,6 +146,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "output": str(out),
             "data": str(data),
             "vocab_size": manifest["vocab_size"],
+            "fail_at_step": _fail_at_step(),
         },
         scaling_config=ScalingConfig(
             num_workers=spec.workers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ _STATES = {
     JobStatus.FAILED: JobState.failed,
     JobStatus.STOPPED: JobState.stopped,
 }
+AGENT_WAIT_S = 60
 ERROR_LINE = re.compile(r"^LLMFORGE_ERROR: (.*)$", re.MULTILINE)
 
 
@@ -49,11 +51,20 @@ class RayJobs:
         return self._client
 
     def submit(self, *, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
-        return self.client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=submission_id,
-            runtime_env={"env_vars": env},
-        )
+        # A head that has just started can answer before its job agent registers; that refusal
+        # is temporary, so it is retried for a while rather than failing the job.
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return self.client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"env_vars": env},
+                )
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def state(self, submission_id: str) -> JobState:
         try:

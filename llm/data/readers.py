@@ -1,4 +1,4 @@
-"""JSONL readers that turn raw files into document batches.
+"""JSONL readers that turn raw files into document batches (local paths or ``s3://`` URIs).
 
 Bad input is data too: a line that cannot be read becomes a row with ``reason="malformed: ..."``
 and its position, so a curation funnel can account for every line of every input file.
@@ -7,7 +7,6 @@ and its position, so a curation funnel can account for every line of every input
 import gzip
 import io
 import json
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from typing import IO, Any
 import pyarrow as pa
 
 from llm.data.schema import DOC_SCHEMA, ID, POSITION, REASON, SOURCE, TEXT
+from llm.data.sources import FORMAT_SUFFIXES, InputFormat, base_name, list_files, open_input
 
-INPUT_SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst")
+INPUT_SUFFIXES: tuple[str, ...] = FORMAT_SUFFIXES["jsonl"]
 
 # Enough of a bad line to see what went wrong without copying a huge blob into every batch.
 RAW_TEXT_CHARS = 1000
@@ -43,7 +43,9 @@ class FieldMap:
     id: str | None = "id"
 
 
-class _BatchBuilder:
+class BatchBuilder:
+    """Collects documents row by row and hands them out as ``DOC_SCHEMA`` tables."""
+
     def __init__(self, source: str) -> None:
         self.source = source
         self.columns: dict[str, list[str | None]] = {ID: [], TEXT: [], POSITION: [], REASON: []}
@@ -62,15 +64,16 @@ class _BatchBuilder:
         return pa.table({name: data[name] for name in DOC_SCHEMA.names}, schema=DOC_SCHEMA)
 
 
-def _open_binary(path: str) -> IO[bytes]:
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if path.endswith(".zst"):
+def _decompressed(raw: IO[bytes], path: str) -> IO[bytes]:
+    """``raw`` decompressed by the file's extension; closing the result leaves ``raw`` open."""
+    if base_name(path).endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if base_name(path).endswith(".zst"):
         if zstandard is None:
             raise ImportError(f"reading {path} needs the 'zstandard' module, not installed here")
-        raw = open(path, "rb")  # noqa: SIM115 - closed through the returned reader
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return open(path, "rb")
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
+        return io.BufferedReader(reader)
+    return raw
 
 
 def _iter_lines(stream: IO[bytes], max_bytes: int) -> Iterator[tuple[bytes, bool]]:
@@ -149,10 +152,10 @@ def read_jsonl(
     ``"<file name>:<line number>"``.
     """
     _check_args(part, num_parts, batch_size, max_doc_bytes)
-    name = os.path.basename(path)
-    rows = _BatchBuilder(source if source is not None else name)
+    name = base_name(path)
+    rows = BatchBuilder(source if source is not None else name)
     line_no = 0
-    with _open_binary(path) as stream:
+    with open_input(path) as raw, _decompressed(raw, path) as stream:
         try:
             for line, too_long in _iter_lines(stream, max_doc_bytes):
                 line_no += 1
@@ -172,7 +175,7 @@ def read_jsonl(
 
 
 def _add_line(
-    rows: _BatchBuilder,
+    rows: BatchBuilder,
     line: bytes,
     too_long: bool,
     position: str,
@@ -187,19 +190,10 @@ def _add_line(
     rows.add(doc_id if doc_id is not None else position, text, position, None)
 
 
-def list_input_files(uri: str) -> list[str]:
-    """The input file at ``uri``, or every JSONL file under the directory ``uri``, sorted."""
-    path = uri.removeprefix("file://")
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no such input file or directory: {uri}")
-    found = sorted(
-        os.path.join(root, file)
-        for root, _dirs, files in os.walk(path)
-        for file in files
-        if file.endswith(INPUT_SUFFIXES)
-    )
-    if not found:
-        raise FileNotFoundError(f"no input files ({', '.join(INPUT_SUFFIXES)}) under {uri}")
-    return found
+def list_input_files(uri: str, input_format: InputFormat | None = "jsonl") -> list[str]:
+    """The input file at ``uri``, or every file of ``input_format`` under ``uri``, sorted.
+
+    ``uri`` is a path, a ``file://`` or an ``s3://`` URI; None for ``input_format`` lists every
+    format a reader takes.
+    """
+    return list_files(uri, input_format)

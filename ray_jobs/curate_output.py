@@ -1,0 +1,99 @@
+"""Phase 2 output: the curated rows in input order, written with names and row groups that
+depend only on the data, so the same input and spec give byte-identical files.
+
+Ray's own writers name files by write id and split by block, both of which vary between runs;
+here the driver streams fixed-size batches in ``_order`` and rolls files every
+``ROWS_PER_FILE`` rows. Each output folder is written under a temporary name and swapped in.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray.data
+
+from llm.data.dedup import DUPLICATE_OF, TEXT_HASH
+from llm.data.schema import REASON
+from llm.data.stats import Counts, empty_counts, merge_counts, reason_counts
+from ray_jobs.curate_parts import ORDER
+
+ROWS_PER_FILE = 100_000
+BATCH_ROWS = 4096
+_INTERNAL = (ORDER, TEXT_HASH)  # bookkeeping columns no consumer reads
+_REJECTION_ONLY = (REASON, DUPLICATE_OF)
+
+
+class RollingWriter:
+    """Writes ``part-00000.parquet``, ``part-00001.parquet``, … of at most ``rows_per_file``."""
+
+    def __init__(self, folder: Path, rows_per_file: int = ROWS_PER_FILE) -> None:
+        self.folder = folder
+        self.rows_per_file = rows_per_file
+        self.files = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+        self.schema: pa.Schema | None = None
+        folder.mkdir(parents=True)
+
+    def write(self, table: pa.Table) -> None:
+        self.schema = self.schema or table.schema
+        table = table.cast(self.schema)
+        while table.num_rows:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(
+                    self.folder / f"part-{self.files:05d}.parquet", self.schema
+                )
+                self.files += 1
+            room = self.rows_per_file - self._rows
+            self._writer.write_table(table.slice(0, room))
+            self._rows += min(room, table.num_rows)
+            table = table.slice(room)
+            if self._rows == self.rows_per_file:
+                self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer, self._rows = None, 0
+
+    def finish(self, schema: pa.Schema) -> None:
+        """Close; an empty output still gets one empty file, so readers find the schema."""
+        self.close()
+        if self.files == 0:
+            pq.write_table(schema.empty_table(), self.folder / "part-00000.parquet")
+
+
+def _without(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
+    return table.drop_columns([n for n in names if n in table.column_names])
+
+
+def _output_schema(schema: pa.Schema, drop: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([field for field in schema if field.name not in drop])
+
+
+def write_outputs(ds: ray.data.Dataset, out: Path) -> Counts:
+    """Write kept rows to ``data/`` and removed rows to ``rejected/``; the funnel over all rows."""
+    tmp = {name: out / f".{name}.tmp" for name in ("data", "rejected")}
+    for folder in tmp.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    data, rejected = RollingWriter(tmp["data"]), RollingWriter(tmp["rejected"])
+    counts = empty_counts()
+    ordered = ds.sort(ORDER)
+    for batch in ordered.iter_batches(batch_size=BATCH_ROWS, batch_format="pyarrow"):
+        assert isinstance(batch, pa.Table)  # batch_format="pyarrow"
+        counts = merge_counts(counts, reason_counts(batch))
+        kept = pc.is_null(batch.column(REASON))
+        data.write(_without(batch.filter(kept), _INTERNAL + _REJECTION_ONLY))
+        rejected.write(_without(batch.filter(pc.invert(kept)), _INTERNAL))
+    schema = ordered.schema()
+    base = schema.base_schema if schema is not None else pa.schema([])
+    data.finish(_output_schema(base, _INTERNAL + _REJECTION_ONLY))
+    rejected.finish(_output_schema(base, _INTERNAL))
+    for name, folder in tmp.items():
+        shutil.rmtree(out / name, ignore_errors=True)
+        folder.rename(out / name)
+    return counts

@@ -1,0 +1,156 @@
+"""Phase 1 of a curate job: each input part (file × part index) read and run through the
+per-document steps, written as one Parquet file, then marked done.
+
+The marker ``_done/<key>.json`` is written (atomically) only after the part's file, so a crashed
+run leaves no marker and a rerun redoes exactly the unfinished parts. The key hashes everything
+that decides the part's content (file, part, reader options, per-document steps), so a changed
+spec never reuses a stale part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llm.data.read_parquet import read_parquet
+from llm.data.read_warc import read_warc
+from llm.data.readers import FieldMap, read_jsonl
+from llm.data.sources import InputFormat, format_of
+from llm.data.stats import empty_counts, merge_counts, reason_counts
+from ray_jobs.curate_blocks import (
+    StepStats,
+    apply_blocks,
+    build_block,
+    document_steps,
+    empty_step_stats,
+    merge_step_stats,
+)
+from ray_jobs.specs import CurateSpec
+
+ORDER = "_order"  # input order (part sequence, row), so the final sort restores reading order
+PARTS_DIR = "_parts"
+DONE_DIR = "_done"
+_ROW_BITS = 32
+
+
+@dataclass(frozen=True)
+class Part:
+    path: str
+    input_format: InputFormat
+    part: int
+    num_parts: int
+    sequence: int  # this part's place in the whole input, for the ORDER column
+
+
+def plan_parts(files: list[str], spec: CurateSpec) -> list[Part]:
+    """Every (file, part index) of the input, in a fixed order."""
+    parts: list[Part] = []
+    for path in files:
+        found = spec.input_format or format_of(path)
+        if found is None:
+            raise ValueError(f"cannot tell the format of {path}: set input_format")
+        for k in range(spec.parts_per_file):
+            parts.append(Part(path, found, k, spec.parts_per_file, len(parts)))
+    return parts
+
+
+def part_key(part: Part, spec: CurateSpec) -> str:
+    """A stable name for the part's output: a hash of what decides its content."""
+    recipe = {
+        "part": asdict(part),
+        "reader": spec.model_dump(include={"text_field", "id_field", "source", "max_doc_bytes"}),
+        "steps": [step.model_dump() for step in document_steps(spec.steps)],
+    }
+    return hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def read_part(part: Part, spec: CurateSpec) -> Iterator[pa.Table]:
+    """The part's documents, as the reader for its format produces them."""
+    common: dict[str, Any] = {
+        "part": part.part,
+        "num_parts": part.num_parts,
+        "source": spec.source,
+        "max_doc_bytes": spec.max_doc_bytes,
+    }
+    field_map = FieldMap(text=spec.text_field, id=spec.id_field)
+    if part.input_format == "jsonl":
+        return read_jsonl(part.path, field_map=field_map, **common)
+    if part.input_format == "parquet":
+        return read_parquet(part.path, field_map=field_map, **common)
+    return read_warc(part.path, kind=part.input_format, **common)
+
+
+def _with_order(batch: pa.Table, part: Part, first_row: int) -> pa.Table:
+    start = (part.sequence << _ROW_BITS) + first_row
+    order = pa.array(range(start, start + batch.num_rows), type=pa.int64())
+    table = batch.append_column(ORDER, order)
+    # Blocks replace columns with nullable ones; one schema for every part keeps phase 2 simple.
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+
+def _atomic_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_part(part: Part, spec: CurateSpec, out: str) -> dict[str, Any]:
+    """Read, run the per-document steps, write the part file, then its marker; the marker."""
+    steps = document_steps(spec.steps)
+    blocks = [build_block(step) for step in steps]
+    key = part_key(part, spec)
+    target = Path(out) / PARTS_DIR / f"{key}.parquet"
+    tmp = target.with_suffix(".tmp")
+    for folder in (PARTS_DIR, DONE_DIR):
+        (Path(out) / folder).mkdir(parents=True, exist_ok=True)
+    read, funnel = empty_counts(), [empty_step_stats(step.kind) for step in steps]
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    for batch in read_part(part, spec):
+        read = merge_counts(read, reason_counts(batch))
+        batch, batch_stats = apply_blocks(batch, steps, blocks)
+        funnel = [merge_step_stats(a, b) for a, b in zip(funnel, batch_stats, strict=True)]
+        table = _with_order(batch, part, rows)
+        writer = writer or pq.ParquetWriter(tmp, table.schema)
+        writer.write_table(table)
+        rows += table.num_rows
+    if writer is not None:
+        writer.close()
+        os.replace(tmp, target)
+    marker = {"key": key, "part": asdict(part), "rows": rows, "file": target.name if rows else None}
+    marker |= {"read": read, "steps": funnel}
+    _atomic_json(Path(out) / DONE_DIR / f"{key}.json", marker)
+    return marker
+
+
+def load_marker(part: Part, spec: CurateSpec, out: str) -> dict[str, Any] | None:
+    """The part's completion marker from an earlier run, or None when it must run."""
+    path = Path(out) / DONE_DIR / f"{part_key(part, spec)}.json"
+    if not path.is_file():
+        return None
+    marker: dict[str, Any] = json.loads(path.read_text())
+    if marker["file"] and not (Path(out) / PARTS_DIR / marker["file"]).is_file():
+        return None  # the marker outlived its file (deleted by hand): redo the part
+    return marker
+
+
+def phase_one_stats(markers: list[dict[str, Any]]) -> tuple[dict[str, Any], list[StepStats]]:
+    """The read funnel and per-step funnels summed over every part's marker."""
+    read = empty_counts()
+    steps: list[StepStats] = []
+    for marker in markers:
+        read = merge_counts(read, marker["read"])
+        steps = (
+            marker["steps"]
+            if not steps
+            else [merge_step_stats(a, b) for a, b in zip(steps, marker["steps"], strict=True)]
+        )
+    return read, steps

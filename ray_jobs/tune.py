@@ -1,0 +1,184 @@
+"""Hyperparameter search with Ray Tune and ASHA around ``llm.train.loop.train``.
+
+Each trial is one short single-process training run inside a Tune function trainable; it
+reports ``val_loss`` at every evaluation, and ASHA (asynchronous successive halving) stops the
+trials that trail their rung. Every trial starts from the same seed (the same initial weights
+and data order), so differences between trials come from the sampled hyperparameters alone.
+
+The result (also ``tune_results.json`` in the output folder) is the trial table sorted by best
+val_loss, and ``best_config``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from llm.model import ModelConfig
+from llm.tokenizer.shards import read_manifest
+from llm.train.loop import TrainConfig, train
+from ray_jobs import entrypoint
+from ray_jobs.cluster import init_ray
+from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.specs import TuneSpec
+
+METRIC, MODE = "val_loss", "min"
+# The loop's cosine schedule decays to min_lr; a fixed floor would sit above small sampled lrs.
+MIN_LR_RATIO = 0.1
+
+
+def search_space(spec: TuneSpec) -> dict[str, Any]:
+    space = spec.space
+    return {
+        "lr": tune.loguniform(*space.lr),
+        "batch_size": tune.choice(space.batch_size),
+        "weight_decay": tune.uniform(*space.weight_decay),
+        "dropout": tune.uniform(*space.dropout),
+        "warmup_steps": tune.choice(space.warmup_steps),
+        "beta2": tune.choice(space.beta2),
+    }
+
+
+def trial_configs(
+    spec: TuneSpec, vocab_size: int, params: dict[str, Any]
+) -> tuple[TrainConfig, ModelConfig]:
+    """The loop's configs for one trial: the spec's fixed settings plus the sampled ``params``."""
+    model = ModelConfig(
+        vocab_size=vocab_size, **{**spec.model.model_dump(), "dropout": params["dropout"]}
+    )
+    cfg = TrainConfig(
+        steps=spec.max_steps,
+        batch_size=params["batch_size"],
+        seq_len=spec.seq_len or model.block_size,
+        lr=params["lr"],
+        min_lr=params["lr"] * MIN_LR_RATIO,
+        warmup_steps=params["warmup_steps"],
+        weight_decay=params["weight_decay"],
+        beta2=params["beta2"],
+        seed=spec.seed,
+        # val_loss is only computed at log steps, and Tune needs nothing in between
+        log_every=spec.eval_every,
+        eval_every=spec.eval_every,
+        eval_batches=spec.eval_batches,
+        # ASHA stops trials and never resumes them, so no checkpoint is needed before the last step
+        checkpoint_every=spec.max_steps,
+        tensorboard=False,
+    )
+    return cfg, model
+
+
+def _trial(params: dict[str, Any], *, setup: dict[str, Any]) -> None:
+    spec = TuneSpec.model_validate(setup["spec"])
+    cfg, model = trial_configs(spec, setup["vocab_size"], params)
+    out = Path(setup["output"]) / "trials" / tune.get_context().get_trial_id()
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        if METRIC in metrics:
+            tune.report({"step": step, METRIC: metrics[METRIC], "loss": metrics["loss"]})
+
+    train(cfg, model, setup["data"], out, on_log=on_log)
+
+
+def _row(result: tune.Result, max_steps: int) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "trial_id": (result.metrics or {}).get("trial_id"),
+        "config": result.config,
+        "best_val_loss": None,
+        "final_val_loss": None,
+        "steps": 0,
+        "stopped_early": False,
+        "error": None if result.error is None else str(result.error),
+    }
+    history = result.metrics_dataframe
+    if history is None or METRIC not in history.columns or history.empty:
+        return row
+    steps = int(history["step"].max())
+    return {
+        **row,
+        "best_val_loss": float(history[METRIC].min()),
+        "final_val_loss": float(history[METRIC].iloc[-1]),
+        "steps": steps,
+        "stopped_early": result.error is None and steps < max_steps,
+    }
+
+
+def results_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials sorted by best val_loss; failed or unreported trials last."""
+    return sorted(
+        rows,
+        key=lambda r: math.inf if r["best_val_loss"] is None else r["best_val_loss"],
+    )
+
+
+def _tuner(spec: TuneSpec, setup: dict[str, Any], out: Path) -> tune.Tuner:
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, setup=setup), {"cpu": spec.cpus_per_trial}
+    )
+    scheduler = ASHAScheduler(
+        time_attr="step",
+        max_t=spec.max_steps,
+        grace_period=spec.grace_period,
+        reduction_factor=spec.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=spec.seed),
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
+            storage_path=str(out / "ray"),
+            verbose=1,
+        ),
+    )
+
+
+def run(spec: TuneSpec) -> dict[str, Any]:
+    data = local_path(spec.data).resolve()
+    try:
+        manifest = read_manifest(data, verify=True)
+    except FileNotFoundError as e:
+        raise JobError(f"token shards not readable: {e}") from e
+    out = local_path(spec.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    setup = {
+        "spec": spec.model_dump(),
+        "output": str(out),
+        "data": str(data),
+        "vocab_size": manifest["vocab_size"],
+    }
+    init_ray()
+    grid = _tuner(spec, setup, out).fit()
+    table = results_table([_row(grid[i], spec.max_steps) for i in range(len(grid))])
+    best = table[0] if table and table[0]["best_val_loss"] is not None else None
+    if best is None:
+        errors = "; ".join(str(r["error"]) for r in table if r["error"])
+        raise JobError(f"no trial reported {METRIC}: {errors or 'no trial ran'}")
+    summary = {
+        "metric": METRIC,
+        "mode": MODE,
+        "best_config": best["config"],
+        "best_val_loss": best["best_val_loss"],
+        "trials": table,
+        "stopped_early": sum(r["stopped_early"] for r in table),
+        "failed": sum(r["error"] is not None for r in table),
+    }
+    (out / "tune_results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(entrypoint.main(TuneSpec, run))

@@ -1,0 +1,71 @@
+"""CurateSpec validation: every bad parameter is a pydantic error (the API's 422)."""
+
+import json
+from pathlib import Path
+from typing import Any, get_args
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from llm.data.pii import PII_TYPES
+from ray_jobs.curate_blocks import build_block, document_steps
+from ray_jobs.curate_spec import CurateSpec, PIIType
+
+
+def _spec(steps: list[dict[str, Any]], **extra: Any) -> CurateSpec:
+    return CurateSpec.model_validate({"input": "in", "output": "out", "steps": steps, **extra})
+
+
+def test_every_per_document_step_builds_its_block() -> None:
+    kinds = ["normalize", "length", "gopher_quality", "gopher_repetition", "c4_quality"]
+    kinds += ["c4_badwords", "fineweb_quality", "language", "pii"]
+    spec = _spec(
+        [{"kind": k} for k in kinds] + [{"kind": "exact_dedup"}, {"kind": "minhash_dedup"}]
+    )
+    blocks = [build_block(step) for step in document_steps(spec.steps)]
+    assert [type(b).__name__ for b in blocks][:2] == ["Normalizer", "LengthFilter"]
+    assert len(blocks) == len(kinds)
+
+
+@pytest.mark.parametrize(
+    ("steps", "extra", "message"),
+    [
+        ([{"kind": "exact_dedup"}, {"kind": "length"}], {}, "after every per-document step"),
+        ([{"kind": "minhash_dedup"}, {"kind": "minhash_dedup"}], {}, "may appear once"),
+        ([{"kind": "minhash_dedup", "bands": 20, "rows": 9}], {}, "exceeds num_perm"),
+        ([{"kind": "language", "threshold": 1.5}], {}, "less than or equal to 1"),
+        ([{"kind": "pii", "types": ["EMAIL", "SHOE_SIZE"]}], {}, "SHOE_SIZE"),
+        ([{"kind": "gopher_quality", "min_stop_word": 2}], {}, "Extra inputs"),
+        ([{"kind": "decontaminate", "eval_sets": []}], {}, "at least 1"),
+        ([{"kind": "quality_classifier"}], {}, "does not match any of the expected tags"),
+        ([], {"input_format": "csv"}, "input_format"),
+        ([], {"max_doc_bytes": 0}, "greater than 0"),
+    ],
+)
+def test_bad_parameters_are_rejected(
+    steps: list[dict[str, Any]], extra: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _spec(steps, **extra)
+
+
+def test_pii_choices_match_the_library() -> None:
+    assert set(get_args(PIIType)) == set(PII_TYPES)
+
+
+def test_decontaminate_reads_named_fields_of_eval_jsonl(tmp_path: Path) -> None:
+    question = "which of these would help to prevent infections from spreading in a hospital ward"
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"question": {"stem": question}}) + "\n")
+    eval_set = {"name": "arc", "path": str(tmp_path / "eval.jsonl"), "fields": ["question"]}
+    spec = _spec([{"kind": "decontaminate", "eval_sets": [eval_set], "n": 8}])
+    (block,) = [build_block(step) for step in spec.steps]
+    batch = pa.table(
+        {
+            "id": ["a", "b"],
+            "text": [f"Quiz: {question}?", "unrelated text"],
+            "reason": [None, None],
+        },
+        schema=pa.schema([("id", pa.string()), ("text", pa.string()), ("reason", pa.string())]),
+    )
+    assert block.apply(batch).column("reason").to_pylist() == ["decontaminated:arc", None]
