@@ -13,10 +13,9 @@ def init_ray() -> None:
 
     Never ``ray.init()`` bare: it would join whatever cluster last ran on this machine.
     """
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False if address == "local" else None)
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False if address == "local" else None)
     # Same input, same output: blocks keep their order through every stage, so shards, their
     # names and the training stream do not depend on which task finished first.
     ray.data.DataContext.get_current().execution_options.preserve_order = True

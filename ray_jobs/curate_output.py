@@ -30,18 +30,19 @@ _REJECTION_ONLY = (REASON, DUPLICATE_OF)
 class RollingWriter:
     """Writes ``part-00000.parquet``, ``part-00001.parquet``, … of at most ``rows_per_file``."""
 
-    def __init__(self, folder: Path, rows_per_file: int = ROWS_PER_FILE) -> None:
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int = ROWS_PER_FILE) -> None:
         self.folder = folder
         self.rows_per_file = rows_per_file
         self.files = 0
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
-        self.schema: pa.Schema | None = None
+        # The dataset's unified schema, fixed up front: a batch's own schema can differ between
+        # runs (an all-null column is typed null in one block and string in another).
+        self.schema = schema
         folder.mkdir(parents=True)
 
     def write(self, table: pa.Table) -> None:
-        self.schema = self.schema or table.schema
-        table = table.cast(self.schema)
+        table = table.select(self.schema.names).cast(self.schema)
         while table.num_rows:
             if self._writer is None:
                 self._writer = pq.ParquetWriter(
@@ -60,11 +61,11 @@ class RollingWriter:
             self._writer.close()
         self._writer, self._rows = None, 0
 
-    def finish(self, schema: pa.Schema) -> None:
+    def finish(self) -> None:
         """Close; an empty output still gets one empty file, so readers find the schema."""
         self.close()
         if self.files == 0:
-            pq.write_table(schema.empty_table(), self.folder / "part-00000.parquet")
+            pq.write_table(self.schema.empty_table(), self.folder / "part-00000.parquet")
 
 
 def _without(table: pa.Table, names: tuple[str, ...]) -> pa.Table:
@@ -80,19 +81,20 @@ def write_outputs(ds: ray.data.Dataset, out: Path) -> Counts:
     tmp = {name: out / f".{name}.tmp" for name in ("data", "rejected")}
     for folder in tmp.values():
         shutil.rmtree(folder, ignore_errors=True)
-    data, rejected = RollingWriter(tmp["data"]), RollingWriter(tmp["rejected"])
+    ordered = ds.sort(ORDER).materialize()
+    schema = ordered.schema()
+    base = schema.base_schema if schema is not None else pa.schema([])
+    data = RollingWriter(tmp["data"], _output_schema(base, _INTERNAL + _REJECTION_ONLY))
+    rejected = RollingWriter(tmp["rejected"], _output_schema(base, _INTERNAL))
     counts = empty_counts()
-    ordered = ds.sort(ORDER)
     for batch in ordered.iter_batches(batch_size=BATCH_ROWS, batch_format="pyarrow"):
         assert isinstance(batch, pa.Table)  # batch_format="pyarrow"
         counts = merge_counts(counts, reason_counts(batch))
         kept = pc.is_null(batch.column(REASON))
         data.write(_without(batch.filter(kept), _INTERNAL + _REJECTION_ONLY))
         rejected.write(_without(batch.filter(pc.invert(kept)), _INTERNAL))
-    schema = ordered.schema()
-    base = schema.base_schema if schema is not None else pa.schema([])
-    data.finish(_output_schema(base, _INTERNAL + _REJECTION_ONLY))
-    rejected.finish(_output_schema(base, _INTERNAL))
+    data.finish()
+    rejected.finish()
     for name, folder in tmp.items():
         shutil.rmtree(out / name, ignore_errors=True)
         folder.rename(out / name)
