@@ -124,6 +124,18 @@ def _worker(config: dict[str, Any]) -> None:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
 
+def _loss_by_step(metrics_file: Path) -> dict[int, float]:
+    """Logged loss per step over every attempt: after a worker-group restart the loop's own
+    history starts at the resumed step, but the run's first loss is still the first attempt's."""
+    losses: dict[int, float] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            if record["name"] == "loss":
+                losses[int(record["step"])] = float(record["value"])
+    return losses
+
+
 def run(spec: TrainSpec) -> dict[str, Any]:
     data = local_path(spec.data).resolve()
     try:
@@ -164,12 +176,12 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     if not summary_path.is_file():
         raise JobError(f"training finished without writing {summary_path}")
     summary = json.loads(summary_path.read_text())
-    history = summary["loss_history"]
+    history = _loss_by_step(out / "metrics.jsonl")
     return {
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
-        "first_loss": history[0] if history else None,
-        "final_loss": history[-1] if history else None,
+        "first_loss": history[min(history)] if history else None,
+        "final_loss": history[max(history)] if history else None,
         "last": summary["last"],
         "checkpoint": summary["checkpoint"],
         "parameters": summary["parameters"],
