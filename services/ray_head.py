@@ -72,6 +72,17 @@ class LocalRayHead:
             "--include-dashboard=true",
             f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
             "--disable-usage-stats",
+            # Ray's fixed defaults for these collide when two heads share a machine (a demo
+            # beside a test run); free ports keep every head independent.
+            *(
+                f"--{flag}={free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                )
+            ),
         ]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
