@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from llm.tokenizer.shards import read_manifest
 from ray_jobs import storage
 from ray_jobs.specs import Spec
 
@@ -34,6 +35,19 @@ def local_path(uri: str) -> Path:
     if "://" in uri:
         raise JobError(f"unsupported URI scheme in {uri!r}: use a local path or file://")
     return Path(uri)
+
+
+def open_shards_and_output(data_uri: str, output_uri: str) -> tuple[Path, dict[str, Any], Path]:
+    """The verified token-shard folder, its manifest, and the (created) output folder: what a
+    training-like job checks before any worker starts."""
+    data = local_path(data_uri).resolve()
+    try:
+        manifest = read_manifest(data, verify=True)
+    except FileNotFoundError as e:
+        raise JobError(f"token shards not readable: {e}") from e
+    out = local_path(output_uri).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return data, manifest, out
 
 
 def load_spec(uri: str, spec_type: type[S]) -> S:

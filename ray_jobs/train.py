@@ -29,12 +29,11 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from llm.model import ModelConfig
-from llm.tokenizer.shards import read_manifest
 from llm.train.config import check_config
 from llm.train.loop import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.entrypoint import JobError, open_shards_and_output
 from ray_jobs.reporting import MetricsReporter
 from ray_jobs.specs import TrainSpec
 
@@ -137,13 +136,7 @@ def _loss_by_step(metrics_file: Path) -> dict[int, float]:
 
 
 def run(spec: TrainSpec) -> dict[str, Any]:
-    data = local_path(spec.data).resolve()
-    try:
-        manifest = read_manifest(data, verify=True)
-    except FileNotFoundError as e:
-        raise JobError(f"token shards not readable: {e}") from e
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    data, manifest, out = open_shards_and_output(spec.data, spec.output)
     # A bad combination (fp16 without a GPU, a global batch that does not divide) fails here,
     # before any worker starts, with the message the API shows.
     cfg, _ = _configs(spec, manifest["vocab_size"])

@@ -22,11 +22,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from llm.model import ModelConfig
-from llm.tokenizer.shards import read_manifest
 from llm.train.loop import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.entrypoint import JobError, open_shards_and_output
 from ray_jobs.specs import TuneSpec
 
 METRIC, MODE = "val_loss", "min"
@@ -147,13 +146,7 @@ def _tuner(spec: TuneSpec, setup: dict[str, Any], out: Path) -> tune.Tuner:
 
 
 def run(spec: TuneSpec) -> dict[str, Any]:
-    data = local_path(spec.data).resolve()
-    try:
-        manifest = read_manifest(data, verify=True)
-    except FileNotFoundError as e:
-        raise JobError(f"token shards not readable: {e}") from e
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    data, manifest, out = open_shards_and_output(spec.data, spec.output)
     setup = {
         "spec": spec.model_dump(),
         "output": str(out),
