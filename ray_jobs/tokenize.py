@@ -177,8 +177,8 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
     # Ray Data sizes read blocks by bytes, which leaves a few MB of text in one block and so
     # one encoding task; encoding is CPU-bound, so ask for several blocks per worker.
     workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.read_parquet(
-        str(data.resolve()), columns=["id", "text"], override_num_blocks=4 * workers
+    ds = ray.data.read_parquet(str(data.resolve()), override_num_blocks=4 * workers).select_columns(
+        ["id", "text"]
     )
     n_docs = ds.count()
     if n_docs == 0:
