@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = 0.5
     # An S3-compatible endpoint (MinIO, moto) for s3:// artifact roots; AWS when unset.
     s3_endpoint_url: str | None = None
+    max_request_bytes: int = 8 * 1024 * 1024
     # API keys on every route but health; off only for single-user tests.
     auth: bool = True
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from services.api.limits import limit_request_size
 from services.api.observability import instrument
 from services.api.routes import health, ingest, jobs, keys, pipelines, plan
 from services.auth import authorize, bootstrap_admin_key
@@ -80,4 +81,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     instrument(app)
+    limit_request_size(app, settings.max_request_bytes)
     return app

@@ -220,3 +220,11 @@ def test_spec_paths_reject_escapes_and_unknown_schemes(
     r = client.post("/api/v1/jobs", json={"kind": "curate", "spec": {"input": path, "output": "y"}})
     assert r.status_code == 422
     assert ["body", "spec", "input"] in _locs(r) and rule in r.text
+
+
+def test_oversized_request_is_413_before_the_route(client: TestClient) -> None:
+    limit = client.app.state.settings.max_request_bytes  # type: ignore[attr-defined]
+    body = {"kind": "curate", "spec": {"input": "x" * (limit + 1), "output": "y"}}
+    r = client.post("/api/v1/jobs", json=body)
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    assert client.get("/api/v1/jobs").json()["count"] == 0
