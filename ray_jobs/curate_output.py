@@ -38,7 +38,9 @@ class RollingWriter:
         self._rows = 0
         # The dataset's unified schema, fixed up front: a batch's own schema can differ between
         # runs (an all-null column is typed null in one block and string in another).
-        self.schema = schema
+        # Without metadata: blocks read back from part files carry schema metadata that fresh
+        # blocks lack, and Parquet stores it in the file.
+        self.schema = pa.schema([f.remove_metadata() for f in schema]).remove_metadata()
         folder.mkdir(parents=True)
 
     def write(self, table: pa.Table) -> None:
