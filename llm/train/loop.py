@@ -247,8 +247,10 @@ class _Run:
         self.guard.consecutive = 0
         self.guard.rollbacks += 1
 
-    def _micro_step(self, final: bool) -> float:
+    def _micro_step(self, final: bool) -> torch.Tensor:
         x, y = next(self.batches)
+        if self.device.type == "cuda":  # a copy from pinned memory does not block the host
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         # no_sync must cover the backward pass, autocast only the forward
         with sync_gradients(self.wrapped, final):
@@ -257,7 +259,7 @@ class _Run:
             assert loss is not None
             scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return float(loss.detach())
+        return loss.detach()
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
@@ -273,7 +275,10 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        local = sum(self._micro_step(i == self.micro_steps - 1) for i in range(self.micro_steps))
+        # losses stay on the device until the step's end: one host sync per step, not per
+        # micro-step, so the host queues the next micro-step while the device still computes
+        losses = [self._micro_step(i == self.micro_steps - 1) for i in range(self.micro_steps)]
+        local = float(torch.stack(losses).double().sum())
         # every rank must see the same loss, so that all take the same skip decision
         loss = _mean_across_ranks(local / self.micro_steps, self.world_size, self.device)
         if self.scaler:
