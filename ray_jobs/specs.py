@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from ray_jobs.curate_spec import CurateSpec
@@ -122,6 +122,17 @@ class TrainSpec(Spec):
     eval_every: int = Field(default=100, gt=0)
     eval_batches: int = Field(default=20, gt=0)
     checkpoint_every: int = Field(default=100, gt=0)
+    keep_last: int | None = Field(
+        default=3, ge=1, description="newest checkpoints kept (plus the best); null keeps all"
+    )
+    fsdp_checkpoint: Literal["sharded", "full"] = Field(
+        default="sharded", description="FSDP: per-rank DCP shards, or one gathered file"
+    )
+    checkpoint_storage: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix (or a folder all nodes see) where Ray Train keeps "
+        "checkpoints, so a worker group restarted on other nodes resumes from them",
+    )
     # Worker-group restarts from the last checkpoint; Ray Train can also lose a healthy group
     # under heavy load (its placement-group cleaner misreads a slow state API), so allow a few.
     max_failures: int = Field(default=3, ge=0)
@@ -140,6 +151,13 @@ class TrainSpec(Spec):
     max_consecutive_spikes: int = Field(default=3, ge=1)
     peak_flops: float | None = Field(default=None, gt=0, description="per device, for MFU")
     tensorboard: bool = True
+
+    @field_validator("checkpoint_storage")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError(f"must be s3://bucket/prefix, file:// or a path, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, open_shards_and_output
 from ray_jobs.reporting import MetricsReporter
 from ray_jobs.specs import TrainSpec
+from ray_jobs.train_storage import report, restore_from_storage, run_storage
 
 ENV_FAIL_AT_STEP = "LLMFORGE_TEST_FAIL_AT_STEP"
+ENV_FAIL_WIPES = "LLMFORGE_TEST_FAIL_WIPES_CHECKPOINTS"
 FAIL_MARKER = "injected_failure.json"
 
 # TrainSpec fields handed to the loop's TrainConfig under the same name.
@@ -57,6 +60,8 @@ _LOOP_OPTIONS = {
     "max_consecutive_spikes",
     "peak_flops",
     "tensorboard",
+    "keep_last",
+    "fsdp_checkpoint",
 }
 
 
@@ -91,12 +96,15 @@ def _fail_at_step() -> int | None:
         raise JobError(f"{ENV_FAIL_AT_STEP} must be a step number, got {value!r}") from e
 
 
-def _inject_failure_once(out: Path, step: int) -> None:
-    """Raise the first time only: the marker survives the worker group's restart."""
+def _inject_failure_once(out: Path, step: int, wipe: bool) -> None:
+    """Raise the first time only: the marker survives the worker group's restart. With wipe,
+    first delete the local checkpoints, as if the group restarted on a node with an empty disk."""
     marker = out / FAIL_MARKER
     if marker.exists():
         return
-    marker.write_text(json.dumps({"step": step}))
+    marker.write_text(json.dumps({"step": step, "wiped_checkpoints": wipe}))
+    if wipe:
+        shutil.rmtree(out / "checkpoints")
     raise RuntimeError(f"injected failure at step {step} ({ENV_FAIL_AT_STEP})")
 
 
@@ -107,16 +115,18 @@ def _worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     reporter = MetricsReporter(out) if rank == 0 else None
     fail_at = config.get("fail_at_step")
+    if spec.checkpoint_storage:
+        restore_from_storage(out)
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         assert reporter is not None
         reporter.log(step, metrics)
         if fail_at is not None and step >= fail_at:
-            _inject_failure_once(out, step)
+            _inject_failure_once(out, step, wipe=config.get("fail_wipes", False))
 
     def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
-        # Every rank must call report; only rank 0 wrote the checkpoint.
-        ray.train.report({"step": step, **metrics})
+        # Every rank must call report; only rank 0 has the path of what was written.
+        report({"step": step, **metrics}, path, spec.checkpoint_storage)
 
     summary = train(cfg, model, config["data"], out, on_log=on_log, on_checkpoint=on_checkpoint)
     if rank == 0:
@@ -152,6 +162,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             "data": str(data),
             "vocab_size": manifest["vocab_size"],
             "fail_at_step": _fail_at_step(),
+            "fail_wipes": os.environ.get(ENV_FAIL_WIPES) == "1",
         },
         scaling_config=ScalingConfig(
             num_workers=spec.workers,
@@ -160,8 +171,12 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         ),
         run_config=RunConfig(
             name=f"train-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
-            storage_path=str(out / "ray"),
             failure_config=FailureConfig(max_failures=spec.max_failures),
+            **(
+                run_storage(spec.checkpoint_storage, spec.keep_last)
+                if spec.checkpoint_storage
+                else {"storage_path": str(out / "ray")}
+            ),
         ),
     )
     trainer.fit()
@@ -177,6 +192,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "final_loss": history[max(history)] if history else None,
         "last": summary["last"],
         "checkpoint": summary["checkpoint"],
+        "best_checkpoint": summary.get("best_checkpoint"),
+        "checkpoint_storage": spec.checkpoint_storage,
         "parameters": summary["parameters"],
     }
 

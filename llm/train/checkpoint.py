@@ -6,6 +6,9 @@ A checkpoint folder holds:
     optimizer.pt         optimizer.state_dict(), only when an optimizer was given
     trainer_state.json   the caller's trainer_state plus "optimizer_file" and "format"
 
+FSDP runs write sharded checkpoints instead (``llm.train.sharded``: a ``dcp/`` folder in place
+of the two weight files, "layout": "dcp" in trainer_state.json); every loader here reads both.
+
 Everything is written into a hidden sibling folder and renamed into place, so readers see
 either the previous checkpoint or the new one, never a mix.
 """
@@ -32,7 +35,9 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
-_RESERVED_KEYS = ("format", "optimizer_file")
+DCP_DIR = "dcp"
+DCP_LAYOUT = "dcp"
+_RESERVED_KEYS = ("format", "optimizer_file", "layout")
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -50,6 +55,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _diff(a: ModelConfig, b: ModelConfig) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
     return [name for name in da if da[name] != db[name]]
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under folder, so a rename never outlives the data on disk."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync(path)
 
 
 def _fsync(path: Path) -> None:
@@ -79,12 +91,10 @@ def _write_files(
     if optimizer is not None:
         torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
     (folder / STATE_FILE).write_text(state_text)
-    # flush file contents before the rename, so the rename never outlives the data on disk
-    for path in folder.iterdir():
-        _fsync(path)
+    fsync_tree(folder)
 
 
-def _move_into_place(tmp: Path, target: Path) -> None:
+def move_into_place(tmp: Path, target: Path) -> None:
     if not target.exists():
         os.replace(tmp, target)
     else:
@@ -126,7 +136,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         _write_files(tmp, model, config, optimizer, trainer_state)
-        _move_into_place(tmp, target)
+        move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -139,7 +149,7 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_state(directory: Path) -> dict[str, Any]:
+def read_state(directory: Path) -> dict[str, Any]:
     state = json.loads(_require(directory / STATE_FILE).read_text())
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else None
@@ -159,7 +169,15 @@ def load_checkpoint(
     """
     directory = Path(directory)
     config = ModelConfig.load(_require(directory / CONFIG_FILE))
-    state = _read_state(directory)
+    state = read_state(directory)
+    if state.get("layout") == DCP_LAYOUT:
+        from llm.train.sharded import load_sharded_checkpoint  # it imports this module
+
+        if model is not None:
+            load_sharded_checkpoint(directory, model=model, optimizer=optimizer)
+        elif optimizer is not None:
+            raise ValueError(f"{directory}: sharded optimizer state loads only with its model")
+        return config, {k: v for k, v in state.items() if k not in _RESERVED_KEYS}
     if model is not None:
         target = _unwrap(model)
         model_config = getattr(target, "config", None)
@@ -184,15 +202,22 @@ def load_model(directory: str | Path, device: str = "cpu") -> GPT:
     directory = Path(directory)
     config = ModelConfig.load(_require(directory / CONFIG_FILE))
     model = GPT(config).to(device)
-    safetensors.torch.load_model(model, _require(directory / MODEL_FILE), device=device)
+    if (directory / DCP_DIR).is_dir():
+        from llm.train.sharded import load_sharded_checkpoint  # it imports this module
+
+        load_sharded_checkpoint(directory, model=model, optimizer=None)
+    else:
+        safetensors.torch.load_model(model, _require(directory / MODEL_FILE), device=device)
     return model.eval()
 
 
 def _is_complete(folder: Path) -> bool:
     try:
-        state = _read_state(folder)
+        state = read_state(folder)
     except (OSError, ValueError):
         return False
+    if state.get("layout") == DCP_LAYOUT:
+        return (folder / CONFIG_FILE).is_file() and (folder / DCP_DIR / ".metadata").is_file()
     needed = [CONFIG_FILE, MODEL_FILE]
     if state.get("optimizer_file") is not None:
         needed.append(state["optimizer_file"])
@@ -204,12 +229,52 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
     Hidden in-progress (.tmp-*) and set-aside (.old-*) folders never match step_N.
     """
+    found = complete_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+BEST_FILE = "best.json"
+
+
+def complete_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete root/step_N checkpoint, oldest first."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    steps = []
+        return []
+    found = []
     for child in root.iterdir():
         match = _STEP_DIR.fullmatch(child.name)
         if match and child.is_dir() and _is_complete(child):
-            steps.append((int(match.group(1)), child))
-    return max(steps)[1] if steps else None
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def best_checkpoint(root: str | Path) -> dict[str, Any] | None:
+    """root/best.json ({"step", "val_loss", "path"}) when a validated checkpoint was kept."""
+    path = Path(root) / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_best(root: str | Path, step: int, val_loss: float) -> None:
+    """Point root/best.json at step's checkpoint (written aside and renamed: never half)."""
+    root = Path(root)
+    entry = {"step": step, "val_loss": val_loss, "path": step_dir(root, step).name}
+    tmp = root / f".{BEST_FILE}.tmp"
+    tmp.write_text(json.dumps(entry, indent=2) + "\n")
+    os.replace(tmp, root / BEST_FILE)
+
+
+def prune_checkpoints(root: str | Path, keep_last: int, *, keep_steps: set[int]) -> list[Path]:
+    """Delete all but the newest keep_last complete checkpoints and those in keep_steps (the
+    best one); return what was deleted. Incomplete folders are left for the next save to
+    replace, since one may be another rank's save in progress."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    found = complete_checkpoints(root)
+    newest = {step for step, _ in found[-keep_last:]}
+    removed = []
+    for step, folder in found:
+        if step not in newest and step not in keep_steps:
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed

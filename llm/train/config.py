@@ -10,6 +10,7 @@ from llm.train.optim import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
+FSDP_CHECKPOINTS = ("sharded", "full")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 20
     checkpoint_every: int = 100
+    keep_last: int | None = None  # None keeps every checkpoint; else the newest K plus the best
+    fsdp_checkpoint: str = "sharded"  # FSDP: "sharded" (DCP, per rank) or "full" (gathered)
     precision: str = "fp32"  # autocast dtype; master weights stay fp32
     global_batch_tokens: int | None = None  # None: one micro-step per optimizer step
     parallelism: str = "ddp"  # how to spread over ranks when world_size > 1
@@ -56,6 +59,9 @@ def check_config(cfg: TrainConfig, *, world_size: int, device: torch.device) -> 
     _choice("precision", cfg.precision, PRECISIONS)
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("parallelism", cfg.parallelism, PARALLELISMS)
+    _choice("fsdp_checkpoint", cfg.fsdp_checkpoint, FSDP_CHECKPOINTS)
+    if cfg.keep_last is not None and cfg.keep_last < 1:
+        raise ValueError(f"TrainConfig.keep_last must be at least 1 or None, got {cfg.keep_last}")
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ValueError(
             f"TrainConfig.precision='fp16' needs a CUDA GPU, but this run is on {device.type}: "

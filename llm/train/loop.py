@@ -21,7 +21,15 @@ import torch.distributed as dist
 from torch import nn
 
 from llm.model import GPT, ModelConfig
-from llm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, step_dir
+from llm.train.checkpoint import (
+    best_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    record_best,
+    save_checkpoint,
+    step_dir,
+)
 from llm.train.config import TrainConfig, check_config
 from llm.train.data import TokenShards, TrainBatches, val_batches
 from llm.train.guard import SpikeGuard
@@ -36,6 +44,7 @@ from llm.train.parallel import (
     sync_gradients,
 )
 from llm.train.precision import autocast, grad_scaler, load_scaler_state, scaler_state
+from llm.train.sharded import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 
 __all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
 
@@ -123,11 +132,13 @@ class _Run:
         self.guard = SpikeGuard(cfg.spike_factor, cfg.max_consecutive_spikes)
         self.step = 0
         self.tokens_seen = 0
+        self.best: dict[str, Any] | None = None  # {"step", "val_loss"} of the best checkpoint
         latest = latest_checkpoint(self.out_dir / "checkpoints")
         if latest is not None:
             state = self._restore(latest, loader=True)
             if "guard" in state:
                 self.guard.load_state_dict(state["guard"])
+            self.best = state.get("best")
 
     def _open_data(self, data_dir: Path) -> None:
         cfg = self.cfg
@@ -168,7 +179,9 @@ class _Run:
 
     def _restore(self, path: Path, *, loader: bool) -> dict[str, Any]:
         """Load model, optimizer, scaler, counters and RNG (and the loader position if asked)."""
-        if self.fsdp:
+        if is_sharded(path):  # DCP reshards into any world size, with or without FSDP
+            state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        elif self.fsdp:
             state = load_fsdp_checkpoint(
                 path,
                 model=self.model,
@@ -197,15 +210,29 @@ class _Run:
             "torch_rng": _encode_rng(torch.get_rng_state()),
             "grad_scaler": scaler_state(self.scaler),
             "guard": self.guard.state_dict(),
+            "best": self.best,
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = _encode_rng(torch.cuda.get_rng_state(self.device))
         return state
 
-    def save(self) -> Path | None:
+    def save(self, val_loss: float | None) -> Path | None:
+        """Write this step's checkpoint (collective); val_loss, when measured at this step,
+        makes it a candidate for best.json. Then prune down to keep_last plus the best."""
+        root, cfg = self.out_dir / "checkpoints", self.cfg
+        if val_loss is not None and (self.best is None or val_loss < self.best["val_loss"]):
+            self.best = {"step": self.step, "val_loss": val_loss}
         path = None
-        target = step_dir(self.out_dir / "checkpoints", self.step)
-        if self.fsdp:
+        target = step_dir(root, self.step)
+        if self.fsdp and cfg.fsdp_checkpoint == "sharded":
+            path = save_sharded_checkpoint(
+                target,
+                model=self.model,
+                config=self.model_config,
+                optimizer=self.optimizer,
+                trainer_state=self._trainer_state(),
+            )
+        elif self.fsdp:
             path = save_fsdp_checkpoint(
                 target,
                 model=self.model,
@@ -222,9 +249,15 @@ class _Run:
                 optimizer=self.optimizer,
                 trainer_state=self._trainer_state(),
             )
+        if self.rank == 0:
+            if self.best is not None and self.best["step"] == self.step:
+                record_best(root, self.step, self.best["val_loss"])
+            if cfg.keep_last is not None:
+                keep = {self.best["step"]} if self.best is not None else set()
+                prune_checkpoints(root, cfg.keep_last, keep_steps=keep)
         if self.world_size > 1:
             dist.barrier()
-        return path
+        return path if self.rank == 0 else None
 
     def roll_back(self) -> None:
         """Return to the last checkpoint after too many skipped steps in a row.
@@ -312,6 +345,7 @@ def train(
     history: list[float] = []
     last: dict[str, float] = {}
     tick, tick_step = time.perf_counter(), run.step
+    evaluated_at = -1
     try:
         while run.step < cfg.steps:
             loss, grad_norm = run.train_step()
@@ -325,13 +359,14 @@ def train(
                 history.append(last["loss"])
                 if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
                     last.update(_evaluate(run))
+                    evaluated_at = run.step
                 if run.rank == 0 and on_log:
                     on_log(run.step, last)
                 if board:
                     board.log(run.step, last)
                 tick, tick_step = time.perf_counter(), run.step
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-                path = run.save()
+                path = run.save(last.get("val_loss") if evaluated_at == run.step else None)
                 if on_checkpoint:
                     on_checkpoint(run.step, path, last)
     finally:
@@ -344,6 +379,7 @@ def train(
         "loss_history": history,
         "last": last,
         "checkpoint": str(final) if final else None,
+        "best_checkpoint": best_checkpoint(run.out_dir / "checkpoints"),
         "parameters": run.model.num_parameters(),
     }
 

@@ -105,13 +105,19 @@ def test_the_job_survives_the_failure_inside_ray_train(
     # Ray Train recovered it within one Ray job, not a retry by the scheduler: the Ray job that
     # succeeded is the one that saw the failure.
     assert f"injected failure at step {FAIL_AT}" in job["logs"]
-    assert json.loads((out / FAIL_MARKER).read_text()) == {"step": FAIL_AT}
+    assert json.loads((out / FAIL_MARKER).read_text()) == {
+        "step": FAIL_AT,
+        "wiped_checkpoints": False,
+    }
     assert job["result"]["steps"] == STEPS
     assert job["result"]["checkpoint"].endswith(f"step_{STEPS:08d}")
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # keep_last=3 by default: all three stay, with best.json naming the best by val loss
     assert checkpoints == [
-        f"step_{s:08d}" for s in range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY)
+        "best.json",
+        *(f"step_{s:08d}" for s in range(CHECKPOINT_EVERY, STEPS + 1, CHECKPOINT_EVERY)),
     ]
+    assert job["result"]["best_checkpoint"]["path"] in checkpoints
 
 
 def test_training_resumed_from_the_checkpoint_before_the_failure(

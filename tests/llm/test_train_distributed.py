@@ -107,3 +107,59 @@ def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), step
         assert b["tokens_seen"] == a["tokens_seen"]
     assert two[-1][1]["val_loss"] == pytest.approx(one[-1][1]["val_loss"], rel=1e-4)
+
+
+def test_fsdp2_sharded_resume_is_exact_and_matches_a_full_checkpoint(
+    shakespeare_shards: Path, tmp_path: Path
+) -> None:
+    """A run stopped at step 6 and resumed from its DCP folder logs the same losses as an
+    uninterrupted one; the sharded step-6 weights equal those a gathered checkpoint holds."""
+    model = tiny_model(vocab_of(shakespeare_shards))
+    # a constant rate after warmup, so a run told to stop at 6 schedules as one told 10
+    kw = {"parallelism": "fsdp", "log_every": 1, "eval_every": 100, "warmup_steps": 2}
+    kw |= {"lr": 3e-3, "min_lr": 3e-3}
+    whole = asdict(base_cfg(steps=10, checkpoint_every=6, **kw))
+    first = {**whole, "steps": 6}
+    full = {**first, "fsdp_checkpoint": "full"}
+    spec = model.to_dict()
+    logs = run_two_ranks(
+        [
+            {"cfg": whole, "model": spec, "out": str(tmp_path / "whole")},
+            {"cfg": first, "model": spec, "out": str(tmp_path / "split")},
+            {"cfg": whole, "model": spec, "out": str(tmp_path / "split")},
+            {"cfg": full, "model": spec, "out": str(tmp_path / "full")},
+        ],
+        shakespeare_shards,
+        tmp_path,
+    )
+    sharded = step_dir(tmp_path / "split" / "checkpoints", 6)
+    assert (sharded / "dcp" / ".metadata").is_file()
+    assert not (sharded / "model.safetensors").exists()
+    # two ranks, two shard files: no rank wrote the whole model
+    assert len(list((sharded / "dcp").glob("*.distcp"))) == 2
+    uninterrupted = [(s, m["loss"]) for s, m in logs[0]]
+    resumed = [(s, m["loss"]) for s, m in logs[1] + logs[2]]
+    assert resumed == uninterrupted  # fp32 on gloo: bit for bit
+    gathered = load_model(step_dir(tmp_path / "full" / "checkpoints", 6)).state_dict()
+    for name, tensor in load_model(sharded).state_dict().items():
+        assert torch.equal(tensor, gathered[name]), name
+
+
+def test_a_sharded_checkpoint_resumes_in_one_plain_process(
+    shakespeare_shards: Path, tmp_path: Path
+) -> None:
+    """DCP reshards: a two-rank FSDP checkpoint continues as a single-process run."""
+    model = tiny_model(vocab_of(shakespeare_shards))
+    cfg = asdict(base_cfg(steps=6, checkpoint_every=6, parallelism="fsdp", eval_every=100))
+    run_two_ranks(
+        [{"cfg": cfg, "model": model.to_dict(), "out": str(tmp_path / "run")}],
+        shakespeare_shards,
+        tmp_path,
+    )
+    logs: list[tuple[int, dict[str, float]]] = []
+    more = base_cfg(steps=8, checkpoint_every=8, eval_every=100, log_every=1)
+    train(
+        more, model, shakespeare_shards, tmp_path / "run", on_log=lambda s, m: logs.append((s, m))
+    )
+    assert [s for s, _ in logs] == [7, 8]
+    assert (step_dir(tmp_path / "run" / "checkpoints", 8) / "model.safetensors").is_file()
