@@ -136,6 +136,7 @@ class TrainSpec(Spec):
     # Worker-group restarts from the last checkpoint; Ray Train can also lose a healthy group
     # under heavy load (its placement-group cleaner misreads a slow state API), so allow a few.
     max_failures: int = Field(default=3, ge=0)
+    optimizer: Literal["adamw", "adafactor", "sgd"] = "adamw"
     schedule: Literal["cosine", "linear", "wsd"] = "cosine"
     decay_fraction: float = Field(default=0.2, ge=0, le=1, description="wsd: share decaying")
     decay_embeddings: bool = True
@@ -193,8 +194,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class SearchSpace(Spec):
     """What each trial samples: (low, high) bounds for continuous values, lists for choices.
 
-    The loop's only optimizer is AdamW, so its second-moment decay (beta2) is searched in place
-    of an optimizer choice.
+    beta2 applies to AdamW only (Adafactor's decay follows its own schedule, SGD has none).
     """
 
     lr: tuple[float, float] = Field(default=(3e-4, 1e-2), description="log-uniform bounds")
@@ -203,6 +203,9 @@ class SearchSpace(Spec):
     dropout: tuple[float, float] = Field(default=(0.0, 0.2), description="uniform bounds")
     warmup_steps: list[Annotated[int, Field(ge=0)]] = Field(default=[0, 10, 30], min_length=1)
     beta2: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[0.95, 0.99], min_length=1)
+    optimizer: list[Literal["adamw", "adafactor", "sgd"]] = Field(
+        default=["adamw"], min_length=1, description="optimizers to choose among"
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> SearchSpace:

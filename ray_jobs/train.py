@@ -45,6 +45,7 @@ FAIL_MARKER = "injected_failure.json"
 
 # TrainSpec fields handed to the loop's TrainConfig under the same name.
 _LOOP_OPTIONS = {
+    "optimizer",
     "schedule",
     "decay_fraction",
     "decay_embeddings",

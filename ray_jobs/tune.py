@@ -42,6 +42,7 @@ def search_space(spec: TuneSpec) -> dict[str, Any]:
         "dropout": tune.uniform(*space.dropout),
         "warmup_steps": tune.choice(space.warmup_steps),
         "beta2": tune.choice(space.beta2),
+        "optimizer": tune.choice(space.optimizer),
     }
 
 
@@ -61,6 +62,7 @@ def trial_configs(
         warmup_steps=params["warmup_steps"],
         weight_decay=params["weight_decay"],
         beta2=params["beta2"],
+        optimizer=params["optimizer"],
         seed=spec.seed,
         # val_loss is only computed at log steps, and Tune needs nothing in between
         log_every=spec.eval_every,

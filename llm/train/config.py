@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm.train.optim import SCHEDULES
+from llm.train.optim import OPTIMIZERS, SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
@@ -24,6 +24,7 @@ class TrainConfig:
     schedule: str = "cosine"  # one of SCHEDULES
     decay_fraction: float = 0.2  # wsd only: share of steps spent decaying
     weight_decay: float = 0.1
+    optimizer: str = "adamw"  # one of OPTIMIZERS
     decay_embeddings: bool = True
     beta1: float = 0.9
     beta2: float = 0.95
@@ -60,6 +61,7 @@ def check_config(cfg: TrainConfig, *, world_size: int, device: torch.device) -> 
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("parallelism", cfg.parallelism, PARALLELISMS)
     _choice("fsdp_checkpoint", cfg.fsdp_checkpoint, FSDP_CHECKPOINTS)
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     if cfg.keep_last is not None and cfg.keep_last < 1:
         raise ValueError(f"TrainConfig.keep_last must be at least 1 or None, got {cfg.keep_last}")
     if cfg.precision == "fp16" and device.type != "cuda":

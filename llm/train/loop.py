@@ -26,6 +26,7 @@ from llm.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    read_state,
     record_best,
     save_checkpoint,
     step_dir,
@@ -172,6 +173,7 @@ class _Run:
             betas=(cfg.beta1, cfg.beta2),
             eps=cfg.eps,
             decay_embeddings=cfg.decay_embeddings,
+            name=cfg.optimizer,
         )
 
     def autocast(self) -> Any:
@@ -179,6 +181,12 @@ class _Run:
 
     def _restore(self, path: Path, *, loader: bool) -> dict[str, Any]:
         """Load model, optimizer, scaler, counters and RNG (and the loader position if asked)."""
+        saved = read_state(path).get("train_config", {}).get("optimizer", "adamw")
+        if saved != self.cfg.optimizer:
+            raise ValueError(
+                f"{path}: the checkpoint's optimizer state is {saved!r}, but this run asks for "
+                f"optimizer {self.cfg.optimizer!r}; resume with {saved!r} or start a new output"
+            )
         if is_sharded(path):  # DCP reshards into any world size, with or without FSDP
             state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer)
         elif self.fsdp:

@@ -11,6 +11,9 @@ from torch import nn
 SCHEDULES = ("cosine", "linear", "wsd")
 
 
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -20,13 +23,20 @@ def build_optimizer(
     eps: float = 1e-8,
     decay_embeddings: bool = True,
     fused: bool | None = None,
-) -> torch.optim.AdamW:
+    name: str = "adamw",
+) -> torch.optim.Optimizer:
     """Decay only >=2-D weights: norms, biases and 1-D gains would be pulled to zero for nothing.
 
     The (tied) token embedding is a matrix and decays, as in nanoGPT, unless decay_embeddings is
     False: then every nn.Embedding table (and so a tied LM head) joins the no-decay group, as some
     recipes (OLMo) prefer, since rare tokens' rows get few gradient updates to resist the decay.
+
+    name: "adamw" (betas, eps); "adafactor" (torch's, with factored second moments: far less
+    optimizer memory; betas and eps unused); "sgd" (Nesterov momentum betas[0]). Weight decay
+    is decoupled in AdamW and Adafactor, and L2 in SGD.
     """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -37,6 +47,10 @@ def build_optimizer(
         {"params": [p for p in params if decays(p)], "weight_decay": weight_decay},
         {"params": [p for p in params if not decays(p)], "weight_decay": 0.0},
     ]
+    if name == "adafactor":
+        return torch.optim.Adafactor(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=betas[0], nesterov=True)
     if fused is None:
         # one fused kernel per step instead of torch's multi-tensor loop: a few percent of a GPU
         # step on a small model. CPUs keep the foreach implementation the tests were written on.

@@ -21,6 +21,7 @@ SPACE = {
     "dropout": [0.0, 0.1],
     "warmup_steps": [0, 5],
     "beta2": [0.95, 0.99],
+    "optimizer": ["adamw", "adafactor", "sgd"],
 }
 
 
@@ -68,7 +69,7 @@ def test_configs_come_from_the_search_space(tuned: tuple[dict[str, Any], Path]) 
         for name in ("lr", "weight_decay", "dropout"):
             low, high = SPACE[name]
             assert low <= config[name] <= high
-        for name in ("batch_size", "warmup_steps", "beta2"):
+        for name in ("batch_size", "warmup_steps", "beta2", "optimizer"):
             assert config[name] in SPACE[name]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,26 @@ def test_betas_and_eps_reach_adamw() -> None:
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6)
     for group in opt.param_groups:
         assert group["betas"] == (0.8, 0.99) and group["eps"] == 1e-6
+
+
+@pytest.mark.parametrize("name", ["adafactor", "sgd"])
+def test_other_optimizers_train_and_keep_the_decay_groups(
+    name: str, shakespeare_shards: Path, tmp_path: Path
+) -> None:
+    from llm.train.loop import train
+    from tests.llm.test_loop import base_cfg, tiny_model, vocab_of
+
+    model = tiny_model(vocab_of(shakespeare_shards))
+    lr = {"adafactor": 0.3, "sgd": 0.3}[name]  # Adafactor scales lr by each RMS(param)
+    logs: list[float] = []
+    cfg = base_cfg(steps=30, log_every=5, optimizer=name, lr=lr, min_lr=lr / 10, warmup_steps=5)
+    train(cfg, model, shakespeare_shards, tmp_path, on_log=lambda s, m: logs.append(m["loss"]))
+    assert logs[-1] < logs[0] - 0.5, logs
+    opt = build_optimizer(GPT(model), lr=lr, weight_decay=0.1, name=name)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    # a checkpoint's optimizer state only resumes under the same optimizer
+    other = "adamw"
+    with pytest.raises(ValueError, match=f"optimizer state is '{name}'.*asks for.*'{other}'"):
+        train(replace(cfg, steps=40, optimizer=other), model, shakespeare_shards, tmp_path)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        build_optimizer(GPT(model), lr=lr, weight_decay=0.1, name="lion")
