@@ -30,6 +30,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from llm.model import ModelConfig
+from llm.train.checkpoint import CONFIG_FILE, latest_checkpoint, read_state
 from llm.train.config import check_config
 from llm.train.loop import TrainConfig, train
 from ray_jobs import entrypoint
@@ -134,6 +135,28 @@ def _worker(config: dict[str, Any]) -> None:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
 
 
+def _check_resumable(out: Path, cfg: TrainConfig, model: ModelConfig) -> None:
+    """A checkpoint already in the output folder is where the workers will resume: one from
+    another model or optimizer fails here, before any worker starts, naming what differs."""
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is None:
+        return
+    saved, wanted = ModelConfig.load(latest / CONFIG_FILE).to_dict(), model.to_dict()
+    differ = sorted(k for k, v in wanted.items() if saved.get(k) != v)
+    if differ:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} here" for k in differ)
+        raise JobError(
+            f"{latest} is a checkpoint of another model ({pairs}); the job would resume from "
+            "it. Use a new output folder, or the model settings it was trained with"
+        )
+    optimizer = read_state(latest).get("train_config", {}).get("optimizer", "adamw")
+    if optimizer != cfg.optimizer:
+        raise JobError(
+            f"{latest} holds {optimizer!r} optimizer state, but the spec asks for "
+            f"{cfg.optimizer!r}; use a new output folder or optimizer {optimizer!r}"
+        )
+
+
 def _loss_by_step(metrics_file: Path) -> dict[int, float]:
     """Logged loss per step over every attempt: after a worker-group restart the loop's own
     history starts at the resumed step, but the run's first loss is still the first attempt's."""
@@ -150,10 +173,11 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     data, manifest, out = open_shards_and_output(spec.data, spec.output)
     # A bad combination (fp16 without a GPU, a global batch that does not divide) fails here,
     # before any worker starts, with the message the API shows.
-    cfg, _ = _configs(spec, manifest["vocab_size"])
+    cfg, model = _configs(spec, manifest["vocab_size"])
     check_config(
         cfg, world_size=spec.workers, device=torch.device("cuda" if spec.use_gpu else "cpu")
     )
+    _check_resumable(out, cfg, model)
     init_ray()
     trainer = TorchTrainer(
         _worker,
