@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.store.models import ApiKey, Role, utcnow
+from services.store.models import DEFAULT_TEAM, ApiKey, Role, utcnow
 
 log = logging.getLogger("llmforge.auth")
 ADMIN_KEY_FILE = "admin.key"
-DEFAULT_TEAM = "default"
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,22 @@ def _lookup(session: Session, raw: str) -> ApiKey | None:
     return key if hmac.compare_digest(key.key_hash, hash_key(raw)) else None
 
 
+# Declared as OpenAPI security schemes (not as header parameters), so the schema says how to
+# authenticate and clients and test generators do not treat the key as ordinary input.
+bearer_key = HTTPBearer(
+    scheme_name="ApiKeyBearer", auto_error=False, description="Authorization: Bearer <API key>"
+)
+header_key = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyHeader", auto_error=False)
+
+
 def principal(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_key)],
+    x_api_key: Annotated[str | None, Depends(header_key)],
 ) -> Principal:
     if not request.app.state.settings.auth:
         return Principal(key_id=None, role=Role.admin, team=DEFAULT_TEAM)
-    raw = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    raw = x_api_key or (bearer.credentials.strip() if bearer else "")
     with request.app.state.sessions() as session:
         key = _lookup(session, raw) if raw else None
     if key is None:

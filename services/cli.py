@@ -7,6 +7,7 @@ import json
 import sys
 
 from services.cli_api import add_api_commands
+from services.cli_registry import add_registry_commands
 from services.settings import get_settings
 
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=1200, help="seconds before giving up")
     demo.set_defaults(fn=cmd_demo)
     add_api_commands(sub)
+    add_registry_commands(sub)
     _add_tokenizer_train(sub)
     _add_plan(sub)
     return parser

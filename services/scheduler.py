@@ -1,8 +1,14 @@
 """Brings jobs to Ray and Ray's answers back to the store.
 
-One background thread: it submits pipeline stages whose parents succeeded, cancels those whose
-parents failed, and polls Ray for every submitted job until it ends, recording the job's result
-(``result.json`` in its output folder) or its error message.
+One background thread: it polls Ray for every submitted job until it ends, recording the job's
+result (``result.json`` in its output folder) or its error message, and registering what a
+succeeded job made (datasets, models); retries failed jobs after a backoff; moves pipeline stages
+whose parents succeeded into their team's queue and cancels those whose parents failed; and
+submits queued jobs, each team's in its queue order, while the team has fewer jobs on Ray than
+its limit. The API thread runs the same dispatch at once after a submission.
+
+One scheduler per store: the dispatch counts a team's jobs and submits under a lock of this
+process, so two control planes on one database could both fill the same free slot.
 """
 
 from __future__ import annotations
@@ -19,17 +25,32 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from ray_jobs import storage
+from ray_jobs.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
+from services import registry
+from services.jsonsafe import finite_record
 from services.ray_client import LostJob, RayJobs
+from services.redact import redact
 from services.settings import Settings
-from services.store import crud
+from services.store import crud, queue
 from services.store.models import Job, JobState, utcnow
 
 log = logging.getLogger("llmforge.scheduler")
 PLACEHOLDER = re.compile(r"\$\{(\w[\w-]*)\.(\w+)\}")
 
 
+JOB_TOKEN_PREFIX = "lfj_"  # recognisable, so logs and messages can be scrubbed of it
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(job: Job) -> str:
+    """A new token for this job's metrics; only its hash is kept, and it is dropped when the job
+    ends (``crud.set_state``), so the token in the Ray job's environment dies with the job."""
+    token = f"{JOB_TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+    job.token_hash = hash_token(token)
+    return token
 
 
 def resolve_placeholders(
@@ -58,21 +79,26 @@ class Scheduler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    def job_env(self, job: Job, token: str) -> dict[str, str]:
+        """The Ray job's environment, which the Ray dashboard shows to anyone who can open it:
+        where to send metrics and the job's own token, never an API key, a database URL or
+        cloud credentials (those come from the cluster's environment)."""
+        env = {
+            ENV_API_URL: self.settings.resolved_public_url,
+            ENV_JOB_ID: job.id,
+            ENV_JOB_TOKEN: token,
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+        }
+        if self.settings.s3_endpoint_url:  # where S3 is; credentials come from the cluster
+            env[storage.ENDPOINT_ENV] = self.settings.s3_endpoint_url
+        return env
+
     def submit(self, session: Session, job: Job) -> None:
         """Write the spec where the job can read it and hand the job to Ray."""
         root = self.settings.resolved_artifact_root.rstrip("/")
         spec_path = f"{root}/jobs/{job.id}/spec.json"
         storage.write_text(spec_path, json.dumps(job.spec, indent=2))
-        token = secrets.token_urlsafe(32)
-        job.token_hash = hash_token(token)
-        env = {
-            "LLMFORGE_API_URL": self.settings.resolved_public_url,
-            "LLMFORGE_JOB_ID": job.id,
-            "LLMFORGE_JOB_TOKEN": token,
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        }
-        if self.settings.s3_endpoint_url:  # where S3 is; credentials come from the cluster
-            env[storage.ENDPOINT_ENV] = self.settings.s3_endpoint_url
+        env = self.job_env(job, issue_token(job))
         entrypoint = (
             f"{self.settings.resolved_job_python} -m ray_jobs.{job.kind} --spec {spec_path}"
         )
@@ -80,6 +106,7 @@ class Scheduler:
         job.ray_submission_id = self.ray.submit(
             submission_id=f"llmforge-{job.id}{attempt}", entrypoint=entrypoint, env=env
         )
+        job.message = None
         crud.set_state(session, job=job, state=JobState.pending)
 
     def requeue(self, session: Session, job: Job) -> None:
@@ -91,22 +118,49 @@ class Scheduler:
         job.state, job.message, job.result = JobState.waiting.value, None, None
         job.ended_at = None
 
-    def retry(self, session: Session, job: Job) -> None:
-        """Submit an ended job again now."""
-        self.requeue(session, job)
-        self.submit_or_fail(session, job)
+    def dispatch(self) -> None:
+        """Start what can start now: ready stages join their team's queue, and each team's
+        queue is submitted up to its free slots. The API calls this after it committed."""
+        with self._lock, self.sessions() as session:
+            self._advance_and_submit(session)
 
     def tick(self) -> None:
         with self._lock, self.sessions() as session:
-            for job in crud.jobs_in_states(session, states=[JobState.waiting]):
-                self._advance_waiting(session, job)
-            session.commit()
             for job in crud.jobs_in_states(session, states=[JobState.pending, JobState.running]):
                 self._poll(session, job)
                 session.commit()
             for job in crud.jobs_in_states(session, states=[JobState.failed]):
                 self._maybe_retry(session, job)
             session.commit()
+            self._advance_and_submit(session)
+
+    def _advance_and_submit(self, session: Session) -> None:
+        for job in crud.jobs_in_states(session, states=[JobState.waiting]):
+            self._advance_waiting(session, job)
+        session.commit()
+        self._submit_queued(session)
+
+    def _submit_queued(self, session: Session) -> None:
+        """Each team's queue in order, while the team has fewer jobs on Ray than its limit."""
+        waiting = queue.queued_jobs(session)
+        if not waiting:
+            return
+        active = queue.active_counts(session)
+        limits = queue.team_limits(session)
+        for job in waiting:
+            team = queue.team_of(job)
+            limit = limits.get(team, self.settings.team_max_running)
+            running = active.get(team, 0)
+            if running >= limit:
+                note = f"queued: team {team} has {running} of its {limit} job slots in use"
+                if job.message != note:
+                    job.message = note
+                continue
+            self.submit_or_fail(session, job)
+            if job.state == JobState.pending.value:
+                active[team] = running + 1
+            session.commit()
+        session.commit()
 
     def _advance_waiting(self, session: Session, job: Job) -> None:
         parents = [crud.get_job(session, job_id=p) for p in job.depends_on]
@@ -123,14 +177,16 @@ class Scheduler:
         if all(p is not None and p.state == JobState.succeeded for p in parents):
             by_stage = {p.stage: p.spec for p in parents if p is not None and p.stage}
             job.spec = resolve_placeholders(job.spec, by_stage)
-            self.submit_or_fail(session, job)
+            queue.enqueue(job)
 
     def submit_or_fail(self, session: Session, job: Job) -> None:
         try:
             self.submit(session, job)
         except Exception as e:  # Ray refused or is down: the job fails visibly, not silently
             log.exception("submitting job %s failed", job.id)
-            crud.set_state(session, job=job, state=JobState.failed, message=f"submit failed: {e}")
+            crud.set_state(
+                session, job=job, state=JobState.failed, message=redact(f"submit failed: {e}")
+            )
 
     def _maybe_retry(self, session: Session, job: Job) -> None:
         """Automatic retries with exponential backoff (2, 4, 8 … s after the failure)."""
@@ -140,7 +196,7 @@ class Scheduler:
             log.info(
                 "retrying job %s (attempt %d of %d)", job.id, job.attempts + 1, job.max_retries
             )
-            self.retry(session, job)
+            self.requeue(session, job)
 
     def _poll(self, session: Session, job: Job) -> None:
         if not job.ray_submission_id:
@@ -159,10 +215,13 @@ class Scheduler:
             return
         message = None
         if state == JobState.succeeded:
-            job.result = _read_result(job.spec)
+            job.result = read_result(job.spec)
         elif state == JobState.failed:
-            message = self.ray.failure_message(job.ray_submission_id)
+            message = redact(self.ray.failure_message(job.ray_submission_id))
         crud.set_state(session, job=job, state=state, message=message)
+        if state == JobState.succeeded:
+            registered = registry.register_outputs(session, job)
+            log.info("job %s succeeded; registered %s", job.id, [a.id for a in registered])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llmforge-scheduler", daemon=True)
@@ -185,9 +244,10 @@ _BLOCKING = {JobState.failed.value, JobState.stopped.value, JobState.cancelled.v
 RETRYABLE = _BLOCKING
 
 
-def _read_result(spec: dict[str, Any]) -> dict[str, Any] | None:
+def read_result(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's result.json, made storable (see ``services.jsonsafe``); None if absent."""
     try:
-        result: dict[str, Any] = json.loads(storage.read_text(f"{spec['output']}/result.json"))
+        result = json.loads(storage.read_text(f"{spec['output']}/result.json"))
     except (OSError, ValueError, KeyError):
         return None
-    return result
+    return finite_record(result) if isinstance(result, dict) else {"result": result}

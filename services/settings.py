@@ -8,11 +8,15 @@ folder under ``LLMFORGE_HOME``. ``RAY_ADDRESS``, ``LLMFORGE_DATABASE_URL`` and
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.redact import mask_url
 
 
 class Settings(BaseSettings):
@@ -42,6 +46,24 @@ class Settings(BaseSettings):
     max_request_bytes: int = 8 * 1024 * 1024
     # API keys on every route but health; off only for single-user tests.
     auth: bool = True
+    # Jobs a team may have submitted to Ray at once (PENDING or RUNNING); more wait QUEUED.
+    # An admin can set a team's own limit (PUT /api/v1/teams/{team}/limit).
+    team_max_running: int = Field(default=4, ge=0)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Settings end up in logs and tracebacks; a database URL carries its password.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "database_url" and value else value
+
+    def public(self) -> dict[str, Any]:
+        """The effective settings, safe to show: passwords in URLs are masked."""
+        shown = self.model_dump(mode="json")
+        for name in ("database_url", "ray_address", "public_url", "s3_endpoint_url"):
+            if shown.get(name):
+                shown[name] = mask_url(shown[name])
+        shown["resolved_database_url"] = mask_url(self.resolved_database_url)
+        shown["resolved_artifact_root"] = self.resolved_artifact_root
+        return shown
 
     @property
     def resolved_database_url(self) -> str:

@@ -10,10 +10,22 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.limits import limit_request_size
 from services.api.observability import instrument
-from services.api.routes import health, ingest, jobs, keys, pipelines, plan
+from services.api.routes import (
+    config,
+    health,
+    ingest,
+    jobs,
+    keys,
+    pipelines,
+    plan,
+    ratings,
+    registry,
+    teams,
+)
 from services.auth import authorize, bootstrap_admin_key
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
+from services.redact import install_log_redaction, mask_url
 from services.scheduler import Scheduler
 from services.settings import Settings, get_settings
 from services.store.db import make_engine, make_sessionmaker
@@ -31,10 +43,12 @@ def _dashboard_url(settings: Settings) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    install_log_redaction(settings.resolved_database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.home.mkdir(parents=True, exist_ok=True)
+        log.info("store: %s", mask_url(settings.resolved_database_url))
         engine = make_engine(settings.resolved_database_url)
         head = None
         if settings.ray_address:
@@ -75,9 +89,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     api = APIRouter(prefix="/api/v1")
     secured = [Depends(authorize)]
-    for module in (jobs, pipelines, plan):
-        api.include_router(module.router, dependencies=secured)
-    for module in (health, ingest, keys):  # no key, a job token, admin per route
+    for router in (
+        jobs.router,
+        pipelines.router,
+        plan.router,
+        registry.datasets,
+        registry.models,
+        ratings.router,
+        teams.router,
+    ):
+        api.include_router(router, dependencies=secured)
+    for module in (health, ingest, keys, config):  # no key, a job token, admin per route
         api.include_router(module.router)
     app.include_router(api)
     instrument(app)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ray_jobs.specs import JobKind
 
@@ -19,6 +20,9 @@ class JobCreate(Strict):
     spec: dict[str, Any] = Field(description="the job kind's spec; see the *Spec schemas")
     name: str | None = Field(default=None, max_length=200)
     max_retries: int = Field(default=0, ge=0, le=10, description="automatic retries on failure")
+    priority: int = Field(
+        default=0, ge=-100, le=100, description="higher runs first within the team's queue"
+    )
 
 
 class JobPublic(BaseModel):
@@ -36,6 +40,13 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     ray_submission_id: str | None
     dashboard_url: str | None
+    owner: str | None
+    team: str | None
+    priority: int
+    queue_position: int | None = Field(
+        description="QUEUED jobs: place in the team's queue, 1 = next to run"
+    )
+    queued_at: datetime | None
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
@@ -81,3 +92,156 @@ class PipelinePublic(BaseModel):
     state: str
     created_at: datetime
     jobs: list[JobPublic]
+
+
+# --- datasets and models registry ---------------------------------------------------------------
+
+
+class DatasetKind(StrEnum):
+    documents = "documents"  # a curate job's output: data/ and rejected/ Parquet, stats.json
+    token_shards = "token_shards"  # a tokenize job's output: manifest.json and shards
+    raw = "raw"  # a corpus registered by hand, before curation
+
+
+class ModelKind(StrEnum):
+    checkpoint = "checkpoint"  # a train job's output folder with its checkpoints
+    finetuned = "finetuned"  # a finetune job's output folder; its parent is the base model
+    exported = "exported"  # a model exported elsewhere (e.g. Hugging Face format)
+
+
+class ArtifactCreate(Strict):
+    """Registering an artifact by hand (jobs register theirs when they succeed)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    uri: str = Field(min_length=1, max_length=2000)
+    parent_id: str | None = Field(default=None, max_length=32)
+    inputs: list[str] = Field(default_factory=list, max_length=100)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetCreate(ArtifactCreate):
+    kind: DatasetKind
+
+
+class ModelCreate(ArtifactCreate):
+    kind: ModelKind
+
+
+class EvaluationPublic(BaseModel):
+    id: str
+    job_id: str | None
+    checkpoint: str
+    data: str | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    category: str
+    kind: str
+    name: str
+    uri: str
+    job_id: str | None = Field(description="the job that made it; null if registered by hand")
+    parent_id: str | None = Field(description="the artifact it was made from")
+    inputs: list[str]
+    stats: dict[str, Any]
+    owner: str | None
+    team: str | None
+    created_at: datetime
+    evaluations: list[EvaluationPublic] | None = Field(
+        default=None, description="models only: evaluate jobs' results, oldest first"
+    )
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class LineagePublic(BaseModel):
+    artifact_id: str
+    chain: list[ArtifactPublic] = Field(description="the artifact, its parent, … to the root")
+    complete: bool = Field(description="false if an ancestor is hidden or no longer recorded")
+
+
+# --- human ratings ------------------------------------------------------------------------------
+
+Tag = Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class RatingCreate(Strict):
+    prompt: str = Field(min_length=1, max_length=100_000)
+    model_a: str = Field(min_length=1, max_length=200)
+    model_b: str = Field(min_length=1, max_length=200)
+    completion_a: str = Field(max_length=100_000)
+    completion_b: str = Field(max_length=100_000)
+    winner: Literal["a", "b", "tie"]
+    task: str | None = Field(default=None, min_length=1, max_length=100)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _two_models(self) -> RatingCreate:
+        if self.model_a == self.model_b:
+            raise ValueError("model_a and model_b must differ: a rating compares two models")
+        return self
+
+
+class RatingPublic(BaseModel):
+    id: str
+    prompt: str
+    model_a: str
+    model_b: str
+    completion_a: str
+    completion_b: str
+    winner: str
+    rater: str | None = Field(description="the API key that rated")
+    team: str | None
+    task: str | None
+    tags: list[str]
+    created_at: datetime
+
+
+class RatingsPublic(BaseModel):
+    data: list[RatingPublic]
+    count: int
+    next_cursor: str | None = None
+
+
+class ModelRank(BaseModel):
+    model: str
+    games: int
+    wins: int
+    losses: int
+    ties: int
+    win_rate: float = Field(description="(wins + ties / 2) / games")
+    elo: float = Field(description="median online Elo over bootstrap resamples")
+    elo_in_order: float = Field(description="online Elo over the ratings in recorded order")
+    elo_ci: tuple[float, float]
+    bt: float = Field(description="Bradley–Terry MLE on the Elo scale (mean 1000)")
+    bt_ci: tuple[float, float]
+
+
+class Leaderboard(BaseModel):
+    ratings: int
+    k: float
+    rounds: int
+    seed: int
+    confidence: float
+    models: list[ModelRank]
+
+
+# --- teams --------------------------------------------------------------------------------------
+
+
+class TeamLimitSet(Strict):
+    max_running: int = Field(ge=0, le=10_000, description="0 pauses the team's queue")
+
+
+class TeamPublic(BaseModel):
+    team: str
+    max_running: int
+    limit_source: Literal["team", "default"]
+    running: int = Field(description="jobs PENDING or RUNNING on Ray")
+    queued: int

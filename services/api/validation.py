@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -22,9 +23,23 @@ def validate_spec(
             for err in e.errors(include_url=False, include_context=False)
         ]
         raise RequestValidationError(errors) from e
+    reject_non_finite(model.model_dump(), loc)
     dumped = model.model_dump(mode="json")
     check_uris(dumped, loc)
     return dumped
+
+
+def reject_non_finite(value: Any, loc: tuple[str | int, ...]) -> None:
+    """NaN and Infinity (which Python's json writes) would be stored and shown as null: say so
+    instead, naming the field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise request_error(loc, f"{value} is not a number this API stores: give a finite value")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reject_non_finite(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            reject_non_finite(item, (*loc, index))
 
 
 # Spec fields that name files or folders; their values must be plain paths, file:// or s3://.
@@ -36,18 +51,26 @@ def check_uris(spec: dict[str, Any], loc: tuple[str | int, ...]) -> None:
     """No ``..`` escapes and no unexpected schemes in the paths a job will read or write."""
     for field in sorted(URI_FIELDS & spec.keys()):
         value = spec[field]
-        if not isinstance(value, str):
-            continue
-        if "://" in value and not value.startswith(ALLOWED_SCHEMES):
-            raise request_error(
-                (*loc, field), f"{value!r}: only plain paths, file:// and s3:// URIs are allowed"
-            )
-        if ".." in value.replace("\\", "/").split("/"):
-            raise request_error(
-                (*loc, field),
-                f"{value!r}: '..' is not allowed in a path; "
-                "give the path without parent references",
-            )
+        if isinstance(value, str):
+            check_uri(value, (*loc, field))
+
+
+def check_uri(value: str, loc: tuple[str | int, ...]) -> None:
+    """A plain path, file:// or s3:// URI without ``..`` and without credentials in it."""
+    if "://" in value and not value.startswith(ALLOWED_SCHEMES):
+        raise request_error(loc, f"{value!r}: only plain paths, file:// and s3:// URIs are allowed")
+    if ".." in value.replace("\\", "/").split("/"):
+        raise request_error(
+            loc,
+            f"{value!r}: '..' is not allowed in a path; give the path without parent references",
+        )
+    if value.startswith("s3://") and "@" in value.removeprefix("s3://").split("/", 1)[0]:
+        # s3://KEY:SECRET@bucket would be stored, shown by the API and put in Ray's job env.
+        raise request_error(
+            loc,
+            "credentials are not allowed in URIs: give s3://bucket/prefix; keys come from the "
+            "cluster's environment (AWS_* variables, instance or workload identity)",
+        )
 
 
 def request_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:

@@ -7,12 +7,14 @@ import json
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import insert, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, insert, select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from services.store.models import Job, JobState, Metric, Pipeline, utcnow
+
+Q = TypeVar("Q", bound=Select[Any])
 
 
 def new_id() -> str:
@@ -33,6 +35,7 @@ def create_job(
     idempotency_key: str | None = None,
     owner: str | None = None,
     team: str | None = None,
+    priority: int = 0,
 ) -> Job:
     job = Job(
         id=new_id(),
@@ -48,6 +51,8 @@ def create_job(
         pipeline_id=pipeline_id,
         stage=stage,
         depends_on=list(depends_on),
+        priority=priority,
+        queued_at=utcnow() if state == JobState.queued else None,
     )
     session.add(job)
     session.flush()
@@ -62,8 +67,15 @@ def job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
 
 
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id])
+class Paged(Protocol):
+    """A row that pages by (created_at, id): jobs, artifacts, ratings."""
+
+    id: Any
+    created_at: Any
+
+
+def encode_cursor(row: Paged) -> str:
+    raw = json.dumps([row.created_at.isoformat(), row.id])
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
@@ -73,6 +85,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError) as e:
         raise ValueError("not a cursor from this API: pass next_cursor unchanged") from e
+
+
+def newest_first(
+    query: Q,
+    created: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[str],
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> Q:
+    """Newest first; ``after`` (created_at, id) continues a previous page (keyset pagination)."""
+    query = query.order_by(created.desc(), row_id.desc()).limit(limit)
+    if after:
+        query = query.where(tuple_(created, row_id) < tuple_(*after))
+    return query
 
 
 def list_jobs(
@@ -86,11 +113,7 @@ def list_jobs(
     limit: int = 100,
     after: tuple[datetime, str] | None = None,
 ) -> list[Job]:
-    """Newest first; ``after`` (created_at, id) continues a previous page (keyset pagination)."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    if after:
-        created, job_id = after
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+    query = newest_first(select(Job), Job.created_at, Job.id, limit=limit, after=after)
     if kind:
         query = query.where(Job.kind == kind)
     if state:

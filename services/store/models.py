@@ -1,4 +1,5 @@
-"""Tables of the control plane: jobs, pipelines and the metric points that jobs send."""
+"""Tables of the control plane: jobs, pipelines, metric points, the team queue limits, the
+registry of datasets and models, and human ratings of model completions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -15,8 +16,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# Jobs and keys without a team (made before teams existed, or by tools) count as this team's.
+DEFAULT_TEAM = "default"
+
+
 class JobState(StrEnum):
     waiting = "WAITING"  # a pipeline stage whose parents have not all succeeded yet
+    queued = "QUEUED"  # ready to run, waiting for a free slot in its team's concurrency limit
     pending = "PENDING"  # submitted to Ray, not started
     running = "RUNNING"
     succeeded = "SUCCEEDED"
@@ -94,6 +100,9 @@ class Job(Base):
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str | None] = mapped_column(String(32))  # the API key that submitted it
     team: Mapped[str | None] = mapped_column(String(100))
+    # The team's queue runs higher priority first, then first come, first served (queued_at).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    queued_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()
@@ -109,3 +118,82 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[float] = mapped_column(Float)
+
+
+class TeamLimit(Base):
+    """A team's own cap on jobs submitted to Ray at once; teams without a row use the setting."""
+
+    __tablename__ = "team_limits"
+
+    team: Mapped[str] = mapped_column(String(100), primary_key=True)
+    max_running: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ArtifactCategory(StrEnum):
+    dataset = "dataset"
+    model = "model"
+
+
+class Artifact(Base):
+    """A dataset or model the platform knows: where it is, what made it, from what, and its
+    figures. Deleting the record never deletes the files unless asked to."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (
+        Index("ix_artifacts_category_created", "category", "created_at"),
+        Index("ix_artifacts_uri", "uri"),
+        Index("ix_artifacts_job", "job_id"),
+        Index("ix_artifacts_team", "team"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    category: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    uri: Mapped[str] = mapped_column(String(2000))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    inputs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    owner: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """An evaluate job's figures for one model (or for a checkpoint the registry does not know)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_model", "model_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[str | None] = mapped_column(ForeignKey("artifacts.id"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
+    checkpoint: Mapped[str] = mapped_column(String(2000))
+    data: Mapped[str | None] = mapped_column(String(2000))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rating(Base):
+    """One human judgement: which of two models' completions of the same prompt is better."""
+
+    __tablename__ = "ratings"
+    __table_args__ = (
+        Index("ix_ratings_team_created", "team", "created_at"),
+        Index("ix_ratings_task", "task"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    model_a: Mapped[str] = mapped_column(String(200))
+    model_b: Mapped[str] = mapped_column(String(200))
+    completion_a: Mapped[str] = mapped_column(Text)
+    completion_b: Mapped[str] = mapped_column(Text)
+    winner: Mapped[str] = mapped_column(String(4))  # "a", "b" or "tie"
+    rater: Mapped[str | None] = mapped_column(String(32))  # the API key that rated
+    team: Mapped[str | None] = mapped_column(String(100))
+    task: Mapped[str | None] = mapped_column(String(100))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,6 +5,7 @@ The app is pointed at a Ray address where nothing listens, so a submission fails
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from fastapi.testclient import TestClient
 
 from services.api.app import create_app
 from services.ray_head import free_port
+from services.scheduler import issue_token
 from services.settings import Settings
-from services.store.models import Job
+from services.store import crud
+from services.store.models import Job, JobState
 
 
 @pytest.fixture()
@@ -227,4 +230,45 @@ def test_oversized_request_is_413_before_the_route(client: TestClient) -> None:
     body = {"kind": "curate", "spec": {"input": "x" * (limit + 1), "output": "y"}}
     r = client.post("/api/v1/jobs", json=body)
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    assert client.get("/api/v1/jobs").json()["count"] == 0
+
+
+def test_non_finite_metric_values_are_counted_and_named_not_stored(client: TestClient) -> None:
+    """A diverged loss arrives as NaN: the batch is not refused (the job would resend it for
+    ever), its finite points are stored, and the answer says what was skipped and why."""
+    with client.app.state.sessions() as s:  # type: ignore[attr-defined]
+        job = crud.create_job(s, kind="train", spec={}, state=JobState.running)
+        token = issue_token(job)
+        s.commit()
+        job_id = job.id
+    records = [
+        {"step": 1, "name": "loss", "value": 2.5, "time": 1.0},
+        {"step": 2, "name": "loss", "value": float("nan"), "time": 2.0},
+        {"step": 3, "name": "loss", "value": float("inf"), "time": 3.0},
+    ]
+    body = json.dumps({"records": records})  # Python's json writes NaN and Infinity
+    r = client.post(
+        f"/api/v1/jobs/{job_id}/metrics",
+        content=body,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 202
+    assert r.json() == {
+        "accepted": 1,
+        "skipped": 2,
+        "skipped_reason": "value or time is NaN or infinite",
+    }
+    stored = client.get(f"/api/v1/jobs/{job_id}/metrics").json()["records"]
+    assert [(m["step"], m["value"]) for m in stored] == [(1, 2.5)]
+
+
+def test_nan_or_infinity_in_a_spec_is_422_naming_the_field(client: TestClient) -> None:
+    body = json.dumps({"kind": "train", "spec": {"data": "d", "output": "o", "lr": float("inf")}})
+    r = client.post("/api/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and ["body", "spec", "lr"] in _locs(r)
+    stats = json.dumps(
+        {"name": "d", "kind": "raw", "uri": "/d", "stats": {"x": [1.0, float("nan")]}}
+    )
+    r = client.post("/api/v1/datasets", content=stats, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and ["body", "stats", "x", 1] in _locs(r)
     assert client.get("/api/v1/jobs").json()["count"] == 0

@@ -1,68 +1,17 @@
-"""The store on SQLite and on PostgreSQL (127.0.0.1:5432, database ``test``).
-
-Where no PostgreSQL answers (a laptop) its cases skip; under CI (``CI=true``) they must run.
-Each PostgreSQL case works in a schema of its own, dropped afterwards.
-"""
+"""The store on SQLite and on PostgreSQL (the ``session`` and ``database_url`` fixtures in
+conftest.py: PostgreSQL cases skip where none answers, and must run under ``CI=true``)."""
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
 from services.store import crud
 from services.store.db import make_engine, make_sessionmaker
 from services.store.migrate import downgrade, upgrade
 from services.store.models import Base, JobState
-
-POSTGRES_URL = os.environ.get(
-    "LLMFORGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _postgres_schema_url() -> Iterator[str]:
-    admin = create_engine(POSTGRES_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as e:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"PostgreSQL must answer under CI: {e}") from e
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}")
-    schema = f"llmforge_test_{secrets.token_hex(4)}"
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    if request.param == "sqlite":
-        urls: Iterator[str] = iter([f"sqlite:///{tmp_path / 'store.db'}"])
-    else:
-        urls = _postgres_schema_url()
-    url = next(urls)
-    engine = make_engine(url)
-    try:
-        with make_sessionmaker(engine)() as s:
-            yield s
-    finally:
-        engine.dispose()
-        next(urls, None)
 
 
 def test_job_round_trip_and_filters(session: Session) -> None:
@@ -117,14 +66,6 @@ def test_pipeline_jobs_in_creation_order(session: Session) -> None:
     assert jobs[1].depends_on == [first.id]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'migrate.db'}"
-    else:
-        yield from _postgres_schema_url()
-
-
 def test_migrations_match_the_models_and_go_down_and_up(database_url: str) -> None:
     engine = make_engine(database_url)  # upgrades to head
     try:
@@ -135,5 +76,35 @@ def test_migrations_match_the_models_and_go_down_and_up(database_url: str) -> No
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(engine)
         assert {"jobs", "pipelines", "metrics"} <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migration_0003_keeps_existing_jobs_and_goes_back(database_url: str) -> None:
+    """Jobs written under 0002 survive 0003 (priority 0, not queued) and its downgrade."""
+    engine = make_engine(database_url)
+    try:
+        downgrade(engine, "0002")
+        assert "artifacts" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, kind, state, spec, depends_on, attempts, max_retries,"
+                    " created_at) VALUES ('j1', 'curate', 'RUNNING', '{}', '[]', 0, 0, :now)"
+                ),
+                {"now": "2024-01-02 03:04:05"},
+            )
+        upgrade(engine)
+        tables = set(inspect(engine).get_table_names())
+        assert {"artifacts", "evaluations", "ratings", "team_limits"} <= tables
+        with make_sessionmaker(engine)() as s:
+            job = crud.get_job(s, job_id="j1")
+            assert job is not None and job.priority == 0 and job.queued_at is None
+        downgrade(engine, "0002")
+        columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+        assert "priority" not in columns and "queued_at" not in columns
+        with engine.connect() as conn:
+            state = conn.execute(text("SELECT state FROM jobs WHERE id = 'j1'")).scalar()
+        assert state == "RUNNING"
     finally:
         engine.dispose()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
 from services.api.deps import RayDep, SessionDep
+from services.redact import redact
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -15,15 +16,18 @@ def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={503: {"description": "the store or Ray does not answer; `checks` says which"}},
+)
 def ready(session: SessionDep, ray: RayDep, response: Response) -> dict[str, object]:
     checks: dict[str, object] = {}
     try:
         session.execute(text("SELECT 1"))
         checks["store"] = "ok"
-    except Exception as e:
-        checks["store"] = f"error: {e}"
-    checks["ray"] = "ok" if ray.healthy() else f"unreachable at {ray.dashboard_url}"
+    except Exception as e:  # the driver's message can quote the URL: never show its password
+        checks["store"] = redact(f"error: {type(e).__name__}: {e}")
+    checks["ray"] = "ok" if ray.healthy() else redact(f"unreachable at {ray.dashboard_url}")
     ok = all(v == "ok" for v in checks.values())
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -7,9 +7,11 @@ valid for that one job only, and dropped when the job ends.
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.api.deps import SessionDep
 from services.api.schemas import MetricsIngest
@@ -17,6 +19,11 @@ from services.scheduler import hash_token
 from services.store import crud
 
 router = APIRouter(prefix="/jobs", tags=["metrics"])
+job_token = HTTPBearer(
+    scheme_name="JobToken",
+    auto_error=False,
+    description="Authorization: Bearer <the job's token, from LLMFORGE_JOB_TOKEN>",
+)
 
 
 @router.post("/{job_id}/metrics", status_code=status.HTTP_202_ACCEPTED)
@@ -25,12 +32,12 @@ def ingest_metrics(
     request: Request,
     body: MetricsIngest,
     session: SessionDep,
-    authorization: Annotated[str | None, Header()] = None,
-) -> dict[str, int]:
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(job_token)],
+) -> dict[str, int | str]:
     job = crud.get_job(session, job_id=job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    token = (authorization or "").removeprefix("Bearer ").strip()
+    token = bearer.credentials.strip() if bearer else ""
     if (
         not token
         or not job.token_hash
@@ -40,7 +47,14 @@ def ingest_metrics(
             status.HTTP_401_UNAUTHORIZED,
             "a valid job token for this job is required (Authorization: Bearer)",
         )
-    n = crud.add_metrics(session, job_id=job_id, records=[r.model_dump() for r in body.records])
+    # NaN or infinite values (a diverged loss) cannot be stored on every store nor sent back as
+    # JSON; they are counted and named in the answer (the job's metrics.jsonl keeps them all).
+    finite = [r.model_dump() for r in body.records if math.isfinite(r.value + r.time)]
+    n = crud.add_metrics(session, job_id=job_id, records=finite)
     session.commit()
     request.app.state.ingested_points.inc(n)
-    return {"accepted": n}
+    skipped = len(body.records) - n
+    answer: dict[str, int | str] = {"accepted": n, "skipped": skipped}
+    if skipped:
+        answer["skipped_reason"] = "value or time is NaN or infinite"
+    return answer

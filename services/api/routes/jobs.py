@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
 
 from ray_jobs import storage
 from services.api.deps import RayDep, SchedulerDep, SessionDep
@@ -19,18 +20,41 @@ from services.api.schemas import (
 from services.api.validation import request_error, validate_spec
 from services.auth import Principal, PrincipalDep
 from services.ray_client import RayJobs
+from services.redact import redact
 from services.scheduler import RETRYABLE
-from services.store import crud
+from services.store import crud, queue
 from services.store.models import Job, JobState, Role
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def to_public(job: Job, ray: RayJobs) -> JobPublic:
+_COMPUTED = {"dashboard_url", "queue_position"}
+
+
+def to_public(job: Job, ray: RayJobs, position: int | None = None) -> JobPublic:
     url = ray.job_url(job.ray_submission_id) if job.ray_submission_id else None
     return JobPublic.model_validate(
-        {c: getattr(job, c) for c in JobPublic.model_fields if c != "dashboard_url"}
-        | {"dashboard_url": url}
+        {c: getattr(job, c) for c in JobPublic.model_fields if c not in _COMPUTED}
+        | {"dashboard_url": url, "queue_position": position}
+    )
+
+
+def public_page(session: SessionDep, jobs: list[Job], ray: RayJobs) -> list[JobPublic]:
+    """Jobs with their queue positions (one query for all the page's queued jobs)."""
+    teams = {queue.team_of(j) for j in jobs if j.state == JobState.queued.value}
+    positions = queue.queue_positions(session, teams=teams)
+    return [to_public(j, ray, positions.get(j.id)) for j in jobs]
+
+
+def public_one(session: SessionDep, job: Job, ray: RayJobs) -> JobPublic:
+    return to_public(job, ray, queue.queue_position(session, job=job))
+
+
+def ray_unavailable(ray: RayJobs, e: Exception) -> HTTPException:
+    """Ray did not answer: a 503 that says so, rather than a 500 from inside the client."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        redact(f"Ray at {ray.dashboard_url} did not answer: {type(e).__name__}: {e}"),
     )
 
 
@@ -62,16 +86,10 @@ def submit_job(
 ) -> JobPublic:
     spec = validate_spec(body.kind, body.spec, ("body", "spec"))
     if idempotency_key:
-        earlier = crud.job_by_idempotency_key(session, key=idempotency_key)
-        if earlier is not None and earlier.owner == who.key_id:
-            if (earlier.kind, earlier.spec) != (body.kind.value, spec):
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    f"Idempotency-Key {idempotency_key!r} was used for job "
-                    f"{earlier.id} with a different kind or spec",
-                )
+        earlier = _earlier_submission(session, idempotency_key, who, body, spec)
+        if earlier is not None:
             response.status_code = status.HTTP_200_OK
-            return to_public(earlier, ray)
+            return public_one(session, earlier, ray)
     job = crud.create_job(
         session,
         owner=who.key_id,
@@ -81,10 +99,39 @@ def submit_job(
         name=body.name,
         max_retries=body.max_retries,
         idempotency_key=idempotency_key,
+        state=JobState.queued,
+        priority=body.priority,
     )
-    scheduler.submit_or_fail(session, job)
-    session.commit()
-    return to_public(job, ray)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key, sent twice at once: the other request won
+        session.rollback()
+        earlier = _earlier_submission(session, idempotency_key or "", who, body, spec)
+        if earlier is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"Idempotency-Key {idempotency_key!r} is in use by another user's job",
+            ) from None
+        response.status_code = status.HTTP_200_OK
+        return public_one(session, earlier, ray)
+    scheduler.dispatch()  # submits it now if its team has a free slot
+    session.refresh(job)
+    return public_one(session, job, ray)
+
+
+def _earlier_submission(
+    session: SessionDep, key: str, who: Principal, body: JobCreate, spec: dict[str, object]
+) -> Job | None:
+    """The caller's job submitted under ``key`` before, if any; 409 if it differs."""
+    earlier = crud.job_by_idempotency_key(session, key=key)
+    if earlier is None or earlier.owner != who.key_id:
+        return None
+    if (earlier.kind, earlier.spec) != (body.kind.value, spec):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key {key!r} was used for job {earlier.id} with a different kind or spec",
+        )
+    return earlier
 
 
 @router.get("")
@@ -116,27 +163,35 @@ def list_jobs(
     page = jobs[:limit]
     next_cursor = crud.encode_cursor(page[-1]) if len(jobs) > limit else None
     return JobsPublic(
-        data=[to_public(j, ray) for j in page], count=len(page), next_cursor=next_cursor
+        data=public_page(session, page, ray), count=len(page), next_cursor=next_cursor
     )
 
 
 @router.get("/{job_id}")
 def get_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
-    return to_public(job_or_404(session, job_id, who), ray)
+    """The job; a QUEUED job also says its place in its team's queue (1: next to run)."""
+    return public_one(session, job_or_404(session, job_id, who), ray)
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
+def cancel_job(
+    job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep, who: PrincipalDep
+) -> JobPublic:
     job = job_or_404(session, job_id, who)
     _own_or_admin(job, who, "cancel")
     if JobState(job.state).terminal:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.state})")
-    if job.ray_submission_id:
-        ray.stop(job.ray_submission_id)
+    on_ray = job.state in (JobState.pending.value, JobState.running.value)
+    if on_ray and job.ray_submission_id:
+        try:
+            ray.stop(job.ray_submission_id)
+        except Exception as e:  # still running there, as far as anyone knows: say so
+            raise ray_unavailable(ray, e) from e
         crud.set_state(session, job=job, state=JobState.stopped, message="cancelled by user")
-    else:
+    else:  # waiting or queued: it never reached Ray in this attempt
         crud.set_state(session, job=job, state=JobState.cancelled, message="cancelled by user")
     session.commit()
+    scheduler.dispatch()  # its slot, if it held one, goes to the next queued job
     return to_public(job, ray)
 
 
@@ -152,9 +207,11 @@ def retry_job(
             status.HTTP_409_CONFLICT,
             f"job {job_id} is {job.state}; only FAILED, STOPPED or CANCELLED jobs can be retried",
         )
-    scheduler.retry(session, job)
+    scheduler.requeue(session, job)
     session.commit()
-    return to_public(job, ray)
+    scheduler.dispatch()
+    session.refresh(job)
+    return public_one(session, job, ray)
 
 
 @router.get("/{job_id}/logs", response_model=None)
@@ -170,8 +227,12 @@ def job_logs(
     if not job.ray_submission_id:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
     if follow:
-        return StreamingResponse(ray.follow_logs(job.ray_submission_id), media_type="text/plain")
-    logs = ray.logs(job.ray_submission_id)
+        chunks = (redact(c) async for c in ray.follow_logs(job.ray_submission_id))
+        return StreamingResponse(chunks, media_type="text/plain")
+    try:
+        logs = redact(ray.logs(job.ray_submission_id))
+    except Exception as e:
+        raise ray_unavailable(ray, e) from e
     if tail:
         logs = "\n".join(logs.splitlines()[-tail:])
     return {"job_id": job_id, "logs": logs}
@@ -187,11 +248,13 @@ def job_artifacts(
     """The files under the job's output URI (local folder or s3:// prefix), with sizes."""
     job = job_or_404(session, job_id, who)
     output = str(job.spec.get("output", ""))
-    return {
-        "job_id": job_id,
-        "output": output,
-        "files": storage.list_files(output, limit=limit) if output else [],
-    }
+    try:
+        files = storage.list_files(output, limit=limit) if output else []
+    except OSError as e:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, redact(f"cannot list {output}: {e}")
+        ) from e
+    return {"job_id": job_id, "output": output, "files": files}
 
 
 @router.get("/{job_id}/metrics")

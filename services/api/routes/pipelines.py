@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from services.api.deps import RayDep, SchedulerDep, SessionDep
-from services.api.routes.jobs import to_public
+from services.api.routes.jobs import public_page
 from services.api.schemas import PipelineCreate, PipelinePublic
 from services.api.validation import request_error, validate_spec
 from services.auth import Principal, PrincipalDep
@@ -49,13 +49,15 @@ def pipeline_state(jobs: list[Job]) -> str:
     return JobState.waiting.value
 
 
-def _public(pipeline: Pipeline, jobs: list[Job], ray: RayDep) -> PipelinePublic:
+def _public(
+    session: SessionDep, pipeline: Pipeline, jobs: list[Job], ray: RayDep
+) -> PipelinePublic:
     return PipelinePublic(
         id=pipeline.id,
         name=pipeline.name,
         created_at=pipeline.created_at,
         state=pipeline_state(jobs),
-        jobs=[to_public(j, ray) for j in jobs],
+        jobs=public_page(session, jobs, ray),
     )
 
 
@@ -91,9 +93,9 @@ def create_pipeline(
         ids[stage.name] = job.id
         jobs.append(job)
     session.commit()
-    scheduler.tick()  # start the root stages now rather than at the next poll
+    scheduler.dispatch()  # queue and start the root stages now rather than at the next poll
     session.expire_all()
-    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline.id), ray)
+    return _public(session, pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline.id), ray)
 
 
 @router.post("/{pipeline_id}/resume")
@@ -116,9 +118,9 @@ def resume_pipeline(
         if job.state in RETRYABLE:
             scheduler.requeue(session, job)
     session.commit()
-    scheduler.tick()
+    scheduler.dispatch()
     session.expire_all()
-    return _public(pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline_id), ray)
+    return _public(session, pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline_id), ray)
 
 
 @router.get("/{pipeline_id}")
@@ -126,7 +128,7 @@ def get_pipeline(
     pipeline_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep
 ) -> PipelinePublic:
     pipeline, jobs = _visible(session, pipeline_id, who)
-    return _public(pipeline, jobs, ray)
+    return _public(session, pipeline, jobs, ray)
 
 
 def _visible(session: SessionDep, pipeline_id: str, who: Principal) -> tuple[Pipeline, list[Job]]:

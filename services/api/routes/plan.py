@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llm.model import ModelConfig
 from llm.model.chinchilla import GPU_PEAK_FLOPS, budget_from_gpu_hours, format_table, plan
 from llm.model.sizing import training_memory
+from services.api.validation import request_error
 
 router = APIRouter(prefix="/plan", tags=["plan"])
 
@@ -22,8 +23,12 @@ STYLES: dict[str, dict[str, Any]] = {
 class PlanRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    flops: float | None = Field(default=None, gt=0, description="compute budget in FLOPs")
-    gpu_hours: float | None = Field(default=None, gt=0, description="or GPU-hours on gpu")
+    flops: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="compute budget in FLOPs"
+    )
+    gpu_hours: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="or GPU-hours on gpu"
+    )
     gpu: str = Field(default="H100", description=f"one of {sorted(GPU_PEAK_FLOPS)}")
     mfu: float = Field(default=0.4, gt=0, le=1)
     method: Literal["rule", "approach3"] = "rule"
@@ -76,4 +81,12 @@ def make_plan(req: PlanRequest) -> dict[str, object]:
 
 @router.post("")
 def create_plan(req: PlanRequest) -> dict[str, object]:
-    return make_plan(req)
+    try:
+        return make_plan(req)
+    except (ValueError, OverflowError, ZeroDivisionError) as e:
+        # Inputs so large or small that the sizing arithmetic leaves the float range.
+        raise request_error(
+            ("body",),
+            f"cannot plan for these inputs ({type(e).__name__}: {e}): the budget "
+            "(flops or gpu_hours) or the sizes are out of any realistic range",
+        ) from e

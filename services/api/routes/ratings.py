@@ -1,0 +1,113 @@
+"""/api/v1/ratings: human pairwise ratings of two models' completions, and the leaderboard.
+
+A rating says which of two completions of one prompt is better (or a tie); the rater is the API
+key that sent it. The leaderboard turns a team's ratings into win rates, Elo and Bradley–Terry
+scores with bootstrap intervals (``llm.eval.ratings``). Teams see their own ratings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from llm.eval.ratings import leaderboard as rank
+from services.api.deps import SessionDep
+from services.api.schemas import (
+    Leaderboard,
+    ModelRank,
+    RatingCreate,
+    RatingPublic,
+    RatingsPublic,
+)
+from services.api.validation import request_error
+from services.auth import Principal, PrincipalDep
+from services.store import crud
+from services.store import ratings as store
+from services.store.models import Role
+
+router = APIRouter(prefix="/ratings", tags=["ratings"])
+# The bootstrap is the costly part: one online-Elo pass and one BT fit per round. 500 rounds
+# keep a request to seconds even for sparse rating sets; 95% percentile intervals need no more.
+MAX_ROUNDS = 500
+
+
+def _team(who: Principal, team: str | None) -> str | None:
+    """Admins may look at one team (or all, with none); others only at their own."""
+    return team if who.allowed(Role.admin) else who.team
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_rating(body: RatingCreate, session: SessionDep, who: PrincipalDep) -> RatingPublic:
+    rating = store.create_rating(session, **body.model_dump(), rater=who.key_id, team=who.team)
+    session.commit()
+    return RatingPublic.model_validate(rating, from_attributes=True)
+
+
+@router.get("")
+def list_ratings(
+    session: SessionDep,
+    who: PrincipalDep,
+    task: str | None = None,
+    model: Annotated[str | None, Query(description="on either side")] = None,
+    rater: Annotated[str | None, Query(description="an API key id")] = None,
+    winner: Literal["a", "b", "tie"] | None = None,
+    team: Annotated[str | None, Query(description="admins: one team's only")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> RatingsPublic:
+    try:
+        after = crud.decode_cursor(cursor) if cursor else None
+    except ValueError as e:
+        raise request_error(("query", "cursor"), str(e)) from e
+    rows = store.list_ratings(
+        session,
+        team=_team(who, team),
+        task=task,
+        model=model,
+        rater=rater,
+        winner=winner,
+        limit=limit + 1,
+        after=after,
+    )
+    page = rows[:limit]
+    return RatingsPublic(
+        data=[RatingPublic.model_validate(r, from_attributes=True) for r in page],
+        count=len(page),
+        next_cursor=crud.encode_cursor(page[-1]) if len(rows) > limit else None,
+    )
+
+
+@router.get("/leaderboard")
+def leaderboard(
+    session: SessionDep,
+    who: PrincipalDep,
+    task: str | None = None,
+    team: Annotated[str | None, Query(description="admins: one team's only")] = None,
+    k: Annotated[float, Query(gt=0, le=100, description="online Elo step size")] = 4.0,
+    rounds: Annotated[
+        int, Query(ge=0, le=MAX_ROUNDS, description="bootstrap resamples; 0: no intervals")
+    ] = 200,
+    seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0,
+    confidence: Annotated[float, Query(gt=0, lt=1)] = 0.95,
+) -> Leaderboard:
+    """Per model: games, win rate, Elo and Bradley–Terry with bootstrap confidence intervals
+    (the same seed gives the same intervals); best Bradley–Terry score first."""
+    games = store.games(session, team=_team(who, team), task=task)
+    table = rank(games, k=k, rounds=rounds, seed=seed, confidence=confidence)
+    return Leaderboard(
+        ratings=len(games),
+        k=k,
+        rounds=rounds,
+        seed=seed,
+        confidence=confidence,
+        models=[ModelRank.model_validate(s, from_attributes=True) for s in table],
+    )
+
+
+@router.get("/{rating_id}")
+def get_rating(rating_id: str, session: SessionDep, who: PrincipalDep) -> RatingPublic:
+    rating = store.get_rating(session, rating_id=rating_id)
+    if rating is None or not (who.allowed(Role.admin) or rating.team in (None, who.team)):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"rating {rating_id} not found")
+    return RatingPublic.model_validate(rating, from_attributes=True)

@@ -1,0 +1,213 @@
+"""/api/v1/datasets and /api/v1/models: the registry of what jobs made, with lineage and stats.
+
+Succeeded jobs register their outputs (see ``services.registry``); users may register others
+(a raw corpus, an exported model). Teams see their own artifacts, admins every team's. Deleting
+a record (admin) keeps the files unless ``delete_files`` is set.
+
+No ``from __future__ import annotations`` here: the routes are built by a function for each
+category, and FastAPI reads their parameter types at definition time, locals included.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from services import registry
+from services.api.deps import SessionDep
+from services.api.schemas import (
+    ArtifactCreate,
+    ArtifactPublic,
+    ArtifactsPublic,
+    DatasetCreate,
+    DatasetKind,
+    EvaluationPublic,
+    LineagePublic,
+    ModelCreate,
+    ModelKind,
+)
+from services.api.validation import check_uri, reject_non_finite, request_error
+from services.auth import AdminDep, Principal, PrincipalDep
+from services.redact import redact
+from services.store import artifacts as store
+from services.store import crud
+from services.store.models import Artifact, ArtifactCategory, Role
+
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def visible(artifact: Artifact, who: Principal) -> bool:
+    return who.allowed(Role.admin) or artifact.team in (None, who.team)
+
+
+def _public(session: SessionDep, artifacts: list[Artifact]) -> list[ArtifactPublic]:
+    models = [a.id for a in artifacts if a.category == ArtifactCategory.model.value]
+    evaluations = store.evaluations_of(session, model_ids=models)
+    fields = set(ArtifactPublic.model_fields) - {"evaluations"}
+    return [
+        ArtifactPublic.model_validate(
+            {f: getattr(a, f) for f in fields}
+            | {
+                "evaluations": [
+                    EvaluationPublic.model_validate(e, from_attributes=True)
+                    for e in evaluations[a.id]
+                ]
+                if a.id in evaluations
+                else None
+            }
+        )
+        for a in artifacts
+    ]
+
+
+def _one_or_404(
+    session: SessionDep, category: ArtifactCategory, artifact_id: str, who: Principal
+) -> Artifact:
+    artifact = store.get_artifact(session, artifact_id=artifact_id, category=category)
+    if artifact is None or not visible(artifact, who):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{category} {artifact_id} not found")
+    return artifact
+
+
+def _create(
+    session: SessionDep, category: ArtifactCategory, body: ArtifactCreate, kind: str, who: Principal
+) -> ArtifactPublic:
+    check_uri(body.uri, ("body", "uri"))
+    reject_non_finite(body.stats, ("body", "stats"))
+    for i, uri in enumerate(body.inputs):
+        check_uri(uri, ("body", "inputs", i))
+    if body.parent_id is not None:
+        parent = store.get_artifact(session, artifact_id=body.parent_id)
+        if parent is None or not visible(parent, who):
+            raise request_error(
+                ("body", "parent_id"), f"no dataset or model {body.parent_id!r} to derive from"
+            )
+    artifact = store.create_artifact(
+        session,
+        category=category,
+        kind=kind,
+        name=body.name,
+        uri=body.uri,
+        parent_id=body.parent_id,
+        inputs=body.inputs,
+        stats=body.stats,
+        owner=who.key_id,
+        team=who.team,
+    )
+    session.commit()
+    return _public(session, [artifact])[0]
+
+
+def _lineage(
+    session: SessionDep, category: ArtifactCategory, artifact_id: str, who: Principal
+) -> LineagePublic:
+    chain = store.lineage(session, artifact=_one_or_404(session, category, artifact_id, who))
+    shown = []
+    for artifact in chain:
+        if not visible(artifact, who):
+            break
+        shown.append(artifact)
+    complete = len(shown) == len(chain) and not chain[-1].parent_id
+    return LineagePublic(artifact_id=artifact_id, chain=_public(session, shown), complete=complete)
+
+
+def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> ArtifactPublic:
+    children = store.children(session, artifact_id=artifact.id)
+    if children:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"{artifact.category} {artifact.id} is the parent of "
+            f"{', '.join(c.id for c in children[:10])}: delete those first",
+        )
+    public = _public(session, [artifact])[0]
+    if delete_files:
+        try:
+            registry.delete_files(artifact.uri)
+        except ValueError as e:
+            raise request_error(("query", "delete_files"), str(e)) from e
+        except FileNotFoundError:
+            pass  # already gone: the record can go too
+        except OSError as e:
+            raise HTTPException(
+                status.HTTP_502_BAD_GATEWAY, redact(f"files not deleted: {e}")
+            ) from e
+    store.delete_artifact(session, artifact=artifact)
+    session.commit()
+    return public
+
+
+def build_router(
+    category: ArtifactCategory, kinds: type[DatasetKind] | type[ModelKind]
+) -> APIRouter:
+    plural = f"{category.value}s"
+    router = APIRouter(prefix=f"/{plural}", tags=[plural])
+    body_type = DatasetCreate if category == ArtifactCategory.dataset else ModelCreate
+
+    @router.get("", name=f"list_{plural}")
+    def list_artifacts(
+        session: SessionDep,
+        who: PrincipalDep,
+        kind: kinds | None = None,  # type: ignore[valid-type]
+        owner: str | None = Query(default=None, description="an API key id"),
+        team: str | None = Query(default=None, description="admins: one team's only"),
+        job_id: str | None = None,
+        parent_id: str | None = None,
+        uri: str | None = None,
+        limit: Limit = 100,
+        cursor: Cursor = None,
+    ) -> ArtifactsPublic:
+        try:
+            after = crud.decode_cursor(cursor) if cursor else None
+        except ValueError as e:
+            raise request_error(("query", "cursor"), str(e)) from e
+        rows = store.list_artifacts(
+            session,
+            category=category,
+            kind=str(kind) if kind else None,  # a StrEnum member is its value
+            team=team if who.allowed(Role.admin) else who.team,
+            owner=owner,
+            job_id=job_id,
+            parent_id=parent_id,
+            uri=uri,
+            limit=limit + 1,
+            after=after,
+        )
+        page = rows[:limit]
+        next_cursor = crud.encode_cursor(page[-1]) if len(rows) > limit else None
+        return ArtifactsPublic(
+            data=_public(session, page), count=len(page), next_cursor=next_cursor
+        )
+
+    @router.post("", status_code=status.HTTP_201_CREATED, name=f"register_{category.value}")
+    def register(
+        body: body_type,  # type: ignore[valid-type]
+        session: SessionDep,
+        who: PrincipalDep,
+    ) -> ArtifactPublic:
+        return _create(session, category, body, str(body.kind), who)  # type: ignore[attr-defined]
+
+    @router.get("/{artifact_id}", name=f"get_{category.value}")
+    def get(artifact_id: str, session: SessionDep, who: PrincipalDep) -> ArtifactPublic:
+        return _public(session, [_one_or_404(session, category, artifact_id, who)])[0]
+
+    @router.get("/{artifact_id}/lineage", name=f"{category.value}_lineage")
+    def lineage(artifact_id: str, session: SessionDep, who: PrincipalDep) -> LineagePublic:
+        """The artifact and its ancestors: what each was made from, by which job."""
+        return _lineage(session, category, artifact_id, who)
+
+    @router.delete("/{artifact_id}", name=f"delete_{category.value}")
+    def delete(
+        artifact_id: str,
+        session: SessionDep,
+        who: AdminDep,
+        delete_files: Annotated[
+            bool, Query(description="also delete the files at its URI (default: keep them)")
+        ] = False,
+    ) -> ArtifactPublic:
+        return _delete(session, _one_or_404(session, category, artifact_id, who), delete_files)
+
+    return router
+
+
+datasets = build_router(ArtifactCategory.dataset, DatasetKind)
+models = build_router(ArtifactCategory.model, ModelKind)

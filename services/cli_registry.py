@@ -1,0 +1,125 @@
+"""``llmforge`` subcommands for the registry, human ratings and team limits (REST clients).
+
+llmforge datasets list [--kind token_shards]      llmforge models show ID
+llmforge models lineage ID                        llmforge ratings add FILE
+llmforge ratings leaderboard [--task T]           llmforge teams limit red 8
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from services.cli_api import _api, _load, _print_response
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in {"kind": args.kind, "limit": args.limit}.items() if v}
+    with _api() as api:
+        return _print_response(api.get(f"/api/v1/{args.category}", params=params))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _api() as api:
+        return _print_response(api.get(f"/api/v1/{args.category}/{args.id}"))
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    with _api() as api:
+        return _print_response(api.get(f"/api/v1/{args.category}/{args.id}/lineage"))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    params = {"delete_files": True} if args.delete_files else {}
+    with _api() as api:
+        return _print_response(api.delete(f"/api/v1/{args.category}/{args.id}", params=params))
+
+
+def cmd_ratings_add(args: argparse.Namespace) -> int:
+    """One rating (a mapping) or many (a list) from a JSON/YAML file."""
+    loaded = _load(args.file)
+    ratings = loaded if isinstance(loaded, list) else [loaded]
+    status = 0
+    with _api() as api:
+        for rating in ratings:
+            status |= _print_response(api.post("/api/v1/ratings", json=rating))
+    return status
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    params = {
+        "rounds": args.rounds,
+        "seed": args.seed,
+        **({"task": args.task} if args.task else {}),
+    }
+    with _api(timeout=300) as api:
+        r = api.get("/api/v1/ratings/leaderboard", params=params)
+    if not r.is_success or args.json:
+        return _print_response(r)
+    print(
+        f"{'model':30} {'games':>6} {'win%':>6} {'Elo':>7} {'95% CI':>15} {'BT':>7} {'95% CI':>15}"
+    )
+    for m in r.json()["models"]:
+        elo_ci, bt_ci = m["elo_ci"], m["bt_ci"]
+        print(
+            f"{m['model'][:30]:30} {m['games']:>6} {100 * m['win_rate']:>5.1f}% "
+            f"{m['elo']:>7.0f} {elo_ci[0]:>7.0f}–{elo_ci[1]:<7.0f} "
+            f"{m['bt']:>7.0f} {bt_ci[0]:>7.0f}–{bt_ci[1]:<7.0f}"
+        )
+    return 0
+
+
+def cmd_teams(args: argparse.Namespace) -> int:
+    with _api() as api:
+        return _print_response(api.get("/api/v1/teams"))
+
+
+def cmd_team_limit(args: argparse.Namespace) -> int:
+    path = f"/api/v1/teams/{args.team}/limit"
+    with _api() as api:
+        if args.max_running is None:
+            return _print_response(api.delete(path))
+        return _print_response(api.put(path, json={"max_running": args.max_running}))
+
+
+def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:
+    parser = sub.add_parser(category, help=f"the {category} registry")
+    actions = parser.add_subparsers(dest=f"{category}_command", required=True)
+    listing = actions.add_parser("list", help=f"list {category}")
+    listing.add_argument("--kind", choices=kinds)
+    listing.add_argument("--limit", type=int)
+    listing.set_defaults(fn=cmd_list, category=category)
+    for name, fn, text in (
+        ("show", cmd_show, "one record with its stats"),
+        ("lineage", cmd_lineage, "the record and what it was made from"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("id")
+        p.set_defaults(fn=fn, category=category)
+    delete = actions.add_parser("delete", help="delete the record (admin); files stay")
+    delete.add_argument("id")
+    delete.add_argument("--delete-files", action="store_true", help="also delete its files")
+    delete.set_defaults(fn=cmd_delete, category=category)
+
+
+def add_registry_commands(sub: Any) -> None:
+    _add_registry(sub, "datasets", ["documents", "token_shards", "raw"])
+    _add_registry(sub, "models", ["checkpoint", "finetuned", "exported"])
+    ratings = sub.add_parser("ratings", help="human pairwise ratings and the leaderboard")
+    rsub = ratings.add_subparsers(dest="ratings_command", required=True)
+    add = rsub.add_parser("add", help="send ratings from a JSON/YAML file (one or a list)")
+    add.add_argument("file")
+    add.set_defaults(fn=cmd_ratings_add)
+    board = rsub.add_parser("leaderboard", help="win rates, Elo and Bradley–Terry with CIs")
+    board.add_argument("--task")
+    board.add_argument("--rounds", type=int, default=200, help="bootstrap resamples")
+    board.add_argument("--seed", type=int, default=0)
+    board.add_argument("--json", action="store_true", help="print the JSON answer")
+    board.set_defaults(fn=cmd_leaderboard)
+    teams = sub.add_parser("teams", help="team job limits (list; `limit TEAM [N]`)")
+    tsub = teams.add_subparsers(dest="teams_command", required=True)
+    tsub.add_parser("list", help="limits, running and queued jobs").set_defaults(fn=cmd_teams)
+    limit = tsub.add_parser("limit", help="set a team's limit (admin); without N: the default")
+    limit.add_argument("team")
+    limit.add_argument("max_running", type=int, nargs="?")
+    limit.set_defaults(fn=cmd_team_limit)
