@@ -9,7 +9,9 @@ parent that has built and run both chains once (imports, spaCy's blank English p
 start-up is not timed. llmforge's side builds Arrow batches of ``BATCH_ROWS`` and calls each
 block's ``apply``; datatrove's side builds ``Document``s and calls each filter's ``filter()``
 until one rejects. datatrove 0.10.1 splits English words with spaCy (``spacy.blank("en")``,
-nothing to download); llmforge's ``split_words`` imitates NLTK's tokenizer.
+nothing to download); llmforge's ``split_words`` (llm/data/words.py) ports spaCy's English rules,
+and its Gopher quality rule counts distinct stop words and datatrove's punctuation set, as
+datatrove does.
 
 Agreement is per document: both sides keep it, or both drop it (any reason). Per filter, it is
 over the documents both chains handed to that filter. Needs the `bench` extra (datatrove

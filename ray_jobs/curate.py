@@ -3,9 +3,10 @@
 Phase 1 runs each input part (file × part index) as one task: read (JSONL, Parquet, WARC, WET;
 local or s3://), run the per-document steps in the spec's order, write ``_parts/<key>.parquet``
 and then the completion marker ``_done/<key>.json``; a rerun skips parts with a marker.
-Phase 2 reads every part file and runs the dedup steps over the whole corpus (exact, then or
-instead MinHash, in the spec's order), then writes kept rows to ``data/``, the rest to
-``rejected/`` with their reason, and the funnel per step to ``stats.json``.
+Phase 2 reads every part file and runs the corpus steps over the whole corpus (exact dedup,
+MinHash dedup, a top-fraction quality cut; in the spec's order), then writes kept rows to
+``data/``, the rest to ``rejected/`` with their reason, and the funnel per step to
+``stats.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llm.data.dedup import (
     mark_exact_duplicates,
 )
 from llm.data.minhash import FUZZY_DUPLICATE
+from llm.data.quality_filter import QUALITY_REJECTED
 from llm.data.readers import list_input_files
 from llm.data.schema import REASON, set_column
 from llm.data.sources import is_remote
@@ -48,12 +50,23 @@ from ray_jobs.curate_parts import (
     plan_parts,
     run_part,
 )
+from ray_jobs.curate_quality import check_quality_models, quality_top_fraction
 from ray_jobs.curate_shuffle import map_shards
-from ray_jobs.curate_spec import CurateSpec, ExactDedupStep, MinHashDedupStep
+from ray_jobs.curate_spec import (
+    CurateSpec,
+    ExactDedupStep,
+    MinHashDedupStep,
+    QualityClassifierStep,
+    is_corpus_step,
+)
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
 
-DEDUP_REASONS = {"exact_dedup": EXACT_DUPLICATE, "minhash_dedup": FUZZY_DUPLICATE}
+CORPUS_REASONS = {
+    "exact_dedup": EXACT_DUPLICATE,
+    "minhash_dedup": FUZZY_DUPLICATE,
+    "quality_classifier": QUALITY_REJECTED,
+}
 
 
 def _run_part_row(row: dict[str, Any], *, spec: CurateSpec, out: str) -> dict[str, Any]:
@@ -93,31 +106,41 @@ def exact_dedup(ds: ray.data.Dataset, shards: int) -> ray.data.Dataset:
 def phase_two(
     ds: ray.data.Dataset, spec: CurateSpec, shards: int
 ) -> tuple[ray.data.Dataset, dict[str, float]]:
-    """The dedup steps in spec order, each materialised so its seconds can be measured."""
+    """The corpus steps in spec order, each materialised so its seconds can be measured."""
     seconds: dict[str, float] = {}
-    for step in spec.steps:
+    for step in filter(is_corpus_step, spec.steps):
         started = time.perf_counter()
         if isinstance(step, ExactDedupStep):
-            ds = exact_dedup(ds, shards).materialize()
+            ds = exact_dedup(ds, shards)
         elif isinstance(step, MinHashDedupStep):
-            ds = minhash_dedup(ds, step, shards).materialize()
-        else:
-            continue
+            ds = minhash_dedup(ds, step, shards)
+        elif isinstance(step, QualityClassifierStep):
+            ds = quality_top_fraction(ds, step)
+        ds = ds.materialize()
         seconds[step.kind] = time.perf_counter() - started
     return ds, seconds
 
 
-def _dedup_stats(
-    kept_before: dict[str, int], funnel: Counts, seconds: dict[str, float]
+def _corpus_stats(
+    kept_before: dict[str, int],
+    funnel: Counts,
+    seconds: dict[str, float],
+    doc_steps: list[StepStats],
 ) -> list[StepStats]:
-    """Dedup funnels: each step's removals come from the final reasons, its input the rest."""
+    """Corpus-step funnels: each step's removals are the final count of its reason less what
+    per-document steps removed for the same reason (a quality threshold and a top-fraction cut
+    share one); its input is what the steps before it kept."""
     stats = []
     current = dict(kept_before)
     for kind, spent in seconds.items():
         step = empty_step_stats(kind)
-        removed = funnel["removed"].get(DEDUP_REASONS[kind], {"documents": 0, "bytes": 0})
+        reason = CORPUS_REASONS[kind]
+        removed = dict(funnel["removed"].get(reason, {"documents": 0, "bytes": 0}))
+        for earlier in doc_steps:
+            for key, value in earlier["removed"].get(reason, {}).items():
+                removed[key] -= value
         step["in"], step["seconds"] = dict(current), spent
-        step["removed"] = {DEDUP_REASONS[kind]: removed} if removed["documents"] else {}
+        step["removed"] = {reason: removed} if removed["documents"] else {}
         current = {key: current[key] - removed[key] for key in ("documents", "bytes")}
         step["kept"] = dict(current)
         stats.append(step)
@@ -143,6 +166,7 @@ def run(spec: CurateSpec) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     reporter = MetricsReporter(out)
     started = time.time()
+    check_quality_models(spec)
     init_ray()
     # Ray 2.60's hash shuffle concatenates an input's empty, column-less blocks with real ones
     # and fails ("Schema at index 1 was different"); the sort-based shuffle handles them.
@@ -153,12 +177,12 @@ def run(spec: CurateSpec) -> dict[str, Any]:
     paths = [str(out / PARTS_DIR / m["file"]) for m in markers if m["file"]]
     if not paths:
         raise JobError(f"no documents read from {spec.input}")
-    ds, dedup_seconds = phase_two(ray.data.read_parquet(paths), spec, _shards())
+    ds, corpus_seconds = phase_two(ray.data.read_parquet(paths), spec, _shards())
     funnel = write_outputs(ds, out)
     kept_before = doc_steps[-1]["kept"] if doc_steps else read["kept"]
     stats = funnel | {
         "read": read,
-        "steps": doc_steps + _dedup_stats(kept_before, funnel, dedup_seconds),
+        "steps": doc_steps + _corpus_stats(kept_before, funnel, corpus_seconds, doc_steps),
         "seconds": round(time.time() - started, 3),
         "input": spec.input,
         "files": len(files),

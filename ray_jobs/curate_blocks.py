@@ -24,10 +24,10 @@ from llm.data.fineweb import FineWebQualityFilter
 from llm.data.langid import LanguageFilter
 from llm.data.normalize import Normalizer
 from llm.data.pii import PIIRedactor
+from llm.data.quality_filter import QualityClassifierFilter
 from llm.data.repetition import GopherRepetitionFilter
 from llm.data.schema import REASON, TEXT
 from ray_jobs.curate_spec import (
-    DEDUP_KINDS,
     C4BadWordsStep,
     C4QualityStep,
     CurateStep,
@@ -40,6 +40,8 @@ from ray_jobs.curate_spec import (
     LengthStep,
     NormalizeStep,
     PIIStep,
+    QualityClassifierStep,
+    is_corpus_step,
 )
 
 StepStats = dict[str, Any]
@@ -109,12 +111,14 @@ def build_block(step: CurateStep) -> Block:
         return PIIRedactor(types=step.types)
     if isinstance(step, DecontaminateStep):
         return _decontaminator(step)
+    if isinstance(step, QualityClassifierStep):
+        return QualityClassifierFilter(step.model_path, step.label, step.threshold)
     raise ValueError(f"step {step.kind!r} is not a per-document step")
 
 
 def document_steps(steps: list[CurateStep]) -> list[CurateStep]:
-    """The steps that run on each document alone (everything before the dedup steps)."""
-    return [step for step in steps if step.kind not in DEDUP_KINDS]
+    """The steps that run on each document alone (everything before the corpus steps)."""
+    return [step for step in steps if not is_corpus_step(step)]
 
 
 def _kept_funnel(batch: pa.Table) -> tuple[list[bool], list[int]]:

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ray_jobs.curate_blocks import (
     empty_step_stats,
     merge_step_stats,
 )
+from ray_jobs.curate_spec import CurateStep, QualityClassifierStep
 from ray_jobs.specs import CurateSpec
 
 ORDER = "_order"  # input order (part sequence, row), so the final sort restores reading order
@@ -62,13 +64,33 @@ def plan_parts(files: list[str], spec: CurateSpec) -> list[Part]:
     return parts
 
 
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def _model_digests(steps: list[CurateStep]) -> list[str]:
+    """Digests of the quality models the steps load: a retrained model at the same path must
+    not reuse parts scored by the old one (a missing file is reported before phase 1)."""
+    digests = []
+    for step in steps:
+        if isinstance(step, QualityClassifierStep) and os.path.isfile(step.model_path):
+            stat = os.stat(step.model_path)
+            digests.append(_file_digest(step.model_path, stat.st_size, stat.st_mtime_ns))
+    return digests
+
+
 def part_key(part: Part, spec: CurateSpec) -> str:
     """A stable name for the part's output: a hash of what decides its content."""
+    steps = document_steps(spec.steps)
     recipe = {
         "part": asdict(part),
         "reader": spec.model_dump(include={"text_field", "id_field", "source", "max_doc_bytes"}),
-        "steps": [step.model_dump() for step in document_steps(spec.steps)],
+        "steps": [step.model_dump() for step in steps],
     }
+    if models := _model_digests(steps):
+        recipe["models"] = models
     return hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 

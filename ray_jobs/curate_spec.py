@@ -134,6 +134,33 @@ class DecontaminateStep(Spec):
     reject: bool = True
 
 
+class QualityClassifierStep(Spec):
+    """fastText quality classifier (as DCLM uses one), trained by ``llmforge quality-train``.
+
+    Annotates ``quality_score`` (the probability of ``label``) and rejects, with reason
+    ``quality_classifier``, documents scoring below ``threshold``, or all but the ``top_fraction``
+    of the documents still kept across the whole corpus (ties: earlier input first). With a
+    top fraction the step needs every score, so it runs with the dedup steps, after every
+    per-document step.
+    """
+
+    kind: Literal["quality_classifier"] = "quality_classifier"
+    model_path: str = Field(
+        min_length=1, description="a fastText .bin, a local path readable on every Ray node"
+    )
+    label: str = Field(default="hq", pattern=r"^\S+$", description="the high-quality label")
+    threshold: Fraction | None = Field(default=None, description="keep scores >= this")
+    top_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="keep this share of the corpus, by score"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> QualityClassifierStep:
+        if (self.threshold is None) == (self.top_fraction is None):
+            raise ValueError("quality_classifier: set exactly one of threshold and top_fraction")
+        return self
+
+
 class ExactDedupStep(Spec):
     """Exact dedup on a hash of the normalised text, across the whole corpus."""
 
@@ -170,11 +197,18 @@ CurateStep = Annotated[
     | LanguageStep
     | PIIStep
     | DecontaminateStep
+    | QualityClassifierStep
     | ExactDedupStep
     | MinHashDedupStep,
     Field(discriminator="kind"),
 ]
 DEDUP_KINDS = frozenset({"exact_dedup", "minhash_dedup"})
+
+
+def is_corpus_step(step: CurateStep) -> bool:
+    """A step that needs the whole corpus at once (dedup, a top-fraction quality cut)."""
+    top_fraction = isinstance(step, QualityClassifierStep) and step.top_fraction is not None
+    return step.kind in DEDUP_KINDS or top_fraction
 
 
 class CurateSpec(Spec):
@@ -193,15 +227,17 @@ class CurateSpec(Spec):
     )
 
     @model_validator(mode="after")
-    def _dedup_comes_last(self) -> CurateSpec:
+    def _corpus_steps_come_last(self) -> CurateSpec:
         kinds: list[str] = [s.kind for s in self.steps]
-        dedup_at = [i for i, kind in enumerate(kinds) if kind in DEDUP_KINDS]
-        if dedup_at and dedup_at[0] < len(kinds) - len(dedup_at):
+        corpus_at = [i for i, step in enumerate(self.steps) if is_corpus_step(step)]
+        if corpus_at and corpus_at[0] < len(kinds) - len(corpus_at):
             raise ValueError(
-                "steps: exact_dedup and minhash_dedup must come after every per-document step "
-                "(they need the filtered corpus)"
+                "steps: exact_dedup, minhash_dedup and quality_classifier with top_fraction must "
+                "come after every per-document step (they need the filtered corpus)"
             )
         repeated = {kind for kind in DEDUP_KINDS if kinds.count(kind) > 1}
+        if len([i for i in corpus_at if kinds[i] == "quality_classifier"]) > 1:
+            repeated.add("quality_classifier with top_fraction")
         if repeated:
             raise ValueError(f"steps: {sorted(repeated)} may appear once")
         return self

@@ -1,48 +1,32 @@
 """Document filters: each marks failing kept rows with a reason and leaves every other row alone."""
 
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 
 import pyarrow as pa
+import regex
 
 from llm.data.schema import mark_failures
+from llm.data.words import split_words
 
 GOPHER_STOP_WORDS: frozenset[str] = frozenset(
     {"the", "be", "to", "of", "and", "that", "have", "with"}
 )
 
-# A stand-in for NLTK's English word_tokenize (datatrove 0.10.1 uses spaCy's blank English
-# tokenizer instead; bench/curate_vs_datatrove.py measures the effect): split on whitespace, then
-# split off the marks NLTK splits off (so they count as tokens for the symbol and alphabetic
-# ratios) and English clitics ("n't", "'s"). Like NLTK, it keeps "/", "-", "=", "|" inside a
-# token, commas and colons before a digit ("1,000", "10:30"), and periods inside abbreviations
-# ("U.S.").
-_SPLIT_RE = re.compile(
-    r"""(\.{2,}|--|[;@#$%&?!*()\[\]{}<>"“”]|[,:](?!\d)|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b)""",
-    re.IGNORECASE,
+# The characters datatrove 0.10.1 counts as punctuation (datatrove.utils.text PUNCTUATION_SET: its
+# PUNCTUATION string and the Unicode sentence terminators): a token made only of these is not a
+# word for the word-count and mean-length rules.
+_PUNCTUATION = (
+    "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»"
+)
+_CONTROL = "".join(chr(c) for c in (*range(0, 9), 11, 12, *range(13, 32), *range(127, 160)))
+_SYMBOLS_ONLY = regex.compile(
+    rf"[{regex.escape(_PUNCTUATION + _CONTROL)}\p{{Sentence_Terminal}}៖៙៚]+", regex.V1
 )
 
 
-def split_words(text: str) -> list[str]:
-    """English word tokens, punctuation marks split off as tokens of their own."""
-    words: list[str] = []
-    for chunk in text.split():
-        if chunk.isalpha():  # letters only, most words: nothing to split off, skip the regex
-            words.append(chunk)
-            continue
-        for piece in _SPLIT_RE.split(chunk):
-            # A final period is split off (end of sentence) unless the token is an abbreviation.
-            if len(piece) > 1 and piece.endswith(".") and "." not in piece[:-1]:
-                words.extend((piece[:-1], "."))
-            elif piece:
-                words.append(piece)
-    return words
-
-
 def _is_symbol(token: str) -> bool:
-    return all(unicodedata.category(ch)[0] in "PS" for ch in token)
+    return _SYMBOLS_ONLY.fullmatch(token) is not None
 
 
 def _ratio(count: int, total: int) -> float:
@@ -167,8 +151,9 @@ class GopherQualityFilter:
         alpha = sum(count for word, count in counts.items() if any(ch.isalpha() for ch in word))
         if _below(_ratio(alpha, n_words), self.max_non_alpha_words_ratio):
             return "below_alpha_words"
-        # Case-sensitive, as in datatrove: a capitalised "The" is not counted.
-        stop_words = sum(counts[word] for word in self.stop_words)
-        if _below(stop_words, self.min_stop_words):
+        # "At least two of" the stop words (Gopher paper, datatrove): distinct words, not
+        # occurrences. Case-sensitive, as in datatrove: a capitalised "The" is not counted.
+        present = sum(word in counts for word in self.stop_words)
+        if _below(present, self.min_stop_words):
             return "below_stop_words"
         return None

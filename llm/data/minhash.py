@@ -5,7 +5,8 @@
 2. ``band_keys``: one (band, band_hash, id) row per kept document and band, for a group-by.
 3. ``candidate_pairs``: edges between ids sharing a (band, band_hash); optionally
    ``verify_pairs`` drops those whose signatures estimate a Jaccard similarity below the
-   threshold (NeMo Curator's "false positive check").
+   threshold, or ``verify_pairs_exact`` those whose shingle sets are below it (NeMo Curator's
+   "false positive check").
 4. ``propagate_labels``: one round of min-label propagation over the edges; repeat until nothing
    changes to get connected components (the cluster label is the smallest id in it).
 5. ``mark_fuzzy_duplicates``: annotate ``minhash_cluster`` and reject every document but the one
@@ -27,9 +28,9 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasketch import MinHash
 
-from llm.data.ngrams import hash_rows, ngram_hashes, normalized_words, word_hashes
+from llm.data.minhash_signatures import batch_shingles, minhash_matrix
+from llm.data.ngrams import hash_rows, normalized_words
 from llm.data.schema import ID, TEXT, kept_mask, set_column, with_reasons
 
 MINHASH = "minhash"
@@ -41,8 +42,6 @@ ROWS = 9
 SHINGLE_SIZE = 5
 THRESHOLD = 0.8
 SEED = 1
-# Pinned so signatures stay comparable across datasketch versions (its default may change).
-SCHEME = "affine32"
 
 
 def shingles(text: str, n: int = SHINGLE_SIZE) -> set[str]:
@@ -64,29 +63,14 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / union if union else 1.0
 
 
-def _shingle_hashes(text: str, n: int) -> np.ndarray:
-    # 64-bit n-gram hashes stand in for shingle strings: datasketch only needs a hash per shingle.
-    hashes = word_hashes(normalized_words(text))
-    grams = ngram_hashes(hashes, min(n, len(hashes))) if len(hashes) else hashes
-    return np.unique(grams)
-
-
-def _hash_shingle(value: np.uint64) -> int:
-    # datasketch hashes each shingle with ``hashfunc``; ours are already uniform 64-bit hashes,
-    # folded to the 32 bits the affine32 permutation scheme expects.
-    return int(value) & 0xFFFFFFFF
-
-
 def signatures(batch: pa.Table, num_perm: int = NUM_PERM, n: int = SHINGLE_SIZE) -> pa.Table:
     """Add ``minhash`` (fixed-size list of ``num_perm`` uint64; null on removed rows)."""
     keep = kept_mask(batch)
     texts = batch.column(TEXT).to_pylist()
     rows = [row for row, kept in enumerate(keep) if kept]
-    sets = [_shingle_hashes(texts[row], n) for row in rows]
-    hashed = MinHash.bulk(sets, num_perm=num_perm, seed=SEED, scheme=SCHEME, hashfunc=_hash_shingle)
+    shingles, owners = batch_shingles([texts[row] for row in rows], n)
     matrix = np.zeros((batch.num_rows, num_perm), dtype=np.uint64)
-    for row, minhash in zip(rows, hashed, strict=True):
-        matrix[row] = minhash.hashvalues
+    matrix[rows] = minhash_matrix(shingles, owners, len(rows), num_perm, SEED)
     values = pa.FixedSizeListArray.from_arrays(
         pa.array(matrix.reshape(-1)), num_perm, mask=pa.array([not kept for kept in keep])
     )
@@ -157,6 +141,35 @@ def verify_pairs(
         a, b = left[start : start + block], right[start : start + block]
         keep[start : start + block] = (matrix[a] == matrix[b]).mean(axis=1) >= threshold
     return pairs.filter(pa.array(keep))
+
+
+def verify_pairs_exact(
+    pairs: pa.Table, batch: pa.Table, threshold: float = THRESHOLD, n: int = SHINGLE_SIZE
+) -> pa.Table:
+    """The pairs whose shingle sets have an exact Jaccard similarity of at least ``threshold``.
+
+    The false-positive check NeMo Curator and datatrove offer, on the 64-bit shingle hashes
+    instead of the shingle strings: no estimate, so no pair below the threshold gets through.
+    ``batch`` holds the ``text`` of every id in ``pairs``; as for ``verify_pairs``, give it all
+    candidate pairs, not star edges.
+    """
+    needed = set(pairs.column("id_a").to_pylist()) | set(pairs.column("id_b").to_pylist())
+    ids = batch.column(ID).to_pylist()
+    rows = [row for row, doc in enumerate(ids) if doc in needed]
+    texts = batch.column(TEXT).to_pylist()
+    shingle_hashes, owners = batch_shingles([texts[row] for row in rows], n)
+    bounds = np.searchsorted(owners, np.arange(len(rows) + 1))
+    sets = {
+        ids[row]: np.unique(shingle_hashes[bounds[k] : bounds[k + 1]]) for k, row in enumerate(rows)
+    }
+    keep = []
+    for a, b in zip(
+        pairs.column("id_a").to_pylist(), pairs.column("id_b").to_pylist(), strict=True
+    ):
+        shared = len(np.intersect1d(sets[a], sets[b], assume_unique=True))
+        union = len(sets[a]) + len(sets[b]) - shared
+        keep.append((shared / union if union else 1.0) >= threshold)
+    return pairs.filter(pa.array(keep, type=pa.bool_()))
 
 
 def initial_labels(ids: Iterable[str]) -> pa.Table:

@@ -12,6 +12,9 @@ from llm.data.pii import PII_TYPES
 from ray_jobs.curate_blocks import build_block, document_steps
 from ray_jobs.curate_spec import CurateSpec, PIIType
 
+QUALITY: dict[str, Any] = {"kind": "quality_classifier", "model_path": "quality.bin"}
+TOP_HALF = QUALITY | {"top_fraction": 0.5}
+
 
 def _spec(steps: list[dict[str, Any]], **extra: Any) -> CurateSpec:
     return CurateSpec.model_validate({"input": "in", "output": "out", "steps": steps, **extra})
@@ -38,7 +41,14 @@ def test_every_per_document_step_builds_its_block() -> None:
         ([{"kind": "pii", "types": ["EMAIL", "SHOE_SIZE"]}], {}, "SHOE_SIZE"),
         ([{"kind": "gopher_quality", "min_stop_word": 2}], {}, "Extra inputs"),
         ([{"kind": "decontaminate", "eval_sets": []}], {}, "at least 1"),
-        ([{"kind": "quality_classifier"}], {}, "does not match any of the expected tags"),
+        ([{"kind": "quality_filter"}], {}, "does not match any of the expected tags"),
+        ([{"kind": "quality_classifier"}], {}, "model_path"),
+        ([QUALITY], {}, "exactly one of threshold and top_fraction"),
+        ([QUALITY | {"threshold": 0.5, "top_fraction": 0.5}], {}, "exactly one of"),
+        ([QUALITY | {"top_fraction": 0}], {}, "greater than 0"),
+        ([QUALITY | {"threshold": 1.5}], {}, "less than or equal to 1"),
+        ([TOP_HALF, {"kind": "length"}], {}, "after every per-document step"),
+        ([TOP_HALF, {"kind": "exact_dedup"}, TOP_HALF], {}, "may appear once"),
         ([], {"input_format": "csv"}, "input_format"),
         ([], {"max_doc_bytes": 0}, "greater than 0"),
     ],
@@ -48,6 +58,16 @@ def test_bad_parameters_are_rejected(
 ) -> None:
     with pytest.raises(ValidationError, match=message):
         _spec(steps, **extra)
+
+
+def test_quality_threshold_runs_per_document_and_top_fraction_over_the_corpus() -> None:
+    threshold = QUALITY | {"threshold": 0.5}
+    spec = _spec([threshold, {"kind": "length"}, {"kind": "exact_dedup"}, TOP_HALF])
+    steps = document_steps(spec.steps)
+    assert [s.kind for s in steps] == ["quality_classifier", "length"]
+    block = build_block(steps[0])
+    assert type(block).__name__ == "QualityClassifierFilter"
+    assert block.threshold == 0.5  # type: ignore[attr-defined]
 
 
 def test_pii_choices_match_the_library() -> None:

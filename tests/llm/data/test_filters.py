@@ -1,3 +1,8 @@
+import gzip
+import itertools
+import json
+from pathlib import Path
+
 import pytest
 
 from llm.data.filters import GopherQualityFilter, LengthFilter, split_words
@@ -21,12 +26,32 @@ def doc(n: int, extra: str = "", stop_words: tuple[str, ...] = ("the", "and")) -
 GOPHER = GopherQualityFilter()
 
 
-def test_split_words_splits_punctuation_like_nltk() -> None:
-    text = "I don't know, it's 1,000 U.S. e-mails... #tag (ok) and/or end."
+def test_split_words_follows_spacy_english_rules() -> None:
+    text = (
+        "I don't know, it's 1,000 U.S. e-mails... #tag (ok) and/or end. 'Dolly,' said Mr. "
+        "Smith-Jones (aged 40%) at http://foo.com/bar?x=1. He cannot: 2413-3299 £5 x.Y"
+    )
     assert split_words(text) == [
-        "I", "do", "n't", "know", ",", "it", "'s", "1,000", "U.S.", "e-mails", "...",
-        "#", "tag", "(", "ok", ")", "and/or", "end", ".",
+        "I", "do", "n't", "know", ",", "it", "'s", "1,000", "U.S.", "e", "-", "mails", "...",
+        "#", "tag", "(", "ok", ")", "and/or", "end", ".", "'", "Dolly", ",", "'", "said", "Mr.",
+        "Smith", "-", "Jones", "(", "aged", "40", "%", ")", "at", "http://foo.com/bar?x=1", ".",
+        "He", "can", "not", ":", "2413", "-", "3299", "£", "5", "x.", "Y",
     ]  # fmt: skip
+
+
+def test_split_words_agrees_with_spacy_on_real_web_text(shared_data: Path) -> None:
+    """datatrove splits with spacy.blank("en"); the port must give the same tokens."""
+    spacy = pytest.importorskip("spacy")  # in the bench extra
+    nlp = spacy.blank("en")
+    path = next((shared_data / "web" / "cc_dolma_sample").iterdir())
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        texts = [json.loads(line)["text"] for line in itertools.islice(lines, 200)]
+    same = 0
+    for text in texts:
+        nlp.max_length = len(text) + 10
+        theirs = [token.text.strip() for token in nlp.tokenizer(text) if token.text.strip()]
+        same += split_words(text) == theirs
+    assert same / len(texts) >= 0.97
 
 
 def test_good_document_is_kept() -> None:
@@ -65,7 +90,10 @@ def test_symbol_to_word_ratio(symbol: str, reason: str) -> None:
 
 @pytest.mark.parametrize("bullet", ["•", "-"])
 def test_bullet_lines_ratio(bullet: str) -> None:
-    lines = [doc(8)] + [f"{bullet} {doc(8)}" for _ in range(9)]
+    # "•" is not in datatrove's punctuation, so it counts as a one-letter word: longer words
+    # keep the mean word length above 3.
+    line = "the and river stone cloud light"
+    lines = [line] + [f"{bullet} {line}" for _ in range(9)]
     assert GOPHER.check("\n".join(lines)) is None  # 9 of 10 lines: 0.9
     lines[0] = f"{bullet} {lines[0]}"
     assert GOPHER.check("\n".join(lines)) == "gopher_quality:too_many_bullets"
@@ -89,6 +117,17 @@ def test_stop_words() -> None:
     assert GOPHER.check(doc(60, stop_words=("the",))) == "gopher_quality:below_stop_words"
     # Case-sensitive, as in datatrove.
     assert GOPHER.check(doc(60, stop_words=("The", "And"))) == "gopher_quality:below_stop_words"
+    # "At least two of" the words: one of them ten times is still one.
+    assert GOPHER.check(doc(60, stop_words=("the",) * 10)) == "gopher_quality:below_stop_words"
+
+
+def test_words_of_datatrove_punctuation_only_are_not_words() -> None:
+    # 50 words plus tokens made only of punctuation: still 50 words, mean length 3.
+    assert GOPHER.check(doc(50, " — … ” 。 ?!")) is None
+    # A pound sign is not punctuation to datatrove: the 50th word (not a short document), one
+    # letter long (so the mean falls below 3).
+    assert GOPHER.check(doc(49, " £")) == "gopher_quality:below_avg_word_length"
+    assert GOPHER.check(doc(49, " ?")) == "gopher_quality:short_doc"
 
 
 def test_first_failing_rule_wins_and_rules_can_be_switched_off() -> None:

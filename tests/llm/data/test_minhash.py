@@ -10,7 +10,7 @@ from datasketch.lsh import _optimal_param
 from llm.data.minhash import (
     MINHASH,
     MINHASH_CLUSTER,
-    SCHEME,
+    SEED,
     band_keys,
     candidate_pairs,
     candidate_probability,
@@ -23,7 +23,10 @@ from llm.data.minhash import (
     shingles,
     signature_matrix,
     signatures,
+    verify_pairs_exact,
 )
+from llm.data.minhash_signatures import SCHEME
+from llm.data.ngrams import ngram_hashes, normalized_words, word_hashes
 from tests.llm.data.batches import make_batch
 
 VOCAB = [f"word{i}" for i in range(5000)]
@@ -99,6 +102,27 @@ def test_default_bands_and_curve() -> None:
     assert candidate_probability(0.5) < 0.03
 
 
+def _datasketch_signature(text: str, num_perm: int, n: int = 5) -> np.ndarray:
+    """One text through datasketch itself: the reference the batched numpy path must equal."""
+    hashes = word_hashes(normalized_words(text))
+    grams = ngram_hashes(hashes, min(n, len(hashes))) if len(hashes) else hashes
+    minhash = MinHash(
+        num_perm=num_perm, seed=SEED, scheme=SCHEME, hashfunc=lambda v: int(v) & 0xFFFFFFFF
+    )
+    minhash.update_batch(np.unique(grams))
+    return minhash.hashvalues.astype(np.uint64)
+
+
+@pytest.mark.parametrize("num_perm", [128, 7])
+def test_batched_signatures_equal_datasketch(num_perm: int) -> None:
+    short = ["", "Two words.", "one two three four", "!!! ...", "a b c d e"]
+    texts = [*planted_corpus(2)[:30], *short]
+    texts.append(" ".join(planted_corpus(3)[0] for _ in range(120)))  # spans permutation blocks
+    matrix = signature_matrix(signatures(make_batch(texts), num_perm=num_perm))
+    for row, text in enumerate(texts):
+        assert (matrix[row] == _datasketch_signature(text, num_perm)).all(), text[:40]
+
+
 def test_band_keys_shape_and_removed_rows() -> None:
     batch = signatures(make_batch(["a b c d e f", "x y z", "gone"], [None, None, "earlier"]))
     keys = band_keys(batch, bands=4, rows=5)
@@ -157,3 +181,17 @@ def test_mark_fuzzy_duplicates_keeps_smallest_id() -> None:
     marked = mark_fuzzy_duplicates(batch, labels)
     assert marked.column(MINHASH_CLUSTER).to_pylist() == ["a", "a", "c", None]
     assert marked.column("reason").to_pylist() == ["minhash_duplicate", None, None, "earlier"]
+
+
+def test_exact_verification_keeps_exactly_the_pairs_at_the_threshold() -> None:
+    texts = planted_corpus(4)[:70]
+    batch = signatures(make_batch(texts))
+    candidates = candidate_pairs(band_keys(batch), all_pairs=True)
+    kept = set(as_pairs(verify_pairs_exact(candidates, batch, threshold=0.8)))
+    text_of = dict(zip(batch.column("id").to_pylist(), texts, strict=True))
+    expected = {
+        (a, b)
+        for a, b in as_pairs(candidates)
+        if jaccard(shingles(text_of[a]), shingles(text_of[b])) >= 0.8
+    }
+    assert kept == expected and 0 < len(kept) < candidates.num_rows
