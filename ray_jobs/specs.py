@@ -23,6 +23,7 @@ class JobKind(StrEnum):
     train = "train"
     evaluate = "evaluate"
     tune = "tune"
+    finetune = "finetune"
 
 
 # --- tokenize -----------------------------------------------------------------------------------
@@ -252,10 +253,98 @@ class TuneSpec(Spec):
         return self
 
 
+# --- finetune -----------------------------------------------------------------------------------
+
+
+class FinetuneSpec(Spec):
+    """Supervised fine-tuning (llm.finetune) of a checkpoint on instruction or chat records."""
+
+    checkpoint: str = Field(
+        description="a checkpoint folder, or a train or finetune job's output (its latest one)"
+    )
+    data: str = Field(description="instruction records: a JSON array or a JSONL file")
+    output: str
+    tokenizer: str | None = Field(
+        default=None,
+        description="the token-shard folder the checkpoint was trained on (its manifest names "
+        "the tokenizer) or a tokenizer.json; default: a tokenizer.json beside the checkpoint, "
+        "as a finetune job's output has",
+    )
+    format: Literal["auto", "instruction", "chat"] = Field(
+        default="auto", description="auto: a list or a record with messages is chat"
+    )
+    template: str = Field(
+        default="alpaca",
+        max_length=10_000,
+        description="'alpaca', or a Jinja2 or str.format template of the prompt from "
+        "instruction and input",
+    )
+    chat_template: str = Field(
+        default="alpaca",
+        max_length=10_000,
+        description="'alpaca', or a template of one system or user message from role and content",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="canonical field -> the file's key, e.g. {'input': 'context', 'output': "
+        "'response'}; canonical: instruction, input, output, messages, role, content",
+    )
+    train_on_prompt: bool = Field(default=False, description="also learn the prompt tokens")
+    max_samples: int | None = Field(default=None, gt=0, description="read only the first N")
+    val_fraction: float = Field(default=0.05, ge=0, lt=1)
+    steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give epochs)")
+    epochs: int | None = Field(default=None, gt=0, description="default 1 when steps is unset")
+    batch_size: int = Field(default=8, gt=0, description="examples per worker per step")
+    lr: float = Field(default=1e-4, gt=0)
+    min_lr: float = Field(default=1e-5, ge=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
+    weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="None: the checkpoint's")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    workers: int = Field(default=2, gt=0)
+    use_gpu: bool = False
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=50, gt=0)
+    checkpoint_every: int = Field(default=100, gt=0)
+    keep_last: int | None = Field(default=3, ge=1, description="plus the best; null keeps all")
+    max_failures: int = Field(default=3, ge=0)
+    seed: int = Field(default=0, description="the train/val split, data order and dropout")
+    samples: int = Field(default=4, ge=0, le=64, description="held-out prompts to complete")
+    max_new_tokens: int = Field(default=64, gt=0, le=4096)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneSpec:
+        # imported here: only this spec needs the template compiler
+        from llm.finetune.records import field_map
+        from llm.finetune.templates import chat_template, instruction_template
+
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        try:
+            field_map(self.fields)
+        except ValueError as e:
+            raise ValueError(f"fields: {e}") from e
+        # parse only: a trial render could take the API any time or memory; the job does it
+        try:
+            instruction_template(self.template, trial_render=False)
+        except ValueError as e:
+            raise ValueError(f"template: {e}") from e
+        try:
+            chat_template(self.chat_template, trial_render=False)
+        except ValueError as e:
+            raise ValueError(f"chat_template: {e}") from e
+        return self
+
+
 SPEC_TYPES: dict[JobKind, type[Spec]] = {
     JobKind.curate: CurateSpec,
     JobKind.tokenize: TokenizeSpec,
     JobKind.train: TrainSpec,
     JobKind.evaluate: EvaluateSpec,
     JobKind.tune: TuneSpec,
+    JobKind.finetune: FinetuneSpec,
 }
