@@ -1,0 +1,172 @@
+"""Log-likelihoods against values computed by hand from the model's logits."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from llm.eval.lm import LlmforgeModel
+from llm.eval.loglik import (
+    EmptyContinuationError,
+    Request,
+    encode_requests,
+    loglikelihood,
+    loglikelihood_rolling,
+    rolling_windows,
+)
+from llm.eval.scoring import TokenRequest, score_tokens
+from tests.llm.eval.conftest import tiny_gpt
+
+
+def by_hand(lm: LlmforgeModel, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    """Sum of log p(cont_j | everything before) for the lm-eval input window."""
+    limit = lm.max_length
+    window = (ctx + cont)[-(limit + 1) :]
+    with torch.no_grad():
+        logits = lm.core(torch.tensor([window[:-1]]))[0][0]
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    first = len(window) - 1 - len(cont)
+    picked = [logprobs[first + j, t].item() for j, t in enumerate(cont)]
+    greedy = all(logprobs[first + j].argmax().item() == t for j, t in enumerate(cont))
+    return sum(picked), greedy
+
+
+def ids(lm: LlmforgeModel, text: str) -> list[int]:
+    return lm.encode([text])[0]
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_loglikelihood_equals_hand_computation(lm, share_prefix):
+    ctx = "The king said that the queen"
+    conts = [" would come", " is deep", " sea", " roof of the house"]
+    scores = loglikelihood(lm, [Request(ctx, c) for c in conts], share_prefix=share_prefix)
+    for cont, score in zip(conts, scores, strict=True):
+        whole, c = ids(lm, ctx + cont), ids(lm, ctx)
+        expected, greedy = by_hand(lm, c, whole[len(c) :])
+        assert score.logprob == pytest.approx(expected, abs=1e-4)
+        assert score.is_greedy == greedy
+        assert score.tokens == len(whole) - len(c)
+
+
+def test_trailing_space_of_the_context_moves_to_the_continuation(lm):
+    # "said " + "that" scores the tokens of " that", exactly like "said" + " that"
+    moved, plain = encode_requests(
+        lm, [Request("The king said ", "that"), Request("The king said", " that")]
+    )
+    assert moved == plain
+    assert moved.continuation == tuple(
+        ids(lm, "The king said that")[len(ids(lm, "The king said")) :]
+    )
+    assert lm.decode(list(moved.continuation)).startswith(" ")
+
+
+def test_continuation_split_at_the_encoded_context_length(lm, tok):
+    # a word the vocabulary merges whole: its tail alone would join the context's last token,
+    # so lm-eval's split leaves no continuation; that is an error naming the item
+    word = next(w for w in ("castle", "morning", "planet", "closest") if tok.token_to_id("Ġ" + w))
+    ctx, cont = "the " + word[:-2], word[-2:]
+    whole, c = ids(lm, ctx + cont), ids(lm, ctx)
+    assert len(whole) <= len(c)
+    with pytest.raises(EmptyContinuationError, match="arc row 7 choice 2"):
+        encode_requests(lm, [Request(ctx, cont, "arc row 7 choice 2")])
+
+
+def test_empty_continuation_is_an_error_naming_the_item(lm):
+    with pytest.raises(
+        EmptyContinuationError, match=r"hellaswag row 3 choice 0.*empty continuation"
+    ):
+        loglikelihood(lm, [Request("The king", "", "hellaswag row 3 choice 0")])
+
+
+def test_empty_context_conditions_on_the_prefix_token(lm):
+    [score] = loglikelihood(lm, [Request("", " The king said")])
+    assert lm.prefix_id == lm.eos_id  # no BOS in this vocabulary: lm-eval falls back to EOS
+    cont = lm.encode([" The king said"], special=False)[0]
+    expected, _ = by_hand(lm, [lm.prefix_id], cont)
+    assert score.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_left_truncation_keeps_the_last_max_length_plus_one_tokens(lm):
+    ctx = ("The king said that the queen would come to the castle in the morning. " * 3).rstrip()
+    cont = " Hello world"
+    c, whole = ids(lm, ctx), ids(lm, ctx + cont)
+    assert len(whole) > lm.max_length + 1  # the request must really be truncated
+    for share in (True, False):
+        [score] = loglikelihood(lm, [Request(ctx, cont), Request(ctx, " sea")], share_prefix=share)[
+            :1
+        ]
+        expected, _ = by_hand(lm, c, whole[len(c) :])
+        assert score.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_greedy_flag_is_true_for_the_models_own_argmax(lm):
+    ctx = ids(lm, "The king said")
+    with torch.no_grad():
+        nxt = int(lm.core(torch.tensor([ctx]))[0][0, -1].argmax())
+    [score] = score_tokens(lm, [TokenRequest(tuple(ctx), (nxt,))])
+    assert score.is_greedy
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_shared_context_cache_equals_one_row_per_request(tok, position):
+    lm = LlmforgeModel(tiny_gpt(tok.get_vocab_size(), position=position), tok)
+    rnd = random.Random(0)
+    vocab = tok.get_vocab_size()
+    requests = []
+    for _ in range(12):  # groups of 1..5 choices, contexts 1..20 tokens, continuations 1..8
+        ctx = tuple(rnd.randrange(vocab) for _ in range(rnd.randint(1, 20)))
+        for _ in range(rnd.randint(1, 5)):
+            requests.append(
+                TokenRequest(ctx, tuple(rnd.randrange(vocab) for _ in range(rnd.randint(1, 8))))
+            )
+    rnd.shuffle(requests)
+    shared = score_tokens(lm, requests, batch_size=7, share_prefix=True)
+    plain = score_tokens(lm, requests, batch_size=5, share_prefix=False)
+    for a, b, r in zip(shared, plain, requests, strict=True):
+        expected, greedy = by_hand(lm, list(r.context), list(r.continuation))
+        assert a.logprob == pytest.approx(expected, abs=1e-4)
+        assert b.logprob == pytest.approx(expected, abs=1e-4)
+        assert a.is_greedy == b.is_greedy == greedy
+
+
+def test_rolling_windows_match_lm_evals_docstring_example():
+    # lm-eval LM.loglikelihood_rolling docstring: tokens 0..9, max length 4, prefix BOS
+    bos = 99
+    windows = rolling_windows(list(range(10)), bos, max_length=4, context_len=1)
+    assert windows == [([bos], [0, 1, 2, 3]), ([3], [4, 5, 6, 7]), ([5, 6, 7], [8, 9])]
+
+
+@pytest.mark.parametrize("n,max_len,ctx_len", [(1, 4, 1), (37, 8, 1), (37, 8, 3), (64, 16, 16)])
+def test_rolling_windows_predict_every_token_once_with_full_context(n, max_len, ctx_len):
+    tokens = list(range(100, 100 + n))
+    windows = rolling_windows(tokens, 0, max_len, ctx_len)
+    predicted = [t for _, cont in windows for t in cont]
+    assert predicted == tokens
+    for ctx, cont in windows:
+        assert len(ctx) + len(cont) - 1 <= max_len  # the model input fits
+        assert ctx  # every prediction has something to condition on
+
+
+def test_rolling_loglikelihood_equals_direct_computation_within_one_window(lm):
+    text = "The king said that the queen would come."
+    [total] = loglikelihood_rolling(lm, [text])
+    tokens = ids(lm, text)
+    assert len(tokens) <= lm.max_length
+    expected, _ = by_hand(lm, [lm.prefix_id], tokens)
+    assert total == pytest.approx(expected, abs=1e-4)
+
+
+def test_rolling_loglikelihood_over_several_windows_sums_the_windows(lm):
+    text = "Hello world, the world is wide and the sea is deep. " * 6
+    tokens = ids(lm, text)
+    assert len(tokens) > 2 * lm.max_length
+    [total] = loglikelihood_rolling(lm, [text], context_len=4)
+    expected = sum(
+        by_hand(lm, ctx, cont)[0]
+        for ctx, cont in rolling_windows(tokens, lm.prefix_id, lm.max_length, 4)
+    )
+    assert total == pytest.approx(expected, abs=1e-3)
+    assert math.isfinite(total) and total < 0
