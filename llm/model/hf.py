@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
@@ -157,10 +158,17 @@ def export_hf(
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, out / "tokenizer.json")
-        tok_config = {
+        tok_config: dict[str, Any] = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "model_max_length": config.block_size,
         }
+        if eos_id is not None:
+            # the special tokens by name: without them transformers' tokenizer has no EOS/BOS,
+            # and lm-evaluation-harness's hf model fails on its first request
+            token = Tokenizer.from_file(str(tokenizer_file)).id_to_token(eos_id)
+            if token is None:
+                raise ValueError(f"eos_id {eos_id} is not in {tokenizer_file}")
+            tok_config |= {"eos_token": token, "bos_token": token, "pad_token": token}
         (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     return out
 

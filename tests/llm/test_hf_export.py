@@ -72,12 +72,24 @@ def test_import_plain_hf_checkpoint_without_our_config(tmp_path):
     torch.testing.assert_close(back(idx)[0], model(idx)[0])
 
 
-def test_tokenizer_files_are_copied(tmp_path):
-    tok = tmp_path / "tok.json"
-    tok.write_text("{}")
-    out = export_hf(perturbed(), tmp_path / "hf", tokenizer_file=tok, eos_id=3)
-    assert (out / "tokenizer.json").read_text() == "{}"
-    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 3
+def test_tokenizer_files_are_copied_with_named_special_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"])
+    tok.train_from_iterator(["a small corpus for a tiny tokenizer"] * 10, trainer)
+    tok.save(str(tmp_path / "tok.json"))
+    eos = tok.token_to_id("<|endoftext|>")
+    out = export_hf(perturbed(), tmp_path / "hf", tokenizer_file=tmp_path / "tok.json", eos_id=eos)
+    assert (out / "tokenizer.json").read_bytes() == (tmp_path / "tok.json").read_bytes()
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == eos
+    # transformers (and lm-evaluation-harness's hf model through it) sees the EOS by name
+    hf_tok = AutoTokenizer.from_pretrained(str(out))
+    assert (hf_tok.eos_token, hf_tok.eos_token_id) == ("<|endoftext|>", eos)
+    with pytest.raises(ValueError, match="eos_id 9999 is not in"):
+        export_hf(perturbed(), tmp_path / "x", tokenizer_file=tmp_path / "tok.json", eos_id=9999)
 
 
 def test_unexportable_config_names_fields():
