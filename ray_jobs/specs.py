@@ -175,9 +175,34 @@ class TrainSpec(Spec):
 
 
 class EvaluateSpec(Spec):
-    checkpoint: str = Field(description="a checkpoint folder, or a train job's output folder")
-    data: str = Field(description="token shard folder whose val split is scored")
+    """Benchmark tasks (llm.eval: log-likelihood multiple choice, perplexity, generation) spread
+    over Ray workers, and/or validation loss plus a sampled completion on token shards."""
+
+    checkpoint: str = Field(
+        description="an llmforge checkpoint, a train/finetune output folder (its latest "
+        "checkpoint) or a Hugging Face model folder"
+    )
+    data: str | None = Field(
+        default=None, description="token shard folder whose val split is scored (loss, ppl)"
+    )
     output: str
+    tokenizer: str | None = Field(
+        default=None,
+        description="tokenizer.json or a token-shard folder; default: data's, else one beside "
+        "the checkpoint",
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="built-in task names (hellaswag, arc_easy, arc_challenge, blimp, "
+        "wikitext2, gutenberg_nltk, alpaca) or task YAML files",
+    )
+    num_fewshot: int | None = Field(default=None, ge=0, description="None: each task's own")
+    limit: int | None = Field(default=None, gt=0, description="first N items of each task")
+    workers: int = Field(default=2, gt=0, description="Ray workers the task items spread over")
+    log_samples: bool = Field(default=False, description="per-item records in eval.json")
+    data_root: str | None = Field(
+        default=None, description="where built-in tasks find their data (LLMFORGE_DATA_ROOT)"
+    )
     batch_size: int = Field(default=8, gt=0)
     max_batches: int | None = Field(default=None, gt=0, description="cap on val batches")
     prompt: str = "The "
@@ -185,6 +210,12 @@ class EvaluateSpec(Spec):
     temperature: float = Field(default=0.8, ge=0)
     top_k: int | None = Field(default=40, gt=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> EvaluateSpec:
+        if self.data is None and not self.tasks:
+            raise ValueError("give tasks to run, or data (token shards) to score, or both")
+        return self
 
 
 # --- tune ---------------------------------------------------------------------------------------

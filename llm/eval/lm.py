@@ -217,7 +217,8 @@ def _as_tokenizer(tokenizer: Any, fallback_dir: Path | None) -> tokenizers.Token
 
 
 def _checkpoint_dir(path: Path) -> Path | None:
-    if (path / "trainer_state.json").is_file() and (path / "model.safetensors").is_file():
+    weights = (path / "model.safetensors").is_file() or (path / "dcp").is_dir()  # FSDP: sharded
+    if (path / "trainer_state.json").is_file() and weights:
         return path
     return latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
 

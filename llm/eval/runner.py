@@ -249,3 +249,11 @@ def shard_slices(rows: int, shards: int) -> list[slice]:
         raise ValueError(f"shards must be >= 1, got {shards}")
     bounds = [rows * i // shards for i in range(shards + 1)]
     return [slice(a, b) for a, b in pairwise(bounds)]
+
+
+def regroup(result: Mapping[str, Any], groups: Mapping[str, list[str]]) -> dict[str, Any]:
+    """result with group entries (blimp, …) recomputed for groups, for results merged from
+    shards that each ran single tasks."""
+    members = dict(groups)
+    grouped = _group_results(result["results"], members)
+    return {**result, "groups": grouped, "group_members": members}
