@@ -7,6 +7,7 @@ import json
 import sys
 
 from services.cli_api import add_api_commands
+from services.cli_eval import add_eval_commands
 from services.cli_quality import add_quality_commands
 from services.cli_registry import add_registry_commands
 from services.settings import get_settings
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer_train(sub)
     _add_plan(sub)
     add_quality_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

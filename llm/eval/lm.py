@@ -213,6 +213,9 @@ def _as_tokenizer(tokenizer: Any, fallback_dir: Path | None) -> tokenizers.Token
                 "(for example the tokenizer.json of the token shards the model trained on)"
             )
         tokenizer = fallback_dir / "tokenizer.json"
+    manifest = Path(tokenizer) / "manifest.json"
+    if manifest.is_file():  # a token-shard folder: the tokenizer its manifest names
+        tokenizer = Path(tokenizer) / json.loads(manifest.read_text())["tokenizer"]["file"]
     return load_tokenizer(tokenizer)
 
 

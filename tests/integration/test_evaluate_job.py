@@ -4,6 +4,9 @@ task are sharded over two Ray workers, and the merged result equals one unsharde
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +101,34 @@ def test_nothing_to_do_is_a_422(control_plane: BackgroundServer, tmp_path: Path)
     r = httpx.post(f"{control_plane.url}/api/v1/jobs", json={"kind": "evaluate", "spec": spec})
     assert r.status_code == 422
     assert "give tasks to run" in r.text
+
+
+def _llmforge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "llmforge"
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def test_the_cli_evaluates_through_rest_and_locally(
+    control_plane: BackgroundServer, trained: tuple[Path, Path]
+) -> None:
+    shards, work = trained
+    common = ["--tasks", "arc_easy", "--limit", "20", "--tokenizer", str(shards)]
+    remote = _llmforge(
+        "eval", str(work / "train"), *common, "--output", str(work / "cli-rest"), "--wait",
+        env={"LLMFORGE_API_URL": control_plane.url},
+    )  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    assert "| Model |" in remote.stdout and '"state": "SUCCEEDED"' in remote.stdout
+    local = _llmforge("eval", str(work / "train"), *common, "--output", str(work / "cli-local"),
+                      "--local")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    rest_result = json.loads((work / "cli-rest" / "eval.json").read_text())["tasks"]
+    local_result = json.loads((work / "cli-local" / "eval.json").read_text())["tasks"]
+    acc = [r["results"]["arc_easy"]["metrics"]["acc"]["value"] for r in (rest_result, local_result)]
+    assert acc[0] == pytest.approx(acc[1])
+    table = _llmforge("eval-table", str(work / "cli-rest" / "eval.json"),
+                      str(work / "cli-local" / "eval.json"))  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "| cli-rest |" in table.stdout and "| cli-local |" in table.stdout

@@ -1,0 +1,96 @@
+"""``llmforge eval MODEL --tasks …``: an evaluate job through the REST API (or, with --local,
+in this process), and ``llmforge eval-table RESULT…``: a leaderboard across models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from services.cli_api import _api, _print_response, _wait
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "checkpoint": str(Path(args.model).resolve()),
+        "output": str(Path(args.output).resolve()),
+        "tasks": [t for t in args.tasks.split(",") if t] if args.tasks else [],
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "log_samples": args.log_samples,
+    }
+    for name in ("limit", "num_fewshot"):
+        if getattr(args, name) is not None:
+            spec[name] = getattr(args, name)
+    for name in ("data", "tokenizer"):
+        if getattr(args, name) is not None:
+            spec[name] = str(Path(getattr(args, name)).resolve())
+    return spec
+
+
+def _local(args: argparse.Namespace) -> int:
+    from llm.eval.report import leaderboard_markdown
+    from llm.eval.runner import evaluate_tasks
+
+    if not args.tasks:
+        print("--local needs --tasks")
+        return 2
+    result = evaluate_tasks(
+        args.model,
+        args.tokenizer,
+        args.tasks.split(","),
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        log_samples=args.log_samples,
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({"tasks": result}, indent=2, sort_keys=True))
+    print(leaderboard_markdown({Path(args.model).name: result}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.local:
+        return _local(args)
+    with _api() as api:
+        r = api.post("/api/v1/jobs", json={"kind": "evaluate", "spec": _spec(args)})
+        if args.wait and r.is_success:
+            r = _wait(api, f"/api/v1/jobs/{r.json()['id']}")
+            table = Path(args.output) / "leaderboard.md"
+            if r.json().get("state") == "SUCCEEDED" and table.is_file():
+                print(table.read_text())
+        return _print_response(r)
+
+
+def cmd_eval_table(args: argparse.Namespace) -> int:
+    from llm.eval.report import leaderboard_markdown
+
+    runs = {}
+    for path in args.results:
+        body = json.loads(Path(path).read_text())
+        runs[Path(path).parent.name or path] = body.get("tasks", body)
+    print(leaderboard_markdown(runs))
+    return 0
+
+
+def add_eval_commands(sub: Any) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on benchmark tasks (an evaluate job)")
+    p.add_argument("model", help="llmforge checkpoint, train output folder or HF model folder")
+    p.add_argument("--tasks", help="comma-separated built-in task names or task YAML files")
+    p.add_argument("--output", default="eval-out", help="folder for eval.json, leaderboard.md")
+    p.add_argument("--data", help="token shards: also score their val split (loss, ppl)")
+    p.add_argument("--tokenizer", help="tokenizer.json or shard folder (default: data's)")
+    p.add_argument("--limit", type=int, help="first N items of each task")
+    p.add_argument("--num-fewshot", type=int, dest="num_fewshot")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers for the items")
+    p.add_argument("--batch-size", type=int, default=8, dest="batch_size")
+    p.add_argument("--log-samples", action="store_true", dest="log_samples")
+    p.add_argument("--wait", action="store_true", help="wait and print the leaderboard row")
+    p.add_argument("--local", action="store_true", help="run here, without the control plane")
+    p.set_defaults(fn=cmd_eval)
+    t = sub.add_parser("eval-table", help="Markdown leaderboard from several eval.json files")
+    t.add_argument("results", nargs="+")
+    t.set_defaults(fn=cmd_eval_table)
