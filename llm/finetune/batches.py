@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
-
-_STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "rank", "world_size")
+from llm.train.data import ShuffledEpochs
 
 
 class Batch(NamedTuple):
@@ -52,13 +51,9 @@ def batches_per_epoch(examples: int, batch_size: int, world_size: int) -> int:
     return examples // world_size // batch_size
 
 
-class SFTBatches:
-    """Shuffled batches, deterministic given seed, sharded across ranks; never ends.
-
-    Each epoch permutes the examples with rng (seed, epoch); rank r takes every world_size-th
-    one from r, and the tail that would leave ranks uneven is dropped, so all ranks take the
-    same number of steps (llm.train.data.TrainBatches does the same with token windows).
-    """
+class SFTBatches(ShuffledEpochs):
+    """Shuffled padded batches of examples in ShuffledEpochs' order (the same dealing to ranks
+    as pretraining's token windows); never ends."""
 
     def __init__(
         self,
@@ -72,61 +67,21 @@ class SFTBatches:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
-        self.data, self.batch_size, self.pad_id = data, batch_size, pad_id
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.batches_per_epoch = batches_per_epoch(len(data), batch_size, world_size)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{len(data)} training examples, but batch_size {batch_size} x world_size "
-                f"{world_size} needs at least {batch_size * world_size}"
-            )
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._perm_epoch = -1
-        self._rank_order = np.zeros(0, dtype=np.int64)
-
-    def _order(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            perm = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.data))
-            per_rank = self.batches_per_epoch * self.batch_size
-            self._rank_order = perm[self.rank :: self.world_size][:per_rank]
-            self._perm_epoch = self.epoch
-        return self._rank_order
+        self.data, self.pad_id = data, pad_id
+        super().__init__(
+            len(data),
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            what=f"{len(data)} training examples",
+        )
 
     def __iter__(self) -> SFTBatches:
         return self
 
     def __next__(self) -> Batch:
-        if self.batch_in_epoch >= self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-        start = self.batch_in_epoch * self.batch_size
-        indices = self._order()[start : start + self.batch_size]
-        self.batch_in_epoch += 1
-        return collate([self.data[int(i)] for i in indices], self.pad_id)
-
-    def state_dict(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in _STATE_KEYS}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume so the next batch is the one that followed when state was taken."""
-        missing = [k for k in _STATE_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"loader state lacks {missing}")
-        for key in ("seed", "rank", "world_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"loader state has {key}={state[key]}, but this loader has "
-                    f"{key}={getattr(self, key)}; resuming would change the data order"
-                )
-        if not 0 <= state["batch_in_epoch"] <= self.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(
-                f"loader state epoch {state['epoch']} batch {state['batch_in_epoch']} is out of "
-                f"range ({self.batches_per_epoch} batches per epoch)"
-            )
-        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        return collate([self.data[int(i)] for i in self.next_indices()], self.pad_id)
 
 
 def in_order(data: TokenizedSet, batch_size: int, pad_id: int) -> Iterator[Batch]:

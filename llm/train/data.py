@@ -68,77 +68,53 @@ def _to_batch(tokens: np.ndarray) -> Batch:
     return t[:, :-1], t[:, 1:]
 
 
-class TrainBatches:
-    """Random fixed-length windows for causal LM, deterministic given seed, sharded across ranks.
+class ShuffledEpochs:
+    """Which items each batch takes, deterministic given seed and sharded across ranks.
 
-    Each epoch shuffles all windows with rng (seed, epoch); rank r takes every world_size-th
-    window starting at r, and the tail that would leave ranks uneven is dropped, so every rank
-    runs the same number of steps. Iteration never ends: epochs repeat.
+    Each epoch permutes all items with rng (seed, epoch); rank r takes every world_size-th item
+    starting at r, and the tail that would leave ranks uneven is dropped, so every rank runs the
+    same number of steps. Epochs repeat without end. The position (epoch, batch) is the state a
+    checkpoint saves. TrainBatches (token windows) and llm.finetune's SFTBatches build on it.
     """
 
     def __init__(
-        self,
-        shards: TokenShards,
-        *,
-        batch_size: int,
-        seq_len: int,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
+        self, num_items: int, *, batch_size: int, rank: int, world_size: int, seed: int, what: str
     ) -> None:
-        if batch_size < 1 or seq_len < 1:
-            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
-        self.shards = shards
-        self.batch_size = batch_size
-        self.window_len = seq_len + 1
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self._starts = shards.window_starts(self.window_len)
-        self.num_windows = int(self._starts[-1])
-        self.batches_per_epoch = self.num_windows // world_size // batch_size
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.num_items = num_items
+        self.batches_per_epoch = num_items // world_size // batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"{shards.directory} split {shards.split!r}: {self.num_windows} windows of "
-                f"{self.window_len} tokens, but batch_size {batch_size} x world_size "
-                f"{world_size} needs at least {batch_size * world_size}"
+                f"{what}, but batch_size {batch_size} x world_size {world_size} needs at least "
+                f"{batch_size * world_size}"
             )
         self.epoch = 0
         self.batch_in_epoch = 0
         self._perm_epoch = -1
-        self._rank_windows = np.zeros(0, dtype=np.int64)
+        self._rank_items = np.zeros(0, dtype=np.int64)
 
-    def _windows_for_epoch(self) -> np.ndarray:
+    def _items_for_epoch(self) -> np.ndarray:
         # Cached: one permutation per epoch, recomputed only when the epoch changes.
         if self._perm_epoch != self.epoch:
-            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_windows)
+            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_items)
             per_rank = self.batches_per_epoch * self.batch_size
-            self._rank_windows = perm[self.rank :: self.world_size][:per_rank]
+            self._rank_items = perm[self.rank :: self.world_size][:per_rank]
             self._perm_epoch = self.epoch
-        return self._rank_windows
+        return self._rank_items
 
-    def __iter__(self) -> TrainBatches:
-        return self
-
-    def __next__(self) -> Batch:
+    def next_indices(self) -> np.ndarray:
+        """The item indices of this rank's next batch."""
         if self.batch_in_epoch >= self.batches_per_epoch:
             self.epoch += 1
             self.batch_in_epoch = 0
         start = self.batch_in_epoch * self.batch_size
-        indices = self._windows_for_epoch()[start : start + self.batch_size]
         self.batch_in_epoch += 1
-        return _to_batch(self.shards.windows(indices, self.window_len, self._starts))
+        return self._items_for_epoch()[start : start + self.batch_size]
 
-    def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "seed": self.seed,
-            "rank": self.rank,
-            "world_size": self.world_size,
-        }
+    def state_dict(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in _STATE_KEYS}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume so the next batch is the one that followed when `state` was taken."""
@@ -158,6 +134,45 @@ class TrainBatches:
             )
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+
+
+class TrainBatches(ShuffledEpochs):
+    """Random fixed-length windows for causal LM, in ShuffledEpochs' order; never ends."""
+
+    def __init__(
+        self,
+        shards: TokenShards,
+        *,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        self.shards = shards
+        self.window_len = seq_len + 1
+        self._starts = shards.window_starts(self.window_len)
+        self.num_windows = int(self._starts[-1])
+        what = (
+            f"{shards.directory} split {shards.split!r}: {self.num_windows} windows of "
+            f"{self.window_len} tokens"
+        )
+        super().__init__(
+            self.num_windows,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            what=what,
+        )
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        return _to_batch(self.shards.windows(self.next_indices(), self.window_len, self._starts))
 
 
 def val_batches(shards: TokenShards, *, batch_size: int, seq_len: int) -> Iterator[Batch]:
