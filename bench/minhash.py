@@ -6,15 +6,29 @@ Corpus: real documents (``bench._common``) plus planted copies of distinct origi
 random word substitutions at a rate aiming at one of ``LEVELS`` of Jaccard similarity to its
 original (5-gram shingles survive an edit rate r with probability (1 - r)^5).
 
-Both sides run in this one process on the same word 5-gram shingles (``llm.data.minhash``),
-128 permutations, threshold 0.8:
-- llmforge: ``signatures`` (all shingles of the batch hashed and permuted with numpy, the same
-  values datasketch gives) → ``band_keys`` (14 × 9) → ``candidate_pairs`` → ``cluster_documents``:
-  as the curate job runs it (star edges), with ``verify_pairs`` (signature estimate) on all
-  candidate pairs, and with ``verify_pairs_exact`` (exact shingle-set Jaccard, the false-positive
-  check NeMo Curator and datatrove offer) on all candidate pairs;
-- datasketch: per document, ``MinHash.update_batch`` over the shingle strings, then
-  ``MinHashLSH.query`` and ``insert`` (datasketch picks 9 × 13 for 0.8), then the same union-find.
+Both sides run in this one process on the same shingles (word 5-grams of ``normalized_words``),
+the same shingle hashes, 128 permutations, 14 bands × 9 rows, threshold 0.8; so their signatures
+and LSH buckets are identical (the "llmforge" and "datasketch" rows agree pair for pair):
+- llmforge: ``signatures`` (the whole batch shingled, hashed and permuted with numpy: datasketch's
+  values) → ``band_keys`` → ``candidate_pairs`` → ``cluster_documents``. Variants: star edges, no
+  check ("llmforge", the job with ``verify: false``); every candidate pair checked by the
+  signature estimate ("+verify") or by exact shingle-set Jaccard ("+exact", the false-positive
+  check NeMo Curator and datatrove offer: the last line's figures); exact with ``ANCHORS`` per
+  bucket ("+exact,anchors", the curate job's default).
+- datasketch (the reference): per document, ``MinHash(hashfunc=...).update_batch`` over that
+  document's shingle hashes, then ``MinHashLSH(params=(14, 9))`` ``query`` and ``insert``, then
+  the same union-find. llmforge's shingle hash is its own (a polynomial over per-word hashes,
+  vectorisable), not datasketch's default sha1 of each shingle string, so the reference gets the
+  same values: llmforge's hashing run on one document at a time (its batch code, so no slower
+  per byte than llmforge's), their low 32 bits handed to ``update_batch`` with ``hashfunc=int``,
+  the fastest input it takes. A new ``MinHash`` per document draws its permutations again, as
+  the plain loop does; "datasketch,reused-perms" passes one set of permutations to every
+  ``MinHash`` instead (the strongest per-document datasketch loop found here; the last line
+  has both ratios). "datasketch+sha1" is datasketch as its documentation shows it (shingle
+  strings, sha1_hash32), for scale: other hash values, so other pairs.
+
+Times: wall clock, and CPU seconds of this process (steadier when others share the machine).
+llmforge's include building its Arrow input table from the Python strings.
 
 Truth: every pair of documents whose exact shingle-set Jaccard is ≥ 0.8 (all pairs, through a
 sparse document × shingle product). Scored: the pairs each method calls near-duplicates (the
@@ -33,8 +47,9 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from functools import partial
 from itertools import combinations
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +58,11 @@ from scipy import sparse
 
 from bench._common import load_corpus
 from llm.data.minhash import (
+    ANCHORS,
+    BANDS,
     NUM_PERM,
+    ROWS,
+    SEED,
     SHINGLE_SIZE,
     THRESHOLD,
     band_keys,
@@ -52,12 +71,15 @@ from llm.data.minhash import (
     shingles,
     signatures,
     verify_pairs,
-    verify_pairs_exact,
 )
+from llm.data.minhash_signatures import SCHEME, batch_shingles, permutations
+from llm.data.minhash_verify import verify_pairs_exact
 from llm.data.schema import DOC_SCHEMA
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 Pair = tuple[int, int]
+Seconds = tuple[float, float]  # wall clock, CPU time
+T = TypeVar("T")
 
 
 def edit_rate(similarity: float) -> float:
@@ -120,7 +142,8 @@ def index_pairs(edges: Iterable[tuple[str, str]], index_of: dict[str, int]) -> s
     return {(i, j) if i < j else (j, i) for i, j in pairs}
 
 
-def _cluster(ids: list[str], pairs: pa.Table) -> Result:
+def _cluster(ids: list[str], make_pairs: Callable[[], pa.Table]) -> Result:
+    pairs = make_pairs()
     edges = list(
         zip(pairs.column("id_a").to_pylist(), pairs.column("id_b").to_pylist(), strict=True)
     )
@@ -130,12 +153,28 @@ def _cluster(ids: list[str], pairs: pa.Table) -> Result:
 Result = tuple[dict[str, str], list[tuple[str, str]]]  # (clusters, the edges clustered)
 
 
-def llmforge_clusters(ids: list[str], texts: list[str]) -> dict[str, tuple[Result, float]]:
+def llmforge_clusters(ids: list[str], texts: list[str]) -> dict[str, tuple[Result, Seconds]]:
     """{variant: ((clusters, edges), seconds)} for llmforge without and with verification.
 
-    The signatures and band keys are computed once and their time counted in every variant.
+    The input table, signatures and band keys are made once and their time counted in every
+    variant (the table too, though the curate job holds its documents as Arrow already).
     """
-    started = time.perf_counter()
+    batch, shared = timed(lambda: _signed_batch(ids, texts))
+    keys, banding = timed(lambda: band_keys(batch))
+    variants = {
+        "llmforge": lambda: candidate_pairs(keys),
+        "llmforge+verify": lambda: verify_pairs(candidate_pairs(keys, None), batch),
+        "llmforge+exact": lambda: verify_pairs_exact(candidate_pairs(keys, None), batch),
+        "llmforge+exact,anchors": lambda: verify_pairs_exact(candidate_pairs(keys, ANCHORS), batch),
+    }
+    results = {}
+    for name, make_pairs in variants.items():
+        result, seconds = timed(partial(_cluster, ids, make_pairs))
+        results[name] = (result, _plus(shared, banding, seconds))
+    return results
+
+
+def _signed_batch(ids: list[str], texts: list[str]) -> pa.Table:
     batch = pa.table(
         {
             "id": ids,
@@ -146,40 +185,64 @@ def llmforge_clusters(ids: list[str], texts: list[str]) -> dict[str, tuple[Resul
         },
         schema=DOC_SCHEMA,
     )
-    batch = signatures(batch, num_perm=NUM_PERM)
-    keys = band_keys(batch)
-    shared = time.perf_counter() - started
-    plain, plain_s = timed(lambda: _cluster(ids, candidate_pairs(keys)))
-    verified, verified_s = timed(
-        lambda: _cluster(ids, verify_pairs(candidate_pairs(keys, all_pairs=True), batch))
-    )
-    exact, exact_s = timed(
-        lambda: _cluster(ids, verify_pairs_exact(candidate_pairs(keys, all_pairs=True), batch))
-    )
-    return {
-        "llmforge": (plain, shared + plain_s),
-        "llmforge+verify": (verified, shared + verified_s),
-        "llmforge+exact": (exact, shared + exact_s),
-    }
+    return signatures(batch, num_perm=NUM_PERM)
 
 
-def datasketch_clusters(ids: list[str], texts: list[str]) -> Result:
+def _datasketch_loop(ids: list[str], texts: list[str], make: Callable[[str], MinHash]) -> Result:
     """The usual datasketch loop: MinHash each document, query the LSH index, insert it."""
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+    lsh = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
     pairs: list[tuple[str, str]] = []
     for doc, text in zip(ids, texts, strict=True):
-        minhash = MinHash(num_perm=NUM_PERM)
-        minhash.update_batch([shingle.encode("utf-8") for shingle in shingles(text)])
+        minhash = make(text)
         pairs.extend((other, doc) for other in lsh.query(minhash))
         lsh.insert(doc, minhash)
     return cluster_documents(ids, pairs), pairs
 
 
-def timed(run: Callable[[], Result]) -> tuple[Result, float]:
-    """(what ``run`` returns, seconds it took)."""
-    started = time.perf_counter()
+def _same_hash_minhash(text: str, reuse: bool = False) -> MinHash:
+    # llmforge's 64-bit shingle hashes of this one text; datasketch's hashfunc takes their low 32
+    # bits (``int`` on the folded values: its fastest input), as llmforge's signatures do.
+    hashes, _ = batch_shingles([text], SHINGLE_SIZE)
+    shared = {"permutations": permutations(NUM_PERM, SEED), "scheme": SCHEME} if reuse else {}
+    minhash = MinHash(num_perm=NUM_PERM, seed=SEED, hashfunc=int, **shared)
+    minhash.update_batch((hashes & np.uint64(0xFFFFFFFF)).tolist())
+    return minhash
+
+
+def _sha1_minhash(text: str) -> MinHash:
+    minhash = MinHash(num_perm=NUM_PERM, seed=SEED)  # datasketch's default: sha1_hash32
+    minhash.update_batch([shingle.encode("utf-8") for shingle in shingles(text)])
+    return minhash
+
+
+def datasketch_clusters(ids: list[str], texts: list[str]) -> Result:
+    """datasketch per document on llmforge's shingle hashes: the same signatures, bands, rows."""
+    return _datasketch_loop(ids, texts, _same_hash_minhash)
+
+
+def datasketch_reused_clusters(ids: list[str], texts: list[str]) -> Result:
+    """As ``datasketch_clusters``, the permutations made once and handed to every MinHash."""
+    return _datasketch_loop(ids, texts, partial(_same_hash_minhash, reuse=True))
+
+
+def datasketch_sha1_clusters(ids: list[str], texts: list[str]) -> Result:
+    """datasketch as its documentation shows it: shingle strings through sha1_hash32."""
+    return _datasketch_loop(ids, texts, _sha1_minhash)
+
+
+def timed(run: Callable[[], T]) -> tuple[T, Seconds]:
+    """(what ``run`` returns, (wall-clock seconds, CPU seconds of this process) it took).
+
+    CPU time is the steadier figure on a machine others share; Arrow's group-bys may use a second
+    thread, which CPU time counts against llmforge.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
     result = run()
-    return result, time.perf_counter() - started
+    return result, (time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def _plus(*parts: Seconds) -> Seconds:
+    return sum(part[0] for part in parts), sum(part[1] for part in parts)
 
 
 def score(predicted: set[Pair], truth: set[Pair]) -> dict[str, float]:
@@ -214,12 +277,19 @@ def main() -> None:
     megabytes = sum(len(text.encode("utf-8")) for text in texts) / 1e6
     truth = exact_duplicate_pairs(texts)
 
-    shingles("warm up")  # builds the punctuation table once, outside both timings
+    # One-time set-up outside both timings: regex compilation, lazy imports (pyarrow's
+    # group-by engine), llmforge's separator table.
+    few = ["a b c d e f g", "a b c d e f h", "warm up, “once”"]
+    llmforge_clusters(["w0", "w1", "w2"], few)
+    datasketch_clusters(["w0", "w1", "w2"], few)
     results = llmforge_clusters(ids, texts)
     results["datasketch"] = timed(lambda: datasketch_clusters(ids, texts))
+    results["datasketch,reused-perms"] = timed(lambda: datasketch_reused_clusters(ids, texts))
+    results["datasketch+sha1"] = timed(lambda: datasketch_sha1_clusters(ids, texts))
     runs: dict[str, Any] = {
         name: {
-            "seconds": seconds,
+            "seconds": seconds[0],
+            "cpu_seconds": seconds[1],
             **score(cluster_pairs(clusters, index_of), truth),
             "edges": score(index_pairs(edges, index_of), truth),
             "planted": planted_recall(clusters, ids, args.copies, levels),
@@ -229,17 +299,19 @@ def main() -> None:
 
     print(f"{len(texts)} documents ({args.copies} planted copies), {megabytes:.1f} MB; "
           f"{len(truth)} true pairs (exact Jaccard >= {THRESHOLD})")  # fmt: skip
-    print(f"{'':16}{'seconds':>8}{'docs/s':>8}  pairs in one cluster: {'n':>5}{'prec.':>7}"
-          f"{'recall':>7}  edges clustered: {'n':>5}{'prec.':>7}{'recall':>7}")  # fmt: skip
+    print(f"{'':24}{'seconds':>8}{'cpu s':>7}{'docs/s':>8}  pairs in one cluster: "
+          f"{'n':>5}{'prec.':>7}{'recall':>7}  edges clustered: "
+          f"{'n':>5}{'prec.':>7}{'recall':>7}")  # fmt: skip
     for name, run in runs.items():
         edges = run["edges"]
-        print(f"{name:16}{run['seconds']:8.2f}{len(texts) / run['seconds']:8.1f}{'':22}"
+        print(f"{name:24}{run['seconds']:8.2f}{run['cpu_seconds']:7.2f}"
+              f"{len(texts) / run['seconds']:8.1f}{'':22}"
               f"{run['pairs']:5}{run['precision']:7.3f}{run['recall']:7.3f}{'':18}"
               f"{edges['pairs']:5}{edges['precision']:7.3f}{edges['recall']:7.3f}")  # fmt: skip
     print("planted copies clustered with their original, by target Jaccard level:")
-    print(f"{'':16}" + "".join(f"{level:>6}" for level in LEVELS))
+    print(f"{'':24}" + "".join(f"{level:>6}" for level in LEVELS))
     for name, run in runs.items():
-        print(f"{name:16}" + "".join(f"{share:6.2f}" for share in run["planted"].values()))
+        print(f"{name:24}" + "".join(f"{share:6.2f}" for share in run["planted"].values()))
     print(json.dumps(summary(runs, len(texts), len(truth))))
 
 
@@ -257,6 +329,13 @@ def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
     final, reference = runs["llmforge+exact"], runs["datasketch"]
     return {
         "speedup_vs_datasketch": round(reference["seconds"] / final["seconds"], 2),
+        "speedup_vs_datasketch_cpu": round(reference["cpu_seconds"] / final["cpu_seconds"], 2),
+        "speedup_vs_datasketch_reused_perms": round(
+            runs["datasketch,reused-perms"]["seconds"] / final["seconds"], 2
+        ),
+        "speedup_vs_datasketch_sha1": round(
+            runs["datasketch+sha1"]["seconds"] / final["seconds"], 2
+        ),
         "precision": round(final["edges"]["precision"], 4),
         "recall": round(final["edges"]["recall"], 4),
         **_figures(final),

@@ -1,14 +1,20 @@
 """MinHash near-duplicate removal on Ray Data, with nothing gathered into one task.
 
 1. Band keys per block (``map_batches``): signatures, then one (band, band_hash, id) row per band.
-2. Shuffle by band key → candidate edges (a bucket's smallest id to each other member).
-3. Shuffle the edges by node → adjacency lists, each node labelled with itself.
-4. Rounds of min-label propagation: every node offers its label to its neighbours and a shuffle by
+2. Shuffle by band key → candidate edges: each bucket member to the bucket's smallest id, or, to
+   verify them, to its ``anchors`` smallest ids.
+3. With ``verify`` (the default), the exact check of ``llm.data.minhash_verify`` in two shuffles:
+   the edges' requests meet the documents' texts by id and come back as shingle sets; the sets
+   meet by anchor (each edge's smaller id), where the edges whose exact Jaccard similarity
+   reaches ``threshold`` are kept.
+4. Shuffle the edges by node → adjacency lists, each node labelled with itself.
+5. Rounds of min-label propagation: every node offers its label to its neighbours and a shuffle by
    node keeps the smallest; the driver reads only how many labels changed and stops at 0.
-5. Label rows meet the documents in a shuffle by id; a document whose label (the smallest id of
+6. Label rows meet the documents in a shuffle by id; a document whose label (the smallest id of
    its connected component) is not its own id becomes a ``minhash_duplicate`` of that id.
 
-Labels are minima, so the result does not depend on block order or partitioning.
+Labels are minima and checks depend only on the two texts, so the result does not depend on
+block order or partitioning.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from llm.data.minhash import (
     mark_fuzzy_duplicates,
     signatures,
 )
-from llm.data.schema import ID, REASON, set_column
+from llm.data.minhash_verify import ANCHOR, answer_requests, verify_at_anchors, verify_requests
+from llm.data.schema import ID, REASON, TEXT, set_column
 from ray_jobs.curate_shuffle import map_shards
 from ray_jobs.curate_spec import MinHashDedupStep
 
 NODE, LABEL, NEIGHBORS, CHANGED = "node", "label", "neighbors", "changed"
 BAND_KEY = "band_key"
 LABEL_OF = "_label_of"  # set on label rows mixed into the documents; null on the documents
+_TEXT_ROWS = pa.schema([(ID, pa.string()), (TEXT, pa.string()), (ANCHOR, pa.string())])
 _STATE = pa.schema(
     [
         (NODE, pa.string()),
@@ -59,12 +67,51 @@ def _band_rows(batch: pa.Table, step: MinHashDedupStep) -> pa.Table:
     return keys.append_column(BAND_KEY, key)
 
 
-def _edges(group: pa.Table) -> pa.Table:
-    return candidate_pairs(group.drop_columns([BAND_KEY]))
+def _edges(group: pa.Table, anchors: int) -> pa.Table:
+    return candidate_pairs(group.drop_columns([BAND_KEY]), anchors)
+
+
+def _requests(edges: pa.Table) -> pa.Table:
+    """The requests of ``verify_requests``, shaped like the (id, text, anchor) document rows."""
+    requests = verify_requests(edges)
+    return pa.table(
+        [requests.column(ID), pa.nulls(requests.num_rows, pa.string()), requests.column(ANCHOR)],
+        schema=_TEXT_ROWS,
+    )
+
+
+def _texts(batch: pa.Table) -> pa.Table:
+    """Kept documents' (id, text), with a null anchor: only those can be in a candidate pair."""
+    kept = batch.filter(pc.is_null(batch.column(REASON))).select([ID, TEXT])
+    return pa.table(
+        [kept.column(ID), kept.column(TEXT), pa.nulls(kept.num_rows, pa.string())],
+        schema=_TEXT_ROWS,
+    )
+
+
+def _answer(group: pa.Table, shingle_size: int) -> pa.Table:
+    is_request = pc.is_valid(group.column(ANCHOR))
+    requests = group.filter(is_request).select([ID, ANCHOR])
+    docs = group.filter(pc.invert(is_request)).select([ID, TEXT])
+    return answer_requests(requests, docs, shingle_size)
+
+
+def verified_edges(
+    docs: ray.data.Dataset, edges: ray.data.Dataset, step: MinHashDedupStep, shards: int
+) -> ray.data.Dataset:
+    """The ``edges`` whose shingle sets reach ``step.threshold`` exact Jaccard similarity."""
+    requests = edges.map_batches(_requests, batch_format="pyarrow")
+    texts = docs.map_batches(_texts, batch_format="pyarrow")
+    answer = partial(_answer, shingle_size=step.shingle_size)
+    sets = map_shards(texts.union(requests), ID, answer, shards)
+    check = partial(verify_at_anchors, threshold=step.threshold)
+    return map_shards(sets, ANCHOR, check, shards)
 
 
 def _both_ways(edges: pa.Table) -> pa.Table:
     names = [NODE, "other"]
+    if not edges.num_rows:  # a group-by over no rows emits column-less blocks
+        return pa.table({name: pa.array([], pa.string()) for name in names})
     forward = edges.select(["id_a", "id_b"]).rename_columns(names)
     return pa.concat_tables([forward, edges.select(["id_b", "id_a"]).rename_columns(names)])
 
@@ -116,10 +163,17 @@ def _changed(state: MaterializedDataset) -> int:
     return sum(ray.get([_block_changed.remote(ref) for ref in state.to_arrow_refs()]))
 
 
+def _anchors(step: MinHashDedupStep) -> int:
+    # Unverified, one anchor (star edges) already gives the components of all pairs.
+    return step.anchors if step.verify else 1
+
+
 def component_labels(ds: ray.data.Dataset, step: MinHashDedupStep, shards: int) -> ray.data.Dataset:
     """(node, label, neighbors, changed) for every document with a near-duplicate candidate."""
     keys = ds.map_batches(partial(_band_rows, step=step), batch_format="pyarrow")
-    edges = map_shards(keys, BAND_KEY, _edges, shards)
+    edges = map_shards(keys, BAND_KEY, partial(_edges, anchors=_anchors(step)), shards)
+    if step.verify:
+        edges = verified_edges(ds, edges, step, shards)
     both = edges.map_batches(_both_ways, batch_format="pyarrow")
     state = map_shards(both, NODE, _adjacency, shards).materialize()
     for _ in range(step.max_rounds):

@@ -176,6 +176,18 @@ class MinHashDedupStep(Spec):
     rows: int = Field(default=9, ge=1)
     shingle_size: int = Field(default=5, ge=1, le=64)
     max_rounds: int = Field(default=100, ge=1, description="label-propagation rounds allowed")
+    verify: bool = Field(
+        default=True,
+        description="merge an LSH candidate pair only if the exact Jaccard similarity of its "
+        "shingle sets reaches threshold (NeMo Curator's false-positive check)",
+    )
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Jaccard similarity to verify")
+    anchors: int = Field(
+        default=4,
+        ge=1,
+        description="with verify: the smallest ids of an LSH bucket that each member is checked "
+        "against (every pair in buckets of up to anchors + 1)",
+    )
 
     @model_validator(mode="after")
     def _bands_fit(self) -> MinHashDedupStep:

@@ -5,8 +5,8 @@
 2. ``band_keys``: one (band, band_hash, id) row per kept document and band, for a group-by.
 3. ``candidate_pairs``: edges between ids sharing a (band, band_hash); optionally
    ``verify_pairs`` drops those whose signatures estimate a Jaccard similarity below the
-   threshold, or ``verify_pairs_exact`` those whose shingle sets are below it (NeMo Curator's
-   "false positive check").
+   threshold, or ``llm.data.minhash_verify`` those whose shingle sets are below it (NeMo
+   Curator's "false positive check").
 4. ``propagate_labels``: one round of min-label propagation over the edges; repeat until nothing
    changes to get connected components (the cluster label is the smallest id in it).
 5. ``mark_fuzzy_duplicates``: annotate ``minhash_cluster`` and reject every document but the one
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llm.data.minhash_signatures import batch_shingles, minhash_matrix
+from llm.data.minhash_signatures import text_signatures
 from llm.data.ngrams import hash_rows, normalized_words
 from llm.data.schema import ID, TEXT, kept_mask, set_column, with_reasons
 
@@ -42,6 +42,7 @@ ROWS = 9
 SHINGLE_SIZE = 5
 THRESHOLD = 0.8
 SEED = 1
+ANCHORS = 4  # per LSH bucket, the ids every member is verified against (NeMo Curator uses 2)
 
 
 def shingles(text: str, n: int = SHINGLE_SIZE) -> set[str]:
@@ -68,9 +69,8 @@ def signatures(batch: pa.Table, num_perm: int = NUM_PERM, n: int = SHINGLE_SIZE)
     keep = kept_mask(batch)
     texts = batch.column(TEXT).to_pylist()
     rows = [row for row, kept in enumerate(keep) if kept]
-    shingles, owners = batch_shingles([texts[row] for row in rows], n)
     matrix = np.zeros((batch.num_rows, num_perm), dtype=np.uint64)
-    matrix[rows] = minhash_matrix(shingles, owners, len(rows), num_perm, SEED)
+    matrix[rows] = text_signatures([texts[row] for row in rows], num_perm, SEED, n)
     values = pa.FixedSizeListArray.from_arrays(
         pa.array(matrix.reshape(-1)), num_perm, mask=pa.array([not kept for kept in keep])
     )
@@ -102,21 +102,28 @@ def band_keys(batch: pa.Table, bands: int = BANDS, rows: int = ROWS) -> pa.Table
     )
 
 
-def candidate_pairs(keys: pa.Table, all_pairs: bool = False) -> pa.Table:
+def candidate_pairs(keys: pa.Table, anchors: int | None = 1) -> pa.Table:
     """Distinct (id_a, id_b) edges, id_a < id_b, between ids sharing a (band, band_hash).
 
-    By default each bucket links its smallest id to every other member: the same connected
-    components as all pairs, in linear size. ``all_pairs`` emits every pair (quadratic in bucket
-    size), for measuring candidate precision and recall.
+    Each member of a bucket is linked to each of the bucket's ``anchors`` smallest ids. One
+    (star edges) gives the same connected components as all pairs, in linear size. Pair
+    verification needs more: a star edge may fail where a pair between two other members would
+    pass. ``None`` links every pair (quadratic in bucket size); a few anchors, as NeMo Curator's
+    false-positive check uses, check every pair of a bucket of up to ``anchors + 1`` members and
+    keep a large bucket's pairs linear in its size.
     """
+    if anchors is not None and anchors < 1:
+        raise ValueError(f"anchors must be at least 1 (or None for all pairs), got {anchors}")
     buckets = keys.group_by(["band", "band_hash"]).aggregate([(ID, "distinct")])
+    members = buckets.column(f"{ID}_distinct")
+    shared = buckets.filter(pc.greater(pc.list_value_length(members), 1))  # most buckets: one id
     left: list[str] = []
     right: list[str] = []
-    for members in buckets.column(f"{ID}_distinct").to_pylist():
-        members = sorted(members)
-        for index, first in enumerate(members[:-1] if all_pairs else members[:1]):
-            left.extend([first] * (len(members) - index - 1))
-            right.extend(members[index + 1 :])
+    for bucket in shared.column(f"{ID}_distinct").to_pylist():
+        bucket.sort()
+        for index, first in enumerate(bucket[:anchors]):
+            left.extend([first] * (len(bucket) - index - 1))
+            right.extend(bucket[index + 1 :])
     pairs = pa.table({"id_a": pa.array(left, pa.string()), "id_b": pa.array(right, pa.string())})
     return pairs.group_by(["id_a", "id_b"]).aggregate([])
 
@@ -128,9 +135,9 @@ def verify_pairs(
 
     Banding lets through pairs far below the threshold (44% of pairs at Jaccard 0.7 with 14 × 9);
     the share of equal MinHash values estimates Jaccard without bias (standard deviation about
-    0.035 at 0.8 with 128 values). Give it ``candidate_pairs(..., all_pairs=True)``: a star edge
-    to a bucket's smallest id may fail where the pair between two other members would pass.
-    ``batch`` holds the ``minhash`` column of every id in ``pairs``.
+    0.035 at 0.8 with 128 values). Give it pairs from ``candidate_pairs`` with several anchors:
+    a star edge may fail where the pair between two other members would pass. ``batch`` holds
+    the ``minhash`` column of every id in ``pairs``.
     """
     matrix = signature_matrix(batch)
     row_of = {doc: row for row, doc in enumerate(batch.column(ID).to_pylist())}
@@ -141,35 +148,6 @@ def verify_pairs(
         a, b = left[start : start + block], right[start : start + block]
         keep[start : start + block] = (matrix[a] == matrix[b]).mean(axis=1) >= threshold
     return pairs.filter(pa.array(keep))
-
-
-def verify_pairs_exact(
-    pairs: pa.Table, batch: pa.Table, threshold: float = THRESHOLD, n: int = SHINGLE_SIZE
-) -> pa.Table:
-    """The pairs whose shingle sets have an exact Jaccard similarity of at least ``threshold``.
-
-    The false-positive check NeMo Curator and datatrove offer, on the 64-bit shingle hashes
-    instead of the shingle strings: no estimate, so no pair below the threshold gets through.
-    ``batch`` holds the ``text`` of every id in ``pairs``; as for ``verify_pairs``, give it all
-    candidate pairs, not star edges.
-    """
-    needed = set(pairs.column("id_a").to_pylist()) | set(pairs.column("id_b").to_pylist())
-    ids = batch.column(ID).to_pylist()
-    rows = [row for row, doc in enumerate(ids) if doc in needed]
-    texts = batch.column(TEXT).to_pylist()
-    shingle_hashes, owners = batch_shingles([texts[row] for row in rows], n)
-    bounds = np.searchsorted(owners, np.arange(len(rows) + 1))
-    sets = {
-        ids[row]: np.unique(shingle_hashes[bounds[k] : bounds[k + 1]]) for k, row in enumerate(rows)
-    }
-    keep = []
-    for a, b in zip(
-        pairs.column("id_a").to_pylist(), pairs.column("id_b").to_pylist(), strict=True
-    ):
-        shared = len(np.intersect1d(sets[a], sets[b], assume_unique=True))
-        union = len(sets[a]) + len(sets[b]) - shared
-        keep.append((shared / union if union else 1.0) >= threshold)
-    return pairs.filter(pa.array(keep, type=pa.bool_()))
 
 
 def initial_labels(ids: Iterable[str]) -> pa.Table:
