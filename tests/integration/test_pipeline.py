@@ -118,7 +118,7 @@ def test_training_loss_fell_and_metrics_arrived(
     ).json()["records"]
     assert tps and all(m["value"] > 0 for m in tps)
     checkpoints = sorted(p.name for p in (pipeline[1] / "train" / "checkpoints").iterdir())
-    assert checkpoints == ["step_00000020", "step_00000040"]
+    assert checkpoints == ["best.json", "step_00000020", "step_00000040"]
 
 
 def test_evaluation_reports_perplexity_and_a_sample(
