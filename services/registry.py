@@ -203,16 +203,18 @@ def register_outputs(session: Session, job: Job) -> list[Artifact]:
     return registrar(session, job) if registrar else []
 
 
-def delete_files(uri: str) -> None:
-    """Delete an artifact's folder or file (local or s3://). A path of fewer than two parts
-    (``/tmp``, a whole bucket) is refused: no registry record is worth that."""
+def delete_files(uri: str) -> bool:
+    """Delete an artifact's folder or file (local or s3://); False when it was already gone.
+    A path of fewer than two parts (``/tmp``, a whole bucket) is refused: no registry record is
+    worth that."""
     filesystem, path = storage.filesystem(uri)
     if len([part for part in path.split("/") if part]) < 2:
         raise ValueError(f"refusing to delete {uri!r}: too close to a filesystem root")
     info = filesystem.get_file_info(path)
     if info.type == fs.FileType.NotFound:
-        raise FileNotFoundError(f"{uri} does not exist")
+        return False  # the record can go all the same
     if info.type == fs.FileType.Directory:
         filesystem.delete_dir(path)
     else:
         filesystem.delete_file(path)
+    return True

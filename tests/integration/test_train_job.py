@@ -72,23 +72,31 @@ def failed_once(
         "tensorboard": False,
         "model": TINY_MODEL,
     }
+    job = run_with_env(control_plane, spec, {ENV_FAIL_AT_STEP: str(FAIL_AT)})
+    return job, work / "out"
+
+
+def run_with_env(
+    control_plane: BackgroundServer, spec: dict[str, Any], extra_env: dict[str, str]
+) -> dict[str, Any]:
+    """Submit a train job whose Ray job gets extra_env (as an operator's cluster environment
+    would give it, never through the spec); wait for it; return it with its logs."""
     ray = control_plane.app.state.ray
     submit = ray.submit
 
-    def submit_with_fault(*, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
-        env = {**env, ENV_FAIL_AT_STEP: str(FAIL_AT)}
-        return submit(submission_id=submission_id, entrypoint=entrypoint, env=env)
+    def submit_with_env(*, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
+        return submit(submission_id=submission_id, entrypoint=entrypoint, env=env | extra_env)
 
     with (
         pytest.MonkeyPatch.context() as patch,
         httpx.Client(base_url=control_plane.url, timeout=30) as client,
     ):
-        patch.setattr(ray, "submit", submit_with_fault)
+        patch.setattr(ray, "submit", submit_with_env)
         r = client.post("/api/v1/jobs", json=job_body("train", spec))
         assert r.status_code == 201, r.text
         job = wait_for_job(client, r.json()["id"])
         job["logs"] = client.get(f"/api/v1/jobs/{job['id']}/logs").json()["logs"]
-    return job, work / "out"
+    return job
 
 
 def _loss_records(url: str, job_id: str) -> list[dict[str, Any]]:

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 
 from ray_jobs import storage
 from ray_jobs.train import ENV_FAIL_AT_STEP, ENV_FAIL_WIPES, FAIL_MARKER
 from services.ray_head import free_port
 from services.server import BackgroundServer
-from tests.integration.test_train_job import TINY_MODEL, job_body, tiny_shards, wait_for_job
+from tests.integration.test_train_job import TINY_MODEL, run_with_env, tiny_shards
 
 moto_server = pytest.importorskip("moto.server")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -66,8 +65,6 @@ def job(
         "tensorboard": False,
         "model": TINY_MODEL,
     }
-    ray = control_plane.app.state.ray
-    submit = ray.submit
     # the cluster's S3 endpoint and credentials, as an operator's environment would give them
     cluster_env = {
         storage.ENDPOINT_ENV: endpoint,
@@ -78,20 +75,7 @@ def job(
         ENV_FAIL_WIPES: "1",
     }
 
-    def submit_with_fault(*, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
-        return submit(
-            submission_id=submission_id, entrypoint=entrypoint, env={**env, **cluster_env}
-        )
-
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        httpx.Client(base_url=control_plane.url, timeout=30) as client,
-    ):
-        patch.setattr(ray, "submit", submit_with_fault)
-        r = client.post("/api/v1/jobs", json=job_body("train", spec))
-        assert r.status_code == 201, r.text
-        body = wait_for_job(client, r.json()["id"])
-        body["logs"] = client.get(f"/api/v1/jobs/{body['id']}/logs").json()["logs"]
+    body = run_with_env(control_plane, spec, cluster_env)
     return body, work / "out"
 
 

@@ -261,6 +261,17 @@ def test_delete_keeps_files_unless_asked_and_refuses_a_parent(
         f"/api/v1/datasets/{root.json()['id']}", params={"delete_files": True}, headers=admin
     )
     assert r.status_code == 422 and "too close to a filesystem root" in r.text
+    # files someone already removed: the record still goes
+    missing = client.post(
+        "/api/v1/datasets",
+        json={"name": "m", "kind": "raw", "uri": str(tmp_path / "never-written")},
+        headers=admin,
+    ).json()
+    r = client.delete(
+        f"/api/v1/datasets/{missing['id']}", params={"delete_files": True}, headers=admin
+    )
+    assert r.status_code == 200
+    assert client.get(f"/api/v1/datasets/{missing['id']}", headers=admin).status_code == 404
 
 
 def test_a_diverged_run_is_recorded_on_every_store(session: Session, tmp_path: Path) -> None:

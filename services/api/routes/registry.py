@@ -125,8 +125,6 @@ def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> Arti
             registry.delete_files(artifact.uri)
         except ValueError as e:
             raise request_error(("query", "delete_files"), str(e)) from e
-        except FileNotFoundError:
-            pass  # already gone: the record can go too
         except OSError as e:
             raise HTTPException(
                 status.HTTP_502_BAD_GATEWAY, redact(f"files not deleted: {e}")
