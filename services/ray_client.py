@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from services.ray_auth import RayToken
 from services.store.models import JobState
 
 _STATES = {
@@ -23,21 +22,14 @@ AGENT_WAIT_S = 60
 ERROR_LINE = re.compile(r"^LLMFORGE_ERROR: (.*)$", re.MULTILINE)
 
 
-def ray_auth_token() -> str | None:
-    """Ray's cluster token, where Ray itself looks for it: env, token path, ~/.ray/auth_token."""
-    if token := os.environ.get("RAY_AUTH_TOKEN"):
-        return token.strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    return path.read_text().strip() if path.is_file() else None
-
-
 class LostJob(Exception):
     """Ray has no record of a submission the store thinks is pending or running."""
 
 
 class RayJobs:
-    def __init__(self, dashboard_url: str) -> None:
+    def __init__(self, dashboard_url: str, token: RayToken | None) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
+        self.token = token
         self._client: JobSubmissionClient | None = None
 
     @property
@@ -45,8 +37,7 @@ class RayJobs:
         if self._client is None:
             # The header is sent explicitly: the SDK only sends the token when RAY_AUTH_MODE was
             # "token" before ray was imported, which a server process cannot promise.
-            token = ray_auth_token()
-            headers = {"Authorization": f"Bearer {token}"} if token else None
+            headers = self.token.header if self.token else None
             self._client = JobSubmissionClient(self.dashboard_url, headers=headers)
         return self._client
 

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import httpx
 
+from services.ray_auth import RayToken
+
 # Ray resolves 127.0.0.1 to the machine's first routable address unless this is off; with it
 # off every Ray process (head, workers, jobs) stays on loopback.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DISABLE_USAGE_STATS": "1"}
-# Ray's token authentication stays on: the head creates ~/.ray/auth_token if it is missing, and
-# the control plane's Jobs client reads it from there (services.ray_client.ray_auth_token).
+# Ray's token authentication stays on; the head, and every job it runs, reads the token that
+# services.ray_auth settled before the start (`ray start` never creates one).
 AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 
 
@@ -44,11 +46,13 @@ class LocalRayHead:
         num_cpus: int | None,
         object_store_mb: int,
         log_path: Path,
+        token: RayToken,
     ) -> None:
         self.gcs_port = gcs_port or free_port()
         self.dashboard_port = dashboard_port
         self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
         self.log_path = log_path
+        self.token = token
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +92,7 @@ class LocalRayHead:
             cmd.append(f"--num-cpus={self.num_cpus}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**AUTH_ENV, **os.environ, **LOOPBACK_ENV}
+        env = {**AUTH_ENV, **os.environ, **self.token.env(), **LOOPBACK_ENV}
         env.pop("RAY_ADDRESS", None)
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready(timeout_s)

@@ -2,6 +2,9 @@
 
 The control plane fixture starts the real thing (FastAPI under uvicorn, SQLite, a local Ray head
 bound to loopback with a small object store); every Ray test of the session shares it.
+
+Under CI (``CI=true``) a skipped test is a failed one: a missing extra, a missing ``../shared``
+or a database that does not answer would otherwise let CI pass without running the test.
 """
 
 from __future__ import annotations
@@ -15,15 +18,33 @@ import pytest
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
+from tests.shared import DATA, require
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UNDER_CI = os.environ.get("CI") == "true"
+
+
+def _fail_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if UNDER_CI and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return require(DATA)
 
 
 def _settings(home: Path, **overrides: object) -> Settings:

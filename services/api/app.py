@@ -23,6 +23,7 @@ from services.api.routes import (
     teams,
 )
 from services.auth import authorize, bootstrap_admin_key
+from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
 from services.redact import install_log_redaction, mask_url
@@ -41,6 +42,31 @@ def _dashboard_url(settings: Settings) -> str:
     return f"http://{host}:{settings.ray_dashboard_port}"
 
 
+def _connect_ray(settings: Settings) -> tuple[str, RayToken | None, LocalRayHead | None]:
+    """(dashboard URL, token, the head we started or None): RAY_ADDRESS's cluster, checked to
+    accept our token, or a local head that shares a token with every job it runs."""
+    try:
+        if settings.ray_address:
+            dashboard, token = _dashboard_url(settings), find_token()
+            check_access(dashboard, token, address_env="RAY_ADDRESS")
+            return dashboard, token, None
+        token = ensure_token(settings.home)
+    except RayTokenError as e:
+        log.error("cannot use Ray: %s", e)
+        raise
+    head = LocalRayHead(
+        gcs_port=settings.ray_gcs_port,
+        dashboard_port=settings.ray_dashboard_port,
+        num_cpus=settings.ray_num_cpus,
+        object_store_mb=settings.ray_object_store_mb,
+        log_path=settings.home / "logs" / "ray-head.log",
+        token=token,
+    )
+    log.info("starting a local Ray head (dashboard %s)", head.dashboard_url)
+    head.start()
+    return head.dashboard_url, token, head
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     install_log_redaction(settings.resolved_database_url)
@@ -50,26 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.home.mkdir(parents=True, exist_ok=True)
         log.info("store: %s", mask_url(settings.resolved_database_url))
         engine = make_engine(settings.resolved_database_url)
-        head = None
-        if settings.ray_address:
-            dashboard = _dashboard_url(settings)
-        else:
-            head = LocalRayHead(
-                gcs_port=settings.ray_gcs_port,
-                dashboard_port=settings.ray_dashboard_port,
-                num_cpus=settings.ray_num_cpus,
-                object_store_mb=settings.ray_object_store_mb,
-                log_path=settings.home / "logs" / "ray-head.log",
-            )
-            log.info("starting a local Ray head (dashboard %s)", head.dashboard_url)
-            head.start()
-            dashboard = head.dashboard_url
+        dashboard, token, head = _connect_ray(settings)
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
         if settings.auth:
             with app.state.sessions() as session:
                 bootstrap_admin_key(session, settings.home)
-        app.state.ray = RayJobs(dashboard)
+        app.state.ray = RayJobs(dashboard, token)
         app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
         app.state.scheduler.start()
         try:

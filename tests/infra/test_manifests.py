@@ -1,11 +1,12 @@
 """Offline checks of the deployment manifests under infra/k8s and the image under infra/docker.
 
 Custom resources (KubeRay, Kueue, Prometheus Operator) are validated against the openAPIV3Schema
-of their CustomResourceDefinition from ``/work/shared/k8s-crds`` (``LLMFORGE_K8S_CRDS`` overrides
-the folder); those tests skip when the folder is absent. Like ``kubectl apply`` (strict field
-validation), fields a CRD schema does not declare are errors too. Built-in kinds get structural
-checks by hand. The cross-file tests check that the pieces point at each other (RAY_ADDRESS at the
-KubeRay head Service, LocalQueue at the ClusterQueue, monitors at the right labels/ports).
+of their CustomResourceDefinition from ``../shared/k8s-crds`` beside the checkout
+(``LLMFORGE_K8S_CRDS`` overrides the folder); those tests skip when it is absent (fail under CI).
+Like ``kubectl apply`` (strict field validation), fields a CRD schema does not declare are errors
+too. Built-in kinds get structural checks by hand. The cross-file tests check that the pieces
+point at each other (RAY_ADDRESS at the KubeRay head Service, LocalQueue at the ClusterQueue,
+monitors at the right labels/ports).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.shared import K8S_CRDS
+
 REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "infra" / "k8s"
 DOCKERFILE = REPO / "infra" / "docker" / "Dockerfile"
-CRD_DIR = Path(os.environ.get("LLMFORGE_K8S_CRDS", "/work/shared/k8s-crds"))
+CRD_DIR = Path(os.environ.get("LLMFORGE_K8S_CRDS", K8S_CRDS))
 
 NAMESPACE = "llmforge"
 RAY_VERSION = "2.60.0"

@@ -21,8 +21,9 @@ from ray_jobs.entrypoint import JobError
 from ray_jobs.specs import FinetuneSpec
 from services.server import BackgroundServer
 from tests.integration.test_train_job import job_body, tiny_shards, wait_for_job
+from tests.shared import DATA
 
-ALPACA_FILE = Path("/work/shared/data/instruct/alpaca_5000.json")
+ALPACA_FILE = DATA / "instruct" / "alpaca_5000.json"
 STEPS, LOG_EVERY, EVAL_EVERY, SAMPLES = 12, 3, 6, 2
 # a short prompt, so that most Alpaca records fit the tiny model's 128 tokens
 TEMPLATE = "### Instruction:\n{instruction}\n{input}\n### Response:\n"

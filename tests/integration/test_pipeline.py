@@ -18,7 +18,6 @@ import pytest
 
 from llm.tokenizer.shards import read_manifest
 from services.demo import pipeline_body
-from services.ray_client import RayJobs
 from services.server import BackgroundServer
 from services.store import crud
 from services.store.models import JobState
@@ -67,7 +66,7 @@ def test_pipeline_succeeds_and_every_job_shows_in_ray(
 ) -> None:
     final, _ = pipeline
     assert final["state"] == "SUCCEEDED", [(j["stage"], j["message"]) for j in final["jobs"]]
-    ray = RayJobs(f"http://127.0.0.1:{control_plane.settings.ray_dashboard_port}")
+    ray = control_plane.app.state.ray
     submitted = {j.submission_id for j in ray.client.list_jobs()}
     assert {j["ray_submission_id"] for j in final["jobs"]} <= submitted
 

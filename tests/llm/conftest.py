@@ -15,8 +15,9 @@ from llm.tokenizer.shards import (
     write_manifest,
     write_shard,
 )
+from tests.shared import DATA
 
-DATA = Path("/work/shared/data")
+DATA = DATA
 SHAKESPEARE = DATA / "text/tinyshakespeare/input.txt"
 SHARDS_VOCAB = 512
 

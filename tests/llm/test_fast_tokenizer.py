@@ -10,8 +10,9 @@ from tokenizers import normalizers
 from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, save_tokenizer, train_bpe
 from llm.tokenizer.fast import NotExact, build_encoding, document_encoder, fast_encode_documents
 from llm.tokenizer.shards import encode_documents
+from tests.shared import DATA
 
-DATA = Path("/work/shared/data")
+DATA = DATA
 DOLMA = DATA / "web/cc_dolma_sample/CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
 GERMAN_PAGES = DATA / "web/trafilatura_pages/pages_text.jsonl.gz"
 SPECIALS = (EOS_TOKEN, PAD_TOKEN, MASK_TOKEN)
@@ -37,7 +38,7 @@ def jsonl_texts(path: Path, limit: int | None = None) -> list[str]:
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
     if not DOLMA.is_file() or not GERMAN_PAGES.is_file():
-        pytest.skip("/work/shared/data absent")
+        pytest.skip(f"{DOLMA} or {GERMAN_PAGES} is absent")
     return jsonl_texts(DOLMA) + jsonl_texts(GERMAN_PAGES, limit=150) + TRICKY
 
 

@@ -31,8 +31,9 @@ from llm.finetune.records import Chat, Instruction, Message, field_map, parse_re
 from llm.finetune.templates import chat_template, instruction_template
 from llm.model import GPT, ModelConfig
 from llm.tokenizer.bpe import eos_id, load_tokenizer
+from tests.shared import DATA
 
-ALPACA_FILE = Path("/work/shared/data/instruct/alpaca_5000.json")
+ALPACA_FILE = DATA / "instruct" / "alpaca_5000.json"
 WORDS = ["<|endoftext|>", "<|pad|>", "[UNK]", "Q", "A", "add", "two", "and", "three", "five"]
 WORDS += ["ok", "hi", "say", "sys", "system", "user", "long"]
 ID = {w: i for i, w in enumerate(WORDS)}

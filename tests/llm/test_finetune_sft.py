@@ -26,8 +26,9 @@ from llm.tokenizer.bpe import eos_id, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_checkpoint, load_model, step_dir
 from llm.train.loop import TrainConfig, train
 from llm.train.optim import cosine_lr
+from tests.shared import DATA
 
-ALPACA_FILE = Path("/work/shared/data/instruct/alpaca_5000.json")
+ALPACA_FILE = DATA / "instruct" / "alpaca_5000.json"
 BLOCK = 256
 
 

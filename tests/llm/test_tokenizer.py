@@ -14,13 +14,14 @@ from llm.tokenizer.bpe import (
     save_tokenizer,
     train_bpe,
 )
+from tests.shared import DATA
 
-DATA = Path("/work/shared/data")
+DATA = DATA
 SHAKESPEARE = DATA / "text/tinyshakespeare/input.txt"
 GERMAN_PAGES = DATA / "web/trafilatura_pages/pages_text.jsonl.gz"
 NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\ttab\n  two spaces\r\n"
 
-needs_data = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="/work/shared/data absent")
+needs_data = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent")
 
 
 def shakespeare_docs() -> list[str]:
@@ -31,7 +32,7 @@ def shakespeare_docs() -> list[str]:
 @pytest.fixture(scope="module")
 def tok() -> tokenizers.Tokenizer:
     if not SHAKESPEARE.is_file():
-        pytest.skip("/work/shared/data absent")
+        pytest.skip(f"{SHAKESPEARE} is absent")
     return train_bpe(shakespeare_docs(), vocab_size=512)
 
 

@@ -38,7 +38,7 @@ def api(control_plane: BackgroundServer) -> Iterator[httpx.Client]:
 
 
 def _ray(control_plane: BackgroundServer) -> RayJobs:
-    return RayJobs(f"http://127.0.0.1:{control_plane.settings.ray_dashboard_port}")
+    return control_plane.app.state.ray
 
 
 def _short_job(client: httpx.Client, tmp_path: Path, name: str) -> dict[str, Any]:

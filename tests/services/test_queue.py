@@ -78,7 +78,7 @@ def scheduler(database_url: str, tmp_path: Path) -> Iterator[Scheduler]:
     settings = Settings(home=tmp_path, team_max_running=2, auth=False)
     engine = make_engine(database_url)
     try:
-        ray = RayJobs(f"http://127.0.0.1:{free_port()}")
+        ray = RayJobs(f"http://127.0.0.1:{free_port()}", None)
         yield Scheduler(settings, make_sessionmaker(engine), ray)
     finally:
         engine.dispose()

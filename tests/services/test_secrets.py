@@ -99,7 +99,7 @@ def test_job_env_carries_its_token_and_no_other_secret(
     monkeypatch.setenv("LLMFORGE_API_KEY", "lf_" + "k" * 43)
     settings = Settings(home=tmp_path, database_url=DB_URL, s3_endpoint_url="http://127.0.0.1:9000")
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    scheduler = Scheduler(settings, make_sessionmaker(engine), RayJobs("http://127.0.0.1:1"))
+    scheduler = Scheduler(settings, make_sessionmaker(engine), RayJobs("http://127.0.0.1:1", None))
     with scheduler.sessions() as session:
         job = crud.create_job(session, kind="curate", spec={"input": "x", "output": "y"})
         token = issue_token(job)

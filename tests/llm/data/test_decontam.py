@@ -1,17 +1,17 @@
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 
 from llm.data.decontam import CONTAMINATED_WITH, DecontaminationFilter, NgramIndex
 from tests.llm.data.batches import make_batch
+from tests.shared import DATA
 
 QUESTION = (
     "Which of the following best explains why the moon appears to change shape over the course "
     "of a month?"
 )
-HELLASWAG = Path("/work/shared/data/eval/hellaswag/hellaswag_val.jsonl.gz")
+HELLASWAG = DATA / "eval" / "hellaswag" / "hellaswag_val.jsonl.gz"
 
 
 def filter_for(*texts: str, reject: bool = True) -> DecontaminationFilter:

@@ -8,8 +8,9 @@ import pytest
 
 from llm.data.langid import LanguageFilter, default_model_path, load_model
 from tests.llm.data.batches import make_batch
+from tests.shared import DATA
 
-WEB = Path("/work/shared/data/web")
+WEB = DATA / "web"
 PAGES = WEB / "trafilatura_pages" / "pages_text.jsonl.gz"
 DOLMA = WEB / "cc_dolma_sample" / "CC-MAIN-20190717121559-20190717143559-00140.jsonl.gz"
 

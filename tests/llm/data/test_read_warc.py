@@ -5,8 +5,9 @@ import pyarrow as pa
 import pytest
 
 from llm.data.read_warc import read_warc
+from tests.shared import DATA
 
-WEB = Path("/work/shared/data/web")
+WEB = DATA / "web"
 WARC = WEB / "cc_warc_sample" / "CC-MAIN-20200808165417-20200808195417-00395.sample.warc.gz"
 WET = WEB / "whirlwind" / "whirlwind.warc.wet.gz"
 pytestmark = pytest.mark.skipif(not WARC.is_file(), reason="shared data not mounted")
