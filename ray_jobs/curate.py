@@ -189,6 +189,9 @@ def run(spec: CurateSpec) -> dict[str, Any]:
         "parts": len(parts),
         "parts_skipped": skipped,
     }
+    redacted = [step["redacted"] for step in doc_steps if "redacted" in step]
+    if redacted:  # what was edited rather than removed, beside the removals
+        stats["redacted"] = redacted[0]
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     reporter.log(0, {"docs_in": stats["documents"], "docs_kept": stats["kept"]["documents"]})
     return {"stats": stats, "data": str(out / "data"), "rejected": str(out / "rejected")}

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +49,14 @@ StepStats = dict[str, Any]
 
 class Block(Protocol):
     def apply(self, batch: pa.Table) -> pa.Table: ...
+
+
+@runtime_checkable
+class EditingBlock(Block, Protocol):
+    """A block that edits text as well as (or instead of) removing documents, and counts its
+    edits for the funnel (PII redaction: documents touched, matches per type)."""
+
+    def funnel(self, batch: pa.Table) -> dict[str, Any]: ...
 
 
 def _params(step: Any) -> dict[str, Any]:
@@ -161,23 +169,26 @@ def apply_blocks(
     for step, block in zip(steps, blocks, strict=True):
         started = time.perf_counter()
         after = block.apply(batch)
-        stats.append(_step_stats(step.kind, batch, after, time.perf_counter() - started))
+        step_stats = _step_stats(step.kind, batch, after, time.perf_counter() - started)
+        if isinstance(block, EditingBlock):
+            step_stats |= block.funnel(after)
+        stats.append(step_stats)
         batch = after
     return batch, stats
 
 
-def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    return {"documents": a["documents"] + b["documents"], "bytes": a["bytes"] + b["bytes"]}
+def _sum_nested(a: Any, b: Any) -> Any:
+    """Numbers added; dicts added key by key, a key on one side only kept as it is."""
+    if not isinstance(a, dict):
+        return a + b
+    keys = sorted(a.keys() | b.keys())
+    return {k: _sum_nested(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k)) for k in keys}
 
 
 def merge_step_stats(a: StepStats, b: StepStats) -> StepStats:
-    """The sum of two funnels of the same step."""
-    zero = {"documents": 0, "bytes": 0}
-    reasons = sorted(a["removed"].keys() | b["removed"].keys())
-    return {
-        "step": a["step"],
-        "in": _add(a["in"], b["in"]),
-        "kept": _add(a["kept"], b["kept"]),
-        "removed": {r: _add(a["removed"].get(r, zero), b["removed"].get(r, zero)) for r in reasons},
-        "seconds": a["seconds"] + b["seconds"],
-    }
+    """The sum of two funnels of the same step (in, kept, removed per reason, seconds, and
+    what an editing step counted)."""
+    counts = _sum_nested(
+        {k: v for k, v in a.items() if k != "step"}, {k: v for k, v in b.items() if k != "step"}
+    )
+    return {"step": a["step"], **counts}

@@ -30,7 +30,17 @@ def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[
             {
                 "name": "curate",
                 "kind": "curate",
-                "spec": {"input": corpus, "output": str(work / "curated")},
+                "spec": {
+                    "input": corpus,
+                    "output": str(work / "curated"),
+                    "steps": [
+                        {"kind": "length"},
+                        {"kind": "language", "languages": ["en"]},
+                        {"kind": "gopher_quality"},
+                        {"kind": "pii"},
+                        {"kind": "exact_dedup"},
+                    ],
+                },
             },
             {
                 "name": "tokenize",
@@ -116,10 +126,12 @@ def report(p: dict[str, Any], client: httpx.Client, corpus: Corpus, wall_s: floa
     curate = (jobs["curate"]["result"] or {}).get("stats", {})
     if curate:
         removed = ", ".join(f"{k} {v['documents']}" for k, v in sorted(curate["removed"].items()))
+        redacted = curate.get("redacted", {"documents": 0, "by_type": {}})
+        by_type = ", ".join(f"{k} {v}" for k, v in redacted["by_type"].items()) or "nothing"
         table.add_row(
             "curate",
             f"{curate['documents']} docs in, {curate['kept']['documents']} "
-            f"kept; removed: {removed}",
+            f"kept; removed: {removed}; PII redacted in {redacted['documents']} docs: {by_type}",
         )
     tok = (jobs["tokenize"]["result"] or {}).get("stats", {})
     if tok:

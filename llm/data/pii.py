@@ -172,6 +172,13 @@ class PIIRedactor:
         batch = set_column(batch, TEXT, pa.array(texts, type=pa.string()))
         return set_column(batch, PII_COUNTS, pa.array(counts, type=pa.string()))
 
+    def funnel(self, batch: pa.Table) -> dict[str, Any]:
+        """What the step changed without removing anything (``batch`` is its output): the
+        documents it redacted and the matches per type, for the curation funnel."""
+        values = batch.column(PII_COUNTS).to_pylist()
+        touched = sum(1 for value in values if value is not None and value != "{}")
+        return {"redacted": {"documents": touched, "by_type": sum_pii_counts(values)}}
+
 
 def sum_pii_counts(counts: Iterable[Any]) -> dict[str, int]:
     """Total per type over ``pii_counts`` values (JSON strings; nulls are skipped)."""

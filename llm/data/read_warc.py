@@ -17,15 +17,13 @@ from typing import Any, Literal
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
+from llm.data.http_payload import body_kind, decode_body, parse_http_response
 from llm.data.readers import BatchBuilder
 from llm.data.sources import base_name, open_input
 
 RecordKind = Literal["warc", "wet"]
 _RECORD_TYPES = {"warc": WarcRecordType.response, "wet": WarcRecordType.conversion}
-_TEXT_TYPES = ("text/plain",)
-_HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 def _block_problem(record: Any, block: bytes) -> str | None:
@@ -41,33 +39,15 @@ def _block_problem(record: Any, block: bytes) -> str | None:
     return None
 
 
-def _http_payload(block: bytes) -> tuple[str, str | None, bytes]:
-    """(content type, charset or None, body) of an HTTP response block."""
-    head, _, body = block.partition(b"\r\n\r\n")
-    content_type, charset = "", None
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-type":
-            parts = [p.strip() for p in value.split(";")]
-            content_type = parts[0].lower()
-            charset = next(
-                (p[8:].strip("\"'") for p in parts[1:] if p.lower().startswith("charset=")), None
-            )
-    return content_type, charset, body
-
-
-def _decode(body: bytes, charset: str | None) -> str:
-    return str(bytes_to_str(body, charset or str(detect_encoding(body))))
-
-
 def response_text(block: bytes) -> tuple[str, str | None]:
     """(document text, removal reason or None) of a WARC response block."""
-    content_type, charset, body = _http_payload(block)
-    if content_type in _HTML_TYPES or (not content_type and b"<html" in body[:1024].lower()):
-        return extract_plain_text(_decode(body, charset), main_content=True), None
-    if content_type in _TEXT_TYPES:
-        return _decode(body, charset), None
-    return "", f"not_text:{content_type or 'unknown'}"
+    payload = parse_http_response(block)
+    kind = body_kind(payload)
+    if kind == "html":
+        return extract_plain_text(decode_body(payload, html=True), main_content=True), None
+    if kind == "text":
+        return decode_body(payload, html=False), None
+    return "", f"not_text:{payload.content_type or 'unknown'}"
 
 
 def _document(kind: RecordKind, block: bytes) -> tuple[str, str | None]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
+import zstandard
 
 from llm.data.schema import DOC_SCHEMA, ID, POSITION, REASON, SOURCE, TEXT
 from llm.data.sources import FORMAT_SUFFIXES, InputFormat, base_name, list_files, open_input
@@ -23,16 +24,9 @@ INPUT_SUFFIXES: tuple[str, ...] = FORMAT_SUFFIXES["jsonl"]
 RAW_TEXT_CHARS = 1000
 _SKIP_CHUNK_BYTES = 1 << 20
 
-try:
-    import zstandard
-except ImportError:
-    zstandard = None
-
 # What a damaged compressed stream raises mid-read; reported as a row, not an exception, so the
 # lines read before the damage are still used.
-_STREAM_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
-if zstandard is not None:
-    _STREAM_ERRORS += (zstandard.ZstdError,)
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 
 
 @dataclass(frozen=True)
@@ -64,15 +58,41 @@ class BatchBuilder:
         return pa.table({name: data[name] for name in DOC_SCHEMA.names}, schema=DOC_SCHEMA)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of one or more zstd frames. zstandard's own ``stream_reader``
+    ends quietly at a truncated frame, which would drop its lines without a word; this one
+    raises ``ZstdError`` there, so the cut becomes a malformed row."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.pending = raw, b""
+        self.frame: Any = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            compressed = self.raw.read(1 << 16)
+            if not compressed:
+                if self.frame is not None and not self.frame.eof:
+                    raise zstandard.ZstdError("truncated zstd stream")
+                return 0
+            while compressed:
+                if self.frame is None or self.frame.eof:
+                    self.frame = zstandard.ZstdDecompressor().decompressobj()
+                self.pending += self.frame.decompress(compressed)
+                compressed = self.frame.unused_data if self.frame.eof else b""
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+
 def _decompressed(raw: IO[bytes], path: str) -> IO[bytes]:
     """``raw`` decompressed by the file's extension; closing the result leaves ``raw`` open."""
     if base_name(path).endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if base_name(path).endswith(".zst"):
-        if zstandard is None:
-            raise ImportError(f"reading {path} needs the 'zstandard' module, not installed here")
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)
-        return io.BufferedReader(reader)
+        return io.BufferedReader(_ZstdFrames(raw))
     return raw
 
 

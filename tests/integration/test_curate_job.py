@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llm.data.filters import GopherQualityFilter, split_words
+from llm.data.pii import sum_pii_counts
 from ray_jobs.curate import run
 from ray_jobs.entrypoint import JobError
 from ray_jobs.specs import CurateSpec
@@ -41,9 +42,11 @@ STEPS: list[dict[str, Any]] = [
     {"kind": "normalize"},
     {"kind": "length"},
     {"kind": "gopher_quality"},
+    {"kind": "pii"},
     {"kind": "exact_dedup"},
     {"kind": "minhash_dedup"},
 ]
+CONTACT = " Write to jane.doe@example.com or call (555) 123-4567 before noon."
 
 
 def _source_doc(dolma: Path) -> dict[str, Any]:
@@ -80,6 +83,7 @@ def corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         json.dumps({"id": "zz-exact", "text": source["text"]}),
         json.dumps({"id": "zz-near", "text": _near_copy(source["text"])}),
         "{not json",
+        json.dumps({"id": "zz-pii", "text": source["text"][len(source["text"]) // 2 :] + CONTACT}),
     ]
     (root / "planted.jsonl").write_text("\n".join(planted) + "\n")
     pq.write_table(
@@ -132,6 +136,25 @@ def test_counts_add_up_per_step_and_overall(first: tuple[Path, Any]) -> None:
         assert step["seconds"] >= 0
         kept_so_far = step["kept"]["documents"]
     assert kept_so_far == stats["kept"]["documents"]
+
+
+def test_pii_redactions_are_counted_in_the_funnel(first: tuple[Path, Any]) -> None:
+    """The PII step removes nothing; its funnel says what it redacted, and the counts equal
+    those on the rows it saw: the kept ones and those that later steps (dedup) removed."""
+    out, stats = first
+    [pii] = [step for step in stats["steps"] if step["step"] == "pii"]
+    assert pii["removed"] == {} and pii["kept"]["documents"] == pii["in"]["documents"]
+    later = {"exact_duplicate", "minhash_duplicate"}
+    rows = [*_rows(out, "data").values()]
+    rows += [row for row in _rows(out, "rejected").values() if row["reason"] in later]
+    counts = [row["pii_counts"] for row in rows]
+    assert pii["redacted"]["by_type"] == sum_pii_counts(counts)
+    assert pii["redacted"]["documents"] == sum(1 for c in counts if c not in (None, "{}"))
+    assert pii["redacted"]["by_type"]["EMAIL"] >= 1 and pii["redacted"]["by_type"]["PHONE"] >= 1
+    assert stats["redacted"] == pii["redacted"]
+    [planted] = [row for row in rows if row["id"] == "zz-pii"]
+    assert "jane.doe@example.com" not in planted["text"]
+    assert json.loads(planted["pii_counts"]) == {"EMAIL": 1, "PHONE": 1}
 
 
 def test_planted_duplicates_point_at_the_kept_document(

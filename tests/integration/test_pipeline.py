@@ -83,6 +83,15 @@ def test_curate_counts_add_up(pipeline: tuple[dict[str, Any], Path]) -> None:
     assert set(kept.column("id").to_pylist()).isdisjoint(rejected.column("id").to_pylist())
     assert all(rejected.column("reason").to_pylist())
     assert "gopher_quality:short_doc" in stats["removed"]
+    assert [s["step"] for s in stats["steps"]] == [
+        "length",
+        "language",
+        "gopher_quality",
+        "pii",
+        "exact_dedup",
+    ]
+    assert any(reason.startswith("language:") for reason in stats["removed"])
+    assert stats["redacted"]["documents"] > 0 and stats["redacted"]["by_type"]
 
 
 def test_token_shards_are_consistent(pipeline: tuple[dict[str, Any], Path]) -> None:

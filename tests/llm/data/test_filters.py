@@ -41,7 +41,7 @@ def test_split_words_follows_spacy_english_rules() -> None:
 
 def test_split_words_agrees_with_spacy_on_real_web_text(shared_data: Path) -> None:
     """datatrove splits with spacy.blank("en"); the port must give the same tokens."""
-    spacy = pytest.importorskip("spacy")  # in the bench extra
+    spacy = pytest.importorskip("spacy")  # in the dev extra
     nlp = spacy.blank("en")
     path = next((shared_data / "web" / "cc_dolma_sample").iterdir())
     with gzip.open(path, "rt", encoding="utf-8") as lines:

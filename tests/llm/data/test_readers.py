@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import zstandard
 
-from llm.data import readers
 from llm.data.readers import FieldMap, list_input_files, read_jsonl
 from llm.data.schema import DOC_SCHEMA, empty_batch
 from tests.shared import DATA
@@ -154,14 +154,18 @@ def test_missing_or_unreadable_path_names_the_path(tmp_path: Path) -> None:
         list(read_jsonl(str(tmp_path)))
 
 
-def test_zst_without_zstandard_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(readers, "zstandard", None)  # as if it were not installed
+def test_zst_jsonl_is_read_like_plain_jsonl(tmp_path: Path) -> None:
+    lines = b"".join(b'{"id": "z%d", "text": "zstd line %d"}\n' % (i, i) for i in range(3))
     path = tmp_path / "x.jsonl.zst"
-    path.write_bytes(b"")
-    with pytest.raises(ImportError, match="zstandard"):
-        list(read_jsonl(str(path)))
+    cut = lines.index(b"\n") + 1  # two frames, as concatenated .zst files are
+    frames = [zstandard.ZstdCompressor().compress(part) for part in (lines[:cut], lines[cut:])]
+    path.write_bytes(b"".join(frames))
+    table = pa.concat_tables(read_jsonl(str(path)))
+    assert table["id"].to_pylist() == ["z0", "z1", "z2"]
+    assert table["text"][2].as_py() == "zstd line 2" and table["reason"].null_count == 3
+    path.write_bytes(zstandard.ZstdCompressor().compress(lines)[:-8])  # damaged at the end
+    reasons = pa.concat_tables(read_jsonl(str(path)))["reason"].to_pylist()
+    assert reasons[-1].startswith("malformed")
 
 
 def test_list_input_files(tmp_path: Path) -> None:
