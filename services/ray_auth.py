@@ -9,12 +9,14 @@ therefore settles the token before it starts anything:
 - with none, and only when llmforge starts its own head, a new one is written (0600) to
   ``$LLMFORGE_HOME/ray/auth_token`` and ``RAY_AUTH_TOKEN_PATH`` is passed to everything that
   the control plane starts (the head, and through it every job), so they all share it;
-- a token file that cannot be read, is empty, or is readable by other users is an error naming
-  the file, raised before any job is submitted.
+- a token file that cannot be read, is empty, or is open to other users is an error naming
+  the file, raised before any job is submitted; only Ray's default file, which Ray itself writes
+  world-readable, is made private in place when it is this user's and no one else could write it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import stat
@@ -27,6 +29,7 @@ TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 # Where the control plane keeps a token it made itself, relative to LLMFORGE_HOME.
 OWN_TOKEN_FILE = Path("ray") / "auth_token"
+log = logging.getLogger("llmforge.ray")
 
 
 class RayTokenError(RuntimeError):
@@ -54,13 +57,25 @@ def default_token_path() -> Path:
     return Path.home() / ".ray" / "auth_token"
 
 
-def read_token_file(path: Path, origin: str) -> RayToken:
-    """The token in ``path``, refusing a file others can read or one that holds nothing."""
+def read_token_file(path: Path, origin: str, *, tighten: bool = False) -> RayToken:
+    """The token in ``path``, refusing a file others can read or one that holds nothing.
+
+    With ``tighten``, a file of this user's that others may only read is made private instead
+    (Ray's own ``ray.init()`` writes ``~/.ray/auth_token`` with the umask's 0644); a file others
+    may write is refused all the same, since making it private now would not undo a change.
+    """
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
         value = path.read_text().strip()
     except OSError as e:
         raise RayTokenError(f"cannot read the Ray token file {path} ({origin}): {e}") from e
+    mode = info.st_mode
+    open_to_others = mode & (stat.S_IRWXG | stat.S_IRWXO)
+    others_write = mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if tighten and open_to_others and not others_write and info.st_uid == os.getuid():
+        path.chmod(0o600)
+        log.warning("made the Ray token file %s private (it was %04o)", path, mode & 0o777)
+        mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise RayTokenError(
             f"the Ray token file {path} ({origin}) has mode {stat.S_IMODE(mode):04o}: anyone on "
@@ -81,7 +96,9 @@ def find_token() -> RayToken | None:
             raise RayTokenError(f"{TOKEN_PATH_ENV} names {path}, which does not exist")
         return read_token_file(path, TOKEN_PATH_ENV)
     default = default_token_path()
-    return read_token_file(default, "Ray's default token file") if default.exists() else None
+    if not default.exists():
+        return None
+    return read_token_file(default, "Ray's default token file", tighten=True)
 
 
 def ensure_token(home: Path) -> RayToken:

@@ -72,6 +72,19 @@ def test_a_token_the_user_has_is_used_as_is(
     assert not (tmp_path / OWN_TOKEN_FILE).exists()
 
 
+def test_rays_own_world_readable_default_file_is_made_private(empty_home: Path) -> None:
+    """ray.init() writes ~/.ray/auth_token with the umask's 0644; that one is tightened."""
+    default = empty_home / ".ray" / "auth_token"
+    default.parent.mkdir()
+    default.write_text("from-ray-init")
+    default.chmod(0o644)
+    assert find_token() == RayToken("from-ray-init", str(default), default)
+    assert stat.S_IMODE(default.stat().st_mode) == 0o600
+    default.chmod(0o666)  # others could have written it: refused, not repaired
+    with pytest.raises(RayTokenError, match="mode 0666"):
+        find_token()
+
+
 def test_a_token_file_that_cannot_be_trusted_is_an_error_naming_it(
     empty_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.cli_api import _api, _print_response, _wait
+from services.cli.client import api_client, print_response, wait_until_ended
 
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,14 +55,14 @@ def _local(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.local:
         return _local(args)
-    with _api() as api:
+    with api_client() as api:
         r = api.post("/api/v1/jobs", json={"kind": "evaluate", "spec": _spec(args)})
         if args.wait and r.is_success:
-            r = _wait(api, f"/api/v1/jobs/{r.json()['id']}")
+            r = wait_until_ended(api, f"/api/v1/jobs/{r.json()['id']}")
             table = Path(args.output) / "leaderboard.md"
             if r.json().get("state") == "SUCCEEDED" and table.is_file():
                 print(table.read_text())
-        return _print_response(r)
+        return print_response(r)
 
 
 def cmd_eval_table(args: argparse.Namespace) -> int:

@@ -10,39 +10,39 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.cli_api import _api, _load, _print_response
+from services.cli.client import api_client, load_file, print_response
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"kind": args.kind, "limit": args.limit}.items() if v}
-    with _api() as api:
-        return _print_response(api.get(f"/api/v1/{args.category}", params=params))
+    with api_client() as api:
+        return print_response(api.get(f"/api/v1/{args.category}", params=params))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.get(f"/api/v1/{args.category}/{args.id}"))
+    with api_client() as api:
+        return print_response(api.get(f"/api/v1/{args.category}/{args.id}"))
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.get(f"/api/v1/{args.category}/{args.id}/lineage"))
+    with api_client() as api:
+        return print_response(api.get(f"/api/v1/{args.category}/{args.id}/lineage"))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     params = {"delete_files": True} if args.delete_files else {}
-    with _api() as api:
-        return _print_response(api.delete(f"/api/v1/{args.category}/{args.id}", params=params))
+    with api_client() as api:
+        return print_response(api.delete(f"/api/v1/{args.category}/{args.id}", params=params))
 
 
 def cmd_ratings_add(args: argparse.Namespace) -> int:
     """One rating (a mapping) or many (a list) from a JSON/YAML file."""
-    loaded = _load(args.file)
+    loaded = load_file(args.file)
     ratings = loaded if isinstance(loaded, list) else [loaded]
     status = 0
-    with _api() as api:
+    with api_client() as api:
         for rating in ratings:
-            status |= _print_response(api.post("/api/v1/ratings", json=rating))
+            status |= print_response(api.post("/api/v1/ratings", json=rating))
     return status
 
 
@@ -52,10 +52,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         "seed": args.seed,
         **({"task": args.task} if args.task else {}),
     }
-    with _api(timeout=300) as api:
+    with api_client(timeout=300) as api:
         r = api.get("/api/v1/ratings/leaderboard", params=params)
     if not r.is_success or args.json:
-        return _print_response(r)
+        return print_response(r)
     print(
         f"{'model':30} {'games':>6} {'win%':>6} {'Elo':>7} {'95% CI':>15} {'BT':>7} {'95% CI':>15}"
     )
@@ -70,16 +70,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_teams(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.get("/api/v1/teams"))
+    with api_client() as api:
+        return print_response(api.get("/api/v1/teams"))
 
 
 def cmd_team_limit(args: argparse.Namespace) -> int:
     path = f"/api/v1/teams/{args.team}/limit"
-    with _api() as api:
+    with api_client() as api:
         if args.max_running is None:
-            return _print_response(api.delete(path))
-        return _print_response(api.put(path, json={"max_running": args.max_running}))
+            return print_response(api.delete(path))
+        return print_response(api.put(path, json={"max_running": args.max_running}))
 
 
 def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:

@@ -1,146 +1,89 @@
-"""``llmforge`` subcommands that talk to the control plane's REST API.
-
-The API's URL comes from ``LLMFORGE_API_URL`` (default http://127.0.0.1:8000).
-"""
+"""``llmforge`` subcommands for jobs, pipelines and API keys, over the control plane's REST API."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
-from rich.console import Console
-
 from ray_jobs.specs import JobKind
-from services.auth import ADMIN_KEY_FILE
-
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
-console = Console(stderr=True)
-
-
-def api_key() -> str | None:
-    """``LLMFORGE_API_KEY``, else the admin key the local control plane wrote at first start."""
-    if key := os.environ.get("LLMFORGE_API_KEY"):
-        return key
-    path = Path(os.environ.get("LLMFORGE_HOME", ".llmforge")) / ADMIN_KEY_FILE
-    return path.read_text().strip() if path.is_file() else None
-
-
-def _api(timeout: float | None = 30) -> httpx.Client:
-    key = api_key()
-    return httpx.Client(
-        base_url=os.environ.get("LLMFORGE_API_URL", "http://127.0.0.1:8000"),
-        timeout=timeout,
-        headers={"Authorization": f"Bearer {key}"} if key else None,
-    )
-
-
-def _print_response(r: httpx.Response) -> int:
-    print(json.dumps(r.json(), indent=2))
-    return 0 if r.is_success else 1
-
-
-def _load(path: str) -> Any:
-    return yaml.safe_load(Path(path).read_text())
-
-
-def _wait(api: httpx.Client, path: str) -> httpx.Response:
-    """Poll until the job or pipeline ends, showing its state (and stages) as it changes."""
-    last = ""
-    with console.status("waiting…") as status:
-        while True:
-            r = api.get(path)
-            body = r.json()
-            if not r.is_success or body["state"] in TERMINAL | {"SUCCEEDED", "FAILED"}:
-                return r
-            stages = " ".join(f"{j['stage']}:{j['state']}" for j in body.get("jobs", []))
-            line = f"{body['state']} {stages}".strip()
-            if line != last:
-                status.update(line)
-                last = line
-            time.sleep(1)
+from services.cli.client import api_client, load_file, print_response, wait_until_ended
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    with _api() as api:
-        r = api.post("/api/v1/jobs", json={"kind": args.kind, "spec": _load(args.spec)})
+    with api_client() as api:
+        r = api.post("/api/v1/jobs", json={"kind": args.kind, "spec": load_file(args.spec)})
         if args.wait and r.is_success:
-            r = _wait(api, f"/api/v1/jobs/{r.json()['id']}")
-        return _print_response(r)
+            r = wait_until_ended(api, f"/api/v1/jobs/{r.json()['id']}")
+        return print_response(r)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.get(f"/api/v1/jobs/{args.job}"))
+    with api_client() as api:
+        return print_response(api.get(f"/api/v1/jobs/{args.job}"))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.post(f"/api/v1/jobs/{args.job}/cancel"))
+    with api_client() as api:
+        return print_response(api.post(f"/api/v1/jobs/{args.job}/cancel"))
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.post(f"/api/v1/jobs/{args.job}/retry"))
+    with api_client() as api:
+        return print_response(api.post(f"/api/v1/jobs/{args.job}/retry"))
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     params = {"name": args.name} if args.name else {}
-    with _api() as api:
-        return _print_response(api.get(f"/api/v1/jobs/{args.job}/metrics", params=params))
+    with api_client() as api:
+        return print_response(api.get(f"/api/v1/jobs/{args.job}/metrics", params=params))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    with _api(timeout=None if args.follow else 30) as api:
+    with api_client(timeout=None if args.follow else 30) as api:
         if args.follow:
             with api.stream("GET", f"/api/v1/jobs/{args.job}/logs", params={"follow": True}) as r:
                 if not r.is_success:
                     r.read()
-                    return _print_response(r)
+                    return print_response(r)
                 for chunk in r.iter_text():
                     sys.stdout.write(chunk)
                     sys.stdout.flush()
             return 0
         r = api.get(f"/api/v1/jobs/{args.job}/logs")
         if not r.is_success:
-            return _print_response(r)
+            return print_response(r)
         print(r.json()["logs"])
     return 0
 
 
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
-    with _api() as api:
-        r = api.post("/api/v1/pipelines", json=_load(args.file))
+    with api_client() as api:
+        r = api.post("/api/v1/pipelines", json=load_file(args.file))
         if args.wait and r.is_success:
-            r = _wait(api, f"/api/v1/pipelines/{r.json()['id']}")
-        return _print_response(r)
+            r = wait_until_ended(api, f"/api/v1/pipelines/{r.json()['id']}")
+        return print_response(r)
 
 
 def cmd_pipeline_resume(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.post(f"/api/v1/pipelines/{args.pipeline}/resume"))
+    with api_client() as api:
+        return print_response(api.post(f"/api/v1/pipelines/{args.pipeline}/resume"))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, "role": args.role, "team": args.team}
-    with _api() as api:
-        return _print_response(api.post("/api/v1/keys", json=body))
+    with api_client() as api:
+        return print_response(api.post("/api/v1/keys", json=body))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.get("/api/v1/keys"))
+    with api_client() as api:
+        return print_response(api.get("/api/v1/keys"))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    with _api() as api:
-        return _print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
+    with api_client() as api:
+        return print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
 
 
 def _add_keys(sub: Any) -> None:
@@ -157,7 +100,7 @@ def _add_keys(sub: Any) -> None:
     revoke.set_defaults(fn=cmd_keys_revoke)
 
 
-def add_api_commands(sub: Any) -> None:
+def add_job_commands(sub: Any) -> None:
     _add_keys(sub)
     submit = sub.add_parser("submit", help="submit one job from a JSON/YAML spec file")
     submit.add_argument("kind", choices=[k.value for k in JobKind])

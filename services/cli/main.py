@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from services.cli_api import add_api_commands
-from services.cli_eval import add_eval_commands
-from services.cli_quality import add_quality_commands
-from services.cli_registry import add_registry_commands
+from services.cli.eval import add_eval_commands
+from services.cli.jobs import add_job_commands
+from services.cli.quality import add_quality_commands
+from services.cli.registry import add_registry_commands
 from services.settings import get_settings
 
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP)")
     demo.add_argument("--timeout", type=float, default=1200, help="seconds before giving up")
     demo.set_defaults(fn=cmd_demo)
-    add_api_commands(sub)
+    add_job_commands(sub)
     add_registry_commands(sub)
     _add_tokenizer_train(sub)
     _add_plan(sub)
@@ -119,7 +119,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.fn(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

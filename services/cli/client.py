@@ -1,0 +1,65 @@
+"""The control plane's REST API as the CLI reaches it: URL, key, answers, waiting.
+
+The API's URL comes from ``LLMFORGE_API_URL`` (default http://127.0.0.1:8000), the key from
+``LLMFORGE_API_KEY`` or the admin key a local control plane wrote at its first start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+
+from services.auth import ADMIN_KEY_FILE
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
+console = Console(stderr=True)
+
+
+def api_key() -> str | None:
+    """``LLMFORGE_API_KEY``, else the admin key the local control plane wrote at first start."""
+    if key := os.environ.get("LLMFORGE_API_KEY"):
+        return key
+    path = Path(os.environ.get("LLMFORGE_HOME", ".llmforge")) / ADMIN_KEY_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def api_client(timeout: float | None = 30) -> httpx.Client:
+    key = api_key()
+    return httpx.Client(
+        base_url=os.environ.get("LLMFORGE_API_URL", "http://127.0.0.1:8000"),
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
+    )
+
+
+def print_response(r: httpx.Response) -> int:
+    print(json.dumps(r.json(), indent=2))
+    return 0 if r.is_success else 1
+
+
+def load_file(path: str) -> Any:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:
+    """Poll until the job or pipeline ends, showing its state (and stages) as it changes."""
+    last = ""
+    with console.status("waiting…") as status:
+        while True:
+            r = api.get(path)
+            body = r.json()
+            if not r.is_success or body["state"] in TERMINAL | {"SUCCEEDED", "FAILED"}:
+                return r
+            stages = " ".join(f"{j['stage']}:{j['state']}" for j in body.get("jobs", []))
+            line = f"{body['state']} {stages}".strip()
+            if line != last:
+                status.update(line)
+                last = line
+            time.sleep(1)
