@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ray_jobs import storage
 from ray_jobs.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
-from services import registry
+from services import job_outputs
 from services.jsonsafe import finite_record
 from services.ray_client import LostJob, RayJobs
 from services.redact import redact
@@ -220,7 +220,7 @@ class Scheduler:
             message = redact(self.ray.failure_message(job.ray_submission_id))
         crud.set_state(session, job=job, state=state, message=message)
         if state == JobState.succeeded:
-            registered = registry.register_outputs(session, job)
+            registered = job_outputs.register_outputs(session, job)
             log.info("job %s succeeded; registered %s", job.id, [a.id for a in registered])
 
     def start(self) -> None:

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 
 from llm.data.stats import reason_counts
 from llm.tokenizer.shards import write_manifest, write_shard
-from services import registry
+from services import job_outputs
 from services.api.app import create_app
 from services.auth import ADMIN_KEY_FILE
 from services.ray_head import free_port
 from services.scheduler import read_result
 from services.settings import Settings
-from services.store import artifacts, crud
+from services.store import crud, registry
 from services.store.models import ArtifactCategory, Job, JobState
 
 
@@ -65,7 +65,7 @@ def test_succeeded_jobs_record_a_lineage_from_corpus_to_evaluation(
     _curate_output(curated)
     _token_output(tokens)
     curate = _succeeded(session, "curate", {"input": "/corpus", "output": str(curated)})
-    [documents] = registry.register_outputs(session, curate)
+    [documents] = job_outputs.register_outputs(session, curate)
     assert (documents.category, documents.kind) == ("dataset", "documents")
     assert documents.stats["documents"] == 2 and documents.stats["documents_in"] == 4
     assert documents.stats["removed"] == {"dup": 1, "short": 1}
@@ -73,7 +73,7 @@ def test_succeeded_jobs_record_a_lineage_from_corpus_to_evaluation(
     tokenize = _succeeded(
         session, "tokenize", {"input": f"file://{curated}/", "output": str(tokens)}
     )
-    [shards] = registry.register_outputs(session, tokenize)
+    [shards] = job_outputs.register_outputs(session, tokenize)
     assert shards.parent_id == documents.id and shards.inputs == [f"file://{curated}/"]
     assert shards.stats["tokens"] == 14 and shards.stats["train_tokens"] == 10
     assert shards.stats["vocab_size"] == 300 and shards.stats["shards"] == 2
@@ -83,25 +83,27 @@ def test_succeeded_jobs_record_a_lineage_from_corpus_to_evaluation(
               "last": {"loss": 4.1, "val_loss": 4.3, "val_ppl": 73.7},
               "checkpoint": checkpoint, "parameters": 12345}  # fmt: skip
     train = _succeeded(session, "train", {"data": str(tokens), "output": str(trained)}, result)
-    [model] = registry.register_outputs(session, train)
+    [model] = job_outputs.register_outputs(session, train)
     assert (model.category, model.kind, model.parent_id) == ("model", "checkpoint", shards.id)
     assert model.stats["parameters"] == 12345 and model.stats["checkpoint"] == checkpoint
     assert model.stats["val_loss"] == 4.3
 
     figures = {"val_loss": 4.2, "val_ppl": 66.7, "completion": "the cat", "checkpoint": checkpoint}
     spec = {"checkpoint": checkpoint, "data": str(tokens), "output": str(tmp_path / "eval")}
-    assert registry.register_outputs(session, _succeeded(session, "evaluate", spec, figures)) == []
+    assert (
+        job_outputs.register_outputs(session, _succeeded(session, "evaluate", spec, figures)) == []
+    )
     session.commit()
-    [evaluation] = artifacts.evaluations_of(session, model_ids=[model.id])[model.id]
+    [evaluation] = registry.evaluations_of(session, model_ids=[model.id])[model.id]
     assert evaluation.metrics == {"val_loss": 4.2, "val_ppl": 66.7, "completion": "the cat"}
-    chain = artifacts.lineage(session, artifact=model)
+    chain = registry.lineage(session, artifact=model)
     assert [a.id for a in chain] == [model.id, shards.id, documents.id]
     assert [a.job_id for a in chain] == [train.id, tokenize.id, curate.id]
 
     tuned = {"steps": 4, "epochs": 1, "checkpoint": f"{tmp_path}/sft/checkpoints/step_00000004",
              "parameters": 12345, "val_loss": 3.9, "base_val_loss": 4.2}  # fmt: skip
     spec = {"checkpoint": checkpoint, "data": "/sft.jsonl", "output": str(tmp_path / "sft")}
-    [sft] = registry.register_outputs(session, _succeeded(session, "finetune", spec, tuned))
+    [sft] = job_outputs.register_outputs(session, _succeeded(session, "finetune", spec, tuned))
     assert (sft.kind, sft.parent_id, sft.inputs) == (
         "finetuned",
         model.id,
@@ -112,24 +114,24 @@ def test_succeeded_jobs_record_a_lineage_from_corpus_to_evaluation(
 
 def test_unreadable_outputs_keep_the_record_and_say_why(session: Session, tmp_path: Path) -> None:
     job = _succeeded(session, "tokenize", {"input": "x", "output": str(tmp_path / "nothing")})
-    [shards] = registry.register_outputs(session, job)
+    [shards] = job_outputs.register_outputs(session, job)
     assert shards.stats["error"].startswith("stats not recorded: FileNotFoundError")
     train = _succeeded(session, "train", {"data": "d", "output": "o"})
-    [model] = registry.register_outputs(session, train)
+    [model] = job_outputs.register_outputs(session, train)
     assert "left no result.json" in model.stats["error"]
-    assert registry.register_outputs(session, _succeeded(session, "tune", {"output": "o"})) == []
+    assert job_outputs.register_outputs(session, _succeeded(session, "tune", {"output": "o"})) == []
 
 
 def test_deleting_a_model_drops_its_evaluations(session: Session) -> None:
-    model = artifacts.create_artifact(
+    model = registry.create_artifact(
         session, category=ArtifactCategory.model, kind="exported", name="m", uri="/models/m/"
     )
     assert model.uri == "/models/m"
-    artifacts.add_evaluation(session, model_id=model.id, checkpoint="/models/m", metrics={"a": 1})
+    registry.add_evaluation(session, model_id=model.id, checkpoint="/models/m", metrics={"a": 1})
     session.commit()
-    artifacts.delete_artifact(session, artifact=model)
+    registry.delete_artifact(session, artifact=model)
     session.commit()
-    assert artifacts.evaluations_of(session, model_ids=[model.id]) == {model.id: []}
+    assert registry.evaluations_of(session, model_ids=[model.id]) == {model.id: []}
 
 
 # --- over REST ----------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ def test_a_diverged_run_is_recorded_on_every_store(session: Session, tmp_path: P
     (out / "result.json").write_text(json.dumps(result))
     spec = {"data": "d", "output": str(out)}
     job = _succeeded(session, "train", spec, read_result(spec))
-    [model] = registry.register_outputs(session, job)
+    [model] = job_outputs.register_outputs(session, job)
     session.commit()
     session.expire_all()
     assert job.result is not None and job.result["final_loss"] is None

@@ -1,6 +1,6 @@
 """/api/v1/datasets and /api/v1/models: the registry of what jobs made, with lineage and stats.
 
-Succeeded jobs register their outputs (see ``services.registry``); users may register others
+Succeeded jobs register their outputs (see ``services.job_outputs``); users may register others
 (a raw corpus, an exported model). Teams see their own artifacts, admins every team's. Deleting
 a record (admin) keeps the files unless ``delete_files`` is set.
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from services import registry
+from services import job_outputs
 from services.api.deps import SessionDep
 from services.api.schemas import (
     ArtifactCreate,
@@ -28,8 +28,8 @@ from services.api.schemas import (
 from services.api.validation import check_uri, reject_non_finite, request_error
 from services.auth import AdminDep, Principal, PrincipalDep
 from services.redact import redact
-from services.store import artifacts as store
 from services.store import crud
+from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Role
 
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
@@ -122,7 +122,7 @@ def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> Arti
     public = _public(session, [artifact])[0]
     if delete_files:
         try:
-            registry.delete_files(artifact.uri)
+            job_outputs.delete_files(artifact.uri)
         except ValueError as e:
             raise request_error(("query", "delete_files"), str(e)) from e
         except OSError as e:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ray_jobs import storage
 from services.jsonsafe import finite_record
-from services.store import artifacts as store
+from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Job
 
 Registrar = Callable[[Session, Job], list[Artifact]]
