@@ -85,6 +85,7 @@ class LocalRayHead:
                     "dashboard-agent-grpc-port",
                     "runtime-env-agent-port",
                     "metrics-export-port",
+                    "ray-client-server-port",
                 )
             ),
         ]
