@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,6 +54,10 @@ class LocalRayHead:
         self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
         self.log_path = log_path
         self.token = token
+        # Its own temp dir: Ray's job supervisor finds "the" cluster through the
+        # ray_current_cluster file there, which any other Ray started on this machine with the
+        # shared default (/tmp/ray) overwrites; our jobs would then join that cluster instead.
+        self.temp_dir = tempfile.mkdtemp(prefix="llmforge-ray-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,6 +81,7 @@ class LocalRayHead:
             "--include-dashboard=true",
             f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
             "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
             # Ray's fixed defaults for these collide when two heads share a machine (a demo
             # beside a test run); free ports keep every head independent.
             *(

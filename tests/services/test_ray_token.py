@@ -157,9 +157,40 @@ def fresh_control_plane(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], P
         log.close()
 
 
+@pytest.fixture()
+def another_ray_on_the_machine(tmp_path: Path) -> Iterator[None]:
+    """A Ray head someone else started on this machine, in Ray's shared default temp dir: it
+    takes over /tmp/ray's "current cluster" file, which must not steer our jobs to it."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        *("start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1"),
+        *("--include-dashboard=false", "--object-store-memory=80000000", "--disable-usage-stats"),
+        f"--port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+    ]
+    log = (tmp_path / "other-ray.log").open("wb")
+    other = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(8)  # up and registered as the machine's current cluster
+        assert other.poll() is None, (tmp_path / "other-ray.log").read_text()
+        yield
+    finally:
+        other.terminate()
+        other.wait(60)
+        log.close()
+
+
 @pytest.mark.ray
 def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
-    fresh_control_plane: tuple[str, dict[str, str], Path, str], tmp_path: Path
+    fresh_control_plane: tuple[str, dict[str, str], Path, str],
+    another_ray_on_the_machine: None,
+    tmp_path: Path,
 ) -> None:
     url, headers, home, dashboard = fresh_control_plane
     corpus = tmp_path / "corpus.jsonl"
