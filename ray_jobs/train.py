@@ -30,7 +30,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from llm.model import ModelConfig
-from llm.train.checkpoint import CONFIG_FILE, latest_checkpoint, read_state
+from llm.train.checkpoint import CONFIG_FILE, Retention, latest_checkpoint, read_state
 from llm.train.config import check_config
 from llm.train.loop import TrainConfig, train
 from ray_jobs import entrypoint
@@ -198,7 +198,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
             name=f"train-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
             failure_config=FailureConfig(max_failures=spec.max_failures),
             **(
-                run_storage(spec.checkpoint_storage, spec.keep_last)
+                run_storage(spec.checkpoint_storage, Retention(cfg.keep_last))
                 if spec.checkpoint_storage
                 else {"storage_path": str(out / "ray")}
             ),

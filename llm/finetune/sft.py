@@ -28,12 +28,11 @@ from llm.finetune.batches import SFTBatches, batches_per_epoch, in_order
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
 from llm.model import GPT, ModelConfig
 from llm.train.checkpoint import (
+    Retention,
     best_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_model,
-    prune_checkpoints,
-    record_best,
     save_checkpoint,
     step_dir,
 )
@@ -241,11 +240,7 @@ class _Run:
                 optimizer=self.optimizer,
                 trainer_state=self._trainer_state(),
             )
-            if self.best is not None and self.best["step"] == self.step:
-                record_best(root, self.step, self.best["val_loss"])
-            if self.cfg.keep_last is not None:
-                keep = {self.best["step"]} if self.best is not None else set()
-                prune_checkpoints(root, self.cfg.keep_last, keep_steps=keep)
+            Retention(self.cfg.keep_last).after_save(root, self.step, self.best)
         if self.world_size > 1:
             dist.barrier()
         return path

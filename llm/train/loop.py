@@ -22,13 +22,13 @@ from torch import nn
 
 from llm.model import GPT, ModelConfig
 from llm.train.checkpoint import (
+    Retention,
     best_checkpoint,
     latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
+    layout_for,
     read_state,
-    record_best,
-    save_checkpoint,
+    restore,
+    save,
     step_dir,
 )
 from llm.train.config import TrainConfig, check_config
@@ -36,16 +36,8 @@ from llm.train.data import TokenShards, TrainBatches, val_batches
 from llm.train.guard import SpikeGuard
 from llm.train.metrics import TensorBoard, device_peak_flops, mfu, peak_memory_gb
 from llm.train.optim import build_optimizer, scheduled_lr
-from llm.train.parallel import (
-    clip_grad_norm,
-    load_fsdp_checkpoint,
-    parallelize,
-    pick_device,
-    save_fsdp_checkpoint,
-    sync_gradients,
-)
+from llm.train.parallel import clip_grad_norm, parallelize, pick_device, sync_gradients
 from llm.train.precision import autocast, grad_scaler, load_scaler_state, scaler_state
-from llm.train.sharded import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 
 __all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
 
@@ -187,18 +179,14 @@ class _Run:
                 f"{path}: the checkpoint's optimizer state is {saved!r}, but this run asks for "
                 f"optimizer {self.cfg.optimizer!r}; resume with {saved!r} or start a new output"
             )
-        if is_sharded(path):  # DCP reshards into any world size, with or without FSDP
-            state = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer)
-        elif self.fsdp:
-            state = load_fsdp_checkpoint(
-                path,
-                model=self.model,
-                config=self.model_config,
-                optimizer=self.optimizer,
-                make_optimizer=self._make_optimizer,
-            )
-        else:
-            _, state = load_checkpoint(path, model=self.model, optimizer=self.optimizer)
+        state = restore(
+            path,
+            fsdp=self.fsdp,
+            model=self.model,
+            config=self.model_config,
+            optimizer=self.optimizer,
+            make_optimizer=self._make_optimizer,
+        )
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         if loader:
             position = dict(state["loader"], rank=self.rank, world_size=self.world_size)
@@ -230,42 +218,21 @@ class _Run:
         root, cfg = self.out_dir / "checkpoints", self.cfg
         if val_loss is not None and (self.best is None or val_loss < self.best["val_loss"]):
             self.best = {"step": self.step, "val_loss": val_loss}
-        path = None
-        target = step_dir(root, self.step)
-        if self.fsdp and cfg.fsdp_checkpoint == "sharded":
-            path = save_sharded_checkpoint(
-                target,
-                model=self.model,
-                config=self.model_config,
-                optimizer=self.optimizer,
-                trainer_state=self._trainer_state(),
-            )
-        elif self.fsdp:
-            path = save_fsdp_checkpoint(
-                target,
-                model=self.model,
-                config=self.model_config,
-                optimizer=self.optimizer,
-                make_optimizer=self._make_optimizer,
-                trainer_state=self._trainer_state(),
-            )
-        elif self.rank == 0:
-            path = save_checkpoint(
-                target,
-                model=self.model,
-                config=self.model_config,
-                optimizer=self.optimizer,
-                trainer_state=self._trainer_state(),
-            )
+        path = save(
+            step_dir(root, self.step),
+            layout=layout_for(cfg.parallelism, cfg.fsdp_checkpoint),
+            rank=self.rank,
+            model=self.model,
+            config=self.model_config,
+            optimizer=self.optimizer,
+            make_optimizer=self._make_optimizer,
+            trainer_state=self._trainer_state(),
+        )
         if self.rank == 0:
-            if self.best is not None and self.best["step"] == self.step:
-                record_best(root, self.step, self.best["val_loss"])
-            if cfg.keep_last is not None:
-                keep = {self.best["step"]} if self.best is not None else set()
-                prune_checkpoints(root, cfg.keep_last, keep_steps=keep)
+            Retention(cfg.keep_last).after_save(root, self.step, self.best)
         if self.world_size > 1:
             dist.barrier()
-        return path if self.rank == 0 else None
+        return path
 
     def roll_back(self) -> None:
         """Return to the last checkpoint after too many skipped steps in a row.
