@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llm.finetune.sft import finetune_config
 from llm.model import ModelConfig
 from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from llm.train.config import TrainConfig
@@ -239,6 +240,8 @@ class TuneSpec(Spec):
 
 # --- finetune -----------------------------------------------------------------------------------
 
+_SFT = finetune_config()
+
 
 class FinetuneSpec(Spec):
     """Supervised fine-tuning (llm.finetune) of a checkpoint on instruction or chat records."""
@@ -278,23 +281,26 @@ class FinetuneSpec(Spec):
     val_fraction: float = Field(default=0.05, ge=0, lt=1)
     steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give epochs)")
     epochs: int | None = Field(default=None, gt=0, description="default 1 when steps is unset")
-    batch_size: int = Field(default=8, gt=0, description="examples per worker per step")
-    lr: float = Field(default=1e-4, gt=0)
-    min_lr: float = Field(default=1e-5, ge=0)
-    warmup_steps: int = Field(default=10, ge=0)
-    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
+    # the training settings below take their defaults from fine-tuning's TrainConfig
+    batch_size: int = Field(default=_SFT.batch_size, gt=0, description="examples per worker")
+    lr: float = Field(default=_SFT.lr, gt=0)
+    min_lr: float = Field(default=_SFT.min_lr, ge=0)
+    warmup_steps: int = Field(default=_SFT.warmup_steps, ge=0)
+    schedule: Literal["cosine", "linear", "wsd"] = _SFT.schedule  # type: ignore[assignment]
+    weight_decay: float = Field(default=_SFT.weight_decay, ge=0)
+    grad_clip: float = Field(default=_SFT.grad_clip, ge=0)
     dropout: float | None = Field(default=None, ge=0, lt=1, description="None: the checkpoint's")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = _SFT.precision  # type: ignore[assignment]
     workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
-    log_every: int = Field(default=10, gt=0)
-    eval_every: int = Field(default=50, gt=0)
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_last: int | None = Field(default=3, ge=1, description="plus the best; null keeps all")
+    log_every: int = Field(default=_SFT.log_every, gt=0)
+    eval_every: int = Field(default=_SFT.eval_every, gt=0)
+    checkpoint_every: int = Field(default=_SFT.checkpoint_every, gt=0)
+    keep_last: int | None = Field(
+        default=_SFT.keep_last, ge=1, description="plus the best; null keeps all"
+    )
     max_failures: int = Field(default=3, ge=0)
-    seed: int = Field(default=0, description="the train/val split, data order and dropout")
+    seed: int = Field(default=_SFT.seed, description="the train/val split, data order, dropout")
     samples: int = Field(default=4, ge=0, le=64, description="held-out prompts to complete")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
 
