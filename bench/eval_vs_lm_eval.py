@@ -44,7 +44,7 @@ from llm.tokenizer.shards import (
     write_shard,
 )
 from llm.train.checkpoint import latest_checkpoint, load_model
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 
 TASKS = {
     "hellaswag": "eval/hellaswag/hellaswag_val.jsonl.gz",

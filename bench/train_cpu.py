@@ -1,6 +1,6 @@
 """Training throughput under Ray Train (2 CPU workers, DDP over gloo) vs a plain single process.
 
-Both runs use llm.train.loop.train on the same model, data and per-worker batch; throughput is
+Both runs use llm.train.pretrain.train on the same model, data and per-worker batch; throughput is
 the loop's own steady-state tokens_per_s (the median over log windows after the first, so
 process, Ray and worker-group start-up are excluded). The plain process runs on one thread,
 the CPU each Ray worker is given, so the ratio is per-worker efficiency:
@@ -44,7 +44,7 @@ import torch
 
 from llm.model import ModelConfig
 from llm.train.data import TokenShards
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 from tests.llm.conftest import build_shard_folder, shakespeare_docs
 
 # read when ray is imported (lazily, below): one private local instance, quick health checks

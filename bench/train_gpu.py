@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from llm.model import ModelConfig
 from llm.tokenizer.shards import write_manifest, write_shard
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 
 H200_BF16_DENSE = 989e12
 VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 128 for the tensor cores

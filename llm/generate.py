@@ -181,7 +181,7 @@ def stream_batch(
     else:
         generator.manual_seed(opts.seed)
     ids, mask = _left_pad(prompts, device)
-    seen = torch.zeros(len(prompts), core.config.vocab_size, dtype=torch.bool, device=device)
+    seen = torch.zeros(len(prompts), core.config.vocab, dtype=torch.bool, device=device)
     seen.scatter_(1, ids, mask.bool())
     done = [False] * len(prompts)
     new: list[list[int]] = [[] for _ in prompts]

@@ -7,6 +7,7 @@ on failure, prints one ``LLMFORGE_ERROR:`` line that the control plane shows as 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import traceback
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from llm.model import ModelConfig
 from llm.tokenizer.shards import read_manifest
 from ray_jobs import storage
 from ray_jobs.specs import Spec
@@ -48,6 +50,17 @@ def open_shards_and_output(data_uri: str, output_uri: str) -> tuple[Path, dict[s
     out = local_path(output_uri).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return data, manifest, out
+
+
+def model_on_shards(model: ModelConfig, manifest: dict[str, Any]) -> ModelConfig:
+    """The spec's model on the token shards' vocabulary (a spec leaves vocab_size unset)."""
+    vocab_size = int(manifest["vocab_size"])
+    if model.vocab_size is not None and model.vocab_size != vocab_size:
+        raise JobError(
+            f"model.vocab_size {model.vocab_size} does not match the token shards' tokenizer "
+            f"({vocab_size}); leave vocab_size out to take the tokenizer's"
+        )
+    return dataclasses.replace(model, vocab_size=vocab_size)
 
 
 def load_spec(uri: str, spec_type: type[S]) -> S:

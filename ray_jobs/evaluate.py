@@ -29,7 +29,7 @@ from llm.generate import generate
 from llm.tokenizer.bpe import eos_id, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_model
 from llm.train.data import TokenShards
-from llm.train.loop import evaluate_loss
+from llm.train.pretrain import evaluate_loss
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path

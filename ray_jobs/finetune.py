@@ -1,5 +1,5 @@
-"""Fine-tune a checkpoint on instruction records under Ray Train's TorchTrainer (DDP: gloo on
-CPUs, nccl on GPUs), as ``ray_jobs.train`` runs pretraining.
+"""Fine-tune a checkpoint on instruction records under Ray Train (DDP: gloo on CPUs, nccl on
+GPUs), through the same launcher (``ray_jobs.launcher``) as ``ray_jobs.train``.
 
 Before any worker starts, the driver checks the checkpoint, finds its tokenizer, reads and
 tokenizes the records (writing the rejected ones to ``rejected.jsonl`` and the counts to
@@ -12,32 +12,27 @@ model. A worker group restarted by ``FailureConfig`` resumes from the latest che
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import ray
-import ray.train
 import tokenizers
 import torch
-from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from llm.finetune.batches import batches_per_epoch
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
 from llm.finetune.samples import complete
-from llm.finetune.sft import FinetuneConfig, check_finetune_config, finetune
+from llm.finetune.sft import finetune, finetune_config
 from llm.finetune.templates import chat_template, instruction_template
 from llm.model import ModelConfig
 from llm.tokenizer.bpe import PAD_TOKEN, eos_id, load_tokenizer
 from llm.tokenizer.shards import read_manifest
 from llm.train.checkpoint import CONFIG_FILE, DCP_DIR, MODEL_FILE, load_model, read_state
+from llm.train.config import TrainConfig, check_config
 from ray_jobs import entrypoint
-from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.evaluate import resolve_checkpoint
-from ray_jobs.reporting import MetricsReporter
+from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
 from ray_jobs.specs import FinetuneSpec
 
 SUMMARY_FILE = "finetune_summary.json"
@@ -136,7 +131,7 @@ def _prepare(
     return prepared
 
 
-def _config(spec: FinetuneSpec, train_examples: int) -> FinetuneConfig:
+def _config(spec: FinetuneSpec, train_examples: int) -> TrainConfig:
     per_epoch = batches_per_epoch(train_examples, spec.batch_size, spec.workers)
     if per_epoch == 0:
         raise JobError(
@@ -146,41 +141,43 @@ def _config(spec: FinetuneSpec, train_examples: int) -> FinetuneConfig:
         )
     steps = spec.steps or (spec.epochs or 1) * per_epoch
     fields = {
-        "lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "grad_clip", "dropout",
-        "precision", "seed", "log_every", "eval_every", "checkpoint_every", "keep_last",
-        "batch_size",
+        "lr", "min_lr", "warmup_steps", "schedule", "weight_decay", "grad_clip", "precision",
+        "seed", "log_every", "eval_every", "checkpoint_every", "keep_last", "batch_size",
     }  # fmt: skip
-    return FinetuneConfig(steps=steps, **spec.model_dump(include=fields))
+    try:
+        cfg = finetune_config(steps=steps, **spec.model_dump(include=fields))
+        check_config(
+            cfg,
+            seq_len=None,
+            world_size=spec.workers,
+            device=torch.device("cuda" if spec.use_gpu else "cpu"),
+        )
+    except ValueError as e:
+        raise JobError(str(e)) from e
+    return cfg
 
 
 def _worker(config: dict[str, Any]) -> None:
-    spec = FinetuneSpec.model_validate(config["spec"])
     out = Path(config["output"])
-    rank = ray.train.get_context().get_world_rank()
-    reporter = MetricsReporter(out) if rank == 0 else None
-
-    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
-        ray.train.report({"step": step, **metrics})  # every rank must report
-
-    train, val = config["train"], config["val"]
+    reporting = WorkerReporting(out, checkpoint_storage=None)
+    val = config["val"]
     summary = finetune(
         config["cfg"],
         config["checkpoint"],
-        train,
+        config["train"],
         val,
         out,
         pad_id=config["pad_id"],
-        on_log=reporter.log if reporter else None,
-        on_checkpoint=on_checkpoint,
+        dropout=config["dropout"],
+        on_log=reporting.on_log,
+        on_checkpoint=reporting.on_checkpoint,
     )
-    if rank == 0:
-        summary["samples"] = _samples(spec, config, summary["checkpoint"], val)
+    if reporting.rank == 0:
+        summary["samples"] = _samples(config, summary["checkpoint"], val)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
 
-def _samples(
-    spec: FinetuneSpec, config: dict[str, Any], tuned: str, val: TokenizedSet
-) -> list[dict[str, Any]]:
+def _samples(config: dict[str, Any], tuned: str, val: TokenizedSet) -> list[dict[str, Any]]:
     tok = load_tokenizer(config["tokenizer"])
     models = {"base": load_model(config["checkpoint"]), "tuned": load_model(tuned)}
     return complete(
@@ -188,29 +185,15 @@ def _samples(
         val,
         tok,
         eos=eos_id(tok),
-        count=spec.samples,
-        max_new_tokens=spec.max_new_tokens,
+        count=config["samples"],
+        max_new_tokens=config["max_new_tokens"],
     )
 
 
-def _metric_by_step(metrics_file: Path, name: str) -> dict[int, float]:
-    """name's value per step over every attempt (the latest record of a replayed step)."""
-    values: dict[int, float] = {}
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            record = json.loads(line)
-            if record["name"] == name:
-                values[int(record["step"])] = float(record["value"])
-    return values
-
-
 def _result(out: Path, base: Path, prepared: SFTData) -> dict[str, Any]:
-    path = out / SUMMARY_FILE
-    if not path.is_file():
-        raise JobError(f"fine-tuning finished without writing {path}")
-    summary = json.loads(path.read_text())
-    losses = _metric_by_step(out / "metrics.jsonl", "loss")
-    val = _metric_by_step(out / "metrics.jsonl", "val_loss")
+    summary = read_summary(out / SUMMARY_FILE)
+    losses = metric_by_step(out, "loss")
+    val = metric_by_step(out, "val_loss")
     return {
         "steps": summary["steps"],
         "epochs": summary["epochs"],
@@ -239,39 +222,30 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(spec, tok, model_config, out)
     cfg = _config(spec, len(prepared.train))
-    try:
-        check_finetune_config(cfg, torch.device("cuda" if spec.use_gpu else "cpu"))
-    except ValueError as e:
-        raise JobError(str(e)) from e
     if tokenizer != out / TOKENIZER_FILE:  # so the tuned checkpoints carry their tokenizer
         shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
     pad = tok.token_to_id(PAD_TOKEN)
-    init_ray()
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config={
-            "spec": spec.model_dump(),
-            "cfg": cfg,
-            "output": str(out),
-            "checkpoint": str(base),
-            "tokenizer": str(out / TOKENIZER_FILE),
-            "train": prepared.train,
-            "val": prepared.val,
-            # padding is masked out of the loss, so any id would do when there is no pad token
-            "pad_id": pad if pad is not None else eos_id(tok),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=spec.workers,
-            use_gpu=spec.use_gpu,
-            resources_per_worker=None if spec.use_gpu else {"CPU": 1},
-        ),
-        run_config=RunConfig(
-            name=f"finetune-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
-            storage_path=str(out / "ray"),
-            failure_config=FailureConfig(max_failures=spec.max_failures),
-        ),
+    worker_config = {
+        "cfg": cfg,
+        "dropout": spec.dropout,
+        "output": str(out),
+        "checkpoint": str(base),
+        "tokenizer": str(out / TOKENIZER_FILE),
+        "train": prepared.train,
+        "val": prepared.val,
+        # padding is masked out of the loss, so any id would do when there is no pad token
+        "pad_id": pad if pad is not None else eos_id(tok),
+        "samples": spec.samples,
+        "max_new_tokens": spec.max_new_tokens,
+    }
+    job = Launch(
+        kind="finetune",
+        output=out,
+        workers=spec.workers,
+        use_gpu=spec.use_gpu,
+        max_failures=spec.max_failures,
     )
-    trainer.fit()
+    launch(_worker, worker_config, job)
     return _result(out, base, prepared)
 
 

@@ -8,11 +8,14 @@ that names the field instead of a silently ignored option.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from llm.finetune.sft import finetune_config
+from llm.model import ModelConfig
 from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
+from llm.train.config import TrainConfig
 from ray_jobs.curate_spec import CurateSpec
 from ray_jobs.spec_base import Spec
 
@@ -67,68 +70,42 @@ class TokenizeSpec(Spec):
 # --- train --------------------------------------------------------------------------------------
 
 
-class ModelSpec(Spec):
-    block_size: int = Field(default=128, gt=0)
-    n_layer: int = Field(default=4, gt=0)
-    n_head: int = Field(default=4, gt=0)
-    n_embd: int = Field(default=128, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    bias: bool = False
-    tie_embeddings: bool = True
-    # the train job builds a decoder (llm.model.GPT), so arch and n_encoder_layer are not offered
-    n_kv_head: int | None = Field(default=None, gt=0, description="None: one per query head")
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = Field(default=1e-5, gt=0)
-    norm_placement: Literal["pre", "post"] = "pre"
-    qk_norm: bool = False
-    activation: Literal["gelu", "swiglu", "relu2"] = "gelu"
-    mlp_hidden: int | None = Field(default=None, gt=0, description="None: 4 * n_embd")
-    position: Literal["learned", "rope", "alibi"] = "learned"
-    rope_theta: float = Field(default=10000.0, gt=0)
-    embd_dropout: float | None = Field(default=None, ge=0, lt=1)
-    attn_dropout: float | None = Field(default=None, ge=0, lt=1)
-    resid_dropout: float | None = Field(default=None, ge=0, lt=1)
-    init: Literal["gpt2", "normal"] = "gpt2"
-    init_std: float = Field(default=0.02, gt=0)
+class DebugOptions(Spec):
+    """For testing fault tolerance only: make a run fail on purpose, once."""
 
-    @model_validator(mode="after")
-    def _sizes_divide(self) -> ModelSpec:
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})"
-            )
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("position='rope' needs an even head size (n_embd / n_head)")
-        return self
+    fail_at_step: int | None = Field(
+        default=None, gt=0, description="rank 0 raises once, at the first log step >= this"
+    )
+    wipe_local_checkpoints: bool = Field(
+        default=False,
+        description="before failing, delete the output folder's checkpoints, as a worker group "
+        "restarted on a node with an empty disk would find it",
+    )
+
+
+def _check_model_fits(model: ModelConfig, seq_len: int | None) -> None:
+    # the train and tune jobs build a decoder (llm.model.GPT) on the tokenizer's vocabulary
+    if model.arch != "decoder":
+        raise ValueError(f"model.arch must be 'decoder' (a GPT) for this job, got {model.arch!r}")
+    if seq_len is not None and seq_len > model.block_size:
+        raise ValueError(
+            f"seq_len ({seq_len}) must not exceed model.block_size ({model.block_size})"
+        )
 
 
 class TrainSpec(Spec):
+    """Pretraining under Ray Train. The training settings are ``llm.train.config.TrainConfig``'s
+    fields, given at the top level; ``model`` is ``llm.model.ModelConfig`` (vocab_size defaults
+    to the tokenizer's)."""
+
+    flat_sections: ClassVar[tuple[str, ...]] = ("train",)
+
     data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
     output: str
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    steps: int = Field(default=300, gt=0)
-    batch_size: int = Field(default=8, gt=0, description="sequences per worker per step")
-    seq_len: int | None = Field(default=None, gt=0, description="defaults to model.block_size")
-    lr: float = Field(default=3e-3, gt=0)
-    min_lr: float = Field(default=3e-4, ge=0)
-    warmup_steps: int = Field(default=30, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
-    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
-    log_every: int = Field(default=10, gt=0)
-    eval_every: int = Field(default=100, gt=0)
-    eval_batches: int = Field(default=20, gt=0)
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_last: int | None = Field(
-        default=3, ge=1, description="newest checkpoints kept (plus the best); null keeps all"
-    )
-    fsdp_checkpoint: Literal["sharded", "full"] = Field(
-        default="sharded", description="FSDP: per-rank DCP shards, or one gathered file"
-    )
     checkpoint_storage: str | None = Field(
         default=None,
         description="s3://bucket/prefix (or a folder all nodes see) where Ray Train keeps "
@@ -137,22 +114,7 @@ class TrainSpec(Spec):
     # Worker-group restarts from the last checkpoint; Ray Train can also lose a healthy group
     # under heavy load (its placement-group cleaner misreads a slow state API), so allow a few.
     max_failures: int = Field(default=3, ge=0)
-    optimizer: Literal["adamw", "adafactor", "sgd"] = "adamw"
-    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
-    decay_fraction: float = Field(default=0.2, ge=0, le=1, description="wsd: share decaying")
-    decay_embeddings: bool = True
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.95, ge=0, lt=1)
-    eps: float = Field(default=1e-8, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    global_batch_tokens: int | None = Field(default=None, gt=0)
-    parallelism: Literal["ddp", "fsdp"] = "ddp"
-    activation_checkpointing: bool = False
-    compile: bool = False
-    spike_factor: float | None = Field(default=2.0, gt=1)
-    max_consecutive_spikes: int = Field(default=3, ge=1)
-    peak_flops: float | None = Field(default=None, gt=0, description="per device, for MFU")
-    tensorboard: bool = True
+    debug: DebugOptions | None = Field(default=None, description="for testing fault tolerance")
 
     @field_validator("checkpoint_storage")
     @classmethod
@@ -163,11 +125,7 @@ class TrainSpec(Spec):
 
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:
-        if self.seq_len is not None and self.seq_len > self.model.block_size:
-            raise ValueError(
-                f"seq_len ({self.seq_len}) must not exceed "
-                f"model.block_size ({self.model.block_size})"
-            )
+        _check_model_fits(self.model, self.train.seq_len)
         return self
 
 
@@ -257,7 +215,7 @@ class TuneSpec(Spec):
 
     data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
     output: str
-    model: ModelSpec = Field(default_factory=ModelSpec)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     space: SearchSpace = Field(default_factory=SearchSpace)
     num_samples: int = Field(default=8, gt=0, description="trials drawn from space")
     max_steps: int = Field(default=200, gt=0, description="steps of a trial that is not stopped")
@@ -272,11 +230,7 @@ class TuneSpec(Spec):
 
     @model_validator(mode="after")
     def _fits(self) -> TuneSpec:
-        if self.seq_len is not None and self.seq_len > self.model.block_size:
-            raise ValueError(
-                f"seq_len ({self.seq_len}) must not exceed "
-                f"model.block_size ({self.model.block_size})"
-            )
+        _check_model_fits(self.model, self.seq_len)
         if self.grace_period > self.max_steps:
             raise ValueError(
                 f"grace_period ({self.grace_period}) must not exceed max_steps ({self.max_steps})"
@@ -285,6 +239,8 @@ class TuneSpec(Spec):
 
 
 # --- finetune -----------------------------------------------------------------------------------
+
+_SFT = finetune_config()
 
 
 class FinetuneSpec(Spec):
@@ -325,23 +281,26 @@ class FinetuneSpec(Spec):
     val_fraction: float = Field(default=0.05, ge=0, lt=1)
     steps: int | None = Field(default=None, gt=0, description="optimizer steps (or give epochs)")
     epochs: int | None = Field(default=None, gt=0, description="default 1 when steps is unset")
-    batch_size: int = Field(default=8, gt=0, description="examples per worker per step")
-    lr: float = Field(default=1e-4, gt=0)
-    min_lr: float = Field(default=1e-5, ge=0)
-    warmup_steps: int = Field(default=10, ge=0)
-    schedule: Literal["cosine", "linear", "wsd"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float = Field(default=1.0, ge=0)
+    # the training settings below take their defaults from fine-tuning's TrainConfig
+    batch_size: int = Field(default=_SFT.batch_size, gt=0, description="examples per worker")
+    lr: float = Field(default=_SFT.lr, gt=0)
+    min_lr: float = Field(default=_SFT.min_lr, ge=0)
+    warmup_steps: int = Field(default=_SFT.warmup_steps, ge=0)
+    schedule: Literal["cosine", "linear", "wsd"] = _SFT.schedule  # type: ignore[assignment]
+    weight_decay: float = Field(default=_SFT.weight_decay, ge=0)
+    grad_clip: float = Field(default=_SFT.grad_clip, ge=0)
     dropout: float | None = Field(default=None, ge=0, lt=1, description="None: the checkpoint's")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = _SFT.precision  # type: ignore[assignment]
     workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
-    log_every: int = Field(default=10, gt=0)
-    eval_every: int = Field(default=50, gt=0)
-    checkpoint_every: int = Field(default=100, gt=0)
-    keep_last: int | None = Field(default=3, ge=1, description="plus the best; null keeps all")
+    log_every: int = Field(default=_SFT.log_every, gt=0)
+    eval_every: int = Field(default=_SFT.eval_every, gt=0)
+    checkpoint_every: int = Field(default=_SFT.checkpoint_every, gt=0)
+    keep_last: int | None = Field(
+        default=_SFT.keep_last, ge=1, description="plus the best; null keeps all"
+    )
     max_failures: int = Field(default=3, ge=0)
-    seed: int = Field(default=0, description="the train/val split, data order and dropout")
+    seed: int = Field(default=_SFT.seed, description="the train/val split, data order, dropout")
     samples: int = Field(default=4, ge=0, le=64, description="held-out prompts to complete")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
 

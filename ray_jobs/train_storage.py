@@ -2,11 +2,13 @@
 
 With ``TrainSpec.checkpoint_storage`` (``s3://bucket/prefix`` or a folder every node sees),
 rank 0 hands each checkpoint it writes to Ray Train (``ray.train.report(checkpoint=…)``), which
-persists it under the RunConfig's storage path and keeps the newest ``keep_last``; the best one
-by validation loss is copied to ``<storage>/best/step_N`` with ``<storage>/best.json`` naming
-it. A worker group that Ray Train restarts, possibly on other nodes with empty disks, first
-copies the latest persisted checkpoint back into its output folder, where the loop's usual
-resume finds it. Without checkpoint_storage, checkpoints stay in the output folder only.
+persists it under the RunConfig's storage path. Retention is the run's own
+``llm.train.checkpoint.Retention`` mirrored, not decided again: Ray keeps the newest
+``keep_last``, and the best one by validation loss is copied to ``<storage>/best/step_N`` with
+``<storage>/best.json`` naming it. A worker group that Ray Train restarts, possibly on other
+nodes with empty disks, first copies the latest persisted checkpoint back into its output
+folder, where the trainer's usual resume finds it. Without checkpoint_storage, checkpoints
+stay in the output folder only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ray.train import Checkpoint, CheckpointConfig
 
 from llm.train.checkpoint import (
     STATE_FILE,
+    Retention,
     best_checkpoint,
     complete_checkpoints,
     move_into_place,
@@ -32,13 +35,13 @@ from llm.train.checkpoint import (
 from ray_jobs import storage
 
 
-def run_storage(uri: str, keep_last: int | None) -> dict[str, Any]:
-    """RunConfig arguments that persist reported checkpoints at uri."""
+def run_storage(uri: str, retention: Retention) -> dict[str, Any]:
+    """RunConfig arguments that persist reported checkpoints at uri, kept as retention says."""
     filesystem, path = storage.filesystem(uri)
     return {
         "storage_path": path,
         "storage_filesystem": filesystem,
-        "checkpoint_config": CheckpointConfig(num_to_keep=keep_last),
+        "checkpoint_config": CheckpointConfig(num_to_keep=retention.keep_last),
     }
 
 

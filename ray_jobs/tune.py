@@ -1,6 +1,8 @@
-"""Hyperparameter search with Ray Tune and ASHA around ``llm.train.loop.train``.
+"""Hyperparameter search with Ray Tune and ASHA around ``llm.train.pretrain.train``.
 
-Each trial is one short single-process training run inside a Tune function trainable; it
+Each trial is one short single-process training run inside a Tune function trainable (Tune
+schedules and stops trials itself, so the TorchTrainer launcher of the train and finetune jobs,
+built for one long multi-worker run with restarts, has no part here); it
 reports ``val_loss`` at every evaluation, and ASHA (asynchronous successive halving) stops the
 trials that trail their rung. Every trial starts from the same seed (the same initial weights
 and data order), so differences between trials come from the sampled hyperparameters alone.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from llm.model import ModelConfig
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, open_shards_and_output
+from ray_jobs.entrypoint import JobError, model_on_shards, open_shards_and_output
 from ray_jobs.specs import TuneSpec
 
 METRIC, MODE = "val_loss", "min"
@@ -47,12 +50,11 @@ def search_space(spec: TuneSpec) -> dict[str, Any]:
 
 
 def trial_configs(
-    spec: TuneSpec, vocab_size: int, params: dict[str, Any]
+    spec: TuneSpec, model: ModelConfig, params: dict[str, Any]
 ) -> tuple[TrainConfig, ModelConfig]:
-    """The loop's configs for one trial: the spec's fixed settings plus the sampled ``params``."""
-    model = ModelConfig(
-        vocab_size=vocab_size, **{**spec.model.model_dump(), "dropout": params["dropout"]}
-    )
+    """The trainer's configs for one trial: the spec's fixed settings plus the sampled
+    ``params``; model is the spec's, on the token shards' vocabulary."""
+    model = replace(model, dropout=params["dropout"])
     cfg = TrainConfig(
         steps=spec.max_steps,
         batch_size=params["batch_size"],
@@ -64,20 +66,18 @@ def trial_configs(
         beta2=params["beta2"],
         optimizer=params["optimizer"],
         seed=spec.seed,
-        # val_loss is only computed at log steps, and Tune needs nothing in between
+        # Tune needs val_loss only: no log records in between
         log_every=spec.eval_every,
         eval_every=spec.eval_every,
         eval_batches=spec.eval_batches,
         # ASHA stops trials and never resumes them, so no checkpoint is needed before the last step
         checkpoint_every=spec.max_steps,
-        tensorboard=False,
     )
     return cfg, model
 
 
 def _trial(params: dict[str, Any], *, setup: dict[str, Any]) -> None:
-    spec = TuneSpec.model_validate(setup["spec"])
-    cfg, model = trial_configs(spec, setup["vocab_size"], params)
+    cfg, model = trial_configs(setup["spec"], setup["model"], params)
     out = Path(setup["output"]) / "trials" / tune.get_context().get_trial_id()
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
@@ -150,10 +150,10 @@ def _tuner(spec: TuneSpec, setup: dict[str, Any], out: Path) -> tune.Tuner:
 def run(spec: TuneSpec) -> dict[str, Any]:
     data, manifest, out = open_shards_and_output(spec.data, spec.output)
     setup = {
-        "spec": spec.model_dump(),
+        "spec": spec,
+        "model": model_on_shards(spec.model, manifest),
         "output": str(out),
         "data": str(data),
-        "vocab_size": manifest["vocab_size"],
     }
     init_ray()
     grid = _tuner(spec, setup, out).fit()

@@ -93,7 +93,7 @@ class LlmforgeModel(EvalModel):
         self.max_length = core.config.block_size
         self.device = next(core.parameters()).device
         vocab = tokenizer.get_vocab_size()
-        if vocab > core.config.vocab_size:
+        if vocab > core.config.vocab:
             raise ValueError(
                 f"{name}: tokenizer has {vocab} tokens but the model only {core.config.vocab_size}"
             )

@@ -2,6 +2,8 @@
 
 Every architectural choice is a field here, and every new field defaults to the original
 GPT-2-style decoder, so config.json files written before a field existed still load unchanged.
+The same dataclass is the ``model`` section of the train and tune job specs (pydantic validates
+it there, running the checks below), where vocab_size is left to the token shards' tokenizer.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int
-    block_size: int = 256  # max context length
+    vocab_size: int | None = None  # None: the tokenizer's, set by the job that reads the data
+    block_size: int = 128  # max context length
     n_layer: int = 4  # decoder layers (encoder layers for arch="encoder")
     n_head: int = 4
     n_embd: int = 128
@@ -56,9 +58,9 @@ class ModelConfig:
         self._check_floats()
 
     def _check_sizes(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _positive_int(name, getattr(self, name))
-        for name in ("n_encoder_layer", "n_kv_head", "mlp_hidden"):
+        for name in ("vocab_size", "n_encoder_layer", "n_kv_head", "mlp_hidden"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         if self.n_embd % self.n_head != 0:
@@ -103,6 +105,13 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a positive number, got {value!r}")
 
     @property
+    def vocab(self) -> int:
+        """vocab_size, which building a model needs: a spec may leave it to the tokenizer."""
+        if self.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size is unset: take it from the tokenizer")
+        return self.vocab_size
+
+    @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
@@ -134,8 +143,8 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig got unknown keys {unknown}; allowed keys are {sorted(known)}"
             )
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        missing = sorted(required - set(d))
+        # a saved config describes a built model, whose vocabulary is known
+        missing = sorted({"vocab_size"} - set(d))
         if missing:
             raise ValueError(f"ModelConfig is missing required keys {missing}")
         return cls(**d)

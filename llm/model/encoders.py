@@ -28,7 +28,7 @@ class _Embeddings(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab, config.n_embd)
         learned = config.position == "learned"
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
         self.drop = nn.Dropout(config.dropout_at("embd"))
@@ -70,7 +70,7 @@ class EncoderLM(nn.Module):
         # BERT's head transform before the vocabulary projection
         self.head_dense = nn.Linear(config.n_embd, config.n_embd)
         self.head_norm = make_norm(config, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.wte.weight
         init_weights(self, config, config.n_layer)
@@ -102,7 +102,7 @@ class EncoderDecoder(nn.Module):
         self.ln_enc = make_norm(config, config.n_embd)
         self.decoder = nn.ModuleList(Block(config, i, cross=True) for i in range(config.n_layer))
         self.ln_f = make_norm(config, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.wte.weight
         init_weights(self, config, n_enc + config.n_layer)

@@ -77,14 +77,14 @@ class GPT(nn.Module):
                 "use llm.model.build_model for the other architectures"
             )
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab, config.n_embd)
         self.wpe = (
             nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         )
         self.drop = nn.Dropout(config.dropout_at("embd"))
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = make_norm(config, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.slopes = alibi_slopes(config.n_head) if config.position == "alibi" else None

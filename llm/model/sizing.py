@@ -49,15 +49,15 @@ def _block(c: ModelConfig, cross: bool = False) -> int:
 def embedding_parameters(c: ModelConfig) -> int:
     """The lookup tables: token embedding (untied only) and learned positions."""
     positions = c.block_size * c.n_embd if c.position == "learned" else 0
-    return positions + (0 if c.tie_embeddings else c.vocab_size * c.n_embd)
+    return positions + (0 if c.tie_embeddings else c.vocab * c.n_embd)
 
 
 def count_parameters(c: ModelConfig, exclude_embeddings: bool = False) -> int:
     """Exactly sum(p.numel()) of llm.model.build_model(c), counting a tied head once."""
-    n = c.vocab_size * c.n_embd  # token embedding, which is also a tied head
+    n = c.vocab * c.n_embd  # token embedding, which is also a tied head
     n += c.block_size * c.n_embd if c.position == "learned" else 0
     if not c.tie_embeddings:
-        n += c.vocab_size * c.n_embd
+        n += c.vocab * c.n_embd
     if c.arch == "encoder_decoder":
         n += c.encoder_layers * _block(c) + _norm(c, c.n_embd)
         n += c.n_layer * _block(c, cross=True) + _norm(c, c.n_embd)
@@ -106,7 +106,7 @@ def activation_bytes(
     layers = c.n_layer + (c.encoder_layers if c.arch == "encoder_decoder" else 0)
     per_layer = 34 * seq_len * micro_batch * c.n_embd * width / 2
     layer_inputs = seq_len * micro_batch * c.n_embd * width
-    logits = seq_len * micro_batch * c.vocab_size * 4  # the loss upcasts logits to fp32
+    logits = seq_len * micro_batch * c.vocab * 4  # the loss upcasts logits to fp32
     if checkpointing:
         return layers * layer_inputs + per_layer + logits
     return layers * per_layer + logits

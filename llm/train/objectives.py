@@ -1,9 +1,15 @@
-"""Batches for the encoder (masked LM) and encoder-decoder (span corruption) objectives.
+"""Training objectives: the loss plug-ins of ``llm.train.trainer.Task`` and the batches that
+the encoder (masked LM) and encoder-decoder (span corruption) objectives train on.
 
-Both wrap `TrainBatches`: they draw the same windows in the same order, sharded across ranks
-the same way, and add noise from an RNG seeded by (seed, rank, epoch, batch) of the window
-batch just drawn. The noise is thus a pure function of the loader position, and the wrapped
-loader's state_dict()/load_state_dict() resume the noised batches exactly as well.
+``next_token_loss`` scores (inputs, labels) pairs with the model's own loss, which skips
+IGNORE_INDEX labels: causal LM windows for a GPT, and MaskedLMBatches for an EncoderLM alike.
+``span_corruption_loss`` feeds an EncoderDecoder the corrupted input and the shifted targets.
+
+The two noised batch sources wrap `TrainBatches`: they draw the same windows in the same order,
+sharded across ranks the same way, and add noise from an RNG seeded by (seed, rank, epoch,
+batch) of the window batch just drawn. The noise is thus a pure function of the loader
+position, and the wrapped loader's state_dict()/load_state_dict() resume the noised batches
+exactly as well.
 """
 
 from __future__ import annotations
@@ -12,11 +18,40 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+from llm.model.encoders import shift_right
 from llm.train.data import TokenShards, TrainBatches
 
 IGNORE_INDEX = -100  # the label torch.nn.functional.cross_entropy skips by default
 _MLM_STREAM, _SPAN_STREAM = 1, 2  # keep the two objectives' noise independent
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _on_device(pair: Pair, device: torch.device) -> Pair:
+    if device.type == "cuda":  # a copy from pinned memory does not block the host
+        pair = (pair[0].pin_memory(), pair[1].pin_memory())
+    return pair[0].to(device, non_blocking=True), pair[1].to(device, non_blocking=True)
+
+
+def next_token_loss(
+    model: nn.Module, batch: Pair, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """The model's loss on (inputs, labels); every label counts as a token trained on."""
+    x, y = _on_device(batch, device)
+    _, loss = model(x, y)
+    return loss, y.numel()
+
+
+def span_corruption_loss(
+    model: nn.Module, batch: Pair, device: torch.device
+) -> tuple[torch.Tensor, int]:
+    """An EncoderDecoder's loss on SpanCorruptionBatches: the decoder reads the targets shifted
+    right (teacher forcing) and predicts them."""
+    src, targets = _on_device(batch, device)
+    _, loss = model(src, shift_right(targets), targets)
+    return loss, int((targets != IGNORE_INDEX).sum())
 
 
 class _NoisedBatches:

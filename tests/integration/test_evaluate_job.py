@@ -16,7 +16,7 @@ import pytest
 from llm.eval.runner import evaluate_tasks
 from llm.model import ModelConfig
 from llm.train.data import TokenShards
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 from services.server import BackgroundServer
 from tests.integration.test_train_job import TINY_MODEL, job_body, tiny_shards, wait_for_job
 

@@ -15,7 +15,7 @@ import pytest
 from llm.model import ModelConfig
 from llm.tokenizer.bpe import load_tokenizer, save_tokenizer, train_bpe
 from llm.train.checkpoint import load_model
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 from ray_jobs import finetune as finetune_job
 from ray_jobs.entrypoint import JobError
 from ray_jobs.specs import FinetuneSpec

@@ -1,8 +1,8 @@
 """A train job that loses a worker mid-run, through the REST API on the shared local Ray head.
 
-Rank 0 raises once at step FAIL_AT (the LLMFORGE_TEST_FAIL_AT_STEP hook, injected into the job's
-environment the way an operator would, never through the spec); Ray Train restarts the worker
-group, which resumes from the checkpoint at step RESUME_FROM and finishes.
+Rank 0 raises once at step FAIL_AT (the spec's debug section, there for fault-tolerance tests);
+Ray Train restarts the worker group, which resumes from the checkpoint at step RESUME_FROM and
+finishes.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from ray_jobs.fault_injection import FAIL_MARKER
 from ray_jobs.specs import TrainSpec
-from ray_jobs.train import ENV_FAIL_AT_STEP, FAIL_MARKER
 from services.server import BackgroundServer
 from tests.llm.conftest import SHAKESPEARE, build_shard_folder, shakespeare_docs
 
@@ -71,8 +71,9 @@ def failed_once(
         "max_failures": 1,
         "tensorboard": False,
         "model": TINY_MODEL,
+        "debug": {"fail_at_step": FAIL_AT},
     }
-    job = run_with_env(control_plane, spec, {ENV_FAIL_AT_STEP: str(FAIL_AT)})
+    job = run_with_env(control_plane, spec, {})
     return job, work / "out"
 
 
@@ -163,8 +164,12 @@ def test_metrics_reached_the_api_and_the_local_file(
     assert {"val_loss", "tokens_per_s", "grad_norm"} <= {r["name"] for r in local}
 
 
-def test_the_fault_hook_cannot_come_through_the_spec(tmp_path: Path) -> None:
+def test_the_fault_hook_lives_in_the_debug_section_only(tmp_path: Path) -> None:
+    base = {"data": str(tmp_path), "output": str(tmp_path)}
     with pytest.raises(ValidationError, match="fail_at_step"):
-        TrainSpec.model_validate(
-            {"data": str(tmp_path), "output": str(tmp_path), "fail_at_step": FAIL_AT}
-        )
+        TrainSpec.model_validate({**base, "fail_at_step": FAIL_AT})
+    with pytest.raises(ValidationError, match="fail_at_step"):
+        TrainSpec.model_validate({**base, "debug": {"fail_at_step": 0}})
+    spec = TrainSpec.model_validate({**base, "debug": {"fail_at_step": FAIL_AT}})
+    assert spec.debug is not None and spec.debug.fail_at_step == FAIL_AT
+    assert TrainSpec.model_validate(base).debug is None

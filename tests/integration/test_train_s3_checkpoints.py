@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from ray_jobs import storage
-from ray_jobs.train import ENV_FAIL_AT_STEP, ENV_FAIL_WIPES, FAIL_MARKER
+from ray_jobs.fault_injection import FAIL_MARKER
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from tests.integration.test_train_job import TINY_MODEL, run_with_env, tiny_shards
@@ -64,6 +64,7 @@ def job(
         "max_failures": 1,
         "tensorboard": False,
         "model": TINY_MODEL,
+        "debug": {"fail_at_step": FAIL_AT, "wipe_local_checkpoints": True},
     }
     # the cluster's S3 endpoint and credentials, as an operator's environment would give them
     cluster_env = {
@@ -71,8 +72,6 @@ def job(
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
-        ENV_FAIL_AT_STEP: str(FAIL_AT),
-        ENV_FAIL_WIPES: "1",
     }
 
     body = run_with_env(control_plane, spec, cluster_env)

@@ -16,7 +16,7 @@ from llm.train.checkpoint import (
     save_checkpoint,
     step_dir,
 )
-from llm.train.loop import train
+from llm.train.pretrain import train
 from tests.llm.test_loop import base_cfg, tiny_model, vocab_of
 
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from llm.model import GPT, ModelConfig
 from llm.train.checkpoint import latest_checkpoint, load_checkpoint, step_dir
 from llm.train.data import TokenShards
-from llm.train.loop import TrainConfig, evaluate_loss, train
 from llm.train.optim import build_optimizer, cosine_lr
+from llm.train.pretrain import TrainConfig, evaluate_loss, train
 from tests.llm.conftest import build_shard_folder
 
 SEQ_LEN = 32
@@ -45,6 +45,7 @@ def base_cfg(**overrides) -> TrainConfig:
         "eval_every": 10,
         "eval_batches": 4,
         "checkpoint_every": 20,
+        "keep_last": None,  # the tests read back any step's checkpoint
     }
     return TrainConfig(**{**fields, **overrides})
 

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from llm.model import GPT, ModelConfig
 from llm.train.checkpoint import load_model, step_dir
-from llm.train.loop import TrainConfig, train
+from llm.train.pretrain import TrainConfig, train
 from tests.llm.test_loop import base_cfg, tiny_model, vocab_of
 
 

@@ -14,8 +14,8 @@ import torch
 
 from llm.model import GPT
 from llm.train.checkpoint import load_checkpoint, step_dir
-from llm.train.loop import train
 from llm.train.precision import load_scaler_state, scaler_state
+from llm.train.pretrain import train
 from tests.llm.test_loop import base_cfg, tiny_model, vocab_of
 
 

@@ -79,7 +79,7 @@ def test_betas_and_eps_reach_adamw() -> None:
 def test_other_optimizers_train_and_keep_the_decay_groups(
     name: str, shakespeare_shards: Path, tmp_path: Path
 ) -> None:
-    from llm.train.loop import train
+    from llm.train.pretrain import train
     from tests.llm.test_loop import base_cfg, tiny_model, vocab_of
 
     model = tiny_model(vocab_of(shakespeare_shards))

@@ -7,7 +7,7 @@ A sharded checkpoint folder holds:
     config.json          the ModelConfig
     trainer_state.json   the caller's trainer_state plus "format" and "layout": "dcp"
 
-Unlike the full-state path in ``parallel.py`` no rank ever holds the whole model, so this is
+Unlike the full-state path in ``fsdp_full.py`` no rank ever holds the whole model, so this is
 the one to use past a few billion parameters. Saving is collective: all ranks write into a
 hidden ``.tmp-`` sibling that rank 0 renames into place once every rank has finished, so a
 crash mid-save leaves the previous checkpoint whole (the folder must be on storage every rank
@@ -29,12 +29,14 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llm.model.config import ModelConfig
-from llm.train.checkpoint import (
+from llm.train.checkpoint.layout import (
     CONFIG_FILE,
     DCP_DIR,
     DCP_LAYOUT,
     FORMAT,
     STATE_FILE,
+    caller_state,
+    check_same_config,
     fsync_tree,
     move_into_place,
     read_state,
@@ -79,10 +81,6 @@ def save_sharded_checkpoint(
     return target
 
 
-def is_sharded(directory: str | Path) -> bool:
-    return read_state(Path(directory)).get("layout") == DCP_LAYOUT
-
-
 def load_sharded_checkpoint(
     directory: str | Path,
     *,
@@ -93,10 +91,7 @@ def load_sharded_checkpoint(
     trainer_state. Collective when a process group is initialised."""
     directory = Path(directory)
     saved = ModelConfig.load(directory / CONFIG_FILE)
-    own = getattr(model, "config", None)
-    if isinstance(own, ModelConfig) and own != saved:
-        differ = [k for k, v in own.to_dict().items() if saved.to_dict()[k] != v]
-        raise ValueError(f"model config differs from {directory / CONFIG_FILE} in {differ}")
+    check_same_config(getattr(model, "config", None), saved, directory / CONFIG_FILE)
     if optimizer is None:
         model_state = model.state_dict()
         dcp.load(
@@ -112,4 +107,4 @@ def load_sharded_checkpoint(
             {"model": model_state, "optimizer": optim_state}, checkpoint_id=directory / DCP_DIR
         )
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
-    return {k: v for k, v in read_state(directory).items() if k not in ("format", "layout")}
+    return caller_state(read_state(directory))

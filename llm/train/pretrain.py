@@ -1,0 +1,125 @@
+"""Pretraining: the Trainer (``llm.train.trainer``) on token shards with the next-token loss.
+
+The batch source is ``TrainBatches`` (random windows of the train split, dealt to ranks), the
+loss is ``next_token_loss`` and validation is ``evaluate_loss`` on the val split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm.model import GPT, ModelConfig
+from llm.train.checkpoint import best_checkpoint, latest_checkpoint
+from llm.train.config import TrainConfig
+from llm.train.data import TokenShards, TrainBatches, val_batches
+from llm.train.objectives import next_token_loss
+from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
+
+__all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module,
+    shards: TokenShards,
+    *,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Token-weighted mean loss over the split's windows (all of them unless capped)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for i, (x, y) in enumerate(val_batches(shards, batch_size=batch_size, seq_len=seq_len)):
+        if max_batches is not None and i >= max_batches:
+            break
+        _, loss = model(x.to(device), y.to(device))
+        total += float(loss) * y.numel()
+        tokens += y.numel()
+    model.train(was_training)
+    if tokens == 0:
+        raise ValueError(
+            f"{shards.directory}: split {shards.split!r} has no window of "
+            f"{seq_len + 1} tokens to evaluate on"
+        )
+    loss = total / tokens
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(tokens)}
+
+
+def _open_shards(data_dir: Path, seq_len: int, vocab_size: int) -> tuple[TokenShards, TokenShards]:
+    """The train and val splits, checked against the run before the first step."""
+    train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val", verify=False)
+    if int(val.window_starts(seq_len + 1)[-1]) == 0:
+        raise ValueError(
+            f"{data_dir}: the val split has no window of {seq_len + 1} "
+            "tokens; raise the tokenize job's val_fraction or add data"
+        )
+    if train.vocab_size != vocab_size:
+        raise ValueError(
+            f"{data_dir}: vocab_size {train.vocab_size} does not match "
+            f"the model's vocab_size {vocab_size}"
+        )
+    return train, val
+
+
+def pretraining(cfg: TrainConfig, model_config: ModelConfig, data_dir: Path) -> Task:
+    """The Task that trains a GPT on data_dir's token shards."""
+    seq_len = cfg.seq_len or model_config.block_size
+    train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return evaluate_loss(
+            model,
+            val_split,
+            batch_size=cfg.batch_size,
+            seq_len=seq_len,
+            max_batches=cfg.eval_batches,
+        )
+
+    return Task(
+        build_model=lambda device: GPT(model_config).to(device),
+        build_batches=lambda rank, world_size: TrainBatches(
+            train_split,
+            batch_size=cfg.batch_size,
+            seq_len=seq_len,
+            rank=rank,
+            world_size=world_size,
+            seed=cfg.seed,
+        ),
+        objective=next_token_loss,
+        seq_len=seq_len,
+        evaluate=evaluate,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    model_config: ModelConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    on_log: LogFn | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+) -> dict[str, Any]:
+    """Train until ``cfg.steps``; ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all."""
+    cfg = replace(cfg, seq_len=cfg.seq_len or model_config.block_size)
+    trainer = Trainer(cfg, pretraining(cfg, model_config, Path(data_dir)), Path(out_dir))
+    history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint)
+    final = latest_checkpoint(trainer.root)
+    return {
+        "steps": trainer.step,
+        "tokens_seen": trainer.tokens_seen,
+        "loss_history": [loss for _, loss in history],
+        "last": trainer.last,
+        "checkpoint": str(final) if final else None,
+        "best_checkpoint": best_checkpoint(trainer.root),
+        "parameters": trainer.model.num_parameters(),
+    }

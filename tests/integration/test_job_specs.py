@@ -1,0 +1,57 @@
+"""The train spec's fields are TrainConfig's and ModelConfig's, flat in the JSON as users write
+them: one name, one default and one rule for each setting."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llm.model import ModelConfig
+from llm.train.config import TrainConfig
+from ray_jobs.specs import TrainSpec, TuneSpec
+
+BASE = {"data": "d", "output": "o"}
+
+
+def _locs(error: ValidationError) -> list[tuple[object, ...]]:
+    return [tuple(e["loc"]) for e in error.errors()]
+
+
+def test_training_fields_are_the_train_config_and_stay_flat_in_json() -> None:
+    spec = TrainSpec.model_validate({**BASE, "steps": 7, "lr": 0.01, "model": {"n_layer": 2}})
+    assert spec.train == TrainConfig(steps=7, lr=0.01)
+    assert spec.model == ModelConfig(n_layer=2)
+    dumped = spec.model_dump(mode="json")
+    assert "train" not in dumped and dumped["steps"] == 7 and dumped["lr"] == 0.01
+    assert TrainSpec.model_validate(dumped) == spec
+
+
+def test_one_default_per_setting() -> None:
+    spec = TrainSpec.model_validate(BASE)
+    assert spec.train == TrainConfig() and spec.model == ModelConfig()
+    assert (spec.model.block_size, spec.train.seq_len, spec.train.tensorboard) == (128, None, False)
+    assert spec.train.keep_last == 3 and spec.model.vocab_size is None
+
+
+def test_errors_name_the_field_the_user_wrote() -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainSpec.model_validate({**BASE, "steps": "many"})
+    assert _locs(info.value) == [("steps",)]
+    with pytest.raises(ValidationError) as info:
+        TrainSpec.model_validate({**BASE, "stepz": 3})
+    assert _locs(info.value) == [("stepz",)]
+    with pytest.raises(ValidationError, match=r"TrainConfig\.precision must be one of"):
+        TrainSpec.model_validate({**BASE, "precision": "fp8"})
+    with pytest.raises(ValidationError, match="give its fields at the top level"):
+        TrainSpec.model_validate({**BASE, "train": {"steps": 3}})
+    with pytest.raises(ValidationError) as info:
+        TrainSpec.model_validate({**BASE, "model": {"n_layers": 3}})
+    assert _locs(info.value) == [("model", "n_layers")]
+
+
+@pytest.mark.parametrize("spec_type", [TrainSpec, TuneSpec])
+def test_the_model_must_be_a_decoder_that_fits_seq_len(spec_type: type) -> None:
+    with pytest.raises(ValidationError, match=r"model\.arch must be 'decoder'"):
+        spec_type.model_validate({**BASE, "model": {"arch": "encoder"}})
+    with pytest.raises(ValidationError, match=r"seq_len \(64\) must not exceed"):
+        spec_type.model_validate({**BASE, "seq_len": 64, "model": {"block_size": 32}})
