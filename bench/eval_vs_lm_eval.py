@@ -33,7 +33,7 @@ import torch
 from bench._common import DATA
 from llm.eval.lm import load_eval_model
 from llm.eval.runner import evaluate_tasks
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.model.hf import export_hf
 from llm.tokenizer.bpe import eos_id, save_tokenizer, train_bpe
 from llm.tokenizer.shards import (

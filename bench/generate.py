@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm.generate import generate
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.model.hf import export_hf
 
 CONFIG = ModelConfig(

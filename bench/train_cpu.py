@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.train.data import TokenShards
 from llm.train.pretrain import TrainConfig, train
 from tests.llm.conftest import build_shard_folder, shakespeare_docs

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.tokenizer.shards import write_manifest, write_shard
 from llm.train.pretrain import TrainConfig, train
 

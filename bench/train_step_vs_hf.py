@@ -17,8 +17,9 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from llm.model import GPT, ModelConfig
 from llm.model.compile import compile_model
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 
 VOCAB, BLOCK, BATCH = 50304, 256, 8
 SIZE = dict(vocab_size=VOCAB, block_size=BLOCK, n_layer=6, n_head=6, n_embd=384)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.tokenizer.shards import read_manifest
 from ray_jobs import storage
 from ray_jobs.specs import Spec

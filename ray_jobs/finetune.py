@@ -20,11 +20,12 @@ import tokenizers
 import torch
 
 from llm.finetune.batches import batches_per_epoch
+from llm.finetune.config import finetune_config
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
 from llm.finetune.samples import complete
-from llm.finetune.sft import finetune, finetune_config
+from llm.finetune.sft import finetune
 from llm.finetune.templates import chat_template, instruction_template
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.tokenizer.bpe import PAD_TOKEN, eos_id, load_tokenizer
 from llm.tokenizer.shards import read_manifest
 from llm.train.checkpoint import CONFIG_FILE, DCP_DIR, MODEL_FILE, load_model, read_state

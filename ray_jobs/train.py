@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.train.checkpoint import CONFIG_FILE, Retention, latest_checkpoint, read_state
 from llm.train.config import TrainConfig, check_config
 from llm.train.pretrain import train

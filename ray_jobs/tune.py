@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.train.pretrain import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray

@@ -8,7 +8,7 @@ import tokenizers
 
 from llm.finetune.data import TokenizedSet
 from llm.generate import generate
-from llm.model import GPT
+from llm.model.gpt import GPT
 
 
 def sample_indices(data: TokenizedSet, count: int, block_size: int) -> list[int]:

@@ -22,25 +22,11 @@ from torch import nn
 
 from llm.finetune.batches import Batch, SFTBatches, batches_per_epoch, in_order
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import best_checkpoint, latest_checkpoint, load_model
 from llm.train.config import TrainConfig
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
-
-# Fine-tuning's own defaults, where they differ from pretraining's
-SFT_DEFAULTS: dict[str, Any] = {
-    "lr": 1e-4,  # fine-tuning moves far less than pretraining: 10-30x lower peak
-    "min_lr": 1e-5,
-    "warmup_steps": 10,
-    "weight_decay": 0.0,  # Alpaca and most SFT recipes use none
-    "eval_every": 50,
-    "spike_factor": None,  # losses vary too much between examples for a spike test; NaN skips
-}
-
-
-def finetune_config(**fields: Any) -> TrainConfig:
-    """A TrainConfig with fine-tuning's defaults under the given fields."""
-    return TrainConfig(**{**SFT_DEFAULTS, **fields})
 
 
 def tuned_config(base: ModelConfig, dropout: float | None) -> ModelConfig:

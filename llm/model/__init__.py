@@ -1,5 +1,10 @@
-from llm.model.config import ModelConfig
-from llm.model.encoders import EncoderDecoder, EncoderLM, build_model
-from llm.model.gpt import GPT
+"""The Transformer family: one config (``config``), its parts (``layers``), the decoder
+(``gpt``), the encoder and encoder-decoder (``encoders``), sizing and compute-optimal planning.
 
-__all__ = ["GPT", "EncoderDecoder", "EncoderLM", "ModelConfig", "build_model"]
+Only the config is exported here, so that reading or validating a ModelConfig (the control
+plane does, in every train spec) never imports torch.
+"""
+
+from llm.model.config import ModelConfig
+
+__all__ = ["ModelConfig"]

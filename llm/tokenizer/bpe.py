@@ -10,11 +10,15 @@ from pathlib import Path
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
-BOS_TOKEN = "<|bos|>"
-MASK_TOKEN = "<|mask|>"
-BYTE_ALPHABET_SIZE = 256
+from llm.tokenizer.special import (
+    BOS_TOKEN,
+    BYTE_ALPHABET_SIZE,
+    EOS_TOKEN,
+    MASK_TOKEN,
+    PAD_TOKEN,
+)
+
+__all__ = ["BOS_TOKEN", "BYTE_ALPHABET_SIZE", "EOS_TOKEN", "MASK_TOKEN", "PAD_TOKEN"]
 
 # Split regexes, in the syntax both `tokenizers` (Oniguruma) and tiktoken (fancy-regex) accept.
 # "gpt2" is what ByteLevel(use_regex=True) applies; "llama3" keeps digits in groups of at most

@@ -9,11 +9,13 @@ step.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # only a type here: the config is read where torch is not installed
+    import torch
 
-from llm.train.optim import OPTIMIZERS, SCHEDULES
-
+SCHEDULES = ("cosine", "linear", "wsd")
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
 FSDP_CHECKPOINTS = ("sharded", "full")

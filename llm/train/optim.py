@@ -8,10 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SCHEDULES = ("cosine", "linear", "wsd")
-
-
-OPTIMIZERS = ("adamw", "adafactor", "sgd")
+from llm.train.config import OPTIMIZERS, SCHEDULES
 
 
 def build_optimizer(

@@ -18,7 +18,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from llm.model import GPT
+from llm.model.gpt import GPT
 
 
 def pick_device() -> torch.device:

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import best_checkpoint, latest_checkpoint
 from llm.train.config import TrainConfig
 from llm.train.data import TokenShards, TrainBatches, val_batches

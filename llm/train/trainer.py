@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llm.model import GPT
+from llm.model.gpt import GPT
 from llm.train import rng
 from llm.train.checkpoint import (
     Retention,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from llm.eval.runner import evaluate_tasks
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.train.data import TokenShards
 from llm.train.pretrain import TrainConfig, train
 from services.server import BackgroundServer

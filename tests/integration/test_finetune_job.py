@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.tokenizer.bpe import load_tokenizer, save_tokenizer, train_bpe
 from llm.train.checkpoint import load_model
 from llm.train.pretrain import TrainConfig, train

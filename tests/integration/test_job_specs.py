@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from llm.model import ModelConfig
+from llm.model.config import ModelConfig
 from llm.train.config import TrainConfig
 from ray_jobs.specs import TrainSpec, TuneSpec
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import save_checkpoint, step_dir
 from ray_jobs.entrypoint import JobError
 from ray_jobs.specs import TrainSpec

@@ -7,7 +7,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,

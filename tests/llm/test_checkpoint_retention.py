@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import (
     best_checkpoint,
     complete_checkpoints,

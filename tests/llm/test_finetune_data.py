@@ -29,7 +29,8 @@ from llm.finetune.data import (
 )
 from llm.finetune.records import Chat, Instruction, Message, field_map, parse_record
 from llm.finetune.templates import chat_template, instruction_template
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.tokenizer.bpe import eos_id, load_tokenizer
 from tests.shared import DATA
 

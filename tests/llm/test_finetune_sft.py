@@ -17,10 +17,11 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
+from llm.finetune.config import finetune_config
 from llm.finetune.data import IGNORE_INDEX, DataOptions, SFTData, prepare
 from llm.finetune.samples import complete
-from llm.finetune.sft import evaluate_sft_loss, finetune, finetune_config
-from llm.model import ModelConfig
+from llm.finetune.sft import evaluate_sft_loss, finetune
+from llm.model.config import ModelConfig
 from llm.model.hf import export_hf, import_hf
 from llm.tokenizer.bpe import eos_id, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_checkpoint, load_model, step_dir

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from llm.generate import _filter_logits, generate
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from llm.generate import Sampling, _penalise, generate, generate_batch, stream
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 
 BASE = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 LLAMA = dict(norm="rmsnorm", activation="swiglu", position="rope", n_kv_head=2)

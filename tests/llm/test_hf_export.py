@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.model.hf import export_hf, family_of, import_hf
 
 transformers = pytest.importorskip("transformers")

@@ -14,7 +14,8 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import latest_checkpoint, load_checkpoint, step_dir
 from llm.train.data import TokenShards
 from llm.train.optim import build_optimizer, cosine_lr

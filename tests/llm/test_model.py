@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 

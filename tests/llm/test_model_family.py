@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from llm.model import EncoderDecoder, EncoderLM, ModelConfig, build_model
-from llm.model.encoders import shift_right
+from llm.model.config import ModelConfig
+from llm.model.encoders import EncoderDecoder, EncoderLM, build_model, shift_right
 from llm.model.sizing import count_parameters, flops_per_token
 
 BASE = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)

@@ -2,7 +2,6 @@
 
 import pytest
 
-from llm.model import ModelConfig
 from llm.model.chinchilla import (
     budget_from_gpu_hours,
     nearest_config,
@@ -10,6 +9,7 @@ from llm.model.chinchilla import (
     plan,
     predicted_loss,
 )
+from llm.model.config import ModelConfig
 from llm.model.sizing import count_parameters, training_memory
 
 GPT2 = ModelConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768)

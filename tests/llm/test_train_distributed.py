@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint import load_model, step_dir
 from llm.train.pretrain import TrainConfig, train
 from tests.llm.test_loop import base_cfg, tiny_model, vocab_of

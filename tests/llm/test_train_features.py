@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from llm.model import GPT
+from llm.model.gpt import GPT
 from llm.train.checkpoint import load_checkpoint, step_dir
 from llm.train.precision import load_scaler_state, scaler_state
 from llm.train.pretrain import train

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.optim import build_optimizer, linear_lr, scheduled_lr, wsd_lr
 
 KW = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 10, "total_steps": 110}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm.model import EncoderLM, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.encoders import EncoderLM
 from llm.train.checkpoint import load_checkpoint, step_dir
 from llm.train.config import TrainConfig
 from llm.train.data import TokenShards

@@ -25,7 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.train.checkpoint.full import load_checkpoint, save_checkpoint
 
 MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]

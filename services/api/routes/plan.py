@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm.model import ModelConfig
 from llm.model.chinchilla import GPU_PEAK_FLOPS, budget_from_gpu_hours, format_table, plan
+from llm.model.config import ModelConfig
 from llm.model.sizing import training_memory
 from services.api.validation import request_error
 

@@ -8,7 +8,8 @@ import torch
 
 from llm.eval.data import default_data_root
 from llm.eval.lm import LlmforgeModel
-from llm.model import GPT, ModelConfig
+from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
 from llm.tokenizer.bpe import train_bpe
 
 # a few sentences of plain English: enough merges that words become single tokens
