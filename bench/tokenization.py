@@ -8,7 +8,7 @@ pages, US speeches), in one run:
 - one core (a subprocess pinned with sched_setaffinity, RAYON_NUM_THREADS=1): a bare
   `tokenizers` encode_batch loop, and llmforge's encode path (tiktoken built from the
   tokenizer, verified id for id), both over the same Parquet texts;
-- the whole Ray job (ray_jobs.tokenize with the existing tokenizer) with 1 and 2 workers:
+- the whole Ray job (ray_jobs.tokenize_corpus with the existing tokenizer) with 1 and 2 workers:
   its encode stage (read Parquet, encode, write shards) and end to end;
 - bytes per token on the validation documents against `tokenizers`' own GPT-2-style
   ByteLevelBPETokenizer trained with the same vocab on the same sample.
@@ -152,8 +152,8 @@ def run_one_core(kind: str, corpus: Path, tokenizer: Path) -> dict[str, float]:
 
 
 def run_job(corpus: Path, tokenizer: Path, out: Path, workers: int) -> dict[str, Any]:
-    from ray_jobs.specs import TokenizeSpec
-    from ray_jobs.tokenize import run
+    from contracts.specs import TokenizeSpec
+    from ray_jobs.tokenize_corpus import run
 
     spec = TokenizeSpec(
         input=str(corpus), output=str(out), tokenizer=str(tokenizer), workers=workers

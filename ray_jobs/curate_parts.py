@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contracts.specs import CurateSpec
 from llm.data.read_parquet import read_parquet
 from llm.data.read_warc import read_warc
 from llm.data.readers import FieldMap, read_jsonl
@@ -35,7 +36,6 @@ from ray_jobs.curate_blocks import (
     merge_step_stats,
 )
 from ray_jobs.curate_spec import CurateStep, QualityClassifierStep
-from ray_jobs.specs import CurateSpec
 
 ORDER = "_order"  # input order (part sequence, row), so the final sort restores reading order
 PARTS_DIR = "_parts"

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from contracts.spec_base import Spec
 from llm.data.pii import PII_TYPES
 from llm.data.repetition import DUP_N_GRAMS, TOP_N_GRAMS
-from ray_jobs.spec_base import Spec
 
 # --- curate -------------------------------------------------------------------------------------
 # One step class per block in llm.data; defaults are the published thresholds the blocks carry.

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray.util import ActorPool
 
+from contracts.specs import EvaluateSpec
 from llm.eval.lm import load_eval_model
 from llm.eval.report import leaderboard_markdown
 from llm.eval.runner import evaluate_tasks, merge, regroup, shard_slices, task_rows
@@ -34,7 +35,6 @@ from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
-from ray_jobs.specs import EvaluateSpec
 
 # below this many items a task is not split further: each shard pays a batch's padding
 MIN_ITEMS_PER_SHARD = 64

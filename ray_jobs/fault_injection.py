@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ray_jobs.specs import DebugOptions
+from contracts.specs import DebugOptions
 
 FAIL_MARKER = "injected_failure.json"
 

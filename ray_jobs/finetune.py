@@ -19,6 +19,7 @@ from typing import Any
 import tokenizers
 import torch
 
+from contracts.specs import FinetuneSpec
 from llm.finetune.batches import batches_per_epoch
 from llm.finetune.config import finetune_config
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
@@ -34,7 +35,6 @@ from ray_jobs import entrypoint
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.evaluate import resolve_checkpoint
 from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
-from ray_jobs.specs import FinetuneSpec
 
 SUMMARY_FILE = "finetune_summary.json"
 REJECTED_FILE = "rejected.jsonl"

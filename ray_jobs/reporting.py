@@ -15,9 +15,7 @@ from typing import Any
 
 import httpx
 
-ENV_API_URL = "LLMFORGE_API_URL"
-ENV_JOB_ID = "LLMFORGE_JOB_ID"
-ENV_JOB_TOKEN = "LLMFORGE_JOB_TOKEN"
+from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN, METRICS_ROUTE
 
 
 class MetricsReporter:
@@ -47,7 +45,7 @@ class MetricsReporter:
     def _post(self) -> None:
         if not (self.api_url and self.job_id and self.token and self._pending):
             return
-        url = f"{self.api_url}/api/v1/jobs/{self.job_id}/metrics"
+        url = self.api_url + METRICS_ROUTE.format(job_id=self.job_id)
         try:
             r = httpx.post(
                 url,

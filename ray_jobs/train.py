@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from contracts.specs import DebugOptions, TrainSpec
 from llm.model.config import ModelConfig
 from llm.train.checkpoint import CONFIG_FILE, Retention, latest_checkpoint, read_state
 from llm.train.config import TrainConfig, check_config
@@ -24,7 +25,6 @@ from ray_jobs import entrypoint
 from ray_jobs.entrypoint import JobError, model_on_shards, open_shards_and_output
 from ray_jobs.fault_injection import fail_once
 from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
-from ray_jobs.specs import DebugOptions, TrainSpec
 
 SUMMARY_FILE = "train_summary.json"
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from pyarrow import fs
 from ray.train import Checkpoint, CheckpointConfig
 
+from contracts import uri_io
 from llm.train.checkpoint import (
     STATE_FILE,
     Retention,
@@ -32,12 +33,11 @@ from llm.train.checkpoint import (
     move_into_place,
     step_dir,
 )
-from ray_jobs import storage
 
 
 def run_storage(uri: str, retention: Retention) -> dict[str, Any]:
     """RunConfig arguments that persist reported checkpoints at uri, kept as retention says."""
-    filesystem, path = storage.filesystem(uri)
+    filesystem, path = uri_io.filesystem(uri)
     return {
         "storage_path": path,
         "storage_filesystem": filesystem,
@@ -80,7 +80,7 @@ def report(metrics: dict[str, float], path: Path | None, storage_uri: str | None
 
 
 def _store_best(path: Path, best: dict[str, Any], uri: str) -> None:
-    filesystem, base = storage.filesystem(uri.rstrip("/"))
+    filesystem, base = uri_io.filesystem(uri.rstrip("/"))
     target = f"{base}/best/{path.name}"
     filesystem.create_dir(target, recursive=True)
     fs.copy_files(

@@ -24,12 +24,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
+from contracts.specs import TuneSpec
 from llm.model.config import ModelConfig
 from llm.train.pretrain import TrainConfig, train
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, model_on_shards, open_shards_and_output
-from ray_jobs.specs import TuneSpec
 
 METRIC, MODE = "val_loss", "min"
 # The loop's cosine schedule decays to min_lr; a fixed floor would sit above small sampled lrs.

@@ -19,7 +19,8 @@ from typing import Any
 from pyarrow import fs
 from sqlalchemy.orm import Session
 
-from ray_jobs import storage
+from contracts import uri_io
+from contracts.jobs import JOB_TYPES, JobKind
 from services.jsonsafe import finite_record
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Job
@@ -28,7 +29,7 @@ Registrar = Callable[[Session, Job], list[Artifact]]
 
 
 def _read_json(uri: str) -> dict[str, Any]:
-    data = json.loads(storage.read_text(uri))
+    data = json.loads(uri_io.read_text(uri))
     if not isinstance(data, dict):
         raise ValueError(f"{uri}: expected a JSON object")
     return data
@@ -187,27 +188,28 @@ def _evaluate(session: Session, job: Job) -> list[Artifact]:
     return []
 
 
+# By what a job kind registers (contracts.jobs.JobType.registers).
 REGISTRARS: dict[str, Registrar] = {
-    "curate": _curate,
-    "tokenize": _tokenize,
-    "train": _train,
-    "evaluate": _evaluate,
-    "finetune": _finetune,
+    "documents": _curate,
+    "token_shards": _tokenize,
+    "checkpoint": _train,
+    "evaluation": _evaluate,
+    "finetuned": _finetune,
 }
 
 
 def register_outputs(session: Session, job: Job) -> list[Artifact]:
     """Record what a job that has just succeeded made (nothing for kinds without outputs to
     record, such as tune, whose best configuration stays in the job's result)."""
-    registrar = REGISTRARS.get(job.kind)
-    return registrar(session, job) if registrar else []
+    registers = JOB_TYPES[JobKind(job.kind)].registers
+    return REGISTRARS[registers](session, job) if registers else []
 
 
 def delete_files(uri: str) -> bool:
     """Delete an artifact's folder or file (local or s3://); False when it was already gone.
     A path of fewer than two parts (``/tmp``, a whole bucket) is refused: no registry record is
     worth that."""
-    filesystem, path = storage.filesystem(uri)
+    filesystem, path = uri_io.filesystem(uri)
     if len([part for part in path.split("/") if part]) < 2:
         raise ValueError(f"refusing to delete {uri!r}: too close to a filesystem root")
     info = filesystem.get_file_info(path)

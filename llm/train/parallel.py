@@ -18,6 +18,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from llm.model.compile import compile_supported
 from llm.model.gpt import GPT
 
 
@@ -44,6 +45,11 @@ def parallelize(
             "TrainConfig.parallelism='fsdp' needs an initialised torch.distributed process "
             "group (a world of one is fine)"
         )
+    if compile_model:
+        device = next(model.parameters()).device.type
+        supported, why = compile_supported(device)
+        if not supported:  # before the first step, not as an inductor error mid-run
+            raise ValueError(f"TrainConfig.compile=True cannot run here: {why}")
     for block in model.blocks:
         # the composable checkpoint keeps parameter names, so checkpoints stay interchangeable
         if activation_checkpointing:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ray_jobs.specs import JobKind
+from contracts.jobs import JobKind
 
 
 class Strict(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from ray_jobs.specs import SPEC_TYPES, JobKind
+from contracts.jobs import JOB_TYPES, JobKind
 
 
 def validate_spec(
@@ -16,7 +16,7 @@ def validate_spec(
 ) -> dict[str, Any]:
     """The spec with defaults filled in, or a 422 whose ``loc`` points into the request body."""
     try:
-        model = SPEC_TYPES[kind].model_validate(spec)
+        model = JOB_TYPES[kind].spec.model_validate(spec)
     except ValidationError as e:
         errors = [
             {**err, "loc": (*loc, *err["loc"]), "msg": f"{kind} spec: {err['msg']}"}
@@ -25,7 +25,7 @@ def validate_spec(
         raise RequestValidationError(errors) from e
     reject_non_finite(model.model_dump(), loc)
     dumped = model.model_dump(mode="json")
-    check_uris(dumped, loc)
+    check_uris(dumped, JOB_TYPES[kind].uri_fields, loc)
     return dumped
 
 
@@ -42,14 +42,13 @@ def reject_non_finite(value: Any, loc: tuple[str | int, ...]) -> None:
             reject_non_finite(item, (*loc, index))
 
 
-# Spec fields that name files or folders; their values must be plain paths, file:// or s3://.
-URI_FIELDS = {"input", "output", "data", "checkpoint", "tokenizer"}
 ALLOWED_SCHEMES = ("file://", "s3://")
 
 
-def check_uris(spec: dict[str, Any], loc: tuple[str | int, ...]) -> None:
-    """No ``..`` escapes and no unexpected schemes in the paths a job will read or write."""
-    for field in sorted(URI_FIELDS & spec.keys()):
+def check_uris(spec: dict[str, Any], fields: tuple[str, ...], loc: tuple[str | int, ...]) -> None:
+    """No ``..`` escapes and no unexpected schemes in the paths a job will read or write (the
+    spec's ``Uri`` fields)."""
+    for field in sorted(set(fields) & spec.keys()):
         value = spec[field]
         if isinstance(value, str):
             check_uri(value, (*loc, field))

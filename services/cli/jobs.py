@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ray_jobs.specs import JobKind
+from contracts.jobs import JobKind
 from services.cli.client import api_client, load_file, print_response, wait_until_ended
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from contracts.specs import CurateSpec
 from llm.data.minhash import (
     ANCHORS,
     band_keys,
@@ -30,7 +31,6 @@ from llm.data.minhash import (
 )
 from llm.data.minhash_verify import verify_pairs_exact
 from ray_jobs.curate import run
-from ray_jobs.specs import CurateSpec
 from tests.llm.data.batches import make_batch
 
 pytestmark = [pytest.mark.ray]

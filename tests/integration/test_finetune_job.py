@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.specs import FinetuneSpec
 from llm.model.config import ModelConfig
 from llm.tokenizer.bpe import load_tokenizer, save_tokenizer, train_bpe
 from llm.train.checkpoint import load_model
 from llm.train.pretrain import TrainConfig, train
 from ray_jobs import finetune as finetune_job
 from ray_jobs.entrypoint import JobError
-from ray_jobs.specs import FinetuneSpec
 from services.server import BackgroundServer
 from tests.integration.test_train_job import job_body, tiny_shards, wait_for_job
 from tests.shared import DATA

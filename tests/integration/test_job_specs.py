@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from contracts.specs import TrainSpec, TuneSpec
 from llm.model.config import ModelConfig
 from llm.train.config import TrainConfig
-from ray_jobs.specs import TrainSpec, TuneSpec
 
 BASE = {"data": "d", "output": "o"}
 

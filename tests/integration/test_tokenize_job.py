@@ -1,4 +1,4 @@
-"""ray_jobs.tokenize on a local Ray instance: tiktoken fast path, shard contents, stats, errors."""
+"""ray_jobs.tokenize_corpus on local Ray: tiktoken fast path, shard contents, stats, errors."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from contracts.specs import TokenizeSpec
 from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, load_tokenizer
 from llm.tokenizer.shards import split_of
 from llm.train.data import TokenShards
 from ray_jobs.entrypoint import JobError
-from ray_jobs.specs import TokenizeSpec
-from ray_jobs.tokenize import run
+from ray_jobs.tokenize_corpus import run
 
 pytestmark = [pytest.mark.ray]
 NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\n  two spaces\r\n"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from contracts.specs import TrainSpec
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
 from llm.train.checkpoint import save_checkpoint, step_dir
 from ray_jobs.entrypoint import JobError
-from ray_jobs.specs import TrainSpec
 from ray_jobs.train import run
 from tests.integration.test_train_job import TINY_MODEL, tiny_shards
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from contracts.specs import TrainSpec
 from ray_jobs.fault_injection import FAIL_MARKER
-from ray_jobs.specs import TrainSpec
 from services.server import BackgroundServer
 from tests.llm.conftest import SHAKESPEARE, build_shard_folder, shakespeare_docs
 

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from ray_jobs import storage
+from contracts import uri_io
 from ray_jobs.fault_injection import FAIL_MARKER
 from services.ray_head import free_port
 from services.server import BackgroundServer
@@ -68,7 +68,7 @@ def job(
     }
     # the cluster's S3 endpoint and credentials, as an operator's environment would give them
     cluster_env = {
-        storage.ENDPOINT_ENV: endpoint,
+        uri_io.ENDPOINT_ENV: endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -116,7 +116,7 @@ def test_s3_holds_the_newest_checkpoint_and_the_best(
 def test_checkpoint_storage_takes_s3_or_a_path_only() -> None:
     from pydantic import ValidationError
 
-    from ray_jobs.specs import TrainSpec
+    from contracts.specs import TrainSpec
 
     base = {"data": "d", "output": "o"}
     assert TrainSpec(**base, checkpoint_storage="s3://b/p").checkpoint_storage == "s3://b/p"

@@ -228,3 +228,23 @@ def test_memory_mfu_and_tensorboard(shakespeare_shards: Path, tmp_path: Path) ->
     metrics = logs.calls[0][1]
     flops = GPT(model).flops_per_token()
     assert metrics["mfu"] == pytest.approx(flops * metrics["tokens_per_s"] / 1e12)
+
+
+def test_compile_where_it_cannot_run_is_refused_before_the_first_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llm.model.compile
+    from llm.model.config import ModelConfig
+    from llm.model.gpt import GPT
+    from llm.train.parallel import parallelize
+
+    monkeypatch.setattr(llm.model.compile.shutil, "which", lambda name: None)
+    model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_head=2, n_embd=16, block_size=8))
+    with pytest.raises(ValueError, match=r"compile=True cannot run here: .*C\+\+ compiler"):
+        parallelize(
+            model,
+            parallelism="ddp",
+            world_size=1,
+            activation_checkpointing=False,
+            compile_model=True,
+        )

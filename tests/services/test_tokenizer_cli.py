@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ray_jobs.specs import TokenizeSpec
+from contracts.specs import TokenizeSpec
 from services.cli import main
 
 

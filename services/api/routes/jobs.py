@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from ray_jobs import storage
+from contracts import uri_io
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
     JobCreate,
@@ -249,7 +249,7 @@ def job_artifacts(
     job = job_or_404(session, job_id, who)
     output = str(job.spec.get("output", ""))
     try:
-        files = storage.list_files(output, limit=limit) if output else []
+        files = uri_io.list_files(output, limit=limit) if output else []
     except OSError as e:
         raise HTTPException(
             status.HTTP_502_BAD_GATEWAY, redact(f"cannot list {output}: {e}")

@@ -1,42 +1,33 @@
 """Job specs: one pydantic model per job kind.
 
 Each spec is at once the REST body, the stored record and the entrypoint's input
-(``python -m ray_jobs.<kind> --spec URI``). Unknown fields are rejected so that a typo is a 422
+(``python -m <entry module> --spec URI``, see ``contracts.jobs``). Fields that name files or
+folders are ``Uri``: the control plane checks every one of them before a job is accepted.
+Unknown fields are rejected so that a typo is a 422
 that names the field instead of a silently ignored option.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from contracts.spec_base import Spec, Uri
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from llm.train.config import TrainConfig
 from ray_jobs.curate_spec import CurateSpec
-from ray_jobs.spec_base import Spec
-
-
-class JobKind(StrEnum):
-    curate = "curate"
-    tokenize = "tokenize"
-    train = "train"
-    evaluate = "evaluate"
-    tune = "tune"
-    finetune = "finetune"
-
 
 # --- tokenize -----------------------------------------------------------------------------------
 
 
 class TokenizeSpec(Spec):
-    input: str = Field(description="a curate job's output folder (its data/ Parquet is read)")
-    output: str
+    input: Uri = Field(description="a curate job's output folder (its data/ Parquet is read)")
+    output: Uri
     vocab_size: int = Field(default=4096, ge=260, le=1_000_000)
-    tokenizer: str | None = Field(default=None, description="an existing tokenizer.json to reuse")
+    tokenizer: Uri | None = Field(default=None, description="an existing tokenizer.json to reuse")
     sample_docs: int = Field(default=20_000, gt=0, description="documents sampled for training")
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     seed: int = 0
@@ -100,13 +91,13 @@ class TrainSpec(Spec):
 
     flat_sections: ClassVar[tuple[str, ...]] = ("train",)
 
-    data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
-    output: str
+    data: Uri = Field(description="a tokenize job's output folder (manifest.json and shards)")
+    output: Uri
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
-    checkpoint_storage: str | None = Field(
+    checkpoint_storage: Uri | None = Field(
         default=None,
         description="s3://bucket/prefix (or a folder all nodes see) where Ray Train keeps "
         "checkpoints, so a worker group restarted on other nodes resumes from them",
@@ -136,15 +127,15 @@ class EvaluateSpec(Spec):
     """Benchmark tasks (llm.eval: log-likelihood multiple choice, perplexity, generation) spread
     over Ray workers, and/or validation loss plus a sampled completion on token shards."""
 
-    checkpoint: str = Field(
+    checkpoint: Uri = Field(
         description="an llmforge checkpoint, a train/finetune output folder (its latest "
         "checkpoint) or a Hugging Face model folder"
     )
-    data: str | None = Field(
+    data: Uri | None = Field(
         default=None, description="token shard folder whose val split is scored (loss, ppl)"
     )
-    output: str
-    tokenizer: str | None = Field(
+    output: Uri
+    tokenizer: Uri | None = Field(
         default=None,
         description="tokenizer.json or a token-shard folder; default: data's, else one beside "
         "the checkpoint",
@@ -158,7 +149,7 @@ class EvaluateSpec(Spec):
     limit: int | None = Field(default=None, gt=0, description="first N items of each task")
     workers: int = Field(default=2, gt=0, description="Ray workers the task items spread over")
     log_samples: bool = Field(default=False, description="per-item records in eval.json")
-    data_root: str | None = Field(
+    data_root: Uri | None = Field(
         default=None, description="where built-in tasks find their data (LLMFORGE_DATA_ROOT)"
     )
     batch_size: int = Field(default=8, gt=0)
@@ -213,8 +204,8 @@ class SearchSpace(Spec):
 class TuneSpec(Spec):
     """Ray Tune with ASHA over ``space``: short training runs, ranked by val_loss (lower wins)."""
 
-    data: str = Field(description="a tokenize job's output folder (manifest.json and shards)")
-    output: str
+    data: Uri = Field(description="a tokenize job's output folder (manifest.json and shards)")
+    output: Uri
     model: ModelConfig = Field(default_factory=ModelConfig)
     space: SearchSpace = Field(default_factory=SearchSpace)
     num_samples: int = Field(default=8, gt=0, description="trials drawn from space")
@@ -246,12 +237,12 @@ _SFT = finetune_config()
 class FinetuneSpec(Spec):
     """Supervised fine-tuning (llm.finetune) of a checkpoint on instruction or chat records."""
 
-    checkpoint: str = Field(
+    checkpoint: Uri = Field(
         description="a checkpoint folder, or a train or finetune job's output (its latest one)"
     )
-    data: str = Field(description="instruction records: a JSON array or a JSONL file")
-    output: str
-    tokenizer: str | None = Field(
+    data: Uri = Field(description="instruction records: a JSON array or a JSONL file")
+    output: Uri
+    tokenizer: Uri | None = Field(
         default=None,
         description="the token-shard folder the checkpoint was trained on (its manifest names "
         "the tokenizer) or a tokenizer.json; default: a tokenizer.json beside the checkpoint, "
@@ -330,11 +321,12 @@ class FinetuneSpec(Spec):
         return self
 
 
-SPEC_TYPES: dict[JobKind, type[Spec]] = {
-    JobKind.curate: CurateSpec,
-    JobKind.tokenize: TokenizeSpec,
-    JobKind.train: TrainSpec,
-    JobKind.evaluate: EvaluateSpec,
-    JobKind.tune: TuneSpec,
-    JobKind.finetune: FinetuneSpec,
-}
+__all__ = [
+    "CurateSpec",
+    "EvaluateSpec",
+    "FinetuneSpec",
+    "SearchSpace",
+    "TokenizeSpec",
+    "TrainSpec",
+    "TuneSpec",
+]

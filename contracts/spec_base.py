@@ -10,7 +10,8 @@ dataclass names the top-level field the user wrote.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+import typing
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     BaseModel,
@@ -22,6 +23,31 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails
+
+
+class _NamesStorage:
+    """Marks a spec field whose value names a file or folder: a path, file:// or s3:// URI."""
+
+
+# A file or folder a job reads or writes. Declaring it here is what makes the control plane
+# check it (``uri_fields``), so a new field cannot skip the check.
+Uri = Annotated[str, _NamesStorage()]
+
+
+def _names_storage(annotation: Any) -> bool:
+    if any(isinstance(meta, _NamesStorage) for meta in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_names_storage(arg) for arg in typing.get_args(annotation))
+
+
+def uri_fields(spec_type: type[BaseModel]) -> tuple[str, ...]:
+    """The names of the spec's top-level fields declared as ``Uri`` (alone or optional)."""
+    return tuple(
+        name
+        for name, field in spec_type.model_fields.items()
+        if _names_storage(field.annotation)
+        or any(isinstance(m, _NamesStorage) for m in field.metadata)
+    )
 
 
 class Spec(BaseModel):

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from contracts.specs import TokenizeSpec
 from llm.tokenizer.bpe import eos_id, file_sha256, load_tokenizer, save_tokenizer, train_bpe
 from llm.tokenizer.fast import Encoder, document_encoder
 from llm.tokenizer.shards import (
@@ -32,7 +33,6 @@ from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray
 from ray_jobs.entrypoint import JobError, local_path
 from ray_jobs.reporting import MetricsReporter
-from ray_jobs.specs import TokenizeSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 # One encoder per worker process and tokenizer file (keyed by its hash, so a rewritten file

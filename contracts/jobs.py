@@ -1,0 +1,52 @@
+"""The one table of job kinds: everything the control plane and the jobs agree on per kind.
+
+Adding a job kind is a spec class, an entry module under ``ray_jobs/`` and one line here (plus a
+registrar in ``services.job_outputs`` if it makes a new kind of artifact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from contracts.spec_base import Spec, uri_fields
+from contracts.specs import (
+    EvaluateSpec,
+    FinetuneSpec,
+    TokenizeSpec,
+    TrainSpec,
+    TuneSpec,
+)
+from ray_jobs.curate_spec import CurateSpec
+
+
+class JobKind(StrEnum):
+    curate = "curate"
+    tokenize = "tokenize"
+    train = "train"
+    evaluate = "evaluate"
+    tune = "tune"
+    finetune = "finetune"
+
+
+@dataclass(frozen=True)
+class JobType:
+    spec: type[Spec]
+    # Run on Ray as ``python -m <entry_module> --spec URI``.
+    entry_module: str
+    # What a success adds to the registry (a registrar in services.job_outputs), or None.
+    registers: str | None
+
+    @property
+    def uri_fields(self) -> tuple[str, ...]:
+        return uri_fields(self.spec)
+
+
+JOB_TYPES: dict[JobKind, JobType] = {
+    JobKind.curate: JobType(CurateSpec, "ray_jobs.curate", "documents"),
+    JobKind.tokenize: JobType(TokenizeSpec, "ray_jobs.tokenize_corpus", "token_shards"),
+    JobKind.train: JobType(TrainSpec, "ray_jobs.train", "checkpoint"),
+    JobKind.evaluate: JobType(EvaluateSpec, "ray_jobs.evaluate", "evaluation"),
+    JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", None),
+    JobKind.finetune: JobType(FinetuneSpec, "ray_jobs.finetune", "finetuned"),
+}
