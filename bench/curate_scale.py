@@ -108,7 +108,7 @@ def run_once(spec_path: str) -> dict[str, Any]:
     """Run the job in this process (the child side), sampling memory while it runs."""
     import resource
 
-    from ray_jobs.curate import run
+    from ray_jobs.curate.job import run
     from ray_jobs.specs import CurateSpec
 
     peak = {"total_kb": 0, "worker_kb": 0}

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llm.tokenizer.bpe import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
-from ray_jobs.curate_spec import CurateSpec
+from ray_jobs.curate.spec import CurateSpec
 from ray_jobs.spec_base import Spec
 
 

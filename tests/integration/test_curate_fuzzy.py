@@ -29,7 +29,7 @@ from llm.data.minhash import (
     signatures,
 )
 from llm.data.minhash_verify import verify_pairs_exact
-from ray_jobs.curate import run
+from ray_jobs.curate.job import run
 from ray_jobs.specs import CurateSpec
 from tests.llm.data.batches import make_batch
 

@@ -8,9 +8,8 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from llm.data.pii import PII_TYPES
-from ray_jobs.curate_blocks import build_block, document_steps
-from ray_jobs.curate_spec import CurateSpec, PIIType
+from llm.data.pii import PII_TYPES, PIIType
+from ray_jobs.curate.spec import CurateSpec
 
 QUALITY: dict[str, Any] = {"kind": "quality_classifier", "model_path": "quality.bin"}
 TOP_HALF = QUALITY | {"top_fraction": 0.5}
@@ -26,7 +25,7 @@ def test_every_per_document_step_builds_its_block() -> None:
     spec = _spec(
         [{"kind": k} for k in kinds] + [{"kind": "exact_dedup"}, {"kind": "minhash_dedup"}]
     )
-    blocks = [build_block(step) for step in document_steps(spec.steps)]
+    blocks = [step.document_block() for step in spec.document_steps()]
     assert [type(b).__name__ for b in blocks][:2] == ["Normalizer", "LengthFilter"]
     assert len(blocks) == len(kinds)
 
@@ -63,9 +62,9 @@ def test_bad_parameters_are_rejected(
 def test_quality_threshold_runs_per_document_and_top_fraction_over_the_corpus() -> None:
     threshold = QUALITY | {"threshold": 0.5}
     spec = _spec([threshold, {"kind": "length"}, {"kind": "exact_dedup"}, TOP_HALF])
-    steps = document_steps(spec.steps)
+    steps = spec.document_steps()
     assert [s.kind for s in steps] == ["quality_classifier", "length"]
-    block = build_block(steps[0])
+    block = steps[0].document_block()
     assert type(block).__name__ == "QualityClassifierFilter"
     assert block.threshold == 0.5  # type: ignore[attr-defined]
 
@@ -79,7 +78,7 @@ def test_decontaminate_reads_named_fields_of_eval_jsonl(tmp_path: Path) -> None:
     (tmp_path / "eval.jsonl").write_text(json.dumps({"question": {"stem": question}}) + "\n")
     eval_set = {"name": "arc", "path": str(tmp_path / "eval.jsonl"), "fields": ["question"]}
     spec = _spec([{"kind": "decontaminate", "eval_sets": [eval_set], "n": 8}])
-    (block,) = [build_block(step) for step in spec.steps]
+    (block,) = [step.document_block() for step in spec.steps]
     batch = pa.table(
         {
             "id": ["a", "b"],
