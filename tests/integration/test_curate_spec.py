@@ -1,6 +1,7 @@
 """CurateSpec validation: every bad parameter is a pydantic error (the API's 422)."""
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, get_args
 
@@ -9,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from llm.data.pii import PII_TYPES, PIIType
+from llm.data.registry import BLOCKS
 from ray_jobs.curate.spec import CurateSpec
+from ray_jobs.curate.steps import STEP_MODELS
 
 QUALITY: dict[str, Any] = {"kind": "quality_classifier", "model_path": "quality.bin"}
 TOP_HALF = QUALITY | {"top_fraction": 0.5}
@@ -88,3 +91,35 @@ def test_decontaminate_reads_named_fields_of_eval_jsonl(tmp_path: Path) -> None:
         schema=pa.schema([("id", pa.string()), ("text", pa.string()), ("reason", pa.string())]),
     )
     assert block.apply(batch).column("reason").to_pylist() == ["decontaminated:arc", None]
+
+
+def test_every_block_is_a_step_whose_schema_keeps_constraints_and_descriptions() -> None:
+    assert list(STEP_MODELS) == list(BLOCKS)
+    schema = CurateSpec.model_json_schema()["$defs"]
+    threshold = schema["MinHashDedupStep"]["properties"]["threshold"]
+    assert threshold["exclusiveMinimum"] == 0 and threshold["maximum"] == 1
+    assert threshold["description"] == "Jaccard similarity to verify"
+    assert schema["EvalSet"]["properties"]["name"]["pattern"] == r"^[\w.-]+$"
+    assert schema["EvalSet"]["additionalProperties"] is False
+    assert schema["QualityClassifierStep"]["required"] == ["model_path"]
+
+
+@pytest.mark.parametrize(
+    ("eval_set", "message"),
+    [
+        ({"name": "a/b", "path": "x"}, "should match pattern"),
+        ({"name": "a", "path": "x", "y": 1}, "Extra"),
+    ],
+)
+def test_nested_parameters_are_checked_like_steps(eval_set: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _spec([{"kind": "decontaminate", "eval_sets": [eval_set]}])
+
+
+def test_a_spec_pickles_by_reference_for_ray_tasks() -> None:
+    eval_set = {"name": "arc", "path": "eval.jsonl"}
+    spec = _spec([{"kind": "decontaminate", "eval_sets": [eval_set]}, {"kind": "minhash_dedup"}])
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    params = spec.steps[0].params()
+    assert type(params).__name__ == "DecontaminateParams"
+    assert type(params.eval_sets[0]).__name__ == "EvalSet"  # nested models become dataclasses
