@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from llm.data.registry import BLOCKS
-from ray_jobs.curate.steps import STEP_MODELS, CurateStep, Step
+from ray_jobs.curate.steps import STEP_MODELS, CurateStep, Step, corpus_label
 from ray_jobs.spec_base import Spec
 
 DEFAULT_STEPS = ("length", "gopher_quality", "exact_dedup")
@@ -16,11 +16,7 @@ DEFAULT_STEPS = ("length", "gopher_quality", "exact_dedup")
 
 def _corpus_step_names() -> str:
     """Every step that can run on the corpus, in words, for messages."""
-    labels = sorted(
-        f"{kind} with {block.corpus_when}" if block.corpus_when else kind
-        for kind, block in BLOCKS.items()
-        if block.corpus_reason is not None
-    )
+    labels = sorted(corpus_label(b) for b in BLOCKS.values() if b.corpus_reason is not None)
     return f"{', '.join(labels[:-1])} and {labels[-1]}" if len(labels) > 1 else "".join(labels)
 
 
@@ -59,7 +55,7 @@ class CurateSpec(Spec):
             )
         corpus = [self.steps[i] for i in corpus_at]
         kinds = [step.kind for step in corpus]
-        repeated = {step.corpus_label() for step in corpus if kinds.count(step.kind) > 1}
+        repeated = {corpus_label(step.block) for step in corpus if kinds.count(step.kind) > 1}
         if repeated:
             raise ValueError(f"steps: {sorted(repeated)} may appear once")
         return self

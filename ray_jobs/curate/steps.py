@@ -60,13 +60,14 @@ class Step(Params):
         """Whether the step needs the whole corpus at once (dedup, a top-fraction cut)."""
         return self.block.on_corpus(self.params())
 
-    def corpus_label(self) -> str:
-        """How messages name the step as a corpus step ("quality_classifier with top_fraction")."""
-        return f"{self.kind} with {self.block.corpus_when}" if self.block.corpus_when else self.kind
-
     def document_block(self) -> DocumentBlock:
         """The llm.data block that runs this per-document step."""
         return document_block(self.kind, self.params())
+
+
+def corpus_label(block: type[Block]) -> str:
+    """How messages name a block as a corpus step ("quality_classifier with top_fraction")."""
+    return f"{block.kind} with {block.corpus_when}" if block.corpus_when else block.kind
 
 
 def _plain(value: Any) -> Any:
@@ -126,9 +127,12 @@ def _published(model: type[Params], params: type[Any]) -> type[Params]:
 def params_model(params: type[Any]) -> type[Params]:
     """The strict model of a nested parameter dataclass (``EvalSet``)."""
     model = create_model(
-        params.__name__, __base__=Params, __module__=__name__, __doc__=params.__doc__,
+        params.__name__,
+        __base__=Params,
+        __module__=__name__,
+        __doc__=params.__doc__,
         **_fields(params),
-    )  # fmt: skip
+    )
     return _published(model, params)
 
 
