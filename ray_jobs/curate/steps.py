@@ -34,7 +34,7 @@ from llm.data.registry import BLOCKS, document_block
 from ray_jobs.spec_base import Spec
 
 
-class Params(Spec):
+class ParamsModel(Spec):
     """A model generated from a parameter dataclass; ``params()`` gives the dataclass back."""
 
     dataclass_type: ClassVar[type[Any]]
@@ -50,7 +50,7 @@ class Params(Spec):
         return self
 
 
-class Step(Params):
+class Step(ParamsModel):
     """One step of a curate pipeline: a block of ``llm.data.registry`` and its parameters."""
 
     kind: str
@@ -71,7 +71,7 @@ def corpus_label(block: type[Block]) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Params):
+    if isinstance(value, ParamsModel):
         return value.params()
     if isinstance(value, list):
         return [_plain(item) for item in value]
@@ -114,7 +114,7 @@ def _fields(params: type[Any]) -> dict[str, Any]:
     return {f.name: (_annotation(hints[f.name]), _field(f)) for f in dataclasses.fields(params)}
 
 
-def _published(model: type[Params], params: type[Any]) -> type[Params]:
+def _published(model: type[ParamsModel], params: type[Any]) -> type[ParamsModel]:
     """``model`` tied to its dataclass and importable from this module by name, so a spec holding
     it pickles by reference (Ray sends the spec to every task)."""
     model.dataclass_type = params
@@ -124,11 +124,11 @@ def _published(model: type[Params], params: type[Any]) -> type[Params]:
 
 
 @cache
-def params_model(params: type[Any]) -> type[Params]:
+def params_model(params: type[Any]) -> type[ParamsModel]:
     """The strict model of a nested parameter dataclass (``EvalSet``)."""
     model = create_model(
         params.__name__,
-        __base__=Params,
+        __base__=ParamsModel,
         __module__=__name__,
         __doc__=params.__doc__,
         **_fields(params),
