@@ -108,8 +108,8 @@ def run_once(spec_path: str) -> dict[str, Any]:
     """Run the job in this process (the child side), sampling memory while it runs."""
     import resource
 
-    from contracts.specs import CurateSpec
-    from ray_jobs.curate import run
+    from contracts.curate import CurateSpec
+    from ray_jobs.curate.job import run
 
     peak = {"total_kb": 0, "worker_kb": 0}
     done = threading.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from contracts.curate import CurateSpec
 from contracts.spec_base import Spec, uri_fields
 from contracts.specs import (
     EvaluateSpec,
@@ -17,7 +18,6 @@ from contracts.specs import (
     TrainSpec,
     TuneSpec,
 )
-from ray_jobs.curate_spec import CurateSpec
 
 
 class JobKind(StrEnum):

@@ -13,12 +13,12 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from contracts.curate import CurateSpec
 from contracts.spec_base import Spec, Uri
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from llm.train.config import TrainConfig
-from ray_jobs.curate_spec import CurateSpec
 
 # --- tokenize -----------------------------------------------------------------------------------
 

@@ -13,10 +13,14 @@ with no network access we ship a short English excerpt of well-known profanities
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow as pa
+from annotated_types import Ge, MinLen
 
+from llm.data.block import DESCRIPTION, DocumentBlock, Fraction
 from llm.data.schema import ID, TEXT, kept_mask, set_column, with_reasons
 from llm.data.sentences import count_sentences
 
@@ -39,10 +43,27 @@ def _enabled(limit: int | None) -> bool:
     return limit is not None and limit >= 0
 
 
-class C4QualityFilter:
+@dataclass(frozen=True)
+class C4QualityParams:
+    """C4's line and page rules (Raffel et al. 2020); edits text as well as rejecting."""
+
+    remove_citations: bool = True
+    filter_no_terminal_punct: bool = True
+    min_num_sentences: Annotated[int, Ge(0)] | None = 5
+    min_words_per_line: Annotated[int, Ge(0)] | None = 3
+    max_word_length: Annotated[int, Ge(1)] | None = 1000
+    filter_lorem_ipsum: bool = True
+    filter_javascript: bool = True
+    filter_curly_bracket: bool = True
+    filter_policy: bool = True
+
+
+class C4QualityFilter(DocumentBlock):
     """Removes lines that fail C4's line rules and rejects documents that fail its page rules."""
 
     name = "c4_quality"
+    kind = "c4_quality"
+    Params = C4QualityParams
 
     def __init__(
         self,
@@ -142,7 +163,21 @@ def bad_words_pattern(words: frozenset[str], language: str) -> re.Pattern[str]:
     return re.compile(rf"(?:\W|^)(?:{alternatives})(?:\W|$)")
 
 
-class C4BadWordsFilter:
+@dataclass(frozen=True)
+class C4BadWordsParams:
+    """C4's bad-words filter: documents containing a word from their language's list."""
+
+    word_lists: dict[str, str] | None = field(
+        default=None,
+        metadata={DESCRIPTION: "language -> word list file; None: the shipped English list"},
+    )
+    keep_fraction: Fraction = 0.0
+    fail_on_missing_language: bool = True
+    seed: int = 0
+    default_language: Annotated[str, MinLen(2)] = "en"
+
+
+class C4BadWordsFilter(DocumentBlock):
     """Rejects documents containing a bad word for their language.
 
     The language is the row's ``lang`` annotation when present (from ``LanguageFilter``), else
@@ -151,6 +186,19 @@ class C4BadWordsFilter:
     """
 
     name = "c4_badwords"
+    kind = "c4_badwords"
+    Params = C4BadWordsParams
+
+    @classmethod
+    def from_params(cls, params: C4BadWordsParams) -> "C4BadWordsFilter":
+        lists = params.word_lists or DEFAULT_WORD_LISTS
+        return cls(
+            word_lists={language: Path(path) for language, path in lists.items()},
+            keep_fraction=params.keep_fraction,
+            fail_on_missing_language=params.fail_on_missing_language,
+            seed=params.seed,
+            default_language=params.default_language,
+        )
 
     def __init__(
         self,

@@ -6,11 +6,17 @@ hashes (``llm.data.ngrams``), so an index of millions of eval n-grams stays a fe
 Evaluation texts shorter than ``n`` words contribute no n-gram and cannot match.
 """
 
-from collections.abc import Iterable, Mapping
+import gzip
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+from annotated_types import Ge, Le, MinLen
 
+from llm.data.block import DESCRIPTION, DocumentBlock, Pattern
 from llm.data.ngrams import ngram_hashes, normalized_words, word_hashes
 from llm.data.schema import TEXT, kept_mask, set_column, with_reasons
 
@@ -21,6 +27,55 @@ NGRAM_SIZE = 13
 def text_ngrams(text: str, n: int = NGRAM_SIZE) -> np.ndarray:
     """The distinct hashed n-grams of the normalised text."""
     return np.unique(ngram_hashes(word_hashes(normalized_words(text)), n))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set to decontaminate against, read from a file."""
+
+    name: Annotated[str, MinLen(1), Pattern(r"^[\w.-]+$")]
+    path: str = field(
+        metadata={DESCRIPTION: "JSONL (optionally .gz) or plain text, one example a line"}
+    )
+    fields: Annotated[list[str], MinLen(1)] = field(
+        default_factory=lambda: ["text"], metadata={DESCRIPTION: "JSONL fields joined per line"}
+    )
+
+
+@dataclass(frozen=True)
+class DecontaminateParams:
+    """Rejects documents sharing an n-gram with an evaluation set (GPT-3, appendix C)."""
+
+    eval_sets: Annotated[list[EvalSet], MinLen(1)]
+    n: Annotated[int, Ge(1), Le(64)] = NGRAM_SIZE
+    reject: bool = True
+
+
+def eval_set_texts(eval_set: EvalSet) -> Iterator[str]:
+    """One text per line: the named JSONL fields joined, or the line itself for plain text."""
+    opener = gzip.open if eval_set.path.endswith(".gz") else open
+    is_jsonl = eval_set.path.removesuffix(".gz").endswith((".jsonl", ".json"))
+    with opener(eval_set.path, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            if not is_jsonl:
+                yield line
+                continue
+            record = json.loads(line)
+            values = [record.get(name) for name in eval_set.fields]
+            yield " ".join(_flatten(value) for value in values if value is not None)
+
+
+def _flatten(value: Any) -> str:
+    # ARC-style records nest their choices; every string inside counts as eval text.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return " ".join(_flatten(v) for v in value.values())
+    if isinstance(value, list):
+        return " ".join(_flatten(v) for v in value)
+    return str(value)
 
 
 class NgramIndex:
@@ -40,7 +95,7 @@ class NgramIndex:
         return bool(len(grams)) and bool(np.isin(grams, self.hashes, assume_unique=True).any())
 
 
-class DecontaminationFilter:
+class DecontaminationFilter(DocumentBlock):
     """Flags or rejects kept documents sharing an n-gram with any evaluation set.
 
     ``contaminated_with`` names the first matching set (in ``indexes`` order) or is null. With
@@ -48,6 +103,8 @@ class DecontaminationFilter:
     """
 
     name = "decontaminated"
+    kind = "decontaminate"
+    Params = DecontaminateParams
 
     def __init__(self, indexes: Iterable[NgramIndex], reject: bool = True) -> None:
         self.indexes = tuple(indexes)
@@ -63,6 +120,12 @@ class DecontaminationFilter:
     ) -> "DecontaminationFilter":
         """Build one index per named evaluation set."""
         return cls([NgramIndex(name, texts) for name, texts in sets.items()], reject=reject)
+
+    @classmethod
+    def from_params(cls, params: DecontaminateParams) -> "DecontaminationFilter":
+        """One index per evaluation set, read from its file."""
+        indexes = [NgramIndex(s.name, eval_set_texts(s), n=params.n) for s in params.eval_sets]
+        return cls(indexes, reject=params.reject)
 
     def match(self, text: str) -> str | None:
         """The name of the first evaluation set sharing an n-gram with ``text``, or None."""

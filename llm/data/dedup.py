@@ -7,9 +7,11 @@ the whole corpus and hands each group to ``mark_exact_duplicates``.
 import hashlib
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import pyarrow as pa
 
+from llm.data.block import CorpusBlock
 from llm.data.schema import ID, POSITION, REASON, TEXT, kept_mask, set_column
 
 TEXT_HASH = "text_hash"
@@ -18,6 +20,19 @@ EXACT_DUPLICATE = "exact_duplicate"
 
 _WHITESPACE_RE = re.compile(r"\s+")
 _POSITION_RE = re.compile(r"^(.*):(\d+)$")
+
+
+@dataclass(frozen=True)
+class ExactDedupParams:
+    """Exact dedup on a hash of the normalised text, across the whole corpus."""
+
+
+class ExactDedup(CorpusBlock):
+    """Keeps one document of each normalised text (see ``mark_exact_duplicates``)."""
+
+    kind = "exact_dedup"
+    Params = ExactDedupParams
+    corpus_reason = EXACT_DUPLICATE
 
 
 def normalize_for_hash(text: str) -> str:

@@ -2,10 +2,14 @@
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated
 
 import pyarrow as pa
 import regex
+from annotated_types import Ge, Gt, Le
 
+from llm.data.block import DocumentBlock
 from llm.data.schema import mark_failures
 from llm.data.words import split_words
 
@@ -41,10 +45,20 @@ def _below(value: float, limit: float | None) -> bool:
     return limit is not None and value < limit
 
 
-class LengthFilter:
+@dataclass(frozen=True)
+class LengthParams:
+    """Rejects empty documents and those outside [min_chars, max_chars] characters."""
+
+    min_chars: Annotated[int, Ge(0)] = 1
+    max_chars: Annotated[int, Gt(0)] = 1_000_000
+
+
+class LengthFilter(DocumentBlock):
     """Rejects empty or whitespace-only documents, and those outside [min_chars, max_chars]."""
 
     name = "length"
+    kind = "length"
+    Params = LengthParams
 
     def __init__(self, min_chars: int = 1, max_chars: int | None = None) -> None:
         self.min_chars = min_chars
@@ -65,7 +79,22 @@ class LengthFilter:
         return mark_failures(batch, self.check)
 
 
-class GopherQualityFilter:
+@dataclass(frozen=True)
+class GopherQualityParams:
+    """Gopher quality rules (Rae et al. 2021); defaults are the published thresholds."""
+
+    min_doc_words: Annotated[int, Ge(0)] = 50
+    max_doc_words: Annotated[int, Gt(0)] = 100_000
+    min_avg_word_length: Annotated[float, Ge(0)] = 3
+    max_avg_word_length: Annotated[float, Gt(0)] = 10
+    max_symbol_word_ratio: Annotated[float, Ge(0)] = 0.1
+    max_bullet_lines_ratio: Annotated[float, Ge(0), Le(1)] = 0.9
+    max_ellipsis_lines_ratio: Annotated[float, Ge(0), Le(1)] = 0.3
+    max_non_alpha_words_ratio: Annotated[float, Ge(0), Le(1)] = 0.8
+    min_stop_words: Annotated[int, Ge(0)] = 2
+
+
+class GopherQualityFilter(DocumentBlock):
     """The Gopher quality rules (Rae et al. 2021, section A.1.1), as datatrove implements them.
 
     Every threshold is overridable; None switches a rule off. A failing document gets the reason
@@ -73,6 +102,8 @@ class GopherQualityFilter:
     """
 
     name = "gopher_quality"
+    kind = "gopher_quality"
+    Params = GopherQualityParams
 
     def __init__(
         self,

@@ -10,8 +10,13 @@ quotes), blank lines count as lines, and the thresholds are inclusive (≤ 0.12,
 in a closing quote, on dialogue-heavy book text.
 """
 
-import pyarrow as pa
+from dataclasses import dataclass
+from typing import Annotated
 
+import pyarrow as pa
+from annotated_types import Ge
+
+from llm.data.block import DocumentBlock, Fraction
 from llm.data.filters import split_words
 from llm.data.repetition import find_duplicates
 from llm.data.schema import mark_failures
@@ -19,7 +24,19 @@ from llm.data.schema import mark_failures
 STOP_CHARS = (".", "'", '"', "!", "?")
 
 
-class FineWebQualityFilter:
+@dataclass(frozen=True)
+class FineWebQualityParams:
+    """FineWeb's quality rules (Penedo et al. 2024), as datatrove defines them."""
+
+    line_punct_thr: Fraction | None = 0.12
+    line_punct_exclude_zero: bool = False
+    short_line_thr: Fraction | None = 0.67
+    short_line_length: Annotated[int, Ge(0)] = 30
+    char_duplicates_ratio: Fraction | None = 0.01
+    new_line_ratio: Annotated[float, Ge(0)] | None = 0.3
+
+
+class FineWebQualityFilter(DocumentBlock):
     """Rejects list-like, short-line and repeated-line documents.
 
     Every threshold is overridable; None switches a rule off. Reasons are ``fineweb_quality:<rule>``
@@ -28,6 +45,8 @@ class FineWebQualityFilter:
     """
 
     name = "fineweb_quality"
+    kind = "fineweb_quality"
+    Params = FineWebQualityParams
 
     def __init__(
         self,

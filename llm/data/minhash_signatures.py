@@ -29,7 +29,6 @@ from functools import cache
 
 import numpy as np
 import regex
-from datasketch import MinHash
 
 from llm.data.ngrams import ngram_hashes, normalized_words
 
@@ -106,6 +105,10 @@ def _blank_wide_separators(buffer: np.ndarray) -> None:
 @cache
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's (a, b) for these settings, as uint32 arrays."""
+    # Imported here: datasketch pulls in scipy (half a second), which everything that reads the
+    # curate spec (the control plane, the CLI) would pay for at start-up through the registry.
+    from datasketch import MinHash
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
     return a.astype(np.uint32), b.astype(np.uint32)
 

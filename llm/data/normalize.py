@@ -7,10 +7,12 @@ downstream (C4, Gopher repetition, FineWeb) read the newlines.
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
 
+from llm.data.block import DocumentBlock
 from llm.data.schema import TEXT, kept_mask, set_column
 
 _HORIZONTAL_SPACE_RE = re.compile(r"[^\S\n]+")
@@ -35,10 +37,21 @@ def collapse_whitespace(text: str) -> str:
     return _BLANK_LINES_RE.sub("\n\n", text).strip()
 
 
-class Normalizer:
+@dataclass(frozen=True)
+class NormalizeParams:
+    """ftfy's mojibake repair, a Unicode normal form (None: none), whitespace collapsed."""
+
+    fix_text: bool = True
+    unicode_form: UnicodeForm | None = "NFC"
+    collapse_spaces: bool = True
+
+
+class Normalizer(DocumentBlock):
     """Rewrites the text of kept rows; each stage can be switched off."""
 
     name = "normalize"
+    kind = "normalize"
+    Params = NormalizeParams
 
     def __init__(
         self,

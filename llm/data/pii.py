@@ -20,10 +20,13 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, get_args
 
 import pyarrow as pa
+from annotated_types import MinLen
 
+from llm.data.block import DocumentBlock
 from llm.data.schema import TEXT, kept_mask, set_column
 
 PII_COUNTS = "pii_counts"
@@ -113,6 +116,11 @@ DETECTORS: tuple[Detector, ...] = (
     ("PHONE", _PHONE_RE, _is_phone),
 )
 PII_TYPES: tuple[str, ...] = tuple(dict.fromkeys(kind for kind, _, _ in DETECTORS))
+# PII_TYPES spelled out, so the job spec's schema lists the choices.
+PIIType = Literal[
+    "PRIVATE_KEY", "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "EMAIL", "CREDIT_CARD", "SSN", "IP_ADDRESS",
+    "PHONE",
+]  # fmt: skip
 
 
 def _substitute(
@@ -146,7 +154,16 @@ def redact(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, dict[str, 
     return text, counts
 
 
-class PIIRedactor:
+@dataclass(frozen=True)
+class PIIParams:
+    """Redacts personal data and secrets with typed placeholders (nothing is removed)."""
+
+    types: Annotated[list[PIIType], MinLen(1)] = field(
+        default_factory=lambda: list(get_args(PIIType))
+    )
+
+
+class PIIRedactor(DocumentBlock):
     """Replaces PII in kept rows and records per-type counts as a JSON object in ``pii_counts``.
 
     ``types`` limits which detectors run (default: all of ``PII_TYPES``). Nothing is rejected:
@@ -154,6 +171,8 @@ class PIIRedactor:
     """
 
     name = "pii"
+    kind = "pii"
+    Params = PIIParams
 
     def __init__(self, types: Iterable[str] = PII_TYPES) -> None:
         unknown = set(types) - set(PII_TYPES)

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from annotated_types import Gt, Le, MinLen
 
+from llm.data.block import DESCRIPTION, DocumentBlock, Fraction, Pattern
 from llm.data.quality import POSITIVE, load_model, positive_scores
 from llm.data.schema import REASON, TEXT, kept_mask, set_column, with_reasons
 
@@ -26,10 +29,58 @@ QUALITY_REJECTED = "quality_classifier"
 Cut = tuple[float, int] | None  # (score, order) of the last document kept; None keeps none
 
 
-class QualityClassifierFilter:
+@dataclass(frozen=True)
+class QualityClassifierParams:
+    """fastText quality classifier (as DCLM uses one), trained by ``llmforge quality-train``.
+
+    Annotates ``quality_score`` (the probability of ``label``) and rejects, with reason
+    ``quality_classifier``, documents scoring below ``threshold``, or all but the ``top_fraction``
+    of the documents still kept across the whole corpus (ties: earlier input first). With a
+    top fraction the step needs every score, so it runs with the dedup steps, after every
+    per-document step.
+    """
+
+    model_path: Annotated[str, MinLen(1)] = field(
+        metadata={DESCRIPTION: "a fastText .bin, a local path readable on every Ray node"}
+    )
+    label: Annotated[str, Pattern(r"^\S+$")] = field(
+        default=POSITIVE, metadata={DESCRIPTION: "the high-quality label"}
+    )
+    threshold: Fraction | None = field(default=None, metadata={DESCRIPTION: "keep scores >= this"})
+    top_fraction: Annotated[float, Gt(0), Le(1)] | None = field(
+        default=None, metadata={DESCRIPTION: "keep this share of the corpus, by score"}
+    )
+
+    def __post_init__(self) -> None:
+        if (self.threshold is None) == (self.top_fraction is None):
+            raise ValueError("quality_classifier: set exactly one of threshold and top_fraction")
+
+
+class QualityClassifierFilter(DocumentBlock):
     """Annotates kept rows with ``quality_score``; with a threshold, rejects scores below it."""
 
     name = QUALITY_REJECTED
+    kind = QUALITY_REJECTED
+    Params = QualityClassifierParams
+    corpus_reason = QUALITY_REJECTED
+    corpus_when = "top_fraction"
+
+    @classmethod
+    def from_params(cls, params: QualityClassifierParams) -> QualityClassifierFilter:
+        return cls(params.model_path, params.label, params.threshold)
+
+    @classmethod
+    def on_corpus(cls, params: QualityClassifierParams) -> bool:
+        return params.top_fraction is not None
+
+    @classmethod
+    def preflight(cls, params: QualityClassifierParams) -> None:
+        """The model loads and has the label (it is cached for the process that runs it)."""
+        load_model(params.model_path, params.label)
+
+    @classmethod
+    def content_files(cls, params: QualityClassifierParams) -> list[str]:
+        return [params.model_path]
 
     def __init__(
         self,

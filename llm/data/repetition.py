@@ -13,10 +13,14 @@ operations per n plus one Python step per *repeated* n-gram position.
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
+from annotated_types import Ge, Le
 
+from llm.data.block import DocumentBlock, Fraction
 from llm.data.filters import split_words
 from llm.data.ngrams import cumulative_lengths, local_word_hashes, ngram_hashes, ngram_lengths
 from llm.data.schema import mark_failures
@@ -74,7 +78,23 @@ def duplicated_ngram_chars(hashes: np.ndarray, lengths: np.ndarray, n: int) -> i
     return total
 
 
-class GopherRepetitionFilter:
+# (n, the largest fraction of the text its n-grams may cover)
+NgramLimit = tuple[Annotated[int, Ge(1), Le(100)], Fraction]
+
+
+@dataclass(frozen=True)
+class GopherRepetitionParams:
+    """Gopher repetition rules (Rae et al. 2021, table A1), as datatrove defines them."""
+
+    dup_line_frac: Fraction | None = 0.3
+    dup_para_frac: Fraction | None = 0.3
+    dup_line_char_frac: Fraction | None = 0.2
+    dup_para_char_frac: Fraction | None = 0.2
+    top_n_grams: list[NgramLimit] = field(default_factory=lambda: list(TOP_N_GRAMS))
+    dup_n_grams: list[NgramLimit] = field(default_factory=lambda: list(DUP_N_GRAMS))
+
+
+class GopherRepetitionFilter(DocumentBlock):
     """Rejects documents whose lines, paragraphs or word n-grams repeat too much.
 
     Every threshold is overridable; None (or 0, as in datatrove) switches a rule off, and an empty
@@ -83,6 +103,8 @@ class GopherRepetitionFilter:
     """
 
     name = "gopher_repetition"
+    kind = "gopher_repetition"
+    Params = GopherRepetitionParams
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from llm.data.minhash import (
     signatures,
 )
 from llm.data.minhash_verify import verify_pairs_exact
-from ray_jobs.curate import run
+from ray_jobs.curate.job import run
 from tests.llm.data.batches import make_batch
 
 pytestmark = [pytest.mark.ray]

@@ -32,7 +32,7 @@ import pytest
 from contracts.specs import CurateSpec
 from llm.data.filters import GopherQualityFilter, split_words
 from llm.data.pii import sum_pii_counts
-from ray_jobs.curate import run
+from ray_jobs.curate.job import run
 from ray_jobs.entrypoint import JobError
 from tests.llm.data.quality_examples import boilerplate_pages, reuters_stories, write_jsonl
 

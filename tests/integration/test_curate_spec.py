@@ -1,6 +1,7 @@
 """CurateSpec validation: every bad parameter is a pydantic error (the API's 422)."""
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, get_args
 
@@ -8,9 +9,10 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from llm.data.pii import PII_TYPES
-from ray_jobs.curate_blocks import build_block, document_steps
-from ray_jobs.curate_spec import CurateSpec, PIIType
+from contracts.curate import CurateSpec
+from contracts.curate_steps import STEP_MODELS
+from llm.data.pii import PII_TYPES, PIIType
+from llm.data.registry import BLOCKS
 
 QUALITY: dict[str, Any] = {"kind": "quality_classifier", "model_path": "quality.bin"}
 TOP_HALF = QUALITY | {"top_fraction": 0.5}
@@ -26,7 +28,7 @@ def test_every_per_document_step_builds_its_block() -> None:
     spec = _spec(
         [{"kind": k} for k in kinds] + [{"kind": "exact_dedup"}, {"kind": "minhash_dedup"}]
     )
-    blocks = [build_block(step) for step in document_steps(spec.steps)]
+    blocks = [step.document_block() for step in spec.document_steps()]
     assert [type(b).__name__ for b in blocks][:2] == ["Normalizer", "LengthFilter"]
     assert len(blocks) == len(kinds)
 
@@ -63,9 +65,9 @@ def test_bad_parameters_are_rejected(
 def test_quality_threshold_runs_per_document_and_top_fraction_over_the_corpus() -> None:
     threshold = QUALITY | {"threshold": 0.5}
     spec = _spec([threshold, {"kind": "length"}, {"kind": "exact_dedup"}, TOP_HALF])
-    steps = document_steps(spec.steps)
+    steps = spec.document_steps()
     assert [s.kind for s in steps] == ["quality_classifier", "length"]
-    block = build_block(steps[0])
+    block = steps[0].document_block()
     assert type(block).__name__ == "QualityClassifierFilter"
     assert block.threshold == 0.5  # type: ignore[attr-defined]
 
@@ -79,7 +81,7 @@ def test_decontaminate_reads_named_fields_of_eval_jsonl(tmp_path: Path) -> None:
     (tmp_path / "eval.jsonl").write_text(json.dumps({"question": {"stem": question}}) + "\n")
     eval_set = {"name": "arc", "path": str(tmp_path / "eval.jsonl"), "fields": ["question"]}
     spec = _spec([{"kind": "decontaminate", "eval_sets": [eval_set], "n": 8}])
-    (block,) = [build_block(step) for step in spec.steps]
+    (block,) = [step.document_block() for step in spec.steps]
     batch = pa.table(
         {
             "id": ["a", "b"],
@@ -89,3 +91,35 @@ def test_decontaminate_reads_named_fields_of_eval_jsonl(tmp_path: Path) -> None:
         schema=pa.schema([("id", pa.string()), ("text", pa.string()), ("reason", pa.string())]),
     )
     assert block.apply(batch).column("reason").to_pylist() == ["decontaminated:arc", None]
+
+
+def test_every_block_is_a_step_whose_schema_keeps_constraints_and_descriptions() -> None:
+    assert list(STEP_MODELS) == list(BLOCKS)
+    schema = CurateSpec.model_json_schema()["$defs"]
+    threshold = schema["MinHashDedupStep"]["properties"]["threshold"]
+    assert threshold["exclusiveMinimum"] == 0 and threshold["maximum"] == 1
+    assert threshold["description"] == "Jaccard similarity to verify"
+    assert schema["EvalSet"]["properties"]["name"]["pattern"] == r"^[\w.-]+$"
+    assert schema["EvalSet"]["additionalProperties"] is False
+    assert schema["QualityClassifierStep"]["required"] == ["model_path"]
+
+
+@pytest.mark.parametrize(
+    ("eval_set", "message"),
+    [
+        ({"name": "a/b", "path": "x"}, "should match pattern"),
+        ({"name": "a", "path": "x", "y": 1}, "Extra"),
+    ],
+)
+def test_nested_parameters_are_checked_like_steps(eval_set: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _spec([{"kind": "decontaminate", "eval_sets": [eval_set]}])
+
+
+def test_a_spec_pickles_by_reference_for_ray_tasks() -> None:
+    eval_set = {"name": "arc", "path": "eval.jsonl"}
+    spec = _spec([{"kind": "decontaminate", "eval_sets": [eval_set]}, {"kind": "minhash_dedup"}])
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    params = spec.steps[0].params()
+    assert type(params).__name__ == "DecontaminateParams"
+    assert type(params.eval_sets[0]).__name__ == "EvalSet"  # nested models become dataclasses

@@ -21,21 +21,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contracts.specs import CurateSpec
+from contracts.curate import CurateSpec
+from contracts.curate_steps import Step
+from llm.data.block import DocumentBlock
 from llm.data.read_parquet import read_parquet
 from llm.data.read_warc import read_warc
 from llm.data.readers import FieldMap, read_jsonl
 from llm.data.sources import InputFormat, format_of
-from llm.data.stats import empty_counts, merge_counts, reason_counts
-from ray_jobs.curate_blocks import (
-    StepStats,
-    apply_blocks,
-    build_block,
-    document_steps,
-    empty_step_stats,
-    merge_step_stats,
-)
-from ray_jobs.curate_spec import CurateStep, QualityClassifierStep
+from llm.data.stats import StepStats, empty_counts, empty_step_stats, merge_counts, reason_counts
 
 ORDER = "_order"  # input order (part sequence, row), so the final sort restores reading order
 PARTS_DIR = "_parts"
@@ -70,20 +63,22 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
-def _model_digests(steps: list[CurateStep]) -> list[str]:
-    """Digests of the quality models the steps load: a retrained model at the same path must
-    not reuse parts scored by the old one (a missing file is reported before phase 1)."""
+def _model_digests(steps: list[Step]) -> list[str]:
+    """Digests of the files the steps' blocks read beyond their parameters (quality models): a
+    retrained model at the same path must not reuse parts scored by the old one (a missing file
+    is reported before phase 1)."""
     digests = []
     for step in steps:
-        if isinstance(step, QualityClassifierStep) and os.path.isfile(step.model_path):
-            stat = os.stat(step.model_path)
-            digests.append(_file_digest(step.model_path, stat.st_size, stat.st_mtime_ns))
+        for path in step.block.content_files(step.params()):
+            if os.path.isfile(path):
+                stat = os.stat(path)
+                digests.append(_file_digest(path, stat.st_size, stat.st_mtime_ns))
     return digests
 
 
 def part_key(part: Part, spec: CurateSpec) -> str:
     """A stable name for the part's output: a hash of what decides its content."""
-    steps = document_steps(spec.steps)
+    steps = spec.document_steps()
     recipe = {
         "part": asdict(part),
         "reader": spec.model_dump(include={"text_field", "id_field", "source", "max_doc_bytes"}),
@@ -118,6 +113,17 @@ def _with_order(batch: pa.Table, part: Part, first_row: int) -> pa.Table:
     return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
 
 
+def _run_blocks(
+    batch: pa.Table, blocks: list[DocumentBlock], funnel: list[StepStats]
+) -> tuple[pa.Table, list[StepStats]]:
+    """Every block in order over ``batch``; the batch and the funnel with this batch added."""
+    added = []
+    for block, so_far in zip(blocks, funnel, strict=True):
+        batch, stats = block.run(batch)
+        added.append(merge_counts(so_far, stats))
+    return batch, added
+
+
 def _atomic_json(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
@@ -126,8 +132,8 @@ def _atomic_json(path: Path, value: dict[str, Any]) -> None:
 
 def run_part(part: Part, spec: CurateSpec, out: str) -> dict[str, Any]:
     """Read, run the per-document steps, write the part file, then its marker; the marker."""
-    steps = document_steps(spec.steps)
-    blocks = [build_block(step) for step in steps]
+    steps = spec.document_steps()
+    blocks = [step.document_block() for step in steps]
     key = part_key(part, spec)
     target = Path(out) / PARTS_DIR / f"{key}.parquet"
     tmp = target.with_suffix(".tmp")
@@ -138,8 +144,7 @@ def run_part(part: Part, spec: CurateSpec, out: str) -> dict[str, Any]:
     rows = 0
     for batch in read_part(part, spec):
         read = merge_counts(read, reason_counts(batch))
-        batch, batch_stats = apply_blocks(batch, steps, blocks)
-        funnel = [merge_step_stats(a, b) for a, b in zip(funnel, batch_stats, strict=True)]
+        batch, funnel = _run_blocks(batch, blocks, funnel)
         table = _with_order(batch, part, rows)
         writer = writer or pq.ParquetWriter(tmp, table.schema)
         writer.write_table(table)
@@ -173,6 +178,6 @@ def phase_one_stats(markers: list[dict[str, Any]]) -> tuple[dict[str, Any], list
         steps = (
             marker["steps"]
             if not steps
-            else [merge_step_stats(a, b) for a, b in zip(steps, marker["steps"], strict=True)]
+            else [merge_counts(a, b) for a, b in zip(steps, marker["steps"], strict=True)]
         )
     return read, steps

@@ -20,7 +20,7 @@ import ray.data
 from llm.data.dedup import DUPLICATE_OF, TEXT_HASH
 from llm.data.schema import REASON
 from llm.data.stats import Counts, empty_counts, merge_counts, reason_counts
-from ray_jobs.curate_parts import ORDER
+from ray_jobs.curate.parts import ORDER
 
 ROWS_PER_FILE = 100_000
 BATCH_ROWS = 4096

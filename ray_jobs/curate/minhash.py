@@ -32,6 +32,7 @@ from llm.data.dedup import DUPLICATE_OF
 from llm.data.minhash import (
     FUZZY_DUPLICATE,
     MINHASH_CLUSTER,
+    MinHashDedupParams,
     band_keys,
     candidate_pairs,
     mark_fuzzy_duplicates,
@@ -39,8 +40,7 @@ from llm.data.minhash import (
 )
 from llm.data.minhash_verify import ANCHOR, answer_requests, verify_at_anchors, verify_requests
 from llm.data.schema import ID, REASON, TEXT, set_column
-from ray_jobs.curate_shuffle import map_shards
-from ray_jobs.curate_spec import MinHashDedupStep
+from ray_jobs.curate.shuffle import map_shards
 
 NODE, LABEL, NEIGHBORS, CHANGED = "node", "label", "neighbors", "changed"
 BAND_KEY = "band_key"
@@ -56,9 +56,9 @@ _STATE = pa.schema(
 )
 
 
-def _band_rows(batch: pa.Table, step: MinHashDedupStep) -> pa.Table:
-    signed = signatures(batch, num_perm=step.num_perm, n=step.shingle_size)
-    keys = band_keys(signed, bands=step.bands, rows=step.rows)
+def _band_rows(batch: pa.Table, params: MinHashDedupParams) -> pa.Table:
+    signed = signatures(batch, num_perm=params.num_perm, n=params.shingle_size)
+    keys = band_keys(signed, bands=params.bands, rows=params.rows)
     key = pc.binary_join_element_wise(
         pc.cast(keys.column("band"), pa.string()),
         pc.cast(keys.column("band_hash"), pa.string()),
@@ -97,14 +97,14 @@ def _answer(group: pa.Table, shingle_size: int) -> pa.Table:
 
 
 def verified_edges(
-    docs: ray.data.Dataset, edges: ray.data.Dataset, step: MinHashDedupStep, shards: int
+    docs: ray.data.Dataset, edges: ray.data.Dataset, params: MinHashDedupParams, shards: int
 ) -> ray.data.Dataset:
-    """The ``edges`` whose shingle sets reach ``step.threshold`` exact Jaccard similarity."""
+    """The ``edges`` whose shingle sets reach ``params.threshold`` exact Jaccard similarity."""
     requests = edges.map_batches(_requests, batch_format="pyarrow")
     texts = docs.map_batches(_texts, batch_format="pyarrow")
-    answer = partial(_answer, shingle_size=step.shingle_size)
+    answer = partial(_answer, shingle_size=params.shingle_size)
     sets = map_shards(texts.union(requests), ID, answer, shards)
-    check = partial(verify_at_anchors, threshold=step.threshold)
+    check = partial(verify_at_anchors, threshold=params.threshold)
     return map_shards(sets, ANCHOR, check, shards)
 
 
@@ -163,25 +163,27 @@ def _changed(state: MaterializedDataset) -> int:
     return sum(ray.get([_block_changed.remote(ref) for ref in state.to_arrow_refs()]))
 
 
-def _anchors(step: MinHashDedupStep) -> int:
+def _anchors(params: MinHashDedupParams) -> int:
     # Unverified, one anchor (star edges) already gives the components of all pairs.
-    return step.anchors if step.verify else 1
+    return params.anchors if params.verify else 1
 
 
-def component_labels(ds: ray.data.Dataset, step: MinHashDedupStep, shards: int) -> ray.data.Dataset:
+def component_labels(
+    ds: ray.data.Dataset, params: MinHashDedupParams, shards: int
+) -> ray.data.Dataset:
     """(node, label, neighbors, changed) for every document with a near-duplicate candidate."""
-    keys = ds.map_batches(partial(_band_rows, step=step), batch_format="pyarrow")
-    edges = map_shards(keys, BAND_KEY, partial(_edges, anchors=_anchors(step)), shards)
-    if step.verify:
-        edges = verified_edges(ds, edges, step, shards)
+    keys = ds.map_batches(partial(_band_rows, params=params), batch_format="pyarrow")
+    edges = map_shards(keys, BAND_KEY, partial(_edges, anchors=_anchors(params)), shards)
+    if params.verify:
+        edges = verified_edges(ds, edges, params, shards)
     both = edges.map_batches(_both_ways, batch_format="pyarrow")
     state = map_shards(both, NODE, _adjacency, shards).materialize()
-    for _ in range(step.max_rounds):
+    for _ in range(params.max_rounds):
         offers = state.map_batches(_offers, batch_format="pyarrow")
         state = map_shards(offers, NODE, _take_min, shards).materialize()
         if not _changed(state):
             return state
-    raise RuntimeError(f"minhash labels still changing after {step.max_rounds} rounds")
+    raise RuntimeError(f"minhash labels still changing after {params.max_rounds} rounds")
 
 
 def _label_rows(state: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -215,13 +217,15 @@ def _mark(group: pa.Table) -> pa.Table:
     return set_column(docs, DUPLICATE_OF, pa.array(duplicate_of, type=pa.string()))
 
 
-def minhash_dedup(ds: ray.data.Dataset, step: MinHashDedupStep, shards: int) -> ray.data.Dataset:
+def minhash_dedup(
+    ds: ray.data.Dataset, params: MinHashDedupParams, shards: int
+) -> ray.data.Dataset:
     """``ds`` with ``minhash_cluster`` on rows kept so far and near-duplicates rejected."""
     docs = ds.materialize()
     schema = docs.schema()
     if schema is None:
         return docs
-    state = component_labels(docs, step, shards)
+    state = component_labels(docs, params, shards)
     labels = state.map_batches(
         partial(_label_rows, schema=schema.base_schema), batch_format="pyarrow"
     )
