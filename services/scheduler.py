@@ -22,12 +22,14 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from contracts import uri_io
 from contracts.jobs import JOB_TYPES, JobKind
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
 from services import job_outputs
+from services.api.validation import validate_spec
 from services.jsonsafe import finite_record
 from services.ray_client import LostJob, RayJobs
 from services.redact import redact
@@ -176,7 +178,15 @@ class Scheduler:
             return
         if all(p is not None and p.state == JobState.succeeded for p in parents):
             by_stage = {p.stage: p.spec for p in parents if p is not None and p.stage}
-            job.spec = resolve_placeholders(job.spec, by_stage)
+            resolved = resolve_placeholders(job.spec, by_stage)
+            try:  # what a placeholder brought in is checked like anything a user typed
+                job.spec = validate_spec(JobKind(job.kind), resolved, ("spec",))
+            except RequestValidationError as e:
+                error = e.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                message = f"spec after placeholders were resolved: {where}: {error['msg']}"
+                crud.set_state(session, job=job, state=JobState.failed, message=message)
+                return
             queue.enqueue(job)
 
     def submit_or_fail(self, session: Session, job: Job) -> None:

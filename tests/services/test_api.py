@@ -115,6 +115,33 @@ def test_pipeline_placeholder_must_name_a_parent(client: TestClient) -> None:
     assert ["body", "stages", 1, "spec"] in _locs(r)
 
 
+def test_a_placeholder_that_resolves_to_a_bad_path_fails_the_stage(client: TestClient) -> None:
+    """A parent's plain text (a prompt) is not checked as a path; used as one, it is."""
+    parent = {"checkpoint": "m", "output": "o", "tasks": ["arc_easy"], "prompt": "../../etc"}
+    body = {
+        "name": "p",
+        "stages": [
+            {"name": "a", "kind": "evaluate", "spec": parent},
+            {
+                "name": "b",
+                "kind": "curate",
+                "after": ["a"],
+                "spec": {**CURATE["spec"], "output": "${a.prompt}"},
+            },
+        ],
+    }
+    created = client.post("/api/v1/pipelines", json=body)
+    assert created.status_code == 201, created.text
+    jobs = {j["stage"]: j for j in created.json()["jobs"]}
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        crud.set_state(session, job=session.get(Job, jobs["a"]["id"]), state=JobState.succeeded)
+        session.commit()
+    client.app.state.scheduler.tick()  # type: ignore[attr-defined]
+    child = client.get(f"/api/v1/jobs/{jobs['b']['id']}").json()
+    assert child["state"] == "FAILED" and child["ray_submission_id"] is None
+    assert "spec.output" in child["message"] and "'..' is not allowed" in child["message"]
+
+
 def test_unknown_job_and_pipeline_are_404(client: TestClient) -> None:
     assert client.get("/api/v1/jobs/ffffffffffff").status_code == 404
     assert client.get("/api/v1/jobs/ffffffffffff/metrics").status_code == 404
