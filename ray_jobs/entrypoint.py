@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from contracts import uri_io
 from contracts.specs import Spec
+from llm import storage
 from llm.model.config import ModelConfig
 from llm.tokenizer.shards import read_manifest
 
@@ -65,7 +65,7 @@ def model_on_shards(model: ModelConfig, manifest: dict[str, Any]) -> ModelConfig
 
 def load_spec(uri: str, spec_type: type[S]) -> S:
     try:
-        text = uri_io.read_text(uri)
+        text = storage.read_text(uri)
     except FileNotFoundError as e:
         raise JobError(f"spec file not found: {uri}") from e
     return spec_type.model_validate(json.loads(text))

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from pyarrow import fs
 from ray.train import Checkpoint, CheckpointConfig
 
-from contracts import uri_io
+from llm import storage
 from llm.train.checkpoint import (
     STATE_FILE,
     Retention,
@@ -37,7 +37,7 @@ from llm.train.checkpoint import (
 
 def run_storage(uri: str, retention: Retention) -> dict[str, Any]:
     """RunConfig arguments that persist reported checkpoints at uri, kept as retention says."""
-    filesystem, path = uri_io.filesystem(uri)
+    filesystem, path = storage.filesystem(uri)
     return {
         "storage_path": path,
         "storage_filesystem": filesystem,
@@ -80,7 +80,7 @@ def report(metrics: dict[str, float], path: Path | None, storage_uri: str | None
 
 
 def _store_best(path: Path, best: dict[str, Any], uri: str) -> None:
-    filesystem, base = uri_io.filesystem(uri.rstrip("/"))
+    filesystem, base = storage.filesystem(uri.rstrip("/"))
     target = f"{base}/best/{path.name}"
     filesystem.create_dir(target, recursive=True)
     fs.copy_files(

@@ -11,7 +11,6 @@ kept with ``stats.error`` saying what was missing.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +18,10 @@ from typing import Any
 from pyarrow import fs
 from sqlalchemy.orm import Session
 
-from contracts import uri_io
 from contracts.jobs import JOB_TYPES, JobKind
+from llm import storage
+
+# import JOB_TYPES, JobKind
 from services.jsonsafe import finite_record
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Job
@@ -29,7 +30,7 @@ Registrar = Callable[[Session, Job], list[Artifact]]
 
 
 def _read_json(uri: str) -> dict[str, Any]:
-    data = json.loads(uri_io.read_text(uri))
+    data = storage.read_json(uri)
     if not isinstance(data, dict):
         raise ValueError(f"{uri}: expected a JSON object")
     return data
@@ -209,7 +210,7 @@ def delete_files(uri: str) -> bool:
     """Delete an artifact's folder or file (local or s3://); False when it was already gone.
     A path of fewer than two parts (``/tmp``, a whole bucket) is refused: no registry record is
     worth that."""
-    filesystem, path = uri_io.filesystem(uri)
+    filesystem, path = storage.filesystem(uri)
     if len([part for part in path.split("/") if part]) < 2:
         raise ValueError(f"refusing to delete {uri!r}: too close to a filesystem root")
     info = filesystem.get_file_info(path)

@@ -25,9 +25,9 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contracts import uri_io
 from contracts.jobs import JOB_TYPES, JobKind
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
+from llm import storage
 from services import job_outputs
 from services.api.validation import validate_spec
 from services.jsonsafe import finite_record
@@ -92,15 +92,13 @@ class Scheduler:
             ENV_JOB_TOKEN: token,
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
         }
-        if self.settings.s3_endpoint_url:  # where S3 is; credentials come from the cluster
-            env[uri_io.ENDPOINT_ENV] = self.settings.s3_endpoint_url
         return env
 
     def submit(self, session: Session, job: Job) -> None:
         """Write the spec where the job can read it and hand the job to Ray."""
         root = self.settings.resolved_artifact_root.rstrip("/")
         spec_path = f"{root}/jobs/{job.id}/spec.json"
-        uri_io.write_text(spec_path, json.dumps(job.spec, indent=2))
+        storage.write_text(spec_path, json.dumps(job.spec, indent=2))
         env = self.job_env(job, issue_token(job))
         module = JOB_TYPES[JobKind(job.kind)].entry_module
         entrypoint = f"{self.settings.resolved_job_python} -m {module} --spec {spec_path}"
@@ -257,7 +255,7 @@ RETRYABLE = _BLOCKING
 def read_result(spec: dict[str, Any]) -> dict[str, Any] | None:
     """The job's result.json, made storable (see ``services.jsonsafe``); None if absent."""
     try:
-        result = json.loads(uri_io.read_text(f"{spec['output']}/result.json"))
+        result = storage.read_json(storage.join(spec["output"], "result.json"))
     except (OSError, ValueError, KeyError):
         return None
     return finite_record(result) if isinstance(result, dict) else {"result": result}

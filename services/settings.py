@@ -2,20 +2,24 @@
 
 On one machine the defaults are embedded: a local Ray head, a SQLite file and a local artifact
 folder under ``LLMFORGE_HOME``. ``RAY_ADDRESS``, ``LLMFORGE_DATABASE_URL`` and
-``LLMFORGE_ARTIFACT_ROOT`` point the same code at a team cluster.
+``LLMFORGE_ARTIFACT_ROOT`` point the same code at a team cluster. An ``s3://`` artifact root's
+endpoint and credentials are the AWS SDK's standard variables (``AWS_ENDPOINT_URL``, …; see
+``llm.storage``), read by the control plane and by every job from their own environment.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llm import storage
 from services.redact import mask_url
 
 
@@ -41,14 +45,21 @@ class Settings(BaseSettings):
     # the same installed packages. On a cluster the image's `python` is used.
     job_python: str | None = None
     poll_interval_s: float = 0.5
-    # An S3-compatible endpoint (MinIO, moto) for s3:// artifact roots; AWS when unset.
-    s3_endpoint_url: str | None = None
     max_request_bytes: int = 8 * 1024 * 1024
     # API keys on every route but health; off only for single-user tests.
     auth: bool = True
     # Jobs a team may have submitted to Ray at once (PENDING or RUNNING); more wait QUEUED.
     # An admin can set a team's own limit (PUT /api/v1/teams/{team}/limit).
     team_max_running: int = Field(default=4, ge=0)
+
+    @model_validator(mode="after")
+    def _one_endpoint_convention(self) -> Settings:
+        if os.environ.get("LLMFORGE_S3_ENDPOINT_URL"):
+            raise ValueError(
+                "LLMFORGE_S3_ENDPOINT_URL is no longer read: set AWS_ENDPOINT_URL (the AWS SDK's "
+                "variable, which the control plane, every job and Ray Data read) instead"
+            )
+        return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Settings end up in logs and tracebacks; a database URL carries its password.
@@ -58,9 +69,11 @@ class Settings(BaseSettings):
     def public(self) -> dict[str, Any]:
         """The effective settings, safe to show: passwords in URLs are masked."""
         shown = self.model_dump(mode="json")
-        for name in ("database_url", "ray_address", "public_url", "s3_endpoint_url"):
+        for name in ("database_url", "ray_address", "public_url"):
             if shown.get(name):
                 shown[name] = mask_url(shown[name])
+        endpoint = storage.endpoint()
+        shown["s3_endpoint"] = mask_url(endpoint) if endpoint else None
         shown["resolved_database_url"] = mask_url(self.resolved_database_url)
         shown["resolved_artifact_root"] = self.resolved_artifact_root
         return shown

@@ -1,14 +1,16 @@
 """Where input files live: local paths, ``file://`` or ``s3://`` URIs, through pyarrow filesystems.
 
-Listing and opening go through ``pyarrow.fs.FileSystem.from_uri`` for remote URIs, so a reader
-works the same on a laptop and against object storage; local paths use the plain ``open``.
+Listing and opening go through ``llm.storage`` for remote URIs (its environment-only endpoint
+and credentials), so a reader works the same on a laptop and against object storage; local paths
+use the plain ``open``.
 """
 
-import io
 import os
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal
 
 import pyarrow.fs as pafs
+
+from llm import storage
 
 InputFormat = Literal["jsonl", "parquet", "warc", "wet"]
 
@@ -21,14 +23,12 @@ FORMAT_SUFFIXES: dict[InputFormat, tuple[str, ...]] = {
 }
 
 
-def is_remote(uri: str) -> bool:
-    """True for URIs that need a pyarrow filesystem (``s3://`` and the like), not ``file://``."""
-    return "://" in uri and not uri.startswith("file://")
+is_remote = storage.is_remote
 
 
 def base_name(uri: str) -> str:
-    """The file name of a path or URI, without a URI's query (``?endpoint_override=...``)."""
-    return os.path.basename(uri.split("?", 1)[0])
+    """The file name of a path or URI."""
+    return os.path.basename(uri)
 
 
 def format_of(path: str) -> InputFormat | None:
@@ -43,11 +43,8 @@ def open_input(uri: str) -> IO[bytes]:
     """A binary stream of the raw file bytes (no decompression), local or remote."""
     if not is_remote(uri):
         return open(uri.removeprefix("file://"), "rb")
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    # compression=None: the readers decompress themselves, so a damaged stream becomes a row.
-    # pyarrow streams read but have no readline; a buffer on top gives the full file interface.
-    native = filesystem.open_input_stream(path, compression=None)
-    return cast(IO[bytes], io.BufferedReader(native, buffer_size=1 << 20))
+    # No decompression: the readers decompress themselves, so a damaged stream becomes a row.
+    return storage.open_input(uri)
 
 
 def _matches(path: str, input_format: InputFormat | None) -> bool:
@@ -56,18 +53,15 @@ def _matches(path: str, input_format: InputFormat | None) -> bool:
 
 
 def _list_remote(uri: str, input_format: InputFormat | None) -> list[str]:
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    info = filesystem.get_file_info(path)
-    scheme = uri.split("://", 1)[0]
-    # Options such as endpoint_override live in the query; every listed file keeps them.
-    query = f"?{uri.split('?', 1)[1]}" if "?" in uri else ""
+    filesystem, path = storage.filesystem(uri)
+    info = storage.info(uri)
     if info.type == pafs.FileType.File:
         return [uri]
     if info.type != pafs.FileType.Directory:
         raise FileNotFoundError(f"no such input file or directory: {uri}")
     listing = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
     return sorted(
-        f"{scheme}://{entry.path}{query}"
+        storage.to_uri(uri, entry.path)
         for entry in listing
         if entry.type == pafs.FileType.File and _matches(entry.path, input_format)
     )
@@ -105,5 +99,4 @@ def open_seekable(uri: str) -> Any:
     """A random-access file (what Parquet needs): the local path itself, or a pyarrow file."""
     if not is_remote(uri):
         return uri.removeprefix("file://")
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    return filesystem.open_input_file(path)
+    return storage.open_input_file(uri)

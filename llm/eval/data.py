@@ -90,13 +90,8 @@ def resolve(path: str, *, task_file: str, data_root: Path | None = None) -> str:
     return path
 
 
-def _name(path: str) -> str:
-    """The path without an s3:// URI's query (endpoint_override=... and the like)."""
-    return path.split("?", 1)[0] if path.startswith("s3://") else path
-
-
 def infer_format(path: str) -> str:
-    name = _name(path).lower().removesuffix(".gz")
+    name = path.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     if name.endswith(".json"):
@@ -111,15 +106,12 @@ def infer_format(path: str) -> str:
 def _open(path: str) -> IO[bytes]:
     """A binary stream of the file's bytes, gunzipped when the name ends in .gz."""
     if path.startswith("s3://"):
-        from pyarrow import fs
+        from llm import storage
 
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        # compression=None: pyarrow would gunzip by extension; .gz is handled below for both
-        stream = filesystem.open_input_stream(inner, compression=None)
-        raw: IO[bytes] = io.BytesIO(stream.read())
+        raw: IO[bytes] = io.BytesIO(storage.read_bytes(path))
     else:
         raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    return gzip.open(raw) if _name(path).endswith(".gz") else raw  # type: ignore[return-value]
+    return gzip.open(raw) if path.endswith(".gz") else raw  # type: ignore[return-value]
 
 
 def _files(path: str) -> list[str]:
@@ -192,7 +184,7 @@ def _text(path: str, document_start: str | None, out: Records) -> None:
     except UnicodeDecodeError:
         # older e-texts (two of NLTK's Gutenberg books) are Latin-1, which decodes any bytes
         text = raw.decode("latin-1")
-    name = Path(_name(path)).name
+    name = Path(path).name
     for line_no, doc in _text_documents(text, document_start):
         out.good.append(Record(out.total, line_no, path, {"text": doc, "file": name}))
 

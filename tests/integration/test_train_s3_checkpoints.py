@@ -12,7 +12,6 @@ from typing import Any
 import boto3
 import pytest
 
-from contracts import uri_io
 from ray_jobs.fault_injection import FAIL_MARKER
 from services.ray_head import free_port
 from services.server import BackgroundServer
@@ -68,7 +67,7 @@ def job(
     }
     # the cluster's S3 endpoint and credentials, as an operator's environment would give them
     cluster_env = {
-        uri_io.ENDPOINT_ENV: endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -10,8 +10,8 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
-from contracts import uri_io
 from contracts.specs import CurateSpec
+from llm import storage
 from ray_jobs.entrypoint import load_spec
 from services.api.app import create_app
 from services.ray_head import free_port
@@ -36,7 +36,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
-        uri_io.ENDPOINT_ENV: s3_endpoint,
+        "AWS_ENDPOINT_URL": s3_endpoint,
     }.items():
         monkeypatch.setenv(name, value)
     client = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -48,21 +48,20 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 
 
 def test_storage_round_trip_and_listing(s3: object) -> None:
-    uri_io.write_text(f"s3://{BUCKET}/a/b/one.json", '{"x": 1}')
-    uri_io.write_text(f"s3://{BUCKET}/a/two.txt", "hello")
-    assert uri_io.read_text(f"s3://{BUCKET}/a/b/one.json") == '{"x": 1}'
-    files = uri_io.list_files(f"s3://{BUCKET}/a")
+    storage.write_text(f"s3://{BUCKET}/a/b/one.json", '{"x": 1}')
+    storage.write_text(f"s3://{BUCKET}/a/two.txt", "hello")
+    assert storage.read_text(f"s3://{BUCKET}/a/b/one.json") == '{"x": 1}'
+    files = [vars(e) for e in storage.list_files(f"s3://{BUCKET}/a")]
     assert files == [
         {"uri": f"s3://{BUCKET}/a/b/one.json", "size": 8},
         {"uri": f"s3://{BUCKET}/a/two.txt", "size": 5},
     ]
     with pytest.raises(FileNotFoundError, match=r"missing\.json"):
-        uri_io.read_text(f"s3://{BUCKET}/missing.json")
+        storage.read_text(f"s3://{BUCKET}/missing.json")
 
 
 def test_control_plane_writes_specs_to_s3_and_lists_artifacts(
     s3: object,
-    s3_endpoint: str,
     tmp_path: Path,
 ) -> None:
     settings = Settings(
@@ -71,10 +70,9 @@ def test_control_plane_writes_specs_to_s3_and_lists_artifacts(
         poll_interval_s=60,
         auth=False,
         artifact_root=f"s3://{BUCKET}/llmforge",
-        s3_endpoint_url=s3_endpoint,
     )
     output = f"s3://{BUCKET}/runs/curated"
-    uri_io.write_text(f"{output}/stats.json", json.dumps({"documents": 3}))
+    storage.write_text(f"{output}/stats.json", json.dumps({"documents": 3}))
     with TestClient(create_app(settings)) as client:
         job = client.post(
             "/api/v1/jobs",

@@ -97,7 +97,7 @@ def test_job_env_carries_its_token_and_no_other_secret(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value-123")
     monkeypatch.setenv("LLMFORGE_API_KEY", "lf_" + "k" * 43)
-    settings = Settings(home=tmp_path, database_url=DB_URL, s3_endpoint_url="http://127.0.0.1:9000")
+    settings = Settings(home=tmp_path, database_url=DB_URL)
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     scheduler = Scheduler(settings, make_sessionmaker(engine), RayJobs("http://127.0.0.1:1", None))
     with scheduler.sessions() as session:
@@ -109,7 +109,6 @@ def test_job_env_carries_its_token_and_no_other_secret(
         "LLMFORGE_API_URL",
         "LLMFORGE_JOB_ID",
         "LLMFORGE_JOB_TOKEN",
-        "LLMFORGE_S3_ENDPOINT_URL",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
     }
     assert token.startswith(JOB_TOKEN_PREFIX) and job.token_hash == hash_token(token)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from contracts import uri_io
+from llm import storage
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.schemas import (
     JobCreate,
@@ -249,7 +250,7 @@ def job_artifacts(
     job = job_or_404(session, job_id, who)
     output = str(job.spec.get("output", ""))
     try:
-        files = uri_io.list_files(output, limit=limit) if output else []
+        files = [asdict(e) for e in storage.list_files(output, limit=limit)] if output else []
     except OSError as e:
         raise HTTPException(
             status.HTTP_502_BAD_GATEWAY, redact(f"cannot list {output}: {e}")

@@ -207,9 +207,9 @@ def test_task_data_from_s3(tmp_path, monkeypatch):
         s3.create_bucket(Bucket="evals")
         body = gzip.compress(("\n".join(json.dumps(r) for r in ROWS) + "\n{bad\n").encode())
         s3.put_object(Bucket="evals", Key="quiz/test.jsonl.gz", Body=body)
-        query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         items, malformed = load(
-            write_task(tmp_path, [], {"data": f"s3://evals/quiz/test.jsonl.gz?{query}"})
+            write_task(tmp_path, [], {"data": "s3://evals/quiz/test.jsonl.gz"})
         ).items()
         assert len(items) == len(ROWS) and [m.line for m in malformed] == [len(ROWS) + 1]
     finally:
