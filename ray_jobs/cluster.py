@@ -8,6 +8,11 @@ import ray
 import ray.data
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (a job's result names the nodes its work ran on)."""
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def init_ray() -> None:
     """Join ``RAY_ADDRESS`` (set by the Ray Jobs supervisor) or start a local instance.
 

@@ -23,6 +23,7 @@ from llm.model.config import ModelConfig
 from llm.tokenizer.shards import read_manifest
 
 ERROR_PREFIX = "LLMFORGE_ERROR: "
+RESULT_FILE = "result.json"
 S = TypeVar("S", bound=Spec)
 
 
@@ -72,11 +73,8 @@ def load_spec(uri: str, spec_type: type[S]) -> S:
 
 
 def write_result(output: str, result: dict[str, Any]) -> None:
-    out = local_path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
-    tmp.replace(out / "result.json")
+    """The job's completion marker, written last (whole-object: never half a result)."""
+    storage.write_json(storage.join(output, RESULT_FILE), result)
 
 
 def main(
