@@ -1,7 +1,10 @@
 """The shared shape of every job entrypoint: ``python -m ray_jobs.<kind> --spec URI``.
 
-It parses and validates the spec, runs the job, writes ``result.json`` into the output folder and,
-on failure, prints one ``LLMFORGE_ERROR:`` line that the control plane shows as the job's error.
+It parses and validates the spec, claims the output (``job.json``: which job writes there; an
+output that holds another job's finished results is refused), runs the job, writes
+``result.json`` into the output folder last, as its completion marker, and, on failure, prints
+one ``LLMFORGE_ERROR:`` line that the control plane shows as the job's error. The output may be
+a local folder or an ``s3://`` prefix (``llm.storage``).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from contracts.reporting import ENV_JOB_ID
 from contracts.specs import Spec
 from llm import storage
 from llm.model.config import ModelConfig
@@ -24,6 +30,7 @@ from llm.tokenizer.shards import read_manifest
 
 ERROR_PREFIX = "LLMFORGE_ERROR: "
 RESULT_FILE = "result.json"
+OWNER_FILE = "job.json"
 S = TypeVar("S", bound=Spec)
 
 
@@ -77,6 +84,28 @@ def write_result(output: str, result: dict[str, Any]) -> None:
     storage.write_json(storage.join(output, RESULT_FILE), result)
 
 
+def claim_output(output: str, kind: str) -> None:
+    """Make ``output`` this job's, before any work: refused when another job finished there
+    (its results would be overwritten, or taken for ours). The same job run again (a retry)
+    first removes its old completion marker, so a crash cannot leave it standing."""
+    try:
+        storage.check_access(output, write=True)
+    except OSError as e:
+        raise JobError(f"output {output}: {e}") from e
+    job_id = os.environ.get(ENV_JOB_ID) or "local"
+    result, owner_file = storage.join(output, RESULT_FILE), storage.join(output, OWNER_FILE)
+    if storage.is_file(result):
+        owner = storage.read_json(owner_file).get("job_id") if storage.is_file(owner_file) else None
+        if owner != job_id:
+            whose = f"job {owner}" if owner else "another run"
+            raise JobError(
+                f"{output} already holds the results of {whose}: give a new output, or delete "
+                "that one first"
+            )
+        storage.delete(result)
+    storage.write_json(owner_file, {"job_id": job_id, "kind": kind, "started": time.time()})
+
+
 def main(
     spec_type: type[S], run: Callable[[S], dict[str, Any]], argv: list[str] | None = None
 ) -> int:
@@ -85,6 +114,7 @@ def main(
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, spec_type)
+        claim_output(spec.output, spec_type.__name__.removesuffix("Spec").lower())  # type: ignore[attr-defined]
         result = run(spec)
         write_result(spec.output, result)  # type: ignore[attr-defined]
     except (JobError, ValidationError, FileNotFoundError, ValueError) as e:

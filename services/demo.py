@@ -1,11 +1,14 @@
 """``llmforge demo``: the whole journey on embedded defaults, through the REST API.
 
 Starts the control plane (local Ray head, SQLite, local artifacts), submits a curate → tokenize →
-train → evaluate pipeline, follows it while metrics arrive, and prints what each stage did.
+train → evaluate pipeline, follows it while metrics arrive, and prints what each stage did. With
+``LLMFORGE_ARTIFACT_ROOT=s3://…`` every stage reads and writes object storage instead, and a
+corpus on this machine's disk is first uploaded there: no worker reads the control plane's disk.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +18,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ray_jobs.entrypoint import local_path
+from llm import storage
 from services.demo_data import Corpus, resolve_corpus
 from services.server import BackgroundServer
 from services.settings import Settings
@@ -23,7 +26,8 @@ from services.settings import Settings
 console = Console(width=None if Console().is_terminal else 120)
 
 
-def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[str, Any]:
+def pipeline_body(corpus: str, work: str, *, steps: int, workers: int) -> dict[str, Any]:
+    """The demo pipeline over ``corpus``, its outputs under the folder or prefix ``work``."""
     return {
         "name": "demo",
         "stages": [
@@ -32,13 +36,14 @@ def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[
                 "kind": "curate",
                 "spec": {
                     "input": corpus,
-                    "output": str(work / "curated"),
+                    "output": storage.join(work, "curated"),
                     "steps": [
                         {"kind": "length"},
                         {"kind": "language", "languages": ["en"]},
                         {"kind": "gopher_quality"},
                         {"kind": "pii"},
                         {"kind": "exact_dedup"},
+                        {"kind": "minhash_dedup"},
                     ],
                 },
             },
@@ -48,7 +53,7 @@ def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[
                 "after": ["curate"],
                 "spec": {
                     "input": "${curate.output}",
-                    "output": str(work / "tokens"),
+                    "output": storage.join(work, "tokens"),
                     "vocab_size": 2048,
                     "val_fraction": 0.05,
                 },
@@ -59,7 +64,7 @@ def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[
                 "after": ["tokenize"],
                 "spec": {
                     "data": "${tokenize.output}",
-                    "output": str(work / "train"),
+                    "output": storage.join(work, "train"),
                     "steps": steps,
                     "workers": workers,
                     "log_every": 10,
@@ -75,7 +80,7 @@ def pipeline_body(corpus: str, work: Path, *, steps: int, workers: int) -> dict[
                 "spec": {
                     "checkpoint": "${train.output}",
                     "data": "${tokenize.output}",
-                    "output": str(work / "eval"),
+                    "output": storage.join(work, "eval"),
                     "prompt": "The ",
                     "max_new_tokens": 40,
                 },
@@ -171,9 +176,16 @@ def run_demo(
     settings: Settings, *, user_input: str | None, steps: int, workers: int, timeout_s: float
 ) -> int:
     started = time.monotonic()
-    root = local_path(settings.resolved_artifact_root)
-    work = root / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    corpus = resolve_corpus(user_input, work)
+    run = datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = storage.join(settings.resolved_artifact_root, "demo", run)
+    remote = storage.is_remote(work)
+    corpus = resolve_corpus(user_input, storage.scratch("demo", run) if remote else Path(work))
+    if remote and not storage.is_remote(corpus.path):
+        # The stages may run on any node: the corpus goes where they all read, object storage.
+        name = "" if os.path.isdir(corpus.path) else os.path.basename(corpus.path)
+        uploaded = storage.join(work, "input", name)
+        storage.upload(corpus.path, uploaded)
+        corpus = Corpus(uploaded, f"{corpus.origin}, uploaded to {uploaded}")
     console.print(f"[bold]llmforge demo[/]: corpus {corpus.origin}")
     server = BackgroundServer(settings)
     console.print("starting the control plane (local Ray head, SQLite, local artifacts)…")

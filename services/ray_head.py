@@ -2,10 +2,13 @@
 
 It runs ``ray start --head --block`` as a child process, bound to loopback, and ends it by its PID
 (``ray stop`` would kill every Ray process on the machine, including ones we did not start).
+``LocalRayWorker`` joins more nodes to it, each with its own temp dir and environment (the
+multi-node tests run a whole cluster on one machine this way).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,12 +52,16 @@ class LocalRayHead:
         object_store_mb: int,
         log_path: Path,
         token: RayToken,
+        resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.gcs_port = gcs_port or free_port()
         self.dashboard_port = dashboard_port
         self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
         self.log_path = log_path
         self.token = token
+        self.resources = resources
+        self.env = env or {}
         # Its own temp dir: Ray's job supervisor finds "the" cluster through the
         # ray_current_cluster file there, which any other Ray started on this machine with the
         # shared default (/tmp/ray) overwrites; our jobs would then join that cluster instead.
@@ -68,22 +76,16 @@ class LocalRayHead:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self, timeout_s: float = 90) -> None:
-        cmd = [
-            _ray_executable(),
-            "start",
-            "--head",
+    def _node_args(self) -> list[str]:
+        """What every node of ours is started with, head or not."""
+        args = [
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={self.gcs_port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dashboard_port}",
-            "--include-dashboard=true",
             f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
             "--disable-usage-stats",
             f"--temp-dir={self.temp_dir}",
-            # Ray's fixed defaults for these collide when two heads share a machine (a demo
-            # beside a test run); free ports keep every head independent.
+            # Ray's fixed defaults for these collide when two nodes share a machine (a demo
+            # beside a test run, a multi-node test); free ports keep every node independent.
             *(
                 f"--{flag}={free_port()}"
                 for flag in (
@@ -91,17 +93,58 @@ class LocalRayHead:
                     "dashboard-agent-grpc-port",
                     "runtime-env-agent-port",
                     "metrics-export-port",
-                    "ray-client-server-port",
                 )
             ),
         ]
         if self.num_cpus is not None:
-            cmd.append(f"--num-cpus={self.num_cpus}")
+            args.append(f"--num-cpus={self.num_cpus}")
+        if self.resources:
+            args.append(f"--resources={json.dumps(self.resources)}")
+        return args
+
+    def _spawn(self, cmd: list[str], *, own_session: bool = False) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**AUTH_ENV, **os.environ, **self.token.env(), **LOOPBACK_ENV}
+        env = {**AUTH_ENV, **os.environ, **self.token.env(), **self.env, **LOOPBACK_ENV}
         env.pop("RAY_ADDRESS", None)
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=own_session
+        )
+
+    def wait_node_id(self, timeout_s: float = 60) -> str:
+        """This node's Ray id, once the cluster lists it alive (found by its own temp dir)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"ray node exited with {self.process.returncode}; see {self.log_path}"
+                )
+            r = httpx.get(
+                f"{self.dashboard_url}/nodes?view=summary", headers=self.token.header, timeout=10
+            )
+            r.raise_for_status()
+            for node in r.json()["data"]["summary"]:
+                raylet = node["raylet"]
+                if raylet.get("tempDir") == self.temp_dir and raylet["state"] == "ALIVE":
+                    return str(raylet["nodeId"])
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ray node not alive after {timeout_s:.0f}s; see {self.log_path}")
+
+    def start(self, timeout_s: float = 90) -> None:
+        cmd = [
+            _ray_executable(),
+            "start",
+            "--head",
+            f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            "--include-dashboard=true",
+            f"--ray-client-server-port={free_port()}",
+            *self._node_args(),
+        ]
+        self._spawn(cmd)
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -132,3 +175,40 @@ class LocalRayHead:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+
+# `ray start --address` on a node that is not the head: Ray refuses it while
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which is what keeps a lone head on loopback), and with it on
+# Ray swaps an explicit --node-ip-address=127.0.0.1 for the machine's routable address. Every
+# node of a test cluster must stay on loopback, so the CLI runs with the guard lifted in this
+# process only and the given loopback address kept; the raylet and its workers still get
+# LOOPBACK_ENV, and so resolve loopback themselves.
+_JOIN_ON_LOOPBACK = """
+import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+from ray.scripts.scripts import main
+constants.ENABLE_RAY_CLUSTER = True
+services.resolve_ip_for_localhost = lambda host: host
+sys.argv = ["ray", "start", *sys.argv[1:]]
+main()
+"""
+
+
+class LocalRayWorker(LocalRayHead):
+    """One more node of a local head's cluster: ``ray start --address=HEAD --block``, with its
+    own temp dir, resources and environment (its scratch folder, say), ended by its PID."""
+
+    def __init__(self, head: LocalRayHead, **options: Any) -> None:
+        super().__init__(
+            gcs_port=head.gcs_port,
+            dashboard_port=head.dashboard_port,
+            token=head.token,
+            **options,
+        )
+
+    def start(self, timeout_s: float = 90) -> None:
+        join = [sys.executable, "-c", _JOIN_ON_LOOPBACK, f"--address={self.address}"]
+        # Its own session: a test can end the node and everything it started at once.
+        self._spawn([*join, *self._node_args()], own_session=True)
+        self.node_id = self.wait_node_id(timeout_s)

@@ -29,7 +29,7 @@ from contracts.jobs import JOB_TYPES, JobKind
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
 from llm import storage
 from services import job_outputs
-from services.api.validation import validate_spec
+from services.api.validation import check_storage, validate_spec
 from services.jsonsafe import finite_record
 from services.ray_client import LostJob, RayJobs
 from services.redact import redact
@@ -179,6 +179,7 @@ class Scheduler:
             resolved = resolve_placeholders(job.spec, by_stage)
             try:  # what a placeholder brought in is checked like anything a user typed
                 job.spec = validate_spec(JobKind(job.kind), resolved, ("spec",))
+                check_storage(JobKind(job.kind), job.spec, ("spec",))
             except RequestValidationError as e:
                 error = e.errors()[0]
                 where = ".".join(str(part) for part in error["loc"])

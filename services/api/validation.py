@@ -9,6 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from contracts.jobs import JOB_TYPES, JobKind
+from llm import storage
+
+RESULT_FILE = "result.json"  # a finished job's completion marker (ray_jobs.entrypoint)
 
 
 def validate_spec(
@@ -70,6 +73,28 @@ def check_uri(value: str, loc: tuple[str | int, ...]) -> None:
             "credentials are not allowed in URIs: give s3://bucket/prefix; keys come from the "
             "cluster's environment (AWS_* variables, instance or workload identity)",
         )
+
+
+def check_storage(kind: JobKind, spec: dict[str, Any], loc: tuple[str | int, ...]) -> None:
+    """What can be known before Ray starts work: every s3:// URI's bucket exists and answers
+    with the cluster's credentials, and the output does not hold a finished job's results (a
+    later job would overwrite them, or be mistaken for them). Placeholders are checked once the
+    scheduler has resolved them."""
+    for field in sorted(set(JOB_TYPES[kind].uri_fields) & spec.keys()):
+        value = spec[field]
+        if not isinstance(value, str) or "${" in value:
+            continue
+        try:
+            storage.check_access(value)
+            finished = field == "output" and storage.is_file(storage.join(value, RESULT_FILE))
+        except OSError as e:
+            raise request_error((*loc, field), f"{value!r}: {e}") from e
+        if finished:
+            raise request_error(
+                (*loc, field),
+                f"{value!r} already holds the results of a finished job ({RESULT_FILE}): give a "
+                "new output, or delete that job's outputs first",
+            )
 
 
 def request_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:

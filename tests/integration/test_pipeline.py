@@ -1,14 +1,24 @@
-"""The whole journey through the REST API on a real local Ray cluster.
+"""The whole journey through the REST API on a real local Ray cluster, then on a two-node one.
 
 curate → tokenize → train (Ray Train, 2 CPU workers, DDP over gloo) → evaluate, on the Common
 Crawl sample in ../shared/data; then the outputs are checked against each other.
+
+The same stages then run on a team cluster made on this machine (``tests.cluster``): two Ray
+nodes that share no disk, each with its own scratch folder, wiped between stages, and moto's S3
+server over HTTP as the only storage they share, with the control plane's artifact root on it.
+Their outputs must equal the local-disk run's, their work must have run on both nodes, and a
+training job whose worker node dies must finish on the other from its checkpoint on S3.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +26,19 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from llm import storage
 from llm.tokenizer.shards import read_manifest
 from services.demo import pipeline_body
+from services.ray_head import free_port
 from services.server import BackgroundServer
+from services.settings import Settings
 from services.store import crud
 from services.store.models import JobState
+from tests.cluster import Cluster, ray_cluster, s3_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRAIN_STEPS = 40
+BUCKET = "llmforge-team"
 
 
 def _wait(client: httpx.Client, path: str, done: set[str], timeout_s: float = 600) -> Any:
@@ -36,13 +51,8 @@ def _wait(client: httpx.Client, path: str, done: set[str], timeout_s: float = 60
     raise AssertionError(f"{path} did not reach {done} in {timeout_s}s: {body}")
 
 
-@pytest.fixture(scope="module")
-def pipeline(
-    control_plane: BackgroundServer, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[dict[str, Any], Path]:
-    work = tmp_path_factory.mktemp("pipeline")
-    corpus = shared_data / "web" / "cc_dolma_sample"
-    body = pipeline_body(str(corpus), work, steps=TRAIN_STEPS, workers=2)
+def _body(corpus: str, work: str) -> dict[str, Any]:
+    body = pipeline_body(corpus, work, steps=TRAIN_STEPS, workers=2)
     body["stages"][1]["spec"]["vocab_size"] = 1024
     body["stages"][2]["spec"].update(
         log_every=5,
@@ -50,6 +60,16 @@ def pipeline(
         checkpoint_every=20,
         model={"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64},
     )
+    return body
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    control_plane: BackgroundServer, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("pipeline")
+    corpus = shared_data / "web" / "cc_dolma_sample"
+    body = _body(str(corpus), str(work))
     with httpx.Client(base_url=control_plane.url, timeout=30) as client:
         r = client.post("/api/v1/pipelines", json=body)
         assert r.status_code == 201, r.text
@@ -89,6 +109,7 @@ def test_curate_counts_add_up(pipeline: tuple[dict[str, Any], Path]) -> None:
         "gopher_quality",
         "pii",
         "exact_dedup",
+        "minhash_dedup",
     ]
     assert any(reason.startswith("language:") for reason in stats["removed"])
     assert stats["redacted"]["documents"] > 0 and stats["redacted"]["by_type"]
@@ -166,3 +187,152 @@ def test_a_job_ray_forgot_is_failed_not_left_running(control_plane: BackgroundSe
     with httpx.Client(base_url=control_plane.url, timeout=30) as client:
         final = _wait(client, f"/api/v1/jobs/{job_id}", {"FAILED"}, 60)
     assert final["message"].startswith("lost:")
+
+
+# --- the same stages on two nodes that share no disk ---------------------------------------
+
+
+@dataclass
+class TeamCluster:
+    cluster: Cluster
+    url: str
+    work: str  # the s3:// prefix the stages write under
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _resolve(spec: dict[str, Any], outputs: dict[str, str]) -> dict[str, Any]:
+    """The stage's spec with ``${stage.output}`` placeholders replaced by that stage's output."""
+    text = re.sub(r"\$\{(\w+)\.output\}", lambda m: outputs[m.group(1)], json.dumps(spec))
+    resolved: dict[str, Any] = json.loads(text)
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def team(
+    pipeline: tuple[dict[str, Any], Path],
+    shared_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TeamCluster]:
+    """The demo's stages submitted one by one to a control plane whose artifact root is on S3
+    and whose Ray cluster has two nodes; both nodes' scratch is wiped before every stage."""
+    root = tmp_path_factory.mktemp("team")
+    with (
+        s3_server(BUCKET) as env,
+        pytest.MonkeyPatch.context() as patch,
+        ray_cluster(root, env) as cluster,
+    ):
+        for name, value in env.items():  # the control plane reads S3 with the same settings
+            patch.setenv(name, value)
+        patch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.head.ray.token.path))
+        settings = Settings(
+            home=root / "home",
+            ray_address=cluster.head.ray.dashboard_url,
+            artifact_root=f"s3://{BUCKET}/llmforge",
+            job_python=sys.executable,
+            api_port=free_port(),
+            poll_interval_s=0.3,
+            auth=False,
+        )
+        server = BackgroundServer(settings)
+        server.start()
+        try:
+            corpus = f"s3://{BUCKET}/corpus/cc_dolma_sample"
+            storage.upload(shared_data / "web" / "cc_dolma_sample", corpus)
+            team = TeamCluster(cluster, server.url, f"s3://{BUCKET}/work")
+            body = _body(corpus, team.work)
+            # one training worker on each node
+            body["stages"][2]["spec"]["placement_strategy"] = "STRICT_SPREAD"
+            outputs: dict[str, str] = {}
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for stage in body["stages"]:
+                    cluster.wipe_scratch()
+                    spec = _resolve(stage["spec"], outputs)
+                    r = client.post("/api/v1/jobs", json={"kind": stage["kind"], "spec": spec})
+                    assert r.status_code == 201, r.text
+                    job = _wait(client, f"/api/v1/jobs/{r.json()['id']}", {"SUCCEEDED", "FAILED"})
+                    assert job["state"] == "SUCCEEDED", (stage["name"], job["message"])
+                    team.jobs[stage["name"]] = job
+                    outputs[stage["name"]] = spec["output"]
+            yield team
+        finally:
+            server.stop()
+
+
+def _kept_ids(folder: str) -> list[str]:
+    filesystem, path = storage.filesystem(storage.join(folder, "curated", "data"))
+    return sorted(pq.read_table(path, filesystem=filesystem).column("id").to_pylist())
+
+
+def test_two_nodes_give_the_local_run_s_results(
+    pipeline: tuple[dict[str, Any], Path], team: TeamCluster
+) -> None:
+    local = _jobs(pipeline)
+    assert _kept_ids(team.work) == _kept_ids(str(pipeline[1]))
+    s3_tokens = team.jobs["tokenize"]["result"]["stats"]["splits"]
+    assert s3_tokens == local["tokenize"]["result"]["stats"]["splits"]
+    s3_train, local_train = team.jobs["train"]["result"], local["train"]["result"]
+    assert s3_train["steps"] == local_train["steps"] == TRAIN_STEPS
+    for key in ("first_loss", "final_loss"):
+        assert s3_train[key] == pytest.approx(local_train[key], rel=1e-4)
+    assert team.jobs["evaluate"]["result"]["val_loss"] == pytest.approx(
+        local["evaluate"]["result"]["val_loss"], rel=1e-4
+    )
+
+
+def test_the_work_ran_on_both_nodes(team: TeamCluster) -> None:
+    both = {node.node_id for node in team.cluster.nodes}
+    assert set(team.jobs["curate"]["result"]["nodes"]) == both
+    assert set(team.jobs["tokenize"]["result"]["nodes"]) <= both
+    ranks = team.jobs["train"]["result"]["nodes"]
+    assert len(ranks) == 2 and set(ranks) == both  # rank 0 on one node, rank 1 on the other
+
+
+def test_every_artifact_is_on_s3(team: TeamCluster) -> None:
+    files = {e.uri.removeprefix(team.work + "/") for e in storage.list_files(team.work)}
+    for stage in ("curated", "tokens", "train", "eval"):
+        assert f"{stage}/result.json" in files
+    assert "tokens/manifest.json" in files and "tokens/tokenizer.json" in files
+    assert any(re.fullmatch(r"train/checkpoints/step_\d+/.+", f) for f in files)
+    for node in team.cluster.nodes:  # wiped before the last stage: only its leftovers remain
+        assert not any(p.suffix in (".parquet", ".bin") for p in node.scratch.rglob("*"))
+
+
+def _steps(client: httpx.Client, job_id: str) -> list[int]:
+    records = client.get(f"/api/v1/jobs/{job_id}/metrics", params={"name": "loss"}).json()
+    return [int(r["step"]) for r in records["records"]]
+
+
+def test_a_dead_worker_node_and_training_finishes_from_s3(team: TeamCluster) -> None:
+    """The worker node is killed mid-run; the job resumes on the head from its S3 checkpoint."""
+    spec = _resolve(
+        _body("unused", team.work)["stages"][2]["spec"],
+        {"tokenize": storage.join(team.work, "tokens")},
+    )
+    spec.update(
+        output=storage.join(team.work, "train-node-loss"),
+        steps=60,
+        checkpoint_every=10,
+        eval_every=30,
+        placement_strategy="SPREAD",
+        max_failures=3,
+    )
+    with httpx.Client(base_url=team.url, timeout=30) as client:
+        r = client.post("/api/v1/jobs", json={"kind": "train", "spec": spec})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        # Step 15 logged: the step-10 checkpoint was written (training waits for it) and the
+        # run is 5 steps past it.
+        deadline = time.monotonic() + 300
+        while max(_steps(client, job_id), default=0) < 15:
+            state = client.get(f"/api/v1/jobs/{job_id}").json()["state"]
+            assert state in ("QUEUED", "PENDING", "RUNNING") and time.monotonic() < deadline
+            time.sleep(0.5)
+        assert storage.is_dir(storage.join(spec["output"], "checkpoints", "step_00000010"))
+        worker = team.cluster.workers[0]
+        team.cluster.kill(worker)
+        team.cluster.wipe_scratch()  # nothing of the first attempt is left on any node's disk
+        job = _wait(client, f"/api/v1/jobs/{job_id}", {"SUCCEEDED", "FAILED"})
+    assert job["state"] == "SUCCEEDED", job["message"]
+    result = job["result"]
+    assert result["steps"] == 60 and math.isfinite(result["final_loss"])
+    assert set(result["nodes"]) == {team.cluster.head.node_id}  # both ranks ended on the head

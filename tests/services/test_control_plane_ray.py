@@ -95,7 +95,7 @@ def test_a_pipeline_registers_its_datasets_and_model_with_lineage(
     api: httpx.Client, shared_data: Path, tmp_path: Path
 ) -> None:
     body = pipeline_body(
-        str(shared_data / "web" / "cc_dolma_sample"), tmp_path, steps=10, workers=1
+        str(shared_data / "web" / "cc_dolma_sample"), str(tmp_path), steps=10, workers=1
     )
     body["stages"][1]["spec"]["vocab_size"] = 512
     body["stages"][2]["spec"].update(

@@ -18,7 +18,7 @@ from services.api.schemas import (
     MetricRecord,
     MetricsPublic,
 )
-from services.api.validation import request_error, validate_spec
+from services.api.validation import check_storage, request_error, validate_spec
 from services.auth import Principal, PrincipalDep
 from services.ray_client import RayJobs
 from services.redact import redact
@@ -91,6 +91,7 @@ def submit_job(
         if earlier is not None:
             response.status_code = status.HTTP_200_OK
             return public_one(session, earlier, ray)
+    check_storage(body.kind, spec, ("body", "spec"))
     job = crud.create_job(
         session,
         owner=who.key_id,

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, status
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import public_page
 from services.api.schemas import PipelineCreate, PipelinePublic
-from services.api.validation import request_error, validate_spec
+from services.api.validation import check_storage, request_error, validate_spec
 from services.auth import Principal, PrincipalDep
 from services.scheduler import PLACEHOLDER, RETRYABLE
 from services.store import crud
@@ -74,6 +74,8 @@ def create_pipeline(
         validate_spec(s.kind, s.spec, ("body", "stages", i, "spec"))
         for i, s in enumerate(body.stages)
     ]
+    for i, (stage, spec) in enumerate(zip(body.stages, specs, strict=True)):
+        check_storage(stage.kind, spec, ("body", "stages", i, "spec"))
     pipeline = crud.create_pipeline(session, name=body.name)
     ids: dict[str, str] = {}
     jobs = []

@@ -1,0 +1,139 @@
+"""A team cluster on one machine, for tests: an S3 server over HTTP (moto's) and Ray nodes that
+share no disk.
+
+Each node is its own ``ray start`` with its own temp dir, its own scratch folder
+(``LLMFORGE_SCRATCH``) and a custom resource naming it, all on loopback. The object store is the
+only storage the nodes share, as on a KubeRay cluster whose pods mount no common volume.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+
+from services.ray_auth import RayToken
+from services.ray_head import LocalRayHead, LocalRayWorker, free_port
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# A dead node is noticed in seconds rather than Ray's default of about half a minute.
+FAST_NODE_DEATH = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free loopback port with ``bucket`` in it; yields the environment
+    (endpoint and credentials) that reaches it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+@dataclass
+class Node:
+    name: str
+    ray: LocalRayHead
+    scratch: Path
+    node_id: str = ""
+
+    def wipe_scratch(self) -> None:
+        """Empty this node's scratch folder, as a pod restarted with a fresh emptyDir would be."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+
+
+@dataclass
+class Cluster:
+    head: Node
+    workers: list[Node] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.head, *self.workers]
+
+    def wipe_scratch(self) -> None:
+        for node in self.nodes:
+            node.wipe_scratch()
+
+    def kill(self, node: Node) -> None:
+        """The node dies at once (SIGKILL to every process it started), as a lost pod would."""
+        process = node.ray.process
+        assert process is not None
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
+@contextmanager
+def ray_cluster(
+    root: Path, env: dict[str, str], *, workers: int = 1, cpus: int = 2
+) -> Iterator[Cluster]:
+    """A head and ``workers`` more nodes; every node's environment is ``env`` plus its own
+    scratch folder."""
+    token_file = root / "ray-token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    token = RayToken(token_file.read_text(), str(token_file), token_file)
+
+    def node_env(scratch: Path) -> dict[str, str]:
+        return {**env, **FAST_NODE_DEATH, "LLMFORGE_SCRATCH": str(scratch)}
+
+    options = {"num_cpus": cpus, "object_store_mb": 128}
+    head_scratch = root / "scratch-head"
+    head = LocalRayHead(
+        gcs_port=None,
+        dashboard_port=free_port(),
+        log_path=root / "head.log",
+        token=token,
+        resources={"head_node": 1},
+        env=node_env(head_scratch),
+        **options,
+    )
+    head.start()
+    cluster = Cluster(Node("head", head, head_scratch))
+    try:
+        for i in range(workers):
+            scratch = root / f"scratch-worker{i}"
+            worker = LocalRayWorker(
+                head,
+                log_path=root / f"worker{i}.log",
+                resources={f"worker_node_{i}": 1},
+                env=node_env(scratch),
+                **options,
+            )
+            worker.start()
+            cluster.workers.append(Node(f"worker{i}", worker, scratch, worker.node_id))
+        cluster.head.node_id = head.wait_node_id()
+        cluster.wipe_scratch()
+        yield cluster
+    finally:
+        for node in reversed(cluster.nodes):
+            node.ray.stop()
