@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from contracts.specs import CurateSpec
 from llm import storage
-from ray_jobs.entrypoint import load_spec
+from ray_jobs.entrypoint import JobError, claim_output, load_spec, write_result
 from services.api.app import create_app
 from services.ray_head import free_port
 from services.settings import Settings
@@ -83,3 +83,61 @@ def test_control_plane_writes_specs_to_s3_and_lists_artifacts(
         assert load_spec(spec_uri, CurateSpec).output == output
         artifacts = client.get(f"/api/v1/jobs/{job['id']}/artifacts").json()
     assert artifacts["files"] == [{"uri": f"{output}/stats.json", "size": 16}]
+
+
+def _submit(client: TestClient, spec: dict[str, object]) -> tuple[int, str]:
+    r = client.post("/api/v1/jobs", json={"kind": "curate", "spec": spec})
+    return r.status_code, r.text
+
+
+def _offline_settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path,
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        poll_interval_s=60,
+        auth=False,
+        artifact_root=f"s3://{BUCKET}/llmforge",
+    )
+
+
+def test_storage_problems_are_422s_before_anything_runs(
+    s3: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finished = f"s3://{BUCKET}/runs/finished"
+    storage.write_json(f"{finished}/result.json", {"stats": {}})
+    with TestClient(create_app(_offline_settings(tmp_path))) as client:
+        code, text = _submit(client, {"input": "s3://no-such-bucket/in", "output": "/tmp/x"})
+        assert code == 422 and "bucket 'no-such-bucket'" in text and '"input"' in text
+        code, text = _submit(client, {"input": f"s3://{BUCKET}/in", "output": finished})
+        assert code == 422 and "already holds the results of a finished job" in text
+        assert '"output"' in text
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        code, text = _submit(client, {"input": f"s3://{BUCKET}/in", "output": "/tmp/x"})
+        assert code == 422 and "cannot reach the object store" in text
+        assert "AWS_ENDPOINT_URL" in text
+
+
+def test_a_job_claims_its_output_and_refuses_another_job_s_results(
+    s3: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = f"s3://{BUCKET}/runs/claimed"
+    monkeypatch.setenv("LLMFORGE_JOB_ID", "job-a")
+    claim_output(output, "curate")
+    assert storage.read_json(f"{output}/job.json")["job_id"] == "job-a"
+    write_result(output, {"ok": True})
+    claim_output(output, "curate")  # job-a again (a retry): its old marker goes first
+    assert not storage.exists(f"{output}/result.json")
+    write_result(output, {"ok": True})
+    monkeypatch.setenv("LLMFORGE_JOB_ID", "job-b")
+    with pytest.raises(JobError, match="already holds the results of job job-a"):
+        claim_output(output, "curate")
+    with pytest.raises(JobError, match="bucket 'missing-bucket'"):
+        claim_output("s3://missing-bucket/out", "curate")
+
+
+def test_the_old_endpoint_variable_is_refused_naming_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMFORGE_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    with pytest.raises(ValueError, match="set AWS_ENDPOINT_URL"):
+        Settings(home=tmp_path)
