@@ -1,4 +1,5 @@
-"""Offline checks of the deployment manifests under infra/k8s and the image under infra/docker.
+"""Offline checks of the deployment manifests under infra/k8s (subfolders such as dev/ included)
+and the image under infra/docker.
 
 Custom resources (KubeRay, Kueue, Prometheus Operator) are validated against the openAPIV3Schema
 of their CustomResourceDefinition from ``../shared/k8s-crds`` beside the checkout
@@ -6,7 +7,10 @@ of their CustomResourceDefinition from ``../shared/k8s-crds`` beside the checkou
 Like ``kubectl apply`` (strict field validation), fields a CRD schema does not declare are errors
 too. Built-in kinds get structural checks by hand. The cross-file tests check that the pieces
 point at each other (RAY_ADDRESS at the KubeRay head Service, LocalQueue at the ClusterQueue,
-monitors at the right labels/ports).
+monitors at the right labels/ports). The storage tests check the one storage convention of a
+cluster whose pods share no disk: every pod that touches artifacts loads the same ConfigMap
+(region, endpoint) and Secret (credentials), node scratch is an emptyDir, and no pod mounts a
+volume that could be shared.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ READY_PATH = "/api/v1/health/ready"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SECRET_MARKERS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "DATABASE_URL")
 
+# Object storage (llm/storage.py): where it is comes from the ConfigMap, who we are from the Secret.
+STORAGE_CONFIGMAP = "llmforge-storage"
+S3_SECRET = "llmforge-s3"
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+REGION_KEYS = {"AWS_REGION", "AWS_DEFAULT_REGION"}
+ENDPOINT_KEYS = {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"}
+STORAGE_KEYS = REGION_KEYS | ENDPOINT_KEYS
+SCRATCH_ENV = "LLMFORGE_SCRATCH"
+# Pod volumes that live and die with the pod on its node: nothing else may be mounted, since pods
+# share no disk (object storage is the data plane). PVCs, hostPath, NFS, CSI, ... are refused.
+LOCAL_VOLUME_SOURCES = {"emptyDir", "configMap", "secret", "projected", "downwardAPI"}
+
 # Built-in kinds the manifests may use, with the top-level fields each may carry.
 BUILTIN_KINDS: dict[tuple[str, str], set[str]] = {
     ("v1", "Namespace"): {"spec"},
@@ -45,6 +61,7 @@ BUILTIN_KINDS: dict[tuple[str, str], set[str]] = {
     ("v1", "Service"): {"spec"},
     ("v1", "ServiceAccount"): {"automountServiceAccountToken", "imagePullSecrets", "secrets"},
     ("apps/v1", "Deployment"): {"spec"},
+    ("batch/v1", "Job"): {"spec"},
     ("policy/v1", "PodDisruptionBudget"): {"spec"},
     ("networking.k8s.io/v1", "NetworkPolicy"): {"spec"},
 }
@@ -56,15 +73,21 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Loading
 
 
+def _manifest_files() -> list[Path]:
+    """Every YAML file under infra/k8s, subfolders (dev/) included."""
+    return sorted([*K8S_DIR.rglob("*.yaml"), *K8S_DIR.rglob("*.yml")])
+
+
 def _load_manifests() -> list[tuple[str, dict[str, Any]]]:
     out = []
-    for path in sorted([*K8S_DIR.glob("*.yaml"), *K8S_DIR.glob("*.yml")]):
+    for path in _manifest_files():
+        name = path.relative_to(K8S_DIR).as_posix()
         with path.open() as f:
             for i, doc in enumerate(yaml.load_all(f, Loader=_Loader)):
                 if doc is None:
                     continue
-                assert isinstance(doc, dict), f"{path.name} document {i} is not a mapping"
-                out.append((f"{path.name}#{i}", doc))
+                assert isinstance(doc, dict), f"{name} document {i} is not a mapping"
+                out.append((f"{name}#{i}", doc))
     return out
 
 
@@ -229,6 +252,12 @@ def pod_problems(pod: dict[str, Any], where: str) -> list[str]:
     ctx = pod.get("securityContext") or {}
     if ctx.get("runAsNonRoot") is not True or ctx.get("runAsUser", 1) == 0:
         problems.append(f"{where}: securityContext must set runAsNonRoot: true (and not uid 0)")
+    volumes = {v.get("name") for v in pod.get("volumes") or []}
+    for c in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        for mount in c.get("volumeMounts") or []:
+            if mount.get("name") not in volumes:
+                name = mount.get("name")
+                problems.append(f"{where}.containers[{c.get('name')}]: no volume {name!r}")
     return problems
 
 
@@ -264,6 +293,10 @@ def builtin_problems(doc: dict[str, Any]) -> list[str]:
             problems.append("Service needs ports with a port number")
         if not (doc.get("spec") or {}).get("selector"):
             problems.append("Service needs a selector")
+    if kind == "Job":
+        pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if pod.get("restartPolicy") not in {"Never", "OnFailure"}:
+            problems.append("a Job's pod needs restartPolicy Never or OnFailure")
     if kind == "Deployment":
         spec = doc.get("spec") or {}
         selector = (spec.get("selector") or {}).get("matchLabels") or {}
@@ -277,13 +310,129 @@ def _probe_path(container: dict[str, Any], probe: str) -> str | None:
     return ((container.get(probe) or {}).get("httpGet") or {}).get("path")
 
 
+def volume_problems(doc: dict[str, Any], where: str) -> list[str]:
+    """Volumes that could be shared between pods or outlive them, anywhere in a document (every
+    ``volumes`` list, whatever kind carries it; ``volumeClaimTemplates`` too)."""
+    problems = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "volumeClaimTemplates":
+                    problems.append(f"{path}.{key}: persistent volumes are not used")
+                elif key == "volumes" and isinstance(value, list):
+                    for volume in value:
+                        sources = set(volume) - {"name"}
+                        if len(sources) != 1 or not sources <= LOCAL_VOLUME_SOURCES:
+                            problems.append(
+                                f"{path}.volumes[{volume.get('name')}]: {sorted(sources)} is not "
+                                f"one of {sorted(LOCAL_VOLUME_SOURCES)}; pods share no disk, data "
+                                "goes through object storage"
+                            )
+                else:
+                    walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(doc, where)
+    return problems
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e.get("name", ""): e for e in container.get("env") or []}
+
+
+def _secret_ref(var: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    return ref.get("name"), ref.get("key")
+
+
+def storage_env_problems(container: dict[str, Any], where: str) -> list[str]:
+    """How a container that reads or writes artifacts must learn where S3 is and who it is: the
+    storage ConfigMap whole (envFrom: the endpoint reaches it whenever the ConfigMap has one), no
+    storage variable of its own, and the credentials from the S3 Secret."""
+    problems = []
+    refs = [
+        e.get("configMapRef") or {} for e in container.get("envFrom") or [] if not e.get("prefix")
+    ]
+    if not any(r.get("name") == STORAGE_CONFIGMAP and not r.get("optional") for r in refs):
+        problems.append(
+            f"{where}: must load ConfigMap {STORAGE_CONFIGMAP} with envFrom (no prefix)"
+        )
+    env = _env(container)
+    for name in sorted(STORAGE_KEYS & env.keys()):
+        problems.append(f"{where}: {name} is set here; it belongs in ConfigMap {STORAGE_CONFIGMAP}")
+    for name in CREDENTIAL_KEYS:
+        if _secret_ref(env.get(name)) != (S3_SECRET, name):
+            problems.append(f"{where}: {name} must come from Secret {S3_SECRET}, key {name}")
+    return problems
+
+
+def scratch_problems(pod: dict[str, Any], where: str) -> list[str]:
+    """Every container's ``LLMFORGE_SCRATCH`` must be the mount point of a disk emptyDir with a
+    sizeLimit: node-local, never shared, gone with the pod."""
+    problems = []
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    for c in pod.get("containers") or []:
+        here = f"{where}.containers[{c.get('name')}]"
+        path = (_env(c).get(SCRATCH_ENV) or {}).get("value")
+        if not path:
+            problems.append(f"{here}: {SCRATCH_ENV} is not set to a path")
+            continue
+        mounts = [m for m in c.get("volumeMounts") or [] if m.get("mountPath") == path]
+        if len(mounts) != 1 or mounts[0].get("readOnly"):
+            problems.append(f"{here}: {SCRATCH_ENV}={path} is not one writable volume mount")
+            continue
+        empty_dir = (volumes.get(mounts[0].get("name")) or {}).get("emptyDir")
+        if empty_dir is None:
+            problems.append(f"{here}: {SCRATCH_ENV}={path} must be an emptyDir")
+        elif empty_dir.get("medium") == "Memory":
+            problems.append(f"{here}: scratch must be on disk, not in the pod's memory")
+        elif not empty_dir.get("sizeLimit"):
+            problems.append(f"{here}: the scratch emptyDir needs a sizeLimit")
+    return problems
+
+
+def _ray_pods() -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every Ray node: heads and workers of the RayCluster and of the
+    clusters RayJobs bring (not the submitter, which only calls the Jobs API)."""
+    return [
+        (f"{doc['metadata']['name']}:{where}", pod)
+        for kind in ("RayCluster", "RayJob")
+        for doc in _of_kind(kind)
+        for where, pod in pod_specs(doc)
+        if "submitterPodTemplate" not in where
+    ]
+
+
+def _storage_users() -> list[tuple[str, dict[str, Any]]]:
+    """(where, container) of everything that reads or writes artifacts: the Ray containers and
+    the control plane (which checks a job's buckets before submitting it)."""
+    users = [
+        (f"{where}.containers[{c['name']}]", c)
+        for where, pod in _ray_pods()
+        for c in pod["containers"]
+    ]
+    controlplane = _one("Deployment", "llmforge-controlplane")["spec"]["template"]["spec"]
+    users += [(f"controlplane.containers[{c['name']}]", c) for c in controlplane["containers"]]
+    return users
+
+
 # --------------------------------------------------------------------------------------------------
 # Every document
 
 
 def test_manifests_found():
     files = {where.split("#")[0] for where, _ in MANIFESTS}
-    expected = {"raycluster.yaml", "controlplane.yaml", "kueue.yaml", "rayjob-train.yaml"}
+    expected = {
+        "raycluster.yaml",
+        "controlplane.yaml",
+        "storage.yaml",
+        "kueue.yaml",
+        "rayjob-train.yaml",
+        "dev/minio.yaml",
+    }
     assert expected <= files, f"missing manifests: {sorted(expected - files)}"
 
 
@@ -542,6 +691,143 @@ def test_monitors_point_at_metrics():
 
 
 # --------------------------------------------------------------------------------------------------
+# Object storage is the data plane: one storage convention, node-local scratch, no shared volumes
+
+
+def test_storage_configmap_is_the_one_place():
+    config = _one("ConfigMap", STORAGE_CONFIGMAP)["data"]
+    assert REGION_KEYS & config.keys(), f"{STORAGE_CONFIGMAP} must set the region"
+    assert set(config) <= STORAGE_KEYS, f"unexpected keys {sorted(set(config) - STORAGE_KEYS)}"
+    for name in ENDPOINT_KEYS & config.keys():
+        assert re.fullmatch(r"https?://[^/\s]+/?", config[name]), f"{name}: {config[name]!r}"
+    # No other ConfigMap may carry storage settings: they would shadow or contradict these.
+    for doc in _of_kind("ConfigMap"):
+        if doc["metadata"]["name"] != STORAGE_CONFIGMAP:
+            stray = sorted(k for k in doc.get("data") or {} if k.startswith("AWS_"))
+            assert not stray, f"ConfigMap {doc['metadata']['name']}: {stray}"
+
+
+def test_every_storage_user_gets_the_same_storage_settings():
+    """The endpoint and region reach every Ray container (jobs run there) and the control plane
+    from the one ConfigMap; the credentials from the one Secret."""
+    users = _storage_users()
+    where = [w for w, _ in users]
+    assert any("headGroupSpec" in w for w in where)
+    assert any("workerGroupSpecs[cpu]" in w for w in where)
+    assert any("workerGroupSpecs[gpu]" in w for w in where)
+    assert any(w.startswith("llmforge-train-example:") for w in where), "the RayJob's own cluster"
+    assert any(w.startswith("controlplane.") for w in where)
+    problems = [p for w, c in users for p in storage_env_problems(c, w)]
+    assert problems == []
+
+
+def test_no_storage_setting_outside_the_configmap():
+    """Nothing sets a storage variable on its own: not in any env list, nor a Ray runtime env; and
+    the retired LLMFORGE_S3_ENDPOINT_URL (the control plane refuses to start with it) is gone."""
+    for path in _manifest_files():
+        assert "LLMFORGE_S3_ENDPOINT_URL" not in path.read_text(), path
+
+    def env_names(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "env" and isinstance(v, list):
+                    yield from (e.get("name", "") for e in v)
+                else:
+                    yield from env_names(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from env_names(v)
+
+    for where, doc in MANIFESTS:
+        assert not STORAGE_KEYS & set(env_names(doc)), where
+        runtime_env = (doc.get("spec") or {}).get("runtimeEnvYAML")
+        if runtime_env:
+            env_vars = (yaml.safe_load(runtime_env) or {}).get("env_vars") or {}
+            assert not STORAGE_KEYS & set(env_vars), f"{where}: storage settings in runtimeEnvYAML"
+
+
+def test_storage_checks_reject_drift():
+    ((where, container), *_) = [u for u in _storage_users() if "workerGroupSpecs[gpu]" in u[0]]
+    assert storage_env_problems(container, where) == []
+
+    literal = copy.deepcopy(container)
+    literal["env"].append({"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"})
+    assert any("AWS_ENDPOINT_URL" in p for p in storage_env_problems(literal, where))
+
+    no_configmap = copy.deepcopy(container)
+    no_configmap["envFrom"] = []
+    assert any(STORAGE_CONFIGMAP in p for p in storage_env_problems(no_configmap, where))
+
+    optional = copy.deepcopy(container)
+    optional["envFrom"] = [{"configMapRef": {"name": STORAGE_CONFIGMAP, "optional": True}}]
+    assert any(STORAGE_CONFIGMAP in p for p in storage_env_problems(optional, where))
+
+    other_secret = copy.deepcopy(container)
+    for var in other_secret["env"]:
+        if var["name"] == "AWS_SECRET_ACCESS_KEY":
+            var["valueFrom"]["secretKeyRef"]["name"] = "someone-elses-s3"
+    assert any("AWS_SECRET_ACCESS_KEY" in p for p in storage_env_problems(other_secret, where))
+
+
+def test_ray_nodes_have_emptydir_scratch():
+    pods = _ray_pods()
+    assert len(pods) >= 5, "head, cpu and gpu groups of the RayCluster, head and gpu of the RayJob"
+    assert [p for where, pod in pods for p in scratch_problems(pod, where)] == []
+    for where, pod in pods:
+        if "workerGroupSpecs" in where:
+            (container,) = pod["containers"]
+            assert _env(container)[SCRATCH_ENV]["value"] == "/scratch", where
+
+
+def test_scratch_check_rejects_shared_or_memory_scratch():
+    where, pod = next(p for p in _ray_pods() if "workerGroupSpecs[gpu]" in p[0])
+
+    def with_scratch(volume: dict[str, Any]) -> dict[str, Any]:
+        changed = copy.deepcopy(pod)
+        changed["volumes"] = [v for v in changed["volumes"] if v["name"] != "scratch"]
+        changed["volumes"].append({"name": "scratch", **volume})
+        return changed
+
+    in_memory = with_scratch({"emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    assert any("memory" in p for p in scratch_problems(in_memory, where))
+    unbounded = with_scratch({"emptyDir": {}})
+    assert any("sizeLimit" in p for p in scratch_problems(unbounded, where))
+    on_a_claim = with_scratch({"persistentVolumeClaim": {"claimName": "shared"}})
+    assert any("emptyDir" in p for p in scratch_problems(on_a_claim, where))
+
+    unmounted = copy.deepcopy(pod)
+    unmounted["containers"][0]["volumeMounts"] = [
+        m for m in unmounted["containers"][0]["volumeMounts"] if m["name"] != "scratch"
+    ]
+    assert any("mount" in p for p in scratch_problems(unmounted, where))
+
+
+@pytest.mark.parametrize("item", MANIFESTS, ids=_ident)
+def test_no_shared_volumes(item):
+    """Pods share no disk: only volumes that live and die with the pod on its node."""
+    where, doc = item
+    assert volume_problems(doc, where) == []
+
+
+def test_volume_check_rejects_shared_volumes():
+    cluster = copy.deepcopy(_one("RayCluster"))
+    assert volume_problems(cluster, "c") == []
+    volumes = cluster["spec"]["workerGroupSpecs"][1]["template"]["spec"]["volumes"]
+    volumes += [
+        {"name": "a", "persistentVolumeClaim": {"claimName": "data"}},
+        {"name": "b", "hostPath": {"path": "/mnt/data"}},
+        {"name": "c", "nfs": {"server": "nfs.example.com", "path": "/export"}},
+        {"name": "d", "csi": {"driver": "s3.csi.aws.com"}},
+        {"name": "e", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}},
+    ]
+    problems = "\n".join(volume_problems(cluster, "c"))
+    for kind in ("persistentVolumeClaim", "hostPath", "nfs", "csi", "ephemeral"):
+        assert kind in problems
+    statefulset = {"kind": "StatefulSet", "spec": {"volumeClaimTemplates": [{"spec": {}}]}}
+    assert volume_problems(statefulset, "s")
+
+
+# --------------------------------------------------------------------------------------------------
 # Kueue and RayJobs
 
 
@@ -592,6 +878,67 @@ def test_rayjobs():
                 assert group["minReplicas"] == group["maxReplicas"] == group.get("replicas")
             assert spec["rayClusterSpec"]["rayVersion"] == RAY_VERSION
     assert queued >= 1, "an example RayJob labelled for the Kueue LocalQueue"
+
+
+# --------------------------------------------------------------------------------------------------
+# MinIO for dev clusters (infra/k8s/dev/minio.yaml)
+
+
+def _minio_endpoint() -> str:
+    service = _one("Service", "minio")
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "s3")
+    meta = service["metadata"]
+    return f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port}"
+
+
+def test_minio_server():
+    deployment = _one("Deployment", "minio")
+    assert deployment["spec"]["replicas"] == 1, "one server on one emptyDir"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(
+        r"(docker\.io/|quay\.io/)?minio/minio:RELEASE\.[0-9TZ-]+", container["image"]
+    )
+    env = _env(container)
+    # Root credentials are the keys everything else uses, so no second set of secrets exists.
+    assert _secret_ref(env.get("MINIO_ROOT_USER")) == (S3_SECRET, "AWS_ACCESS_KEY_ID")
+    assert _secret_ref(env.get("MINIO_ROOT_PASSWORD")) == (S3_SECRET, "AWS_SECRET_ACCESS_KEY")
+    data_dir = container["command"][container["command"].index("server") + 1]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == data_dir]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume, "dev only: MinIO's data is an emptyDir"
+
+    service = _one("Service", "minio")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    named_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    s3_port = next(p for p in service["spec"]["ports"] if p["name"] == "s3")
+    assert named_ports.get(s3_port["targetPort"], s3_port["targetPort"]) == 9000
+    assert _probe_path(container, "readinessProbe") == "/minio/health/ready"
+
+
+def test_minio_bucket_job():
+    job = _one("Job", "minio-create-bucket")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"(docker\.io/|quay\.io/)?minio/mc:RELEASE\.[0-9TZ-]+", container["image"])
+    script = " ".join(container["command"])
+    assert "mc alias set" in script and "mc mb --ignore-existing" in script
+    env = _env(container)
+    assert env["MINIO_URL"]["value"] == _minio_endpoint()
+    for name in CREDENTIAL_KEYS:
+        assert _secret_ref(env.get(name)) == (S3_SECRET, name)
+    # The bucket it creates is the control plane's artifact bucket.
+    root = _one("ConfigMap", "llmforge-controlplane")["data"]["LLMFORGE_ARTIFACT_ROOT"]
+    assert env["BUCKET"]["value"] == root.removeprefix("s3://").split("/")[0]
+    assert job["spec"].get("activeDeadlineSeconds"), "a Job waiting for MinIO must give up"
+
+
+def test_minio_endpoint_is_documented():
+    """The endpoint to put in the storage ConfigMap is the MinIO Service's, in the README and in
+    the ConfigMap's own comment."""
+    endpoint = _minio_endpoint()
+    assert f"AWS_ENDPOINT_URL={endpoint}" in (REPO / "infra" / "README.md").read_text()
+    assert f"AWS_ENDPOINT_URL: {endpoint}" in (K8S_DIR / "storage.yaml").read_text()
 
 
 # --------------------------------------------------------------------------------------------------
