@@ -22,6 +22,7 @@ written last.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -104,6 +105,14 @@ def to_uri(uri_like: str, path: str) -> str:
     return f"s3://{path}" if uri_like.startswith("s3://") else path
 
 
+def resolve(uri: str) -> str:
+    """``uri`` as every process of a job can use it: a local path (or ``file://`` URI) made
+    absolute, since Ray workers run in other working directories; a remote URI as it is."""
+    if is_remote(uri):
+        return uri
+    return os.path.abspath(uri.removeprefix("file://"))
+
+
 def join(uri: str, *parts: str) -> str:
     """``uri`` with ``parts`` appended, ``/``-separated (the same on every filesystem)."""
     base = uri.rstrip("/")
@@ -179,6 +188,8 @@ def write_bytes(uri: str, data: bytes) -> None:
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the rename must not land before the bytes after a crash
             os.replace(tmp, path)
             return
         with filesystem_.open_output_stream(path, compression=None) as out:
@@ -224,6 +235,15 @@ def open_output(uri: str) -> pafs.NativeFile:
         return filesystem_.open_output_stream(path, compression=None)
     except OSError as e:
         raise _wrap(uri, e) from e
+
+
+def sha256(uri: str) -> str:
+    """The SHA-256 of the file's bytes, streamed (never the whole object in memory)."""
+    digest = hashlib.sha256()
+    with open_input(uri) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN, METRICS_ROUTE
+from llm import storage
 
 
 class MetricsReporter:
@@ -74,3 +76,14 @@ class MetricsReporter:
                 )
                 self._gauges[name] = gauge
             gauge.set(float(value), tags={"job_id": self.job_id or "local"})
+
+
+def report(output: str, step: int, values: dict[str, float]) -> None:
+    """Log ``values`` once, with ``metrics.jsonl`` in the job's output folder or URI: on object
+    storage the file is written in this node's scratch folder and then uploaded."""
+    if not storage.is_remote(output):
+        MetricsReporter(output).log(step, values)
+        return
+    reporter = MetricsReporter(storage.scratch("metrics", uuid.uuid4().hex))
+    reporter.log(step, values)
+    storage.upload(reporter.path, storage.join(output, reporter.path.name))

@@ -1,15 +1,16 @@
 """Tokenize a curated corpus on Ray Data: train a byte-level BPE, encode to token shards.
 
-The tokenizer is trained on a uniform sample drawn in parallel; encoding runs as one Ray task
-per block, each writing whole shards (temporary name, then rename) and returning their entries,
-from which the driver writes ``manifest.json`` and ``stats.json``.
+Input and output are folders or ``s3://`` URIs (``llm.storage``). The tokenizer is trained on a
+uniform sample drawn in parallel by the workers (only the sample reaches the driver) and stored
+with the shards; encoding runs as one Ray task per block, each writing whole shards straight to
+the output and returning their entries, from which the driver writes ``manifest.json`` (after
+the shards) and ``stats.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -20,37 +21,56 @@ import pyarrow as pa
 import ray
 
 from contracts.specs import TokenizeSpec
+from llm import storage
 from llm.tokenizer.bpe import eos_id, file_sha256, load_tokenizer, save_tokenizer, train_bpe
 from llm.tokenizer.fast import Encoder, document_encoder
 from llm.tokenizer.shards import (
-    read_manifest,
+    MANIFEST_FILE,
     split_of,
     token_dtype,
     write_manifest,
     write_shard,
 )
 from ray_jobs import entrypoint
-from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, local_path
-from ray_jobs.reporting import MetricsReporter
+from ray_jobs.cluster import init_ray, node_id
+from ray_jobs.entrypoint import JobError
+from ray_jobs.reporting import report
 
 TOKENIZER_FILE = "tokenizer.json"
-# One encoder per worker process and tokenizer file (keyed by its hash, so a rewritten file
-# at the same path is never encoded with a stale vocabulary), not one per batch.
+# One encoder per worker process and tokenizer (keyed by its hash, so a rewritten file at the
+# same URI is never encoded with a stale vocabulary), not one per batch.
 _encoders: dict[tuple[str, str], Encoder] = {}
 
 
-def _worker_encoder(path: str, vocab_size: int, fast: bool) -> Encoder:
-    key = (path, file_sha256(path))
+def _node_copy(uri: str, sha256: str) -> Path:
+    """This node's copy of the tokenizer at ``uri`` (named by its hash), fetched once."""
+    path = storage.scratch("tokenizers") / f"{sha256}.json"
+    if not path.is_file():
+        storage.download(uri, path)
+    return path
+
+
+def _worker_encoder(uri: str, sha256: str, vocab_size: int, fast: bool) -> Encoder:
+    key = (uri, sha256)
     if key not in _encoders:
+        path = _node_copy(uri, sha256)
         _encoders[key] = document_encoder(path, token_dtype(vocab_size), allow_fast=fast)[0]
     return _encoders[key]
 
 
 def _encode_block(
-    batch: pa.Table, *, out: str, val_fraction: float, vocab_size: int, fast: bool
+    batch: pa.Table,
+    *,
+    out: str,
+    tokenizer_sha256: str,
+    val_fraction: float,
+    vocab_size: int,
+    fast: bool,
 ) -> pa.Table:
-    encode = _worker_encoder(f"{out}/{TOKENIZER_FILE}", vocab_size, fast)
+    """Encode a batch into one shard per split, written straight to ``out``; their entries,
+    with which token ids occur (a bitmap, so the driver never reads a shard back)."""
+    uri = storage.join(out, TOKENIZER_FILE)
+    encode = _worker_encoder(uri, tokenizer_sha256, vocab_size, fast)
     ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
     rows: list[dict[str, Any]] = []
     for split in ("train", "val"):
@@ -58,13 +78,18 @@ def _encode_block(
         if not docs:
             continue
         key = hashlib.blake2b(f"{ids[0]}|{ids[-1]}|{len(ids)}".encode(), digest_size=8).hexdigest()
-        entry = write_shard(out, f"{split}-{key}.bin", encode(docs))
+        tokens = encode(docs)
+        entry = write_shard(out, f"{split}-{key}.bin", tokens)
+        seen = np.zeros(vocab_size, dtype=bool)
+        seen[tokens] = True
         rows.append(
             {
                 **entry,
                 "split": split,
                 "documents": len(docs),
                 "bytes": sum(len(t.encode("utf-8")) for t in docs),
+                "used": np.packbits(seen).tobytes(),
+                "node": node_id(),
             }
         )
     return pa.Table.from_pylist(rows, schema=_ENTRY_SCHEMA)
@@ -78,18 +103,26 @@ _ENTRY_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("documents", pa.int64()),
         ("bytes", pa.int64()),
+        ("used", pa.binary()),
+        ("node", pa.string()),
     ]
 )
 
 
-def _prepare_tokenizer(spec: TokenizeSpec, ds: ray.data.Dataset, n_docs: int, out: Path) -> float:
+def _prepare_tokenizer(
+    spec: TokenizeSpec, ds: ray.data.Dataset, n_docs: int, out: str, local: Path
+) -> float:
+    """The tokenizer stored with the shards in ``out`` and at ``local`` (the driver's copy):
+    ``spec.tokenizer`` copied, or one trained on a sample drawn on the workers."""
     started = time.time()
     if spec.tokenizer:
-        src = local_path(spec.tokenizer)
-        if not src.is_file():
+        src = storage.resolve(spec.tokenizer)
+        storage.check_access(src)
+        if not storage.is_file(src):
             raise JobError(f"tokenizer not found: {spec.tokenizer}")
-        shutil.copyfile(src, out / TOKENIZER_FILE)
-        eos_id(load_tokenizer(out / TOKENIZER_FILE))  # fails early, naming the file, if no EOS
+        storage.download(src, local)
+        eos_id(load_tokenizer(local))  # fails early if it has no EOS
+        storage.upload(local, storage.join(out, TOKENIZER_FILE))
         return 0.0
     fraction = min(1.0, spec.sample_docs / n_docs)
     sample = ds.random_sample(fraction, seed=spec.seed) if fraction < 1 else ds
@@ -100,26 +133,25 @@ def _prepare_tokenizer(spec: TokenizeSpec, ds: ray.data.Dataset, n_docs: int, ou
         special_tokens=spec.special_tokens,
         pretokenizer=spec.pretokenizer,
     )
-    save_tokenizer(tok, out / TOKENIZER_FILE)
+    save_tokenizer(tok, local)
+    storage.upload(local, storage.join(out, TOKENIZER_FILE))
     return time.time() - started
 
 
-def _choose_encoder(ds: ray.data.Dataset, out: Path, vocab_size: int) -> str:
+def _choose_encoder(ds: ray.data.Dataset, tokenizer: Path, vocab_size: int) -> str:
     """Which encoder the workers use: tiktoken if it matches `tokenizers` on a few documents."""
     check = [r["text"] for r in ds.select_columns(["text"]).take(64)]
-    return document_encoder(out / TOKENIZER_FILE, token_dtype(vocab_size), check)[1]
+    return document_encoder(tokenizer, token_dtype(vocab_size), check)[1]
 
 
-def _vocab_used(out: Path, manifest: dict[str, Any]) -> int:
-    seen = np.zeros(manifest["vocab_size"], dtype=bool)
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            tokens = np.memmap(out / shard["file"], dtype=manifest["dtype"], mode="r")
-            seen[np.unique(tokens)] = True
-    return int(seen.sum())
+def _vocab_used(entries: list[dict[str, Any]], vocab_size: int) -> int:
+    seen = np.zeros((vocab_size + 7) // 8, dtype=np.uint8)
+    for entry in entries:
+        seen |= np.frombuffer(entry["used"], dtype=np.uint8)
+    return int(np.unpackbits(seen)[:vocab_size].sum())
 
 
-def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
     splits = {}
     for split in ("train", "val"):
         es = [e for e in entries if e["split"] == split]
@@ -135,18 +167,19 @@ def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any], out: Path) -
     return {
         "splits": splits,
         "vocab_size": manifest["vocab_size"],
-        "vocab_used": _vocab_used(out, manifest),
+        "vocab_used": _vocab_used(entries, manifest["vocab_size"]),
     }
 
 
 def _encode_corpus(
-    spec: TokenizeSpec, ds: ray.data.Dataset, out: Path, vocab_size: int
+    spec: TokenizeSpec, ds: ray.data.Dataset, out: str, tokenizer: Path, vocab_size: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Encode every block in parallel; return shard entries and the encoding figures."""
-    encoder = _choose_encoder(ds, out, vocab_size)
+    encoder = _choose_encoder(ds, tokenizer, vocab_size)
     encode = partial(
         _encode_block,
-        out=str(out),
+        out=out,
+        tokenizer_sha256=file_sha256(tokenizer),
         val_fraction=spec.val_fraction,
         vocab_size=vocab_size,
         fast=encoder == "tiktoken",
@@ -165,27 +198,39 @@ def _encode_corpus(
     }
 
 
-def run(spec: TokenizeSpec) -> dict[str, Any]:
-    src = local_path(spec.input)
-    data = src / "data" if (src / "data").is_dir() else src
-    if not data.exists():
+def _corpus(spec: TokenizeSpec) -> str:
+    """The curated Parquet to read (a curate output's ``data/``, else the folder itself); fails
+    before Ray starts when it is missing or its bucket cannot be read."""
+    src = storage.resolve(spec.input)
+    storage.check_access(src)
+    data = storage.join(src, "data")
+    data = data if storage.is_dir(data) else src
+    if not storage.exists(data):
         raise JobError(f"input not found: {spec.input}")
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    return data
+
+
+def run(spec: TokenizeSpec) -> dict[str, Any]:
+    out = storage.resolve(spec.output)
+    storage.check_access(out, write=True)
+    data = _corpus(spec)
     started = time.time()
     init_ray()
     # Ray Data sizes read blocks by bytes, which leaves a few MB of text in one block and so
     # one encoding task; encoding is CPU-bound, so ask for several blocks per worker.
     workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
-    ds = ray.data.read_parquet(str(data.resolve()), override_num_blocks=4 * workers).select_columns(
-        ["id", "text"]
-    )
+    filesystem, path = storage.filesystem(data)
+    ds = ray.data.read_parquet(
+        path, filesystem=filesystem, override_num_blocks=4 * workers
+    ).select_columns(["id", "text"])
     n_docs = ds.count()
     if n_docs == 0:
         raise JobError(f"empty corpus: {data} holds no documents")
-    train_seconds = _prepare_tokenizer(spec, ds, n_docs, out)
-    tok = load_tokenizer(out / TOKENIZER_FILE)
-    entries, encoding = _encode_corpus(spec, ds, out, tok.get_vocab_size())
+    with tempfile.TemporaryDirectory(dir=storage.scratch("tokenize")) as scratch:
+        local = Path(scratch) / TOKENIZER_FILE
+        train_seconds = _prepare_tokenizer(spec, ds, n_docs, out, local)
+        tok = load_tokenizer(local)
+        entries, encoding = _encode_corpus(spec, ds, out, local, tok.get_vocab_size())
     shards = {
         s: [
             {k: e[k] for k in ("file", "tokens", "documents", "sha256")}
@@ -194,6 +239,7 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
         ]
         for s in ("train", "val")
     }
+    # After every shard and the tokenizer: a manifest names only files that are there.
     manifest = write_manifest(
         out,
         tokenizer_file=TOKENIZER_FILE,
@@ -203,19 +249,23 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
         shards=shards,
         extra={"source": spec.input},
     )
-    read_manifest(out, verify=True)
-    stats = {**_stats(entries, manifest, out), **encoding}
+    stats = {**_stats(entries, manifest), **encoding}
     stats.update(
         tokenizer_train_seconds=round(train_seconds, 3), seconds=round(time.time() - started, 3)
     )
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
+    storage.write_json(storage.join(out, "stats.json"), stats)
     _report(out, stats)
-    return {"stats": stats, "manifest": str(out / "manifest.json")}
+    return {
+        "stats": stats,
+        "manifest": storage.join(out, MANIFEST_FILE),
+        "nodes": sorted({e["node"] for e in entries}),
+    }
 
 
-def _report(out: Path, stats: dict[str, Any]) -> None:
+def _report(out: str, stats: dict[str, Any]) -> None:
     splits = stats["splits"]
-    MetricsReporter(out).log(
+    report(
+        out,
         0,
         {
             "train_tokens": splits["train"]["tokens"],

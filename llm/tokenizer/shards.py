@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tokenizers
 
-from llm.tokenizer.bpe import file_sha256
+from llm import storage
 
 FORMAT = "llmforge.tokens/1"
 MANIFEST_FILE = "manifest.json"
@@ -55,25 +54,16 @@ def encode_documents(
     return np.concatenate(pieces)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # Temp file in the same directory so os.replace is a rename on one filesystem.
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_shard(directory: str | os.PathLike[str], name: str, tokens: np.ndarray) -> dict:
-    """Write one shard atomically; the caller adds "documents" to the returned entry."""
+    """Write one shard (whole-object) into the folder or URI ``directory``; the caller adds
+    "documents" to the returned entry."""
     if tokens.ndim != 1 or tokens.dtype.name not in _DTYPES:
         raise ValueError(
             f"shard {name}: tokens must be a 1-D uint16/uint32 array, "
             f"got shape {tokens.shape} dtype {tokens.dtype}"
         )
     data = np.ascontiguousarray(tokens, dtype=tokens.dtype.newbyteorder("<")).tobytes()
-    _atomic_write_bytes(Path(directory) / name, data)
+    storage.write_bytes(storage.join(os.fspath(directory), name), data)
     return {"file": name, "tokens": int(tokens.size), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -100,16 +90,17 @@ def write_manifest(
     shards: dict[str, list[dict]],
     extra: dict | None = None,
 ) -> dict:
-    """Write manifest.json atomically and return it; splits absent from `shards` are empty."""
-    directory = Path(directory)
+    """Write manifest.json (whole-object) into the folder or URI ``directory``, after its shards
+    and tokenizer, and return it; splits absent from `shards` are empty."""
+    directory = os.fspath(directory)
     unknown = sorted(set(shards) - set(SPLITS))
     if unknown:
-        raise ValueError(f"{directory / MANIFEST_FILE}: unknown splits {unknown}")
+        raise ValueError(f"{storage.join(directory, MANIFEST_FILE)}: unknown splits {unknown}")
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "tokenizer": {
             "file": tokenizer_file,
-            "sha256": file_sha256(directory / tokenizer_file),
+            "sha256": storage.sha256(storage.join(directory, tokenizer_file)),
         },
         "vocab_size": int(vocab_size),
         "dtype": np.dtype(dtype).name,
@@ -118,11 +109,11 @@ def write_manifest(
         **(extra or {}),
     }
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(directory / MANIFEST_FILE, text.encode("utf-8"))
+    storage.write_bytes(storage.join(directory, MANIFEST_FILE), text.encode("utf-8"))
     return manifest
 
 
-def _validate_schema(manifest: Any, where: Path) -> None:
+def _validate_schema(manifest: Any, where: str) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ValueError(f"{where}: format is {found!r}, expected {FORMAT!r}")
@@ -147,30 +138,32 @@ def _validate_schema(manifest: Any, where: Path) -> None:
                 raise ValueError(f"{where}: shard {shard.get('file', '?')} lacks {missing}")
 
 
-def _verify_files(directory: Path, manifest: dict) -> None:
-    tok_path = directory / manifest["tokenizer"]["file"]
-    if not tok_path.is_file():
+def _verify_files(directory: str, manifest: dict) -> None:
+    # Sizes from one listing, then every file's hash streamed: ranged reads on object storage.
+    sizes = {e.uri: e.size for e in storage.list_files(directory)}
+    tok_path = storage.join(directory, manifest["tokenizer"]["file"])
+    if tok_path not in sizes:
         raise FileNotFoundError(f"tokenizer file not found: {tok_path}")
-    actual = file_sha256(tok_path)
+    actual = storage.sha256(tok_path)
     if actual != manifest["tokenizer"]["sha256"]:
         raise ValueError(
-            f"tokenizer {tok_path.name}: sha256 mismatch "
+            f"tokenizer {manifest['tokenizer']['file']}: sha256 mismatch "
             f"(manifest {manifest['tokenizer']['sha256']}, file {actual})"
         )
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for split in SPLITS:
         for shard in manifest["splits"][split]["shards"]:
-            path = directory / shard["file"]
-            if not path.is_file():
+            path = storage.join(directory, shard["file"])
+            if path not in sizes:
                 raise FileNotFoundError(f"shard file not found: {path}")
             expected_size = int(shard["tokens"]) * itemsize
-            size = path.stat().st_size
+            size = sizes[path]
             if size != expected_size:
                 raise ValueError(
                     f"shard {shard['file']}: size mismatch (manifest {shard['tokens']} tokens "
                     f"= {expected_size} bytes, file {size} bytes)"
                 )
-            actual = file_sha256(path)
+            actual = storage.sha256(path)
             if actual != shard["sha256"]:
                 raise ValueError(
                     f"shard {shard['file']}: sha256 mismatch "
@@ -179,13 +172,16 @@ def _verify_files(directory: Path, manifest: dict) -> None:
 
 
 def read_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> dict:
-    """Load and validate manifest.json; with `verify`, also check every file's size and hash."""
-    directory = Path(directory)
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+    """Load and validate manifest.json of a folder or URI (``s3://``); with `verify`, also check
+    every file's size and hash."""
+    directory = storage.resolve(os.fspath(directory))
+    path = storage.join(directory, MANIFEST_FILE)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        text = storage.read_text(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"manifest not found: {path}") from exc
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from exc
     _validate_schema(manifest, path)

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -15,46 +14,52 @@ import ray.data
 from ray.data.context import ShuffleStrategy
 
 from contracts.curate import CurateSpec
+from llm import storage
 from llm.data.readers import list_input_files
-from llm.data.sources import is_remote
 from llm.data.stats import Counts, StepStats, corpus_step_stats, extra_counts
-from ray_jobs.cluster import init_ray
+from ray_jobs.cluster import init_ray, node_id
 from ray_jobs.curate.corpus import run_corpus_steps
 from ray_jobs.curate.output import write_outputs
 from ray_jobs.curate.parts import (
     PARTS_DIR,
     Part,
-    load_marker,
+    load_markers,
     phase_one_stats,
     plan_parts,
     run_part,
 )
-from ray_jobs.entrypoint import JobError, local_path
-from ray_jobs.reporting import MetricsReporter
+from ray_jobs.entrypoint import JobError
+from ray_jobs.reporting import report
 
 
 def _run_part_row(row: dict[str, Any], *, spec: CurateSpec, out: str) -> dict[str, Any]:
-    return {"marker": json.dumps(run_part(Part(**row), spec, out))}
+    return {"marker": json.dumps(run_part(Part(**row), spec, out)), "node": node_id()}
 
 
-def phase_one(parts: list[Part], spec: CurateSpec, out: Path) -> tuple[list[dict[str, Any]], int]:
-    """Every part's marker, running the parts without one; and how many were skipped."""
-    markers = {part.sequence: load_marker(part, spec, str(out)) for part in parts}
-    todo = [asdict(part) for part in parts if markers[part.sequence] is None]
+def phase_one(
+    parts: list[Part], spec: CurateSpec, out: str
+) -> tuple[list[dict[str, Any]], int, set[str]]:
+    """Every part's marker, running the parts without one; how many were skipped; the nodes
+    that ran parts."""
+    markers = load_markers(parts, spec, out)
+    todo = [asdict(part) for part in parts if part.sequence not in markers]
+    nodes = set()
     if todo:
         tasks = ray.data.from_items(todo, override_num_blocks=len(todo))
-        done = tasks.map(partial(_run_part_row, spec=spec, out=str(out))).take_all()
-        for row in done:
+        for row in tasks.map(partial(_run_part_row, spec=spec, out=out)).take_all():
             marker = json.loads(row["marker"])
             markers[marker["part"]["sequence"]] = marker
-    ordered = [markers[part.sequence] for part in parts]
-    return [m for m in ordered if m is not None], len(parts) - len(todo)
+            nodes.add(row["node"])
+    return [markers[part.sequence] for part in parts], len(parts) - len(todo), nodes
 
 
-def _input_files(spec: CurateSpec) -> list[str]:
-    uri = spec.input if is_remote(spec.input) else str(local_path(spec.input))
+def _check_storage(spec: CurateSpec, out: str) -> list[str]:
+    """The input files; fails before Ray starts when the output cannot be written or the input
+    is missing, naming what to fix."""
+    storage.check_access(out, write=True)
+    storage.check_access(spec.input)
     try:
-        return list_input_files(uri, spec.input_format)
+        return list_input_files(storage.resolve(spec.input), spec.input_format)
     except FileNotFoundError as e:
         raise JobError(f"input not found: {spec.input} ({e})") from e
 
@@ -82,10 +87,8 @@ def _funnel_steps(
 
 
 def run(spec: CurateSpec) -> dict[str, Any]:
-    files = _input_files(spec)
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    reporter = MetricsReporter(out)
+    out = storage.resolve(spec.output)
+    files = _check_storage(spec, out)
     started = time.time()
     _preflight(spec)
     init_ray()
@@ -93,13 +96,17 @@ def run(spec: CurateSpec) -> dict[str, Any]:
     # and fails ("Schema at index 1 was different"); the sort-based shuffle handles them.
     ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     parts = plan_parts(files, spec)
-    markers, skipped = phase_one(parts, spec, out)
+    markers, skipped, nodes = phase_one(parts, spec, out)
     read, doc_steps = phase_one_stats(markers)
-    paths = [str(out / PARTS_DIR / m["file"]) for m in markers if m["file"]]
-    if not paths:
+    written = [m for m in markers if m["file"]]
+    if not written:
         raise JobError(f"no documents read from {spec.input}")
-    ds, corpus = run_corpus_steps(ray.data.read_parquet(paths), spec.corpus_steps(), _shards())
-    funnel = write_outputs(ds, out)
+    filesystem, folder = storage.filesystem(storage.join(out, PARTS_DIR))
+    paths = [f"{folder}/{m['file']}" for m in written]
+    parts_ds = ray.data.read_parquet(paths, filesystem=filesystem)
+    ds, corpus = run_corpus_steps(parts_ds, spec.corpus_steps(), _shards())
+    part_rows = {m["part"]["sequence"]: m["rows"] for m in written}
+    funnel, writers = write_outputs(ds, out, part_rows, _shards())
     stats = funnel | {
         "read": read,
         "steps": _funnel_steps(read, doc_steps, funnel, corpus),
@@ -111,6 +118,11 @@ def run(spec: CurateSpec) -> dict[str, Any]:
     }
     # What was edited rather than removed (the PII step's redactions), beside the removals.
     stats |= extra_counts(doc_steps)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
-    reporter.log(0, {"docs_in": stats["documents"], "docs_kept": stats["kept"]["documents"]})
-    return {"stats": stats, "data": str(out / "data"), "rejected": str(out / "rejected")}
+    storage.write_json(storage.join(out, "stats.json"), stats)
+    report(out, 0, {"docs_in": stats["documents"], "docs_kept": stats["kept"]["documents"]})
+    return {
+        "stats": stats,
+        "data": storage.join(out, "data"),
+        "rejected": storage.join(out, "rejected"),
+        "nodes": sorted(nodes | writers),
+    }

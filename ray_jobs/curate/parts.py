@@ -9,13 +9,13 @@ spec never reuses a stale part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from contracts.curate import CurateSpec
 from contracts.curate_steps import Step
+from llm import storage
 from llm.data.block import DocumentBlock
 from llm.data.read_parquet import read_parquet
 from llm.data.read_warc import read_warc
@@ -33,7 +34,7 @@ from llm.data.stats import StepStats, empty_counts, empty_step_stats, merge_coun
 ORDER = "_order"  # input order (part sequence, row), so the final sort restores reading order
 PARTS_DIR = "_parts"
 DONE_DIR = "_done"
-_ROW_BITS = 32
+ROW_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def read_part(part: Part, spec: CurateSpec) -> Iterator[pa.Table]:
 
 
 def _with_order(batch: pa.Table, part: Part, first_row: int) -> pa.Table:
-    start = (part.sequence << _ROW_BITS) + first_row
+    start = (part.sequence << ROW_BITS) + first_row
     order = pa.array(range(start, start + batch.num_rows), type=pa.int64())
     table = batch.append_column(ORDER, order)
     # Blocks replace columns with nullable ones; one schema for every part keeps phase 2 simple.
@@ -124,49 +125,52 @@ def _run_blocks(
     return batch, added
 
 
-def _atomic_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def run_part(part: Part, spec: CurateSpec, out: str) -> dict[str, Any]:
-    """Read, run the per-document steps, write the part file, then its marker; the marker."""
+    """Read, run the per-document steps, write the part file, then its marker; the marker.
+
+    Both go to the job's output URI: phase 2 may read them on any node, and a rerun on any node
+    finds them. A crashed write leaves no marker, so a rerun rewrites the part file."""
     steps = spec.document_steps()
     blocks = [step.document_block() for step in steps]
     key = part_key(part, spec)
-    target = Path(out) / PARTS_DIR / f"{key}.parquet"
-    tmp = target.with_suffix(".tmp")
-    for folder in (PARTS_DIR, DONE_DIR):
-        (Path(out) / folder).mkdir(parents=True, exist_ok=True)
+    target = storage.join(out, PARTS_DIR, f"{key}.parquet")
     read, funnel = empty_counts(), [empty_step_stats(step.kind) for step in steps]
-    writer: pq.ParquetWriter | None = None
-    rows = 0
-    for batch in read_part(part, spec):
-        read = merge_counts(read, reason_counts(batch))
-        batch, funnel = _run_blocks(batch, blocks, funnel)
-        table = _with_order(batch, part, rows)
-        writer = writer or pq.ParquetWriter(tmp, table.schema)
-        writer.write_table(table)
-        rows += table.num_rows
-    if writer is not None:
-        writer.close()
-        os.replace(tmp, target)
-    marker = {"key": key, "part": asdict(part), "rows": rows, "file": target.name if rows else None}
+    with contextlib.ExitStack() as stack:
+        writer: pq.ParquetWriter | None = None
+        rows = 0
+        for batch in read_part(part, spec):
+            read = merge_counts(read, reason_counts(batch))
+            batch, funnel = _run_blocks(batch, blocks, funnel)
+            table = _with_order(batch, part, rows)
+            if writer is None:
+                sink = stack.enter_context(storage.open_output(target))
+                writer = stack.enter_context(pq.ParquetWriter(sink, table.schema))
+            writer.write_table(table)
+            rows += table.num_rows
+    name = f"{key}.parquet" if rows else None
+    marker = {"key": key, "part": asdict(part), "rows": rows, "file": name}
     marker |= {"read": read, "steps": funnel}
-    _atomic_json(Path(out) / DONE_DIR / f"{key}.json", marker)
+    storage.write_json(storage.join(out, DONE_DIR, f"{key}.json"), marker)
     return marker
 
 
-def load_marker(part: Part, spec: CurateSpec, out: str) -> dict[str, Any] | None:
-    """The part's completion marker from an earlier run, or None when it must run."""
-    path = Path(out) / DONE_DIR / f"{part_key(part, spec)}.json"
-    if not path.is_file():
-        return None
-    marker: dict[str, Any] = json.loads(path.read_text())
-    if marker["file"] and not (Path(out) / PARTS_DIR / marker["file"]).is_file():
-        return None  # the marker outlived its file (deleted by hand): redo the part
-    return marker
+def load_markers(parts: list[Part], spec: CurateSpec, out: str) -> dict[int, dict[str, Any]]:
+    """The completion markers of earlier runs, by part sequence, for parts that need not run
+    again; one listing of each folder, then one read per marker found."""
+    names = {
+        folder: {e.uri.rsplit("/", 1)[1] for e in storage.list_files(storage.join(out, folder))}
+        for folder in (PARTS_DIR, DONE_DIR)
+    }
+    markers = {}
+    for part in parts:
+        key = part_key(part, spec)
+        if f"{key}.json" not in names[DONE_DIR]:
+            continue
+        marker: dict[str, Any] = storage.read_json(storage.join(out, DONE_DIR, f"{key}.json"))
+        if marker["file"] and marker["file"] not in names[PARTS_DIR]:
+            continue  # the marker outlived its file (deleted by hand): redo the part
+        markers[part.sequence] = marker
+    return markers
 
 
 def phase_one_stats(markers: list[dict[str, Any]]) -> tuple[dict[str, Any], list[StepStats]]:
