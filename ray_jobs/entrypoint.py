@@ -7,7 +7,6 @@ on failure, prints one ``LLMFORGE_ERROR:`` line that the control plane shows as 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import traceback
@@ -19,8 +18,6 @@ from pydantic import ValidationError
 
 from contracts.specs import Spec
 from llm import storage
-from llm.model.config import ModelConfig
-from llm.tokenizer.shards import read_manifest
 
 ERROR_PREFIX = "LLMFORGE_ERROR: "
 RESULT_FILE = "result.json"
@@ -38,30 +35,6 @@ def local_path(uri: str) -> Path:
     if "://" in uri:
         raise JobError(f"unsupported URI scheme in {uri!r}: use a local path or file://")
     return Path(uri)
-
-
-def open_shards_and_output(data_uri: str, output_uri: str) -> tuple[Path, dict[str, Any], Path]:
-    """The verified token-shard folder, its manifest, and the (created) output folder: what a
-    training-like job checks before any worker starts."""
-    data = local_path(data_uri).resolve()
-    try:
-        manifest = read_manifest(data, verify=True)
-    except FileNotFoundError as e:
-        raise JobError(f"token shards not readable: {e}") from e
-    out = local_path(output_uri).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    return data, manifest, out
-
-
-def model_on_shards(model: ModelConfig, manifest: dict[str, Any]) -> ModelConfig:
-    """The spec's model on the token shards' vocabulary (a spec leaves vocab_size unset)."""
-    vocab_size = int(manifest["vocab_size"])
-    if model.vocab_size is not None and model.vocab_size != vocab_size:
-        raise JobError(
-            f"model.vocab_size {model.vocab_size} does not match the token shards' tokenizer "
-            f"({vocab_size}); leave vocab_size out to take the tokenizer's"
-        )
-    return dataclasses.replace(model, vocab_size=vocab_size)
 
 
 def load_spec(uri: str, spec_type: type[S]) -> S:

@@ -83,7 +83,10 @@ def fetch(uri: str) -> Path:
     else:
         key = repr([(e.uri, e.size) for e in storage.list_files(uri)]).encode()
     cache = scratch_of(parent) / "downloaded"
-    local = storage.cache(uri, cache / f"{name}-{_digest(key)}")
+    local = cache / f"{name}-{_digest(key)}"
+    if not local.exists():
+        print(f"fetching checkpoint {uri} into {local}", flush=True)
+    storage.cache(uri, local)
     with storage.node_lock(cache):
         # earlier downloads of this run are superseded: keep only the one just fetched
         for other in cache.iterdir():
