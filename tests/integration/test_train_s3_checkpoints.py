@@ -47,7 +47,11 @@ FAIL_AND_WIPE = {"debug": {"fail_at_step": FAIL_AT, "wipe_local_checkpoints": Tr
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
-    with s3_server(BUCKET) as server:
+    # the control plane (in this process) reads each job's result.json from S3 too: on a
+    # cluster it has the same environment as the jobs
+    with s3_server(BUCKET) as server, pytest.MonkeyPatch.context() as env:
+        for name, value in server.env.items():
+            env.setenv(name, value)
         yield server
 
 

@@ -111,7 +111,8 @@ class Checkpoints:
         # ranks of one node must not upload each other's files)
         if self.remote:
             self.root = scratch_of(self.uri) / "staging" / f"rank{rank}"
-            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.root, ignore_errors=True)  # what an earlier attempt left staged
+            self.root.mkdir(parents=True)
         else:
             self.root = Path(self.uri.removeprefix("file://"))
 
