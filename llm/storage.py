@@ -22,6 +22,7 @@ written last.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -29,7 +30,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -349,6 +351,43 @@ def scratch(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def node_lock(local: Path) -> Iterator[None]:
+    """Hold this node's lock on the scratch path ``local``: the processes of one node that share
+    a cache take turns, so one fills it and the others find it filled."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with open(local.parent / f".{local.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cache(uri: str, local: Path, verify: Callable[[Path], None] | None = None) -> Path:
+    """``uri`` (a file or folder) copied to the node-local path ``local`` once per node, and
+    checked there with ``verify`` before it is used; returns ``local``.
+
+    The first process of the node downloads it while the others wait on the node's lock; the
+    copy is renamed into place only once complete and verified, so ``local`` existing means it
+    is whole. Callers name ``local`` by a digest of what they expect, never by ``uri`` alone, so
+    changed content never hits a stale copy."""
+    with node_lock(local):
+        if not local.exists():
+            tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                download(uri, tmp)
+                if verify is not None:
+                    verify(tmp)
+                os.replace(tmp, local)
+            finally:
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                elif tmp.exists():
+                    tmp.unlink()
+    return local
 
 
 def check_access(uri: str, *, write: bool = False) -> None:

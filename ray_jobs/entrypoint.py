@@ -10,14 +10,12 @@ a local folder or an ``s3://`` prefix (``llm.storage``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -25,8 +23,6 @@ from pydantic import ValidationError
 from contracts.reporting import ENV_JOB_ID
 from contracts.specs import Spec
 from llm import storage
-from llm.model.config import ModelConfig
-from llm.tokenizer.shards import read_manifest
 
 ERROR_PREFIX = "LLMFORGE_ERROR: "
 RESULT_FILE = "result.json"
@@ -36,39 +32,6 @@ S = TypeVar("S", bound=Spec)
 
 class JobError(Exception):
     """A failure whose message is for the user (a missing input, a bad file), not a bug."""
-
-
-def local_path(uri: str) -> Path:
-    """A plain path or file:// URI as a local path."""
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" in uri:
-        raise JobError(f"unsupported URI scheme in {uri!r}: use a local path or file://")
-    return Path(uri)
-
-
-def open_shards_and_output(data_uri: str, output_uri: str) -> tuple[Path, dict[str, Any], Path]:
-    """The verified token-shard folder, its manifest, and the (created) output folder: what a
-    training-like job checks before any worker starts."""
-    data = local_path(data_uri).resolve()
-    try:
-        manifest = read_manifest(data, verify=True)
-    except FileNotFoundError as e:
-        raise JobError(f"token shards not readable: {e}") from e
-    out = local_path(output_uri).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    return data, manifest, out
-
-
-def model_on_shards(model: ModelConfig, manifest: dict[str, Any]) -> ModelConfig:
-    """The spec's model on the token shards' vocabulary (a spec leaves vocab_size unset)."""
-    vocab_size = int(manifest["vocab_size"])
-    if model.vocab_size is not None and model.vocab_size != vocab_size:
-        raise JobError(
-            f"model.vocab_size {model.vocab_size} does not match the token shards' tokenizer "
-            f"({vocab_size}); leave vocab_size out to take the tokenizer's"
-        )
-    return dataclasses.replace(model, vocab_size=vocab_size)
 
 
 def load_spec(uri: str, spec_type: type[S]) -> S:

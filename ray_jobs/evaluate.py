@@ -6,8 +6,11 @@ combines them into exactly the result of one unsharded run. With ``data``, one m
 scores the token shards' val split (loss, perplexity) and samples a completion.
 
 Writes ``eval.json`` (per-task metrics with standard errors, normalised leaderboard scores,
-malformed-row counts, optional per-item records) and ``leaderboard.md`` beside the job's
-output, and sends the main metric of each task to the control plane.
+malformed-row counts, optional per-item records) and ``leaderboard.md`` to the job's output,
+and sends the main metric of each task to the control plane. Checkpoint, data, tokenizer and
+output are local paths or ``s3://`` URIs alike: the driver only finds which checkpoint folder
+and tokenizer file to use, and each worker fetches them (and the token shards) into its own
+node's scratch.
 """
 
 from __future__ import annotations
@@ -15,74 +18,94 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util import ActorPool
 
 from contracts.specs import EvaluateSpec
+from llm import storage
 from llm.eval.lm import load_eval_model
 from llm.eval.report import leaderboard_markdown
 from llm.eval.runner import evaluate_tasks, merge, regroup, shard_slices, task_rows
 from llm.eval.task_config import TaskConfig, resolve_tasks
 from llm.generate import generate
 from llm.tokenizer.bpe import eos_id, load_tokenizer
-from llm.train.checkpoint import latest_checkpoint, load_model
+from llm.tokenizer.shards import MANIFEST_FILE
+from llm.train.checkpoint import load_model
+from llm.train.checkpoint.location import fetch, latest_uri
 from llm.train.data import TokenShards
 from llm.train.pretrain import evaluate_loss
 from ray_jobs import entrypoint
-from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.cluster import init_ray, node_id
+from ray_jobs.entrypoint import JobError
 from ray_jobs.reporting import MetricsReporter
+from ray_jobs.training_io import Shards, local_file, local_shards, open_output, open_shards
 
 # below this many items a task is not split further: each shard pays a batch's padding
 MIN_ITEMS_PER_SHARD = 64
+TOKENIZER_FILE = "tokenizer.json"
 MAIN_METRICS = ("acc_norm", "acc", "bits_per_byte", "word_perplexity", "exact_match", "rougeL")
 
 
-def resolve_checkpoint(uri: str) -> Path:
-    """A checkpoint folder itself, or the latest one under a train job's output."""
-    path = local_path(uri).resolve()
-    if (path / "config.json").is_file():
-        return path
-    latest = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+def _absolute(uri: str) -> str:
+    return uri if storage.is_remote(uri) else str(storage.filesystem(uri)[1])
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """A model folder itself (path or URI), or the latest complete checkpoint under a train
+    job's output."""
+    uri = _absolute(uri)
+    if storage.is_file(storage.join(uri, "config.json")):
+        return uri
+    latest = latest_uri(storage.join(uri, "checkpoints")) or latest_uri(uri)
     if latest is None:
         raise JobError(f"no checkpoint found at {uri}")
     return latest
 
 
-def resolve_tokenizer(spec: EvaluateSpec) -> str | None:
-    """A tokenizer.json path: the spec's (a file, or a shard folder's), else data's, else None
-    (the model folder's own is used)."""
+def resolve_tokenizer(spec: EvaluateSpec, model: str, checkpoint: str) -> str | None:
+    """A tokenizer.json path or URI: the spec's (a file, or a shard folder's), else data's,
+    else one in the model folder the spec names (a finetune output keeps one there); None: the
+    checkpoint folder's own is used."""
     for uri in (spec.tokenizer, spec.data):
         if uri is None:
             continue
-        path = local_path(uri).resolve()
-        if path.is_file():
-            return str(path)
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
+        uri = _absolute(uri)
+        if storage.is_file(uri):
+            return uri
+        manifest = storage.join(uri, MANIFEST_FILE)
+        if not storage.is_file(manifest):
             raise JobError(f"tokenizer not found: {uri} is neither a file nor a shard folder")
-        return str(path / json.loads(manifest.read_text())["tokenizer"]["file"])
+        return storage.join(uri, storage.read_json(manifest)["tokenizer"]["file"])
+    beside = storage.join(model, TOKENIZER_FILE)
+    if not storage.is_file(storage.join(checkpoint, TOKENIZER_FILE)) and storage.is_file(beside):
+        return beside
     return None
 
 
 class _Evaluator:
-    """One worker: loads the model once, then evaluates item shards of tasks."""
+    """One worker: fetches and loads the model once, then evaluates item shards of tasks."""
 
     def __init__(self, model: str, tokenizer: str | None, options: dict[str, Any]) -> None:
-        self.lm = load_eval_model(model, tokenizer)
+        local_tokenizer = str(local_file(tokenizer)) if tokenizer is not None else None
+        self.lm = load_eval_model(fetch(model), local_tokenizer)
         self.options = options
 
     def run(self, task: TaskConfig, items: slice) -> dict[str, Any]:
         return evaluate_tasks(self.lm, tasks=[task], items=items, **self.options)
 
+    def node(self) -> str:
+        return node_id()
+
 
 Evaluator: Any = ray.remote(num_cpus=1)(_Evaluator)
 
 
-def run_tasks(spec: EvaluateSpec, model: str, tokenizer: str | None) -> dict[str, Any]:
+def run_tasks(
+    spec: EvaluateSpec, model: str, tokenizer: str | None
+) -> tuple[dict[str, Any], set[str]]:
+    """The merged task results, and the nodes whose workers computed them."""
     try:
         configs, groups = resolve_tasks(list(spec.tasks))
         rows = task_rows(configs, limit=spec.limit, data_root=spec.data_root)
@@ -103,7 +126,8 @@ def run_tasks(spec: EvaluateSpec, model: str, tokenizer: str | None) -> dict[str
         Evaluator.remote(model, tokenizer, options) for _ in range(min(spec.workers, len(units)))
     ]
     parts = list(ActorPool(actors).map_unordered(lambda a, u: a.run.remote(*u), units))
-    return regroup(merge(parts), groups)
+    nodes = set(ray.get([a.node.remote() for a in actors]))
+    return regroup(merge(parts), groups), nodes
 
 
 def _main_metric(entry: dict[str, Any]) -> tuple[str, float] | None:
@@ -124,9 +148,10 @@ def task_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: str) -> dict[str, Any]:
-    model = load_model(checkpoint)
-    shards = TokenShards(data, "val")
+def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: Shards) -> dict[str, Any]:
+    model = load_model(fetch(checkpoint))
+    folder, verified = local_shards(data)
+    shards = TokenShards(folder, "val", verify=not verified)
     if shards.vocab_size != model.config.vocab_size:
         raise JobError(
             f"{data}: vocab_size {shards.vocab_size} does not match the checkpoint's "
@@ -139,7 +164,7 @@ def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: str) -> dict[str,
         seq_len=model.config.block_size,
         max_batches=spec.max_batches,
     )
-    tok = load_tokenizer(Path(data) / shards.manifest["tokenizer"]["file"])
+    tok = load_tokenizer(folder / shards.manifest["tokenizer"]["file"])
     prompt_ids = tok.encode(spec.prompt, add_special_tokens=False).ids
     new_ids = generate(
         model,
@@ -150,40 +175,48 @@ def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: str) -> dict[str,
         eos_id=eos_id(tok),
         seed=spec.seed,
     )
-    return {**metrics, "prompt": spec.prompt, "completion": tok.decode(new_ids)}
+    return {
+        **metrics,
+        "prompt": spec.prompt,
+        "completion": tok.decode(new_ids),
+        "node": node_id(),
+    }
 
 
-def _model_path(spec: EvaluateSpec) -> Path:
-    path = local_path(spec.checkpoint).resolve()
-    if not path.is_dir():
+def _model_uri(spec: EvaluateSpec) -> str:
+    uri = _absolute(spec.checkpoint)
+    if not storage.is_dir(uri):
         raise JobError(f"model not found: {spec.checkpoint} is not a folder")
-    return path
+    return uri
 
 
 def run(spec: EvaluateSpec) -> dict[str, Any]:
     started = time.time()
-    model = _model_path(spec)
-    tokenizer = resolve_tokenizer(spec)
-    data = local_path(spec.data).resolve() if spec.data else None
-    if data is not None and not (data / "manifest.json").is_file():
-        raise JobError(f"token shards not found: {spec.data} has no manifest.json")
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_output(spec.output)
+    model = _model_uri(spec)
+    checkpoint = resolve_checkpoint(model)
+    tokenizer = resolve_tokenizer(spec, model, checkpoint)
+    data = open_shards(spec.data) if spec.data else None
     init_ray()
-    result: dict[str, Any] = {"model": str(model)}
+    result: dict[str, Any] = {"model": model}
+    nodes: set[str] = set()
     if data is not None:
-        checkpoint = str(resolve_checkpoint(str(model)))
         task: Any = ray.remote(num_cpus=1)(_val_and_sample)
-        result |= ray.get(task.remote(spec, checkpoint, str(data)))
+        result |= ray.get(task.remote(spec, checkpoint, data))
+        nodes.add(result.pop("node"))
         result["checkpoint"] = checkpoint
     metrics: dict[str, float] = {k: result[k] for k in ("val_loss", "val_ppl") if k in result}
     if spec.tasks:
-        tasks = run_tasks(spec, str(model), tokenizer)
+        tasks, task_nodes = run_tasks(spec, checkpoint, tokenizer)
+        nodes |= task_nodes
         result["tasks"] = tasks
         metrics |= task_metrics(tasks)
-        (out / "leaderboard.md").write_text(leaderboard_markdown({model.name: tasks}) + "\n")
+        name = model.rstrip("/").rsplit("/", 1)[-1]
+        board = leaderboard_markdown({name: tasks}) + "\n"
+        storage.write_text(storage.join(out, "leaderboard.md"), board)
     result["seconds"] = round(time.time() - started, 3)
-    (out / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    result["nodes"] = sorted(nodes)
+    storage.write_text(storage.join(out, "eval.json"), json.dumps(result, indent=2, sort_keys=True))
     MetricsReporter(out).log(0, metrics)
     summary = {k: v for k, v in result.items() if k != "tasks"}
     if spec.tasks:

@@ -1,31 +1,33 @@
 """Failures on purpose, for testing fault tolerance: a train spec's ``debug`` section.
 
 Rank 0 raises once, at the first log step at or after ``debug.fail_at_step``, leaving
-``FAIL_MARKER`` in the output folder so that the restarted worker group goes on. With
-``debug.wipe_local_checkpoints`` it first deletes the output's checkpoints, as a group restarted
-on a node with an empty disk would find it: the run must then resume from checkpoint_storage.
+``FAIL_MARKER`` in the output (a path or URI) so that the restarted worker group goes on. With
+``debug.wipe_local_checkpoints`` it first deletes this node's scratch copies (checkpoint staging
+and downloads, the token-shard cache), as a group restarted on a node with an empty disk would
+find it: the run must then resume from the checkpoints at the output alone.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from contracts.specs import DebugOptions
+from llm import storage
 
 FAIL_MARKER = "injected_failure.json"
 
 
-def fail_once(output: Path, step: int, debug: DebugOptions) -> None:
+def fail_once(output: str, step: int, debug: DebugOptions, scratch: list[Path]) -> None:
     """Raise the first time step reaches debug.fail_at_step; the marker survives the restart."""
     if debug.fail_at_step is None or step < debug.fail_at_step:
         return
-    marker = output / FAIL_MARKER
-    if marker.exists():
+    marker = storage.join(output, FAIL_MARKER)
+    if storage.exists(marker):
         return
     wipe = debug.wipe_local_checkpoints
-    marker.write_text(json.dumps({"step": step, "wiped_checkpoints": wipe}))
+    storage.write_json(marker, {"step": step, "wiped_checkpoints": wipe})
     if wipe:
-        shutil.rmtree(output / "checkpoints")
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError(f"injected failure at step {step} (debug.fail_at_step)")

@@ -7,12 +7,15 @@ tokenizes the records (writing the rejected ones to ``rejected.jsonl`` and the c
 metrics (loss, val_loss, lr, tokens/s) to the control plane and, once trained, writes
 ``finetune_summary.json`` with greedy completions of held-out prompts by the base and the tuned
 model. A worker group restarted by ``FailureConfig`` resumes from the latest checkpoint.
+Checkpoint, tokenizer, data and output are local paths or ``s3://`` URIs alike: the driver
+reads the small files it checks into its scratch, each worker fetches the base checkpoint into
+its node's scratch, and the tuned checkpoints are written like a train job's
+(``llm.train.checkpoint.location``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import tokenizers
 import torch
 
 from contracts.specs import FinetuneSpec
+from llm import storage
 from llm.finetune.batches import batches_per_epoch
 from llm.finetune.config import finetune_config
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
@@ -28,13 +32,15 @@ from llm.finetune.sft import finetune
 from llm.finetune.templates import chat_template, instruction_template
 from llm.model.config import ModelConfig
 from llm.tokenizer.bpe import PAD_TOKEN, eos_id, load_tokenizer
-from llm.tokenizer.shards import read_manifest
-from llm.train.checkpoint import CONFIG_FILE, DCP_DIR, MODEL_FILE, load_model, read_state
+from llm.tokenizer.shards import MANIFEST_FILE
+from llm.train.checkpoint import CONFIG_FILE, DCP_DIR, FORMAT, MODEL_FILE, STATE_FILE, load_model
+from llm.train.checkpoint.location import fetch
 from llm.train.config import TrainConfig, check_config
 from ray_jobs import entrypoint
-from ray_jobs.entrypoint import JobError, local_path
+from ray_jobs.entrypoint import JobError
 from ray_jobs.evaluate import resolve_checkpoint
 from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
+from ray_jobs.training_io import local_file, open_output, rank_nodes
 
 SUMMARY_FILE = "finetune_summary.json"
 REJECTED_FILE = "rejected.jsonl"
@@ -42,13 +48,16 @@ STATS_FILE = "data_stats.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def checkpoint_config(uri: str) -> tuple[Path, ModelConfig]:
+def checkpoint_config(uri: str) -> tuple[str, ModelConfig]:
     """The checkpoint folder uri names (or the latest under a job's output) and its config."""
     path = resolve_checkpoint(uri)
     try:
-        config = ModelConfig.load(path / CONFIG_FILE)
-        read_state(path)
-        if not ((path / MODEL_FILE).is_file() or (path / DCP_DIR).is_dir()):
+        config = ModelConfig.from_dict(storage.read_json(storage.join(path, CONFIG_FILE)))
+        state = storage.read_json(storage.join(path, STATE_FILE))
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{STATE_FILE}: format must be {FORMAT!r}")
+        weights = storage.join(path, MODEL_FILE)
+        if not (storage.is_file(weights) or storage.is_dir(storage.join(path, DCP_DIR))):
             raise FileNotFoundError(f"neither {MODEL_FILE} nor {DCP_DIR}/ is there")
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise JobError(f"{uri} is not an llmforge checkpoint ({path}): {e}") from e
@@ -57,33 +66,40 @@ def checkpoint_config(uri: str) -> tuple[Path, ModelConfig]:
     return path, config
 
 
-def find_tokenizer(spec: FinetuneSpec, checkpoint: Path) -> Path:
+def _absolute(uri: str) -> str:
+    return uri if storage.is_remote(uri) else str(storage.filesystem(uri)[1])
+
+
+def find_tokenizer(spec: FinetuneSpec, checkpoint: str) -> str:
     """spec.tokenizer (a shard folder or a tokenizer.json), else a tokenizer.json in the
-    checkpoint folder or the two above it (a finetune job's output keeps one)."""
+    checkpoint folder or the two above it (a finetune job's output keeps one); a path or URI."""
     if spec.tokenizer is not None:
-        path = local_path(spec.tokenizer).resolve()
-        if (path / "manifest.json").is_file():
+        path = _absolute(spec.tokenizer)
+        manifest = storage.join(path, MANIFEST_FILE)
+        if storage.is_file(manifest):
             try:
-                return path / read_manifest(path, verify=False)["tokenizer"]["file"]
+                return storage.join(path, storage.read_json(manifest)["tokenizer"]["file"])
             except (OSError, ValueError, KeyError) as e:
-                raise JobError(f"tokenizer: cannot read {path / 'manifest.json'}: {e}") from e
-        if path.is_dir() and (path / TOKENIZER_FILE).is_file():
-            return path / TOKENIZER_FILE
-        if path.is_file():
+                raise JobError(f"tokenizer: cannot read {manifest}: {e}") from e
+        if storage.is_file(storage.join(path, TOKENIZER_FILE)):
+            return storage.join(path, TOKENIZER_FILE)
+        if storage.is_file(path):
             return path
         raise JobError(f"tokenizer: {spec.tokenizer} is neither a shard folder nor a file")
-    for folder in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
-        if (folder / TOKENIZER_FILE).is_file():
-            return folder / TOKENIZER_FILE
+    folder = checkpoint.rstrip("/")
+    for _ in range(3):
+        if storage.is_file(storage.join(folder, TOKENIZER_FILE)):
+            return storage.join(folder, TOKENIZER_FILE)
+        folder = folder.rsplit("/", 1)[0]
     raise JobError(
         f"no {TOKENIZER_FILE} beside {checkpoint}: set tokenizer to the token-shard folder "
         "the checkpoint was trained on"
     )
 
 
-def open_tokenizer(path: Path, config: ModelConfig) -> tokenizers.Tokenizer:
+def open_tokenizer(path: str, config: ModelConfig) -> tokenizers.Tokenizer:
     try:
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(local_file(path))
     except Exception as e:  # tokenizers raises its own exception type for a bad file
         raise JobError(f"tokenizer: cannot load {path}: {e}") from e
     if tok.get_vocab_size() != config.vocab_size:
@@ -95,11 +111,11 @@ def open_tokenizer(path: Path, config: ModelConfig) -> tokenizers.Tokenizer:
 
 
 def _prepare(
-    spec: FinetuneSpec, tok: tokenizers.Tokenizer, config: ModelConfig, out: Path
+    spec: FinetuneSpec, tok: tokenizers.Tokenizer, config: ModelConfig, out: str
 ) -> SFTData:
-    data = local_path(spec.data).resolve()
-    if not data.is_file():
+    if not storage.is_file(spec.data):
         raise JobError(f"instruction data not found: {spec.data}")
+    data = local_file(spec.data)
     for name, compile_template in (
         ("template", instruction_template),
         ("chat_template", chat_template),
@@ -119,15 +135,15 @@ def _prepare(
         prepared = prepare(data, tok, eos_id(tok), block_size=config.block_size, options=options)
     except (ValueError, UnicodeDecodeError) as e:
         raise JobError(f"instruction data {spec.data}: {e}") from e
-    with (out / REJECTED_FILE).open("w") as f:
-        for rejection in prepared.rejected:
-            f.write(json.dumps(rejection.to_json()) + "\n")
-    (out / STATS_FILE).write_text(json.dumps(prepared.stats, indent=2))
+    prepared.stats["file"] = spec.data  # not the scratch copy it was read from
+    rejected = "".join(json.dumps(r.to_json()) + "\n" for r in prepared.rejected)
+    storage.write_text(storage.join(out, REJECTED_FILE), rejected)
+    storage.write_text(storage.join(out, STATS_FILE), json.dumps(prepared.stats, indent=2))
     if not prepared.stats["kept"]:
         reasons = prepared.stats["rejected_by_reason"]
         raise JobError(
             f"{spec.data}: no valid record among {prepared.stats['records']} "
-            f"(rejected: {reasons}); see {out / REJECTED_FILE}"
+            f"(rejected: {reasons}); see {storage.join(out, REJECTED_FILE)}"
         )
     return prepared
 
@@ -159,28 +175,36 @@ def _config(spec: FinetuneSpec, train_examples: int) -> TrainConfig:
 
 
 def _worker(config: dict[str, Any]) -> None:
-    out = Path(config["output"])
-    reporting = WorkerReporting(out, checkpoint_storage=None)
+    out: str = config["output"]
+    base = fetch(config["checkpoint"])  # into this node's scratch, once per node
+    reporting = WorkerReporting(out)
+    nodes = rank_nodes()
     val = config["val"]
-    summary = finetune(
-        config["cfg"],
-        config["checkpoint"],
-        config["train"],
-        val,
-        out,
-        pad_id=config["pad_id"],
-        dropout=config["dropout"],
-        on_log=reporting.on_log,
-        on_checkpoint=reporting.on_checkpoint,
-    )
+    try:
+        summary = finetune(
+            config["cfg"],
+            base,
+            config["train"],
+            val,
+            out,
+            pad_id=config["pad_id"],
+            dropout=config["dropout"],
+            on_log=reporting.on_log,
+            on_checkpoint=reporting.on_checkpoint,
+        )
+    finally:
+        reporting.flush()
     if reporting.rank == 0:
-        summary["samples"] = _samples(config, summary["checkpoint"], val)
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        summary["samples"] = _samples(config, base, summary["checkpoint"], val)
+        summary["nodes"] = nodes
+        storage.write_json(storage.join(out, SUMMARY_FILE), summary)
 
 
-def _samples(config: dict[str, Any], tuned: str, val: TokenizedSet) -> list[dict[str, Any]]:
-    tok = load_tokenizer(config["tokenizer"])
-    models = {"base": load_model(config["checkpoint"]), "tuned": load_model(tuned)}
+def _samples(
+    config: dict[str, Any], base: Path, tuned: str, val: TokenizedSet
+) -> list[dict[str, Any]]:
+    tok = load_tokenizer(local_file(config["tokenizer"]))
+    models = {"base": load_model(base), "tuned": load_model(fetch(tuned))}
     return complete(
         models,
         val,
@@ -191,8 +215,8 @@ def _samples(config: dict[str, Any], tuned: str, val: TokenizedSet) -> list[dict
     )
 
 
-def _result(out: Path, base: Path, prepared: SFTData) -> dict[str, Any]:
-    summary = read_summary(out / SUMMARY_FILE)
+def _result(out: str, base: str, prepared: SFTData) -> dict[str, Any]:
+    summary = read_summary(storage.join(out, SUMMARY_FILE))
     losses = metric_by_step(out, "loss")
     val = metric_by_step(out, "val_loss")
     return {
@@ -207,31 +231,32 @@ def _result(out: Path, base: Path, prepared: SFTData) -> dict[str, Any]:
         "checkpoint": summary["checkpoint"],
         "best_checkpoint": summary["best_checkpoint"],
         "parameters": summary["parameters"],
-        "base_checkpoint": str(base),
-        "tokenizer": str(out / TOKENIZER_FILE),
+        "base_checkpoint": base,
+        "tokenizer": storage.join(out, TOKENIZER_FILE),
         "data": prepared.stats,
-        "rejected_file": str(out / REJECTED_FILE),
+        "rejected_file": storage.join(out, REJECTED_FILE),
         "samples": summary["samples"],
+        "nodes": summary["nodes"],
     }
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
+    out = open_output(spec.output)
     base, model_config = checkpoint_config(spec.checkpoint)
     tokenizer = find_tokenizer(spec, base)
     tok = open_tokenizer(tokenizer, model_config)
-    out = local_path(spec.output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(spec, tok, model_config, out)
     cfg = _config(spec, len(prepared.train))
-    if tokenizer != out / TOKENIZER_FILE:  # so the tuned checkpoints carry their tokenizer
-        shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+    kept = storage.join(out, TOKENIZER_FILE)
+    if tokenizer != kept:  # so the tuned checkpoints carry their tokenizer
+        storage.upload(local_file(tokenizer), kept)
     pad = tok.token_to_id(PAD_TOKEN)
     worker_config = {
         "cfg": cfg,
         "dropout": spec.dropout,
-        "output": str(out),
-        "checkpoint": str(base),
-        "tokenizer": str(out / TOKENIZER_FILE),
+        "output": out,
+        "checkpoint": base,
+        "tokenizer": kept,
         "train": prepared.train,
         "val": prepared.val,
         # padding is masked out of the loss, so any id would do when there is no pad token
@@ -245,6 +270,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         workers=spec.workers,
         use_gpu=spec.use_gpu,
         max_failures=spec.max_failures,
+        placement_strategy=spec.placement_strategy,
     )
     launch(_worker, worker_config, job)
     return _result(out, base, prepared)

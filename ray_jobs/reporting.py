@@ -2,7 +2,10 @@
 
 The file beside the job's output is written first and always, so that when the control plane is
 unreachable the job keeps running and nothing is lost; records that could not be posted are
-retried with the next batch.
+retried with the next batch. On a local path the file is appended to. Object storage cannot
+append: there the reporter keeps the file's records (those of earlier attempts, read when it
+starts, and its own) and rewrites the whole object, at most every ``REWRITE_EVERY_S`` and on
+``flush()`` (at every checkpoint and when training ends or fails).
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,22 @@ import httpx
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN, METRICS_ROUTE
 from llm import storage
 
+METRICS_FILE = "metrics.jsonl"
+REWRITE_EVERY_S = 30.0
+
 
 class MetricsReporter:
-    def __init__(self, output_dir: str | Path, *, publish_to_ray: bool = True) -> None:
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, output: str | Path, *, publish_to_ray: bool = True) -> None:
+        self.uri = storage.join(str(output), METRICS_FILE)
+        self.remote = storage.is_remote(self.uri)
+        self._lines: list[str] = []
+        self._written = 0.0  # when the object was last rewritten
+        if self.remote:
+            if storage.is_file(self.uri):
+                self._lines = storage.read_text(self.uri).splitlines()
+        else:
+            self.path = Path(self.uri.removeprefix("file://"))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.api_url = os.environ.get(ENV_API_URL)
         self.job_id = os.environ.get(ENV_JOB_ID)
         self.token = os.environ.get(ENV_JOB_TOKEN)
@@ -36,13 +49,24 @@ class MetricsReporter:
         records = [
             {"step": step, "name": k, "value": float(v), "time": now} for k, v in values.items()
         ]
-        with self.path.open("a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        lines = [json.dumps(r) for r in records]
+        if self.remote:
+            self._lines += lines
+            if now - self._written >= REWRITE_EVERY_S:
+                self.flush()
+        else:
+            with self.path.open("a") as f:
+                f.writelines(line + "\n" for line in lines)
         self._pending.extend(records)
         self._post()
         if self._publish_to_ray:
             self._publish(values)
+
+    def flush(self) -> None:
+        """Make every record logged so far durable in the output's metrics.jsonl."""
+        if self.remote:
+            storage.write_text(self.uri, "".join(line + "\n" for line in self._lines))
+            self._written = time.time()
 
     def _post(self) -> None:
         if not (self.api_url and self.job_id and self.token and self._pending):
@@ -57,7 +81,7 @@ class MetricsReporter:
             )
             r.raise_for_status()
         except httpx.HTTPError as e:
-            print(f"llmforge: metrics not delivered yet ({e}); kept in {self.path}", flush=True)
+            print(f"llmforge: metrics not delivered yet ({e}); kept in {self.uri}", flush=True)
             return
         self._pending = []
 
@@ -79,11 +103,7 @@ class MetricsReporter:
 
 
 def report(output: str, step: int, values: dict[str, float]) -> None:
-    """Log ``values`` once, with ``metrics.jsonl`` in the job's output folder or URI: on object
-    storage the file is written in this node's scratch folder and then uploaded."""
-    if not storage.is_remote(output):
-        MetricsReporter(output).log(step, values)
-        return
-    reporter = MetricsReporter(storage.scratch("metrics", uuid.uuid4().hex))
+    """Log ``values`` once, with ``metrics.jsonl`` in the job's output folder or URI."""
+    reporter = MetricsReporter(output)
     reporter.log(step, values)
-    storage.upload(reporter.path, storage.join(output, reporter.path.name))
+    reporter.flush()

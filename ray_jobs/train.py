@@ -3,61 +3,84 @@
 The training itself is ``llm.train.pretrain``; this module puts the spec's model on the token
 shards' vocabulary, checks what can fail before any worker starts, and runs the workers through
 the shared launcher (``ray_jobs.launcher``), which reports metrics from rank 0 to the control
-plane and to Ray Train. A restarted worker group (``FailureConfig``) resumes from the last
-checkpoint. The spec's ``debug`` section injects a failure for fault-tolerance tests.
+plane and to Ray Train. Data and output are local paths or ``s3://`` URIs alike: the shards are
+streamed into each node's scratch (``ray_jobs.training_io``), checkpoints are written to and
+resumed from ``<output>/checkpoints`` (``llm.train.checkpoint.location``), and the driver reads
+only what rank 0 wrote to the output. A restarted worker group (``FailureConfig``), on any
+nodes, resumes from the last checkpoint. The spec's ``debug`` section injects a failure for
+fault-tolerance tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from contracts.specs import DebugOptions, TrainSpec
+from llm import storage
 from llm.model.config import ModelConfig
-from llm.train.checkpoint import CONFIG_FILE, Retention, latest_checkpoint, read_state
+from llm.train.checkpoint import CONFIG_FILE, STATE_FILE
+from llm.train.checkpoint.location import latest_uri, scratch_of
 from llm.train.config import TrainConfig, check_config
 from llm.train.pretrain import train
 from ray_jobs import entrypoint
-from ray_jobs.entrypoint import JobError, model_on_shards, open_shards_and_output
+from ray_jobs.entrypoint import JobError
 from ray_jobs.fault_injection import fail_once
 from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
+from ray_jobs.training_io import (
+    Shards,
+    local_shards,
+    model_on_shards,
+    open_output,
+    open_shards,
+    rank_nodes,
+    shards_cache,
+)
 
 SUMMARY_FILE = "train_summary.json"
 
 
 def _worker(config: dict[str, Any]) -> None:
-    out = Path(config["output"])
-    reporting = WorkerReporting(out, config["checkpoint_storage"])
+    output: str = config["output"]
+    shards: Shards = config["shards"]
+    data, verified = local_shards(shards)
+    reporting = WorkerReporting(output)
+    nodes = rank_nodes()
     debug: DebugOptions | None = config["debug"]
+    # what a node restarted with an empty disk lacks (debug.wipe_local_checkpoints)
+    scratch = [scratch_of(storage.join(output, "checkpoints")), shards_cache(shards.digest)]
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         reporting.on_log(step, metrics)
         if debug is not None:
-            fail_once(out, step, debug)
+            fail_once(output, step, debug, scratch)
 
-    summary = train(
-        config["cfg"],
-        config["model"],
-        config["data"],
-        out,
-        on_log=on_log,
-        on_checkpoint=reporting.on_checkpoint,
-    )
+    try:
+        summary = train(
+            config["cfg"],
+            config["model"],
+            data,
+            output,
+            on_log=on_log,
+            on_checkpoint=reporting.on_checkpoint,
+            verify_shards=not verified,
+        )
+    finally:
+        reporting.flush()
     if reporting.rank == 0:
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        storage.write_json(storage.join(output, SUMMARY_FILE), {**summary, "nodes": nodes})
 
 
-def _check_resumable(out: Path, cfg: TrainConfig, model: ModelConfig) -> None:
-    """A checkpoint already in the output folder is where the workers will resume: one from
-    another model or optimizer fails here, before any worker starts, naming what differs."""
-    latest = latest_checkpoint(out / "checkpoints")
+def _check_resumable(output: str, cfg: TrainConfig, model: ModelConfig) -> None:
+    """A checkpoint already at the output is where the workers will resume: one from another
+    model or optimizer fails here, before any worker starts, naming what differs."""
+    latest = latest_uri(storage.join(output, "checkpoints"))
     if latest is None:
         return
-    saved, wanted = ModelConfig.load(latest / CONFIG_FILE).to_dict(), model.to_dict()
+    saved = ModelConfig.from_dict(storage.read_json(storage.join(latest, CONFIG_FILE))).to_dict()
+    wanted = model.to_dict()
     differ = sorted(k for k, v in wanted.items() if saved.get(k) != v)
     if differ:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} here" for k in differ)
@@ -65,7 +88,8 @@ def _check_resumable(out: Path, cfg: TrainConfig, model: ModelConfig) -> None:
             f"{latest} is a checkpoint of another model ({pairs}); the job would resume from "
             "it. Use a new output folder, or the model settings it was trained with"
         )
-    optimizer = read_state(latest).get("train_config", {}).get("optimizer", "adamw")
+    state = storage.read_json(storage.join(latest, STATE_FILE))
+    optimizer = state.get("train_config", {}).get("optimizer", "adamw")
     if optimizer != cfg.optimizer:
         raise JobError(
             f"{latest} holds {optimizer!r} optimizer state, but the spec asks for "
@@ -74,34 +98,33 @@ def _check_resumable(out: Path, cfg: TrainConfig, model: ModelConfig) -> None:
 
 
 def run(spec: TrainSpec) -> dict[str, Any]:
-    data, manifest, out = open_shards_and_output(spec.data, spec.output)
-    model = model_on_shards(spec.model, manifest)
+    output = open_output(spec.output)
+    shards = open_shards(spec.data)
+    model = model_on_shards(spec.model, shards.manifest)
     cfg = dataclasses.replace(spec.train, seq_len=spec.train.seq_len or model.block_size)
     # A bad combination (fp16 without a GPU, a global batch that does not divide) fails here,
     # before any worker starts, with the message the API shows.
     device = torch.device("cuda" if spec.use_gpu else "cpu")
     check_config(cfg, seq_len=cfg.seq_len, world_size=spec.workers, device=device)
-    _check_resumable(out, cfg, model)
+    _check_resumable(output, cfg, model)
     job = Launch(
         kind="train",
-        output=out,
+        output=output,
         workers=spec.workers,
         use_gpu=spec.use_gpu,
         max_failures=spec.max_failures,
-        checkpoint_storage=spec.checkpoint_storage,
-        retention=Retention(cfg.keep_last),
+        placement_strategy=spec.placement_strategy,
     )
     worker_config = {
         "cfg": cfg,
         "model": model,
-        "data": str(data),
-        "output": str(out),
-        "checkpoint_storage": spec.checkpoint_storage,
+        "shards": shards,
+        "output": output,
         "debug": spec.debug,
     }
     launch(_worker, worker_config, job)
-    summary = read_summary(out / SUMMARY_FILE)
-    history = metric_by_step(out, "loss")
+    summary = read_summary(storage.join(output, SUMMARY_FILE))
+    history = metric_by_step(output, "loss")
     return {
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
@@ -110,8 +133,8 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "last": summary["last"],
         "checkpoint": summary["checkpoint"],
         "best_checkpoint": summary.get("best_checkpoint"),
-        "checkpoint_storage": spec.checkpoint_storage,
         "parameters": summary["parameters"],
+        "nodes": summary["nodes"],
     }
 
 

@@ -7,8 +7,10 @@ reports ``val_loss`` at every evaluation, and ASHA (asynchronous successive halv
 trials that trail their rung. Every trial starts from the same seed (the same initial weights
 and data order), so differences between trials come from the sampled hyperparameters alone.
 
-The result (also ``tune_results.json`` in the output folder) is the trial table sorted by best
-val_loss, and ``best_config``.
+The result (also ``tune_results.json`` in the output) is the trial table sorted by best
+val_loss, and ``best_config``. Data and output are local paths or ``s3://`` URIs alike: each
+trial reads the token shards from its node's scratch cache and writes under
+``<output>/trials/<trial id>``; Tune's own run folder is ``<output>/ray``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import math
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -25,11 +26,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from contracts.specs import TuneSpec
+from llm import storage
 from llm.model.config import ModelConfig
 from llm.train.pretrain import TrainConfig, train
 from ray_jobs import entrypoint
-from ray_jobs.cluster import init_ray
-from ray_jobs.entrypoint import JobError, model_on_shards, open_shards_and_output
+from ray_jobs.cluster import init_ray, node_id
+from ray_jobs.entrypoint import JobError
+from ray_jobs.training_io import local_shards, model_on_shards, open_output, open_shards
 
 METRIC, MODE = "val_loss", "min"
 # The loop's cosine schedule decays to min_lr; a fixed floor would sit above small sampled lrs.
@@ -78,13 +81,16 @@ def trial_configs(
 
 def _trial(params: dict[str, Any], *, setup: dict[str, Any]) -> None:
     cfg, model = trial_configs(setup["spec"], setup["model"], params)
-    out = Path(setup["output"]) / "trials" / tune.get_context().get_trial_id()
+    out = storage.join(setup["output"], "trials", tune.get_context().get_trial_id())
+    data, verified = local_shards(setup["shards"])
+    node = node_id()
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         if METRIC in metrics:
-            tune.report({"step": step, METRIC: metrics[METRIC], "loss": metrics["loss"]})
+            report = {"step": step, METRIC: metrics[METRIC], "loss": metrics["loss"]}
+            tune.report({**report, "node": node})
 
-    train(cfg, model, setup["data"], out, on_log=on_log)
+    train(cfg, model, data, out, on_log=on_log, verify_shards=not verified)
 
 
 def _row(result: tune.Result, max_steps: int) -> dict[str, Any]:
@@ -96,6 +102,7 @@ def _row(result: tune.Result, max_steps: int) -> dict[str, Any]:
         "steps": 0,
         "stopped_early": False,
         "error": None if result.error is None else str(result.error),
+        "node": (result.metrics or {}).get("node"),
     }
     history = result.metrics_dataframe
     if history is None or METRIC not in history.columns or history.empty:
@@ -118,10 +125,11 @@ def results_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
 
 
-def _tuner(spec: TuneSpec, setup: dict[str, Any], out: Path) -> tune.Tuner:
+def _tuner(spec: TuneSpec, setup: dict[str, Any], out: str) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup), {"cpu": spec.cpus_per_trial}
     )
+    filesystem, path = storage.filesystem(storage.join(out, "ray"))
     scheduler = ASHAScheduler(
         time_attr="step",
         max_t=spec.max_steps,
@@ -141,19 +149,21 @@ def _tuner(spec: TuneSpec, setup: dict[str, Any], out: Path) -> tune.Tuner:
         ),
         run_config=tune.RunConfig(
             name=f"tune-{os.environ.get('LLMFORGE_JOB_ID', 'local')}",
-            storage_path=str(out / "ray"),
+            storage_path=path,
+            storage_filesystem=filesystem,
             verbose=1,
         ),
     )
 
 
 def run(spec: TuneSpec) -> dict[str, Any]:
-    data, manifest, out = open_shards_and_output(spec.data, spec.output)
+    out = open_output(spec.output)
+    shards = open_shards(spec.data)
     setup = {
         "spec": spec,
-        "model": model_on_shards(spec.model, manifest),
-        "output": str(out),
-        "data": str(data),
+        "model": model_on_shards(spec.model, shards.manifest),
+        "output": out,
+        "shards": shards,
     }
     init_ray()
     grid = _tuner(spec, setup, out).fit()
@@ -170,8 +180,9 @@ def run(spec: TuneSpec) -> dict[str, Any]:
         "trials": table,
         "stopped_early": sum(r["stopped_early"] for r in table),
         "failed": sum(r["error"] is not None for r in table),
+        "nodes": sorted({r["node"] for r in table if r["node"]}),
     }
-    (out / "tune_results.json").write_text(json.dumps(summary, indent=2))
+    storage.write_text(storage.join(out, "tune_results.json"), json.dumps(summary, indent=2))
     return summary
 
 

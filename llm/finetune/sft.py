@@ -24,7 +24,8 @@ from llm.finetune.batches import Batch, SFTBatches, batches_per_epoch, in_order
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
-from llm.train.checkpoint import best_checkpoint, latest_checkpoint, load_model
+from llm.train.checkpoint import load_model
+from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
 
@@ -131,7 +132,7 @@ def finetune(
     base_checkpoint: str | Path,
     train: TokenizedSet,
     val: TokenizedSet,
-    out_dir: str | Path,
+    out: str | Path,
     *,
     pad_id: int,
     dropout: float | None = None,
@@ -144,18 +145,17 @@ def finetune(
     ``dropout`` (None: the checkpoint's) replaces every dropout rate of the base model.
     """
     task = fine_tuning(cfg, Path(base_checkpoint), train, val, pad_id=pad_id, dropout=dropout)
-    trainer = Trainer(cfg, task, Path(out_dir))
+    trainer = Trainer(cfg, task, out)
     if trainer.step == 0 and len(val) and trainer.rank == 0 and on_log:
         on_log(0, trainer.evaluate())
     history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint)
-    final = latest_checkpoint(trainer.root)
     return {
         "steps": trainer.step,
         "tokens_seen": trainer.tokens_seen,
         "loss_history": dict(history),
         "last": trainer.last,
-        "checkpoint": str(final) if final else None,
-        "best_checkpoint": best_checkpoint(trainer.root),
+        "checkpoint": trainer.checkpoints.latest_location(),
+        "best_checkpoint": best_of(trainer.checkpoints.uri),
         "parameters": trainer.model.num_parameters(),
         "epochs": trainer.step / batches_per_epoch(len(train), cfg.batch_size, trainer.world_size),
     }

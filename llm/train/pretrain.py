@@ -16,7 +16,7 @@ from torch import nn
 
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
-from llm.train.checkpoint import best_checkpoint, latest_checkpoint
+from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
 from llm.train.data import TokenShards, TrainBatches, val_batches
 from llm.train.objectives import next_token_loss
@@ -55,9 +55,12 @@ def evaluate_loss(
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": float(tokens)}
 
 
-def _open_shards(data_dir: Path, seq_len: int, vocab_size: int) -> tuple[TokenShards, TokenShards]:
+def _open_shards(
+    data_dir: Path, seq_len: int, vocab_size: int, verify: bool = True
+) -> tuple[TokenShards, TokenShards]:
     """The train and val splits, checked against the run before the first step."""
-    train, val = TokenShards(data_dir, "train"), TokenShards(data_dir, "val", verify=False)
+    train = TokenShards(data_dir, "train", verify=verify)
+    val = TokenShards(data_dir, "val", verify=False)
     if int(val.window_starts(seq_len + 1)[-1]) == 0:
         raise ValueError(
             f"{data_dir}: the val split has no window of {seq_len + 1} "
@@ -71,10 +74,13 @@ def _open_shards(data_dir: Path, seq_len: int, vocab_size: int) -> tuple[TokenSh
     return train, val
 
 
-def pretraining(cfg: TrainConfig, model_config: ModelConfig, data_dir: Path) -> Task:
-    """The Task that trains a GPT on data_dir's token shards."""
+def pretraining(
+    cfg: TrainConfig, model_config: ModelConfig, data_dir: Path, verify: bool = True
+) -> Task:
+    """The Task that trains a GPT on data_dir's token shards (checked against their manifest's
+    hashes unless ``verify`` is off: a node's cache checked them once already)."""
     seq_len = cfg.seq_len or model_config.block_size
-    train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab)
+    train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab, verify)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return evaluate_loss(
@@ -105,22 +111,25 @@ def train(
     cfg: TrainConfig,
     model_config: ModelConfig,
     data_dir: str | Path,
-    out_dir: str | Path,
+    out: str | Path,
     *,
     on_log: LogFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
+    verify_shards: bool = True,
 ) -> dict[str, Any]:
-    """Train until ``cfg.steps``; ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all."""
+    """Train until ``cfg.steps`` on the local shard folder ``data_dir``, writing to ``out`` (a
+    path or URI); ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all."""
     cfg = replace(cfg, seq_len=cfg.seq_len or model_config.block_size)
-    trainer = Trainer(cfg, pretraining(cfg, model_config, Path(data_dir)), Path(out_dir))
+    task = pretraining(cfg, model_config, Path(data_dir), verify=verify_shards)
+    trainer = Trainer(cfg, task, out)
     history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint)
-    final = latest_checkpoint(trainer.root)
+    final = trainer.checkpoints.latest_location()
     return {
         "steps": trainer.step,
         "tokens_seen": trainer.tokens_seen,
         "loss_history": [loss for _, loss in history],
         "last": trainer.last,
-        "checkpoint": str(final) if final else None,
-        "best_checkpoint": best_checkpoint(trainer.root),
+        "checkpoint": final,
+        "best_checkpoint": best_of(trainer.checkpoints.uri),
         "parameters": trainer.model.num_parameters(),
     }

@@ -7,9 +7,9 @@ batch source, the loss (``Objective``) and the validation. Pretraining (``llm.tr
 and supervised fine-tuning (``llm.finetune.sft``) are two such tasks.
 
 Whoever launches it (a test, Ray Train, torchrun) initialises the process group; the trainer only
-asks for rank and world size. Checkpoints go to ``out_dir/checkpoints`` and a restarted run
-resumes from the latest one by itself: model, optimizer, loss scaler, loader position, RNG and
-guard state.
+asks for rank and world size. Checkpoints go to ``<out>/checkpoints`` (a local path or an
+``s3://`` URI, see ``llm.train.checkpoint.location``) and a restarted run resumes from the latest
+one by itself, on any node: model, optimizer, loss scaler, loader position, RNG and guard state.
 """
 
 from __future__ import annotations
@@ -25,17 +25,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from llm import storage
 from llm.model.gpt import GPT
 from llm.train import rng
 from llm.train.checkpoint import (
     Retention,
-    latest_checkpoint,
     layout_for,
     read_state,
     restore,
     save,
     step_dir,
 )
+from llm.train.checkpoint.location import Checkpoints
 from llm.train.config import TrainConfig, check_config
 from llm.train.guard import SpikeGuard
 from llm.train.metrics import TensorBoard, device_peak_flops, mfu, peak_memory_gb
@@ -89,10 +90,15 @@ def _distributed() -> tuple[int, int]:
 class Trainer:
     """One rank's training run."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, out_dir: Path) -> None:
-        self.cfg, self.task, self.out_dir = cfg, task, out_dir
-        self.root = out_dir / "checkpoints"
+    def __init__(self, cfg: TrainConfig, task: Task, out: str | Path) -> None:
+        self.cfg, self.task, self.out = cfg, task, str(out)
         self.rank, self.world_size = _distributed()
+        self.checkpoints = Checkpoints(
+            storage.join(self.out, "checkpoints"),
+            rank=self.rank,
+            retention=Retention(cfg.keep_last),
+        )
+        self.root = self.checkpoints.root  # where this rank writes checkpoints
         self.device = pick_device()
         self.micro_steps = check_config(
             cfg, seq_len=task.seq_len, world_size=self.world_size, device=self.device
@@ -116,7 +122,7 @@ class Trainer:
         self.tokens_seen = 0
         self.best: dict[str, Any] | None = None  # {"step", "val_loss"} of the best checkpoint
         self.last: dict[str, float] = {}
-        latest = latest_checkpoint(self.root)
+        latest = self.checkpoints.latest()
         if latest is not None:
             state = self._restore(latest, loader=True)
             if "guard" in state:
@@ -191,11 +197,11 @@ class Trainer:
             make_optimizer=self._make_optimizer,
             trainer_state=self._trainer_state(),
         )
-        if self.rank == 0:
-            Retention(self.cfg.keep_last).after_save(self.root, self.step, self.best)
+        self.checkpoints.commit(self.step, self.best)
         if self.world_size > 1:
             dist.barrier()
-        return path
+        # the local folder where it was written in place; one uploaded from staging is gone
+        return path if path is not None and path.is_dir() else None
 
     def roll_back(self) -> None:
         """Return to the last checkpoint after too many skipped steps in a row.
@@ -204,11 +210,11 @@ class Trainer:
         skipped rather than replayed: replaying them with the restored RNG would reproduce a
         data-driven spike exactly (PaLM, section 5.1, skips them the same way).
         """
-        cfg, latest = self.cfg, latest_checkpoint(self.root)
+        cfg, latest = self.cfg, self.checkpoints.latest()
         where = f"at step {self.step}: {self.guard.consecutive} steps in a row had a "
         where += "non-finite or spiking loss"
         if latest is None:
-            raise RuntimeError(f"{where}, and {self.root} has no checkpoint")
+            raise RuntimeError(f"{where}, and {self.checkpoints.uri} has no checkpoint")
         if self.guard.rollbacks >= cfg.max_rollbacks:
             raise RuntimeError(f"{where}, after {cfg.max_rollbacks} roll-backs already")
         state = self._restore(latest, loader=not cfg.rollback_skips_data)
@@ -291,8 +297,12 @@ class Trainer:
         Returns the (step, loss) pairs logged by this call."""
         cfg = self.cfg
         board = None
+        # event files are appended to, which object storage cannot do: write them in scratch
+        # and upload them when training ends
+        remote = storage.is_remote(self.out)
+        board_dir = (self.root.parent if remote else Path(self.out)) / "tensorboard"
         if cfg.tensorboard and self.rank == 0:
-            board = TensorBoard(self.out_dir / "tensorboard")
+            board = TensorBoard(board_dir)
         history: list[tuple[int, float]] = []
         tick, tokens = time.perf_counter(), 0
         try:
@@ -325,6 +335,8 @@ class Trainer:
         finally:
             if board:
                 board.close()
+                if remote:
+                    storage.upload(board_dir, storage.join(self.out, "tensorboard"))
         return history
 
     def _metrics(self, loss: float, grad_norm: float, tokens_per_s: float) -> dict[str, float]:

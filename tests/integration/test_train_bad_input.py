@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,13 @@ import pytest
 from contracts.specs import TrainSpec
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
+from llm.storage import StorageError
 from llm.train.checkpoint import save_checkpoint, step_dir
 from ray_jobs.entrypoint import JobError
 from ray_jobs.train import run
+from services.ray_head import free_port
 from tests.integration.test_train_job import TINY_MODEL, tiny_shards
+from tests.s3 import S3, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_shards(tmp_path_factory.mktemp("shards"))
 
 
-def _spec(shards: Path, out: Path, **overrides: object) -> TrainSpec:
+def _spec(shards: Path | str, out: Path | str, **overrides: object) -> TrainSpec:
     return TrainSpec.model_validate(
         {"data": str(shards), "output": str(out), "model": TINY_MODEL, **overrides}
     )
@@ -62,3 +66,27 @@ def test_other_bad_combinations_fail_before_ray(shards: Path, tmp_path: Path) ->
         run(_spec(shards, tmp_path, precision="fp16"))
     with pytest.raises(JobError, match="token shards not readable"):
         run(_spec(tmp_path / "nowhere", tmp_path))
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
+    with s3_server("llmforge-in") as server:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+def test_s3_shards_without_a_manifest_are_named(s3: S3, shards: Path, tmp_path: Path) -> None:
+    s3.client.put_object(Bucket="llmforge-in", Key="empty/train-0000.bin", Body=b"")
+    with pytest.raises(JobError, match="token shards not readable: not found: s3://llmforge-in"):
+        run(_spec("s3://llmforge-in/empty", tmp_path))
+    with pytest.raises(StorageError, match="bucket 'nowhere' of s3://nowhere/out does not exist"):
+        run(_spec(shards, "s3://nowhere/out"))
+
+
+def test_an_unreachable_endpoint_is_named(shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with pytest.raises(StorageError, match="cannot reach the object store"):
+        run(_spec(shards, "s3://bucket/out"))

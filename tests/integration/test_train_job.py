@@ -78,10 +78,13 @@ def failed_once(
 
 
 def run_with_env(
-    control_plane: BackgroundServer, spec: dict[str, Any], extra_env: dict[str, str]
+    control_plane: BackgroundServer,
+    spec: dict[str, Any],
+    extra_env: dict[str, str],
+    kind: str = "train",
 ) -> dict[str, Any]:
-    """Submit a train job whose Ray job gets extra_env (as an operator's cluster environment
-    would give it, never through the spec); wait for it; return it with its logs."""
+    """Submit a job (train by default) whose Ray job gets extra_env (as an operator's cluster
+    environment would give it, never through the spec); wait for it; return it with its logs."""
     ray = control_plane.app.state.ray
     submit = ray.submit
 
@@ -93,7 +96,7 @@ def run_with_env(
         httpx.Client(base_url=control_plane.url, timeout=30) as client,
     ):
         patch.setattr(ray, "submit", submit_with_env)
-        r = client.post("/api/v1/jobs", json=job_body("train", spec))
+        r = client.post("/api/v1/jobs", json=job_body(kind, spec))
         assert r.status_code == 201, r.text
         job = wait_for_job(client, r.json()["id"])
         job["logs"] = client.get(f"/api/v1/jobs/{job['id']}/logs").json()["logs"]

@@ -1,6 +1,12 @@
-"""A train job whose checkpoints Ray Train keeps on S3 (moto's server over HTTP on loopback)
-loses a worker AND its local checkpoints mid-run: the restarted group copies the latest
-checkpoint back from S3 and finishes; S3 holds the newest keep_last checkpoints and the best."""
+"""Train and evaluate jobs whose data and output are on S3 (moto's server over HTTP on
+loopback), with the endpoint and credentials in the cluster's environment only.
+
+A DDP run on S3 loses a worker AND its node's scratch (checkpoint staging and downloads, the
+shard cache) mid-run: the restarted group resumes from the checkpoint on S3 and ends with the
+losses of the same run on local disk. An FSDP run writes sharded (DCP) checkpoints to S3 from
+both ranks and resumes from them. S3 keeps the newest keep_last checkpoints plus the best, and
+an evaluate job reads a checkpoint and token shards from S3.
+"""
 
 from __future__ import annotations
 
@@ -9,118 +15,175 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
+from pydantic import ValidationError
 
+from contracts.specs import TrainSpec
 from ray_jobs.fault_injection import FAIL_MARKER
-from services.ray_head import free_port
 from services.server import BackgroundServer
 from tests.integration.test_train_job import TINY_MODEL, run_with_env, tiny_shards
+from tests.s3 import S3, s3_server
 
-moto_server = pytest.importorskip("moto.server")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BUCKET = "llmforge-ckpt"
-STEPS, EVERY, FAIL_AT = 30, 10, 25
+STEPS, EVERY, FAIL_AT = 20, 10, 15
+COMMON = {
+    "keep_last": 1,
+    "steps": STEPS,
+    "workers": 2,
+    "batch_size": 4,
+    "warmup_steps": 5,
+    "log_every": 5,
+    "eval_every": EVERY,
+    "eval_batches": 2,
+    "checkpoint_every": EVERY,
+    "max_failures": 1,
+    "tensorboard": False,
+    "seed": 7,
+    "model": TINY_MODEL,
+}
+FAIL_AND_WIPE = {"debug": {"fail_at_step": FAIL_AT, "wipe_local_checkpoints": True}}
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[tuple[str, Any]]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield endpoint, client
-    server.stop()
+def s3() -> Iterator[S3]:
+    # the control plane (in this process) reads each job's result.json from S3 too: on a
+    # cluster it has the same environment as the jobs
+    with s3_server(BUCKET) as server, pytest.MonkeyPatch.context() as env:
+        for name, value in server.env.items():
+            env.setenv(name, value)
+        yield server
 
 
 @pytest.fixture(scope="module")
-def job(
-    control_plane: BackgroundServer, s3: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory
+def shards(s3: S3, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The same token shards on local disk and on S3."""
+    local = tiny_shards(tmp_path_factory.mktemp("s3-shards") / "shards")
+    return local, s3.upload_folder(local, BUCKET, "shards")
+
+
+def _object(s3: S3, key: str) -> Any:
+    return s3.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def _losses(metrics_jsonl: str) -> dict[int, float]:
+    """The loss per step, the latest record of a replayed step winning."""
+    records = [json.loads(line) for line in metrics_jsonl.splitlines()]
+    return {r["step"]: r["value"] for r in records if r["name"] == "loss"}
+
+
+def _complete(s3: S3, prefix: str) -> set[str]:
+    """The step folders under prefix whose completion marker is there."""
+    return {k.split("/")[-2] for k in s3.keys(BUCKET, prefix) if k.endswith("/trainer_state.json")}
+
+
+@pytest.fixture(scope="module")
+def local_run(
+    control_plane: BackgroundServer, shards: tuple[Path, str], tmp_path_factory
 ) -> tuple[dict[str, Any], Path]:
-    endpoint, _ = s3
-    work = tmp_path_factory.mktemp("train-s3")
-    spec = {
-        "data": str(tiny_shards(work / "shards")),
-        "output": str(work / "out"),
-        "checkpoint_storage": f"s3://{BUCKET}/runs/tiny",
-        "keep_last": 1,
-        "steps": STEPS,
-        "workers": 2,
-        "batch_size": 4,
-        "warmup_steps": 5,
-        "log_every": 5,
-        "eval_every": EVERY,
-        "eval_batches": 2,
-        "checkpoint_every": EVERY,
-        "max_failures": 1,
-        "tensorboard": False,
-        "model": TINY_MODEL,
-        "debug": {"fail_at_step": FAIL_AT, "wipe_local_checkpoints": True},
-    }
-    # the cluster's S3 endpoint and credentials, as an operator's environment would give them
-    cluster_env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-
-    body = run_with_env(control_plane, spec, cluster_env)
-    return body, work / "out"
+    out = tmp_path_factory.mktemp("train-local") / "out"
+    job = run_with_env(control_plane, {"data": str(shards[0]), "output": str(out), **COMMON}, {})
+    return job, out
 
 
-def test_the_restarted_group_resumes_from_s3(job: tuple[dict[str, Any], Path]) -> None:
-    body, out = job
-    assert body["state"] == "SUCCEEDED", body["message"]
-    assert json.loads((out / FAIL_MARKER).read_text()) == {
-        "step": FAIL_AT,
-        "wiped_checkpoints": True,
-    }
-    # the local disk lost steps 10 and 20; step 20 came back from S3, then 30 was written
-    assert "restored the step-20 checkpoint from" in body["logs"]
-    assert body["result"]["steps"] == STEPS
-    kept = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
-    assert f"step_{STEPS:08d}" in kept and "step_00000010" not in kept
+@pytest.fixture(scope="module")
+def s3_run(control_plane: BackgroundServer, s3: S3, shards: tuple[Path, str]) -> dict[str, Any]:
+    spec = {"data": shards[1], "output": f"s3://{BUCKET}/runs/ddp", **COMMON, **FAIL_AND_WIPE}
+    return run_with_env(control_plane, spec, s3.env)
 
 
-def test_s3_holds_the_newest_checkpoint_and_the_best(
-    job: tuple[dict[str, Any], Path], s3: tuple[str, Any]
+def test_the_s3_run_resumes_from_s3_and_matches_the_local_run(
+    s3_run: dict[str, Any], local_run: tuple[dict[str, Any], Path], s3: S3
 ) -> None:
-    body, _ = job
-    _, client = s3
-    keys = [
-        o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="runs/tiny/")["Contents"]
-    ]
-    states = [k for k in keys if k.endswith("trainer_state.json") and "/best/" not in k]
-    # keep_last=1: Ray Train pruned all but the newest persisted checkpoint
-    assert len(states) == 1, states
-    state_key = states[0]
-    state = json.loads(client.get_object(Bucket=BUCKET, Key=state_key)["Body"].read())
-    assert state["step"] == STEPS
-    best = json.loads(client.get_object(Bucket=BUCKET, Key="runs/tiny/best.json")["Body"].read())
-    assert best == {**body["result"]["best_checkpoint"], "uri": best["uri"]}
-    assert best["uri"] == f"s3://{BUCKET}/runs/tiny/best/{best['path']}"
-    best_files = {k.rsplit("/", 1)[1] for k in keys if f"/best/{best['path']}/" in k}
-    assert {"config.json", "model.safetensors", "trainer_state.json"} <= best_files
+    local_job, out = local_run
+    assert local_job["state"] == "SUCCEEDED", local_job["message"]
+    assert s3_run["state"] == "SUCCEEDED", s3_run["message"]
+    assert f"injected failure at step {FAIL_AT}" in s3_run["logs"]
+    marker = json.loads(_object(s3, f"runs/ddp/{FAIL_MARKER}"))
+    assert marker == {"step": FAIL_AT, "wiped_checkpoints": True}
+    # the node's scratch was wiped: the step-10 checkpoint came back from S3
+    assert (
+        f"fetching checkpoint s3://{BUCKET}/runs/ddp/checkpoints/step_00000010" in (s3_run["logs"])
+    )
+    result, expected = s3_run["result"], local_job["result"]
+    assert result["steps"] == STEPS
+    assert result["checkpoint"] == f"s3://{BUCKET}/runs/ddp/checkpoints/step_{STEPS:08d}"
+    assert len(result["nodes"]) == 2
+    # the same seed gives the same losses, through a failure and a resume from S3
+    remote = _losses(_object(s3, "runs/ddp/metrics.jsonl").decode())
+    assert sorted(remote) == list(range(5, STEPS + 1, 5))
+    assert remote == pytest.approx(_losses((out / "metrics.jsonl").read_text()), rel=1e-5)
+    assert result["first_loss"] == pytest.approx(expected["first_loss"], rel=1e-5)
+    assert result["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)
 
 
-def test_checkpoint_storage_takes_s3_or_a_path_only() -> None:
-    from pydantic import ValidationError
+def test_s3_keeps_the_newest_checkpoint_and_the_best(s3_run: dict[str, Any], s3: S3) -> None:
+    assert s3_run["state"] == "SUCCEEDED", s3_run["message"]
+    best = json.loads(_object(s3, "runs/ddp/checkpoints/best.json"))
+    assert best == s3_run["result"]["best_checkpoint"]
+    # keep_last=1: all but the newest complete checkpoint were deleted, except the best
+    assert _complete(s3, "runs/ddp/checkpoints/") == {f"step_{STEPS:08d}", best["path"]}
+    keys = s3.keys(BUCKET, "runs/ddp/")
+    assert "runs/ddp/train_summary.json" in keys
+    assert any(k.startswith("runs/ddp/ray/") for k in keys)  # Ray Train's run folder
 
-    from contracts.specs import TrainSpec
 
-    base = {"data": "d", "output": "o"}
-    assert TrainSpec(**base, checkpoint_storage="s3://b/p").checkpoint_storage == "s3://b/p"
-    assert TrainSpec(**base, checkpoint_storage="/shared/ckpt").checkpoint_storage
-    with pytest.raises(ValidationError, match="checkpoint_storage"):
-        TrainSpec(**base, checkpoint_storage="gs://bucket/x")
-    with pytest.raises(ValidationError, match="keep_last"):
-        TrainSpec(**base, keep_last=0)
+@pytest.fixture(scope="module")
+def fsdp_run(control_plane: BackgroundServer, s3: S3, shards: tuple[Path, str]) -> dict[str, Any]:
+    spec = {
+        "data": shards[1],
+        "output": f"s3://{BUCKET}/runs/fsdp",
+        "parallelism": "fsdp",
+        **COMMON,
+        "keep_last": None,
+        **FAIL_AND_WIPE,
+    }
+    return run_with_env(control_plane, spec, s3.env)
+
+
+def test_a_sharded_checkpoint_is_written_by_both_ranks_and_resumed(
+    fsdp_run: dict[str, Any], s3: S3
+) -> None:
+    assert fsdp_run["state"] == "SUCCEEDED", fsdp_run["message"]
+    assert f"injected failure at step {FAIL_AT}" in fsdp_run["logs"]
+    assert (
+        f"fetching checkpoint s3://{BUCKET}/runs/fsdp/checkpoints/step_00000010"
+        in (fsdp_run["logs"])
+    )
+    assert fsdp_run["result"]["steps"] == STEPS
+    for step in (EVERY, STEPS):
+        names = {
+            k.rsplit("/", 1)[1] for k in s3.keys(BUCKET, f"runs/fsdp/checkpoints/step_{step:08d}/")
+        }
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer_state.json"} <= names
+    # the steps replayed after the resume logged the losses of the first attempt
+    remote = _losses(_object(s3, "runs/fsdp/metrics.jsonl").decode())
+    assert sorted(remote) == list(range(5, STEPS + 1, 5))
+
+
+def test_evaluate_reads_a_checkpoint_and_shards_from_s3(
+    control_plane: BackgroundServer, s3_run: dict[str, Any], s3: S3, shards: tuple[Path, str]
+) -> None:
+    assert s3_run["state"] == "SUCCEEDED", s3_run["message"]
+    spec = {
+        "checkpoint": f"s3://{BUCKET}/runs/ddp",  # a train output: its latest checkpoint
+        "data": shards[1],
+        "output": f"s3://{BUCKET}/eval",
+        "max_batches": 2,
+        "max_new_tokens": 4,
+    }
+    job = run_with_env(control_plane, spec, s3.env, kind="evaluate")
+    assert job["state"] == "SUCCEEDED", job["message"]
+    assert job["result"]["checkpoint"] == s3_run["result"]["checkpoint"]
+    assert len(job["result"]["nodes"]) == 1
+    result = json.loads(_object(s3, "eval/eval.json"))
+    assert result["val_loss"] == pytest.approx(job["result"]["val_loss"])
+
+
+def test_checkpoint_storage_is_refused_with_what_to_do_instead() -> None:
+    with pytest.raises(ValidationError, match="checkpoints always live at <output>/checkpoints"):
+        TrainSpec.model_validate({"data": "d", "output": "o", "checkpoint_storage": "s3://b/p"})
+    spec = TrainSpec.model_validate({"data": "d", "output": "o", "placement_strategy": "SPREAD"})
+    assert spec.placement_strategy == "SPREAD"
+    with pytest.raises(ValidationError, match="placement_strategy"):
+        TrainSpec.model_validate({"data": "d", "output": "o", "placement_strategy": "ANY"})

@@ -24,7 +24,7 @@ def test_uri_fields_come_from_the_specs() -> None:
     assert fields == {
         "curate": {"input", "output"},
         "tokenize": {"input", "output", "tokenizer"},
-        "train": {"data", "output", "checkpoint_storage"},
+        "train": {"data", "output"},
         "evaluate": {"checkpoint", "data", "output", "tokenizer", "data_root"},
         "tune": {"data", "output"},
         "finetune": {"checkpoint", "data", "output", "tokenizer"},

@@ -1,8 +1,7 @@
 """Which checkpoints a run keeps: the newest K plus the best by validation loss.
 
-This is the one retention policy. The trainer applies it to its output folder after every
-save, and Ray Train storage (``ray_jobs.train_storage``) mirrors it for the persisted copies:
-Ray keeps the newest K, and the best one is copied beside them under ``best/``.
+This is the one retention policy. The trainer applies it to its output after every save: on
+local disk here, on object storage through ``location.Checkpoints`` (the same rules on the URI).
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ A sharded checkpoint folder holds:
 Unlike the full-state path in ``fsdp_full.py`` no rank ever holds the whole model, so this is
 the one to use past a few billion parameters. Saving is collective: all ranks write into a
 hidden ``.tmp-`` sibling that rank 0 renames into place once every rank has finished, so a
-crash mid-save leaves the previous checkpoint whole (the folder must be on storage every rank
-sees, as DCP itself requires). Loading works with or without a process group: a plain
-single-process model reads the same folder (``load_model``, evaluation, export).
+crash mid-save leaves the previous checkpoint whole. Where ranks share no disk, each one's
+``.tmp-`` folder is its own: it holds that rank's shards (rank 0's also the metadata) and each
+rank renames its own, for ``location`` to upload to object storage. Loading works with or
+without a process group: a plain single-process model reads the same folder (``load_model``,
+evaluation, export).
 """
 
 from __future__ import annotations
@@ -67,8 +69,10 @@ def save_sharded_checkpoint(
     tmp = target.parent / f".tmp-{target.name}"
     if _rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
     _barrier()
+    # every rank creates it: where ranks share no disk, each stages its own shards in a folder
+    # of its own (llm.train.checkpoint.location uploads them)
+    tmp.mkdir(parents=True, exist_ok=True)
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / DCP_DIR)
     if _rank() == 0:
@@ -78,6 +82,9 @@ def save_sharded_checkpoint(
         fsync_tree(tmp)
         move_into_place(tmp, target)
     _barrier()
+    if tmp.is_dir():  # a folder of this rank's own (a shared one rank 0 has moved already)
+        fsync_tree(tmp)
+        move_into_place(tmp, target)
     return target
 
 
