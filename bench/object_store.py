@@ -30,7 +30,7 @@ from typing import Any
 
 from bench._common import load_corpus
 from llm import storage
-from tests.cluster import s3_server
+from tests.s3 import s3_server
 
 BUCKET = "llmforge-bench"
 FILES = 8
@@ -109,8 +109,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="llmforge-bench-s3-"))
     docs = write_corpus(work / "corpus", args.docs)
     mb = sum(p.stat().st_size for p in (work / "corpus").iterdir()) / 1e6
-    with s3_server(BUCKET) as env:
-        os.environ.update(env)  # before Ray starts: its workers inherit the S3 settings
+    with s3_server(BUCKET) as s3:
+        os.environ.update(s3.env)  # before Ray starts: its workers inherit the S3 settings
         os.environ["LLMFORGE_SCRATCH"] = str(work / "scratch")
         from ray_jobs.cluster import init_ray
 

@@ -1,5 +1,5 @@
-"""A team cluster on one machine, for tests: an S3 server over HTTP (moto's) and Ray nodes that
-share no disk.
+"""A team cluster on one machine, for tests: Ray nodes that share no disk (with ``tests.s3``'s
+S3 server over HTTP between them).
 
 Each node is its own ``ray start`` with its own temp dir, its own scratch folder
 (``LLMFORGE_SCRATCH``) and a custom resource naming it, all on loopback. The object store is the
@@ -17,45 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
-
 from services.ray_auth import RayToken
 from services.ray_head import LocalRayHead, LocalRayWorker, free_port
 
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "test",
-    "AWS_SECRET_ACCESS_KEY": "test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 # A dead node is noticed in seconds rather than Ray's default of about half a minute.
 FAST_NODE_DEATH = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-
-
-@contextmanager
-def s3_server(bucket: str) -> Iterator[dict[str, str]]:
-    """moto's S3 server on a free loopback port with ``bucket`` in it; yields the environment
-    (endpoint and credentials) that reaches it."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
-    try:
-        yield env
-    finally:
-        server.stop()
 
 
 @dataclass

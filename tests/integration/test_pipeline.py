@@ -34,7 +34,8 @@ from services.server import BackgroundServer
 from services.settings import Settings
 from services.store import crud
 from services.store.models import JobState
-from tests.cluster import Cluster, ray_cluster, s3_server
+from tests.cluster import Cluster, ray_cluster
+from tests.s3 import s3_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRAIN_STEPS = 40
@@ -217,11 +218,11 @@ def team(
     and whose Ray cluster has two nodes; both nodes' scratch is wiped before every stage."""
     root = tmp_path_factory.mktemp("team")
     with (
-        s3_server(BUCKET) as env,
+        s3_server(BUCKET) as s3,
         pytest.MonkeyPatch.context() as patch,
-        ray_cluster(root, env) as cluster,
+        ray_cluster(root, s3.env) as cluster,
     ):
-        for name, value in env.items():  # the control plane reads S3 with the same settings
+        for name, value in s3.env.items():  # the control plane reads S3 with the same settings
             patch.setenv(name, value)
         patch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.head.ray.token.path))
         settings = Settings(
