@@ -198,6 +198,8 @@ class TeamCluster:
     cluster: Cluster
     url: str
     work: str  # the s3:// prefix the stages write under
+    root_uri: str  # the control plane's artifact root
+    home: Path  # the control plane's own folder
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -239,7 +241,13 @@ def team(
         try:
             corpus = f"s3://{BUCKET}/corpus/cc_dolma_sample"
             storage.upload(shared_data / "web" / "cc_dolma_sample", corpus)
-            team = TeamCluster(cluster, server.url, f"s3://{BUCKET}/work")
+            team = TeamCluster(
+                cluster,
+                server.url,
+                f"s3://{BUCKET}/work",
+                settings.resolved_artifact_root,
+                settings.home,
+            )
             body = _body(corpus, team.work)
             # one training worker on each node
             body["stages"][2]["spec"]["placement_strategy"] = "STRICT_SPREAD"
@@ -294,8 +302,10 @@ def test_every_artifact_is_on_s3(team: TeamCluster) -> None:
         assert f"{stage}/result.json" in files
     assert "tokens/manifest.json" in files and "tokens/tokenizer.json" in files
     assert any(re.fullmatch(r"train/checkpoints/step_\d+/.+", f) for f in files)
-    for node in team.cluster.nodes:  # wiped before the last stage: only its leftovers remain
-        assert not any(p.suffix in (".parquet", ".bin") for p in node.scratch.rglob("*"))
+    assert f"jobs/{team.jobs['train']['id']}/spec.json" in {
+        e.uri.removeprefix(team.root_uri + "/") for e in storage.list_files(team.root_uri)
+    }
+    assert not (team.home / "artifacts").exists()  # nothing on the control plane's disk
 
 
 def _steps(client: httpx.Client, job_id: str) -> list[int]:
