@@ -126,6 +126,9 @@ def main() -> None:
                 result = run_jobs(corpus, root, f"run{r}", args.train_steps)
                 runs[where].append(result)
                 print(where, r, json.dumps(result), flush=True)
+        import ray
+
+        ray.shutdown()  # before the summary, so no late Ray log line follows the JSON
     local, s3 = runs["local"], runs["s3"]
     # the same jobs on the same data: the same results wherever the files live
     assert {r["kept"] for r in local + s3} == {local[0]["kept"]}, "kept counts differ"

@@ -3,6 +3,7 @@ cluster's operator would give the jobs (never a spec's business)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class S3:
 def s3_server(*buckets: str) -> Iterator[S3]:
     moto_server = pytest.importorskip("moto.server")
     boto3 = pytest.importorskip("boto3")
+    # one log line per request otherwise: thousands for a pipeline, burying what matters
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
     server.start()
     try:
