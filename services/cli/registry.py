@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from services.cli.client import api_client, load_file, print_response
+from services.cli.download import add_registry_download
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -100,6 +101,7 @@ def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:
     delete.add_argument("id")
     delete.add_argument("--delete-files", action="store_true", help="also delete its files")
     delete.set_defaults(fn=cmd_delete, category=category)
+    add_registry_download(actions, category)
 
 
 def add_registry_commands(sub: Any) -> None:

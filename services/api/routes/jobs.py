@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from llm import storage
 from services.api.deps import RayDep, SchedulerDep, SessionDep
+from services.api.downloads import DOWNLOAD_RESPONSES, file_response, locate
 from services.api.schemas import (
     JobCreate,
     JobPublic,
@@ -257,6 +258,27 @@ def job_artifacts(
             status.HTTP_502_BAD_GATEWAY, redact(f"cannot list {output}: {e}")
         ) from e
     return {"job_id": job_id, "output": output, "files": files}
+
+
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    response_class=StreamingResponse,
+    responses=DOWNLOAD_RESPONSES,
+)
+def download_artifact(
+    job_id: str,
+    path: str,
+    session: SessionDep,
+    who: PrincipalDep,
+    range: Annotated[
+        str | None, Header(description="bytes=first-last, bytes=first- or bytes=-suffix")
+    ] = None,
+) -> StreamingResponse:
+    """One file of the job's output (a path relative to it), streamed; ranges resume large
+    downloads."""
+    job = job_or_404(session, job_id, who)
+    uri, size = locate(str(job.spec.get("output", "")), path, f"job {job_id}")
+    return file_response(uri, size, range)
 
 
 @router.get("/{job_id}/metrics")

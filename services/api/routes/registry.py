@@ -10,10 +10,14 @@ category, and FastAPI reads their parameter types at definition time, locals inc
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+import pyarrow.fs as pafs
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi.responses import StreamingResponse
 
+from llm import storage
 from services import job_outputs
 from services.api.deps import SessionDep
+from services.api.downloads import DOWNLOAD_RESPONSES, check_relative, file_response, locate
 from services.api.schemas import (
     ArtifactCreate,
     ArtifactPublic,
@@ -134,6 +138,19 @@ def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> Arti
     return public
 
 
+def _file(artifact: Artifact, path: str) -> tuple[str, int]:
+    """The artifact's file at ``path``: inside its folder, or its own name when it is a file."""
+    name = artifact.uri.rstrip("/").rsplit("/", 1)[-1]
+    if check_relative(path) == name:
+        try:
+            found = storage.info(artifact.uri)
+        except OSError:
+            found = None
+        if found is not None and found.type == pafs.FileType.File:
+            return storage.resolve(artifact.uri), int(found.size)
+    return locate(artifact.uri, path, f"{artifact.category} {artifact.id}")
+
+
 def build_router(
     category: ArtifactCategory, kinds: type[DatasetKind] | type[ModelKind]
 ) -> APIRouter:
@@ -192,6 +209,25 @@ def build_router(
     def lineage(artifact_id: str, session: SessionDep, who: PrincipalDep) -> LineagePublic:
         """The artifact and its ancestors: what each was made from, by which job."""
         return _lineage(session, category, artifact_id, who)
+
+    @router.get(
+        "/{artifact_id}/files/{path:path}",
+        name=f"download_{category.value}_file",
+        response_class=StreamingResponse,
+        responses=DOWNLOAD_RESPONSES,
+    )
+    def download(
+        artifact_id: str,
+        path: str,
+        session: SessionDep,
+        who: PrincipalDep,
+        range: Annotated[
+            str | None, Header(description="bytes=first-last, bytes=first- or bytes=-suffix")
+        ] = None,
+    ) -> StreamingResponse:
+        """One file under the artifact's URI (a path relative to it), streamed, with ranges."""
+        artifact = _one_or_404(session, category, artifact_id, who)
+        return file_response(*_file(artifact, path), range)
 
     @router.delete("/{artifact_id}", name=f"delete_{category.value}")
     def delete(
