@@ -4,6 +4,8 @@ Keys are random, shown once, stored as SHA-256 hashes. Roles rank read_only < me
 reads need read_only, writes need member, key management needs admin. A user sees the jobs of
 their own team; cancelling another user's job needs admin. The first start of a control plane
 with no keys creates an admin key in ``LLMFORGE_HOME/admin.key`` (mode 0600), for the CLI.
+A key may expire (401 saying so), be rotated (a new key, the old one revoked at once or after a
+grace period) and is rate limited per key (429 with ``Retry-After``; ``services.api.ratelimit``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -42,10 +45,25 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str, role: Role, team: str) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session,
+    *,
+    name: str,
+    role: Role,
+    team: str,
+    expires_at: datetime | None = None,
+    rate_limit_per_min: int | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key (``expires_at``: naive UTC, or None for a key that does not expire)."""
     raw = f"lf_{secrets.token_urlsafe(32)}"
     key = ApiKey(
-        id=secrets.token_hex(6), name=name, key_hash=hash_key(raw), role=role.value, team=team
+        id=secrets.token_hex(6),
+        name=name,
+        key_hash=hash_key(raw),
+        role=role.value,
+        team=team,
+        expires_at=expires_at,
+        rate_limit_per_min=rate_limit_per_min,
     )
     session.add(key)
     session.flush()
@@ -67,8 +85,10 @@ def bootstrap_admin_key(session: Session, home: Path) -> Path | None:
 
 
 def _lookup(session: Session, raw: str) -> ApiKey | None:
+    """The key, unless unknown or revoked (a revocation in the future is a rotation's grace
+    period); an expired key is returned, for the caller to say so."""
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(raw))).first()
-    if key is None or key.revoked_at is not None:
+    if key is None or (key.revoked_at is not None and key.revoked_at <= utcnow()):
         return None
     # The hash lookup already matched; compare again in constant time for good measure.
     return key if hmac.compare_digest(key.key_hash, hash_key(raw)) else None
@@ -99,6 +119,20 @@ def principal(
             "'X-API-Key: <key>' (admins create keys with `llmforge keys create`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"this API key ({key.id}) expired at {key.expires_at.isoformat()}Z: ask an admin "
+            "for a new one (`llmforge keys create` or `llmforge keys rotate`)",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    wait = request.app.state.rate_limiter.wait_s(key.id, key.rate_limit_per_min)
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"rate limit of this API key reached: retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
     return Principal(key_id=key.id, role=Role(key.role), team=key.team)
 
 
@@ -120,8 +154,9 @@ def require_admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     return who
 
 
-def revoke(key: ApiKey) -> None:
-    key.revoked_at = utcnow()
+def revoke(key: ApiKey, at: datetime | None = None) -> None:
+    """Revoke now, or at ``at`` (naive UTC): until then the key still works."""
+    key.revoked_at = at or utcnow()
 
 
 PrincipalDep = Annotated[Principal, Depends(authorize)]

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Jobs a team may have submitted to Ray at once (PENDING or RUNNING); more wait QUEUED.
     # An admin can set a team's own limit (PUT /api/v1/teams/{team}/limit).
     team_max_running: int = Field(default=4, ge=0)
+    # Requests a minute per API key (token bucket, in this process); 0: no limit. A key created
+    # with its own rate_limit_per_min uses that instead.
+    rate_limit_per_min: int = Field(default=600, ge=0)
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:

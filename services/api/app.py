@@ -10,7 +10,10 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from services.api.limits import limit_request_size
 from services.api.observability import instrument
+from services.api.ratelimit import RateLimiter
+from services.api.request_id import add_request_ids
 from services.api.routes import (
+    audit,
     config,
     health,
     ingest,
@@ -112,9 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         teams.router,
     ):
         api.include_router(router, dependencies=secured)
-    for module in (health, ingest, keys, config):  # no key, a job token, admin per route
+    for module in (health, ingest, keys, config, audit):  # no key, a job token, admin per route
         api.include_router(module.router)
     app.include_router(api)
     instrument(app)
     limit_request_size(app, settings.max_request_bytes)
+    add_request_ids(app)  # the outermost: every answer, a 413 included, carries one
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_min)
     return app

@@ -72,6 +72,10 @@ def cmd_pipeline_resume(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     body = {"name": args.name, "role": args.role, "team": args.team}
+    if args.expires_in_days is not None:
+        body["expires_in_days"] = args.expires_in_days
+    if args.rate_limit is not None:
+        body["rate_limit_per_min"] = args.rate_limit
     with api_client() as api:
         return print_response(api.post("/api/v1/keys", json=body))
 
@@ -86,14 +90,35 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
         return print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    body: dict[str, int] = {"grace_seconds": args.grace_seconds}
+    if args.expires_in_days is not None:
+        body["expires_in_days"] = args.expires_in_days
+    with api_client() as api:
+        return print_response(api.post(f"/api/v1/keys/{args.key_id}/rotate", json=body))
+
+
 def _add_keys(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="API keys (admin)")
+    keys = sub.add_parser("keys", help="API keys (admin; rotate: also your own)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key; it is printed once")
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=["read_only", "member", "admin"], default="member")
     create.add_argument("--team", default="default")
+    create.add_argument("--expires-in-days", type=int, help="the key stops working after this")
+    create.add_argument(
+        "--rate-limit", type=int, help="its requests a minute (0: none; default: the server's)"
+    )
     create.set_defaults(fn=cmd_keys_create)
+    rotate = ksub.add_parser(
+        "rotate", help="a new key like this one (printed once); the old one is revoked"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace-seconds", type=int, default=0, help="the old key keeps working this long"
+    )
+    rotate.add_argument("--expires-in-days", type=int, help="the new key's lifetime")
+    rotate.set_defaults(fn=cmd_keys_rotate)
     ksub.add_parser("list", help="list keys").set_defaults(fn=cmd_keys_list)
     revoke = ksub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")

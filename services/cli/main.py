@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from services.cli.audit import add_audit_commands
 from services.cli.download import add_download_commands
 from services.cli.eval import add_eval_commands
 from services.cli.jobs import add_job_commands
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub)
     add_registry_commands(sub)
     add_download_commands(sub)
+    add_audit_commands(sub)
     _add_tokenizer_train(sub)
     _add_plan(sub)
     add_quality_commands(sub)

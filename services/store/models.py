@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -63,7 +63,11 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     team: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A revocation in the future is a rotated key's grace period: it works until then.
     revoked_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
+    # Requests a minute (a token bucket); None: the LLMFORGE_RATE_LIMIT_PER_MIN setting.
+    rate_limit_per_min: Mapped[int | None] = mapped_column(Integer)
 
 
 class Pipeline(Base):
@@ -197,3 +201,30 @@ class Rating(Base):
     task: Mapped[str | None] = mapped_column(String(100))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what, when, to which resource, under which request id, and how it ended. Details
+    are small and never hold a secret (a raw key, a token, a spec's credentials)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_time", "time"),
+        Index("ix_audit_action", "action"),
+        Index("ix_audit_team", "team"),
+        Index("ix_audit_key", "key_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=lambda: datetime.now(UTC)
+    )
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    team: Mapped[str | None] = mapped_column(String(100))
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -37,6 +37,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundSer
             ray_address=f"http://127.0.0.1:{free_port()}",
             artifact_root=str(home / "artifacts"),
             poll_interval_s=3600,
+            rate_limit_per_min=0,  # hundreds of requests a minute, all with the admin key
         )
     )
     server.start()

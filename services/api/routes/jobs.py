@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
 from llm import storage
+from services.api.auditing import audit_event
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, file_response, locate
 from services.api.schemas import (
@@ -84,6 +85,7 @@ def submit_job(
     ray: RayDep,
     response: Response,
     who: PrincipalDep,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
     spec = validate_spec(body.kind, body.spec, ("body", "spec"))
@@ -105,6 +107,10 @@ def submit_job(
         state=JobState.queued,
         priority=body.priority,
     )
+    audit_event(
+        session, request, who, "job.submit", "job", job.id, status_code=201,
+        kind=body.kind.value, name=body.name, output=str(spec.get("output", "")),
+    )  # fmt: skip
     try:
         session.commit()
     except IntegrityError:  # the same key, sent twice at once: the other request won
@@ -178,7 +184,12 @@ def get_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) ->
 
 @router.post("/{job_id}/cancel")
 def cancel_job(
-    job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep, who: PrincipalDep
+    job_id: str,
+    session: SessionDep,
+    scheduler: SchedulerDep,
+    ray: RayDep,
+    who: PrincipalDep,
+    request: Request,
 ) -> JobPublic:
     job = job_or_404(session, job_id, who)
     _own_or_admin(job, who, "cancel")
@@ -193,6 +204,7 @@ def cancel_job(
         crud.set_state(session, job=job, state=JobState.stopped, message="cancelled by user")
     else:  # waiting or queued: it never reached Ray in this attempt
         crud.set_state(session, job=job, state=JobState.cancelled, message="cancelled by user")
+    audit_event(session, request, who, "job.cancel", "job", job_id, state=job.state)
     session.commit()
     scheduler.dispatch()  # its slot, if it held one, goes to the next queued job
     return to_public(job, ray)
@@ -200,7 +212,12 @@ def cancel_job(
 
 @router.post("/{job_id}/retry")
 def retry_job(
-    job_id: str, session: SessionDep, scheduler: SchedulerDep, ray: RayDep, who: PrincipalDep
+    job_id: str,
+    session: SessionDep,
+    scheduler: SchedulerDep,
+    ray: RayDep,
+    who: PrincipalDep,
+    request: Request,
 ) -> JobPublic:
     """Run an ended, unsuccessful job again; training resumes from its last checkpoint."""
     job = job_or_404(session, job_id, who)
@@ -210,7 +227,9 @@ def retry_job(
             status.HTTP_409_CONFLICT,
             f"job {job_id} is {job.state}; only FAILED, STOPPED or CANCELLED jobs can be retried",
         )
+    previous = job.state
     scheduler.requeue(session, job)
+    audit_event(session, request, who, "job.retry", "job", job_id, previous_state=previous)
     session.commit()
     scheduler.dispatch()
     session.refresh(job)

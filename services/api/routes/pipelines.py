@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
+from services.api.auditing import audit_event
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import public_page
 from services.api.schemas import PipelineCreate, PipelinePublic
@@ -68,6 +69,7 @@ def create_pipeline(
     scheduler: SchedulerDep,
     ray: RayDep,
     who: PrincipalDep,
+    request: Request,
 ) -> PipelinePublic:
     _check_graph(body)
     specs = [
@@ -94,6 +96,10 @@ def create_pipeline(
         )
         ids[stage.name] = job.id
         jobs.append(job)
+    audit_event(
+        session, request, who, "pipeline.create", "pipeline", pipeline.id, status_code=201,
+        name=body.name, stages=len(body.stages), jobs=",".join(ids.values()),
+    )  # fmt: skip
     session.commit()
     scheduler.dispatch()  # queue and start the root stages now rather than at the next poll
     session.expire_all()
@@ -107,6 +113,7 @@ def resume_pipeline(
     scheduler: SchedulerDep,
     ray: RayDep,
     who: PrincipalDep,
+    request: Request,
 ) -> PipelinePublic:
     """Run the failed stage again, and the stages its failure cancelled, keeping what succeeded."""
     pipeline, jobs = _visible(session, pipeline_id, who)
@@ -119,6 +126,7 @@ def resume_pipeline(
     for job in jobs:
         if job.state in RETRYABLE:
             scheduler.requeue(session, job)
+    audit_event(session, request, who, "pipeline.resume", "pipeline", pipeline_id)
     session.commit()
     scheduler.dispatch()
     session.expire_all()

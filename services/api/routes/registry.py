@@ -11,11 +11,12 @@ category, and FastAPI reads their parameter types at definition time, locals inc
 from typing import Annotated
 
 import pyarrow.fs as pafs
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from llm import storage
 from services import job_outputs
+from services.api.auditing import audit_event
 from services.api.deps import SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, check_relative, file_response, locate
 from services.api.schemas import (
@@ -115,7 +116,13 @@ def _lineage(
     return LineagePublic(artifact_id=artifact_id, chain=_public(session, shown), complete=complete)
 
 
-def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> ArtifactPublic:
+def _delete(
+    session: SessionDep,
+    artifact: Artifact,
+    delete_files: bool,
+    request: Request,
+    who: Principal,
+) -> ArtifactPublic:
     children = store.children(session, artifact_id=artifact.id)
     if children:
         raise HTTPException(
@@ -133,6 +140,10 @@ def _delete(session: SessionDep, artifact: Artifact, delete_files: bool) -> Arti
             raise HTTPException(
                 status.HTTP_502_BAD_GATEWAY, redact(f"files not deleted: {e}")
             ) from e
+    audit_event(
+        session, request, who, f"{artifact.category}.delete", artifact.category, artifact.id,
+        name=artifact.name, uri=artifact.uri, team=artifact.team, delete_files=delete_files,
+    )  # fmt: skip
     store.delete_artifact(session, artifact=artifact)
     session.commit()
     return public
@@ -234,11 +245,13 @@ def build_router(
         artifact_id: str,
         session: SessionDep,
         who: AdminDep,
+        request: Request,
         delete_files: Annotated[
             bool, Query(description="also delete the files at its URI (default: keep them)")
         ] = False,
     ) -> ArtifactPublic:
-        return _delete(session, _one_or_404(session, category, artifact_id, who), delete_files)
+        artifact = _one_or_404(session, category, artifact_id, who)
+        return _delete(session, artifact, delete_files, request, who)
 
     return router
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlalchemy import func, select
 
+from services.api.auditing import audit_event
 from services.api.deps import SchedulerDep, SessionDep
 from services.api.schemas import TeamLimitSet, TeamPublic
 from services.auth import AdminDep, PrincipalDep
@@ -59,9 +60,16 @@ def set_limit(
     body: TeamLimitSet,
     session: SessionDep,
     scheduler: SchedulerDep,
-    _: AdminDep,
+    who: AdminDep,
+    request: Request,
 ) -> TeamPublic:
+    before = session.get(TeamLimit, team)
+    previous = before.max_running if before else None
     queue.set_team_limit(session, team=team, max_running=body.max_running)
+    audit_event(
+        session, request, who, "team.limit.set", "team", team,
+        max_running=body.max_running, previous=previous,
+    )  # fmt: skip
     session.commit()
     scheduler.dispatch()  # a raised limit starts queued jobs now
     return _team_public(session, team, scheduler.settings.team_max_running)
@@ -69,11 +77,12 @@ def set_limit(
 
 @router.delete("/{team}/limit")
 def clear_limit(
-    team: TeamName, session: SessionDep, scheduler: SchedulerDep, _: AdminDep
+    team: TeamName, session: SessionDep, scheduler: SchedulerDep, who: AdminDep, request: Request
 ) -> TeamPublic:
     """Back to the default limit."""
     if not queue.clear_team_limit(session, team=team):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"team {team} has no limit of its own")
+    audit_event(session, request, who, "team.limit.clear", "team", team)
     session.commit()
     scheduler.dispatch()
     return _team_public(session, team, scheduler.settings.team_max_running)

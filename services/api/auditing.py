@@ -1,0 +1,60 @@
+"""Writing the audit log from a route: who (the key), which request, what, to which resource.
+
+The event joins the route's own transaction, so it is stored exactly when the change is. Details
+pass through :func:`safe_details`: small, and never a value under a secret-looking name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.orm import Session
+
+from services.api.request_id import request_id_of
+from services.auth import Principal
+from services.redact import redact
+from services.store import audit
+
+_SECRET = re.compile(r"key|token|secret|password|credential|authorization", re.IGNORECASE)
+_MAX_TEXT = 500
+
+
+def safe_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Only short scalars, nothing under a secret-looking name, URLs' passwords masked."""
+    kept: dict[str, Any] = {}
+    for name, value in details.items():
+        if _SECRET.search(name) and not name.endswith("_id"):
+            continue
+        if isinstance(value, str):
+            value = redact(value)[:_MAX_TEXT]
+        elif not isinstance(value, int | float | bool | None):
+            value = redact(str(value))[:_MAX_TEXT]
+        kept[name] = value
+    return kept
+
+
+def audit_event(
+    session: Session,
+    request: Request,
+    who: Principal,
+    action: str,
+    resource_type: str,
+    resource_id: str | None,
+    *,
+    status_code: int = 200,
+    **details: Any,
+) -> None:
+    audit.record(
+        session,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        key_id=who.key_id,
+        team=who.team,
+        role=who.role.value,
+        request_id=request_id_of(request),
+        status_code=status_code,
+        details=safe_details(details),
+    )

@@ -1,0 +1,250 @@
+"""Accountability: the audit log, request ids, key expiry and rotation, per-key rate limits.
+
+A real control plane (TestClient, keys on) on SQLite and on PostgreSQL (the ``database_url``
+fixture of conftest.py); Ray is an address where nothing listens, so jobs stay in the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.auth import ADMIN_KEY_FILE
+from services.ray_head import free_port
+from services.server import BackgroundServer
+from services.settings import Settings
+from services.store.models import ApiKey, utcnow
+
+Client = tuple[TestClient, dict[str, str]]
+CURATE = {"kind": "curate", "spec": {"input": "x", "output": "y"}}
+
+
+def _settings(home: Path, **kw: Any) -> Settings:
+    return Settings(
+        home=home, ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=3600, **kw
+    )
+
+
+@pytest.fixture()
+def app_db(tmp_path: Path, database_url: str) -> Iterator[Client]:
+    with TestClient(create_app(_settings(tmp_path, database_url=database_url))) as client:
+        key = (tmp_path / ADMIN_KEY_FILE).read_text().strip()
+        yield client, {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture()
+def app_sqlite(tmp_path: Path) -> Iterator[Client]:
+    with TestClient(create_app(_settings(tmp_path, rate_limit_per_min=2))) as client:
+        key = (tmp_path / ADMIN_KEY_FILE).read_text().strip()
+        yield client, {"Authorization": f"Bearer {key}"}
+
+
+def _key(client: TestClient, admin: dict[str, str], **body: Any) -> tuple[str, dict[str, str]]:
+    body = {"name": "k", "role": "member", **body}
+    r = client.post("/api/v1/keys", json=body, headers=admin)
+    assert r.status_code == 201, r.text
+    return r.json()["id"], {"X-API-Key": r.json()["key"]}
+
+
+def _set_key(client: TestClient, key_id: str, **values: Any) -> None:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        key = session.get(ApiKey, key_id)
+        assert key is not None
+        for name, value in values.items():
+            setattr(key, name, value)
+        session.commit()
+
+
+def test_the_audit_log_records_who_did_what(app_db: Client) -> None:
+    client, admin = app_db
+    admin_id = client.get("/api/v1/keys", headers=admin).json()[0]["id"]
+    alice_id, alice = _key(client, admin, name="alice", team="red")
+    reader_id, reader = _key(client, admin, name="rita", role="read_only", team="red")
+    # a paused queue keeps the job QUEUED (Ray is not there): cancel and retry both apply
+    assert client.put("/api/v1/teams/red/limit", json={"max_running": 0}, headers=admin).is_success
+    job = client.post("/api/v1/jobs", json=CURATE, headers={**alice, "X-Request-ID": "req-1"})
+    assert job.status_code == 201 and job.headers["x-request-id"] == "req-1"
+    job_id = job.json()["id"]
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=alice).status_code == 200
+    assert client.post(f"/api/v1/jobs/{job_id}/retry", headers=alice).status_code == 200
+    pipeline = {"name": "p", "stages": [{"name": "c", "kind": "curate", "spec": CURATE["spec"]}]}
+    assert client.post("/api/v1/pipelines", json=pipeline, headers=alice).status_code == 201
+    assert client.put("/api/v1/teams/red/limit", json={"max_running": 2}, headers=admin).is_success
+    assert client.delete("/api/v1/teams/red/limit", headers=admin).is_success
+    dataset = client.post(
+        "/api/v1/datasets", json={"name": "d", "kind": "raw", "uri": "/tmp/none"}, headers=alice
+    ).json()
+    assert client.delete(f"/api/v1/datasets/{dataset['id']}", headers=admin).is_success
+    assert client.delete(f"/api/v1/keys/{reader_id}", headers=admin).is_success
+    # reads are not audited, refusals change nothing
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).is_success
+    assert client.post("/api/v1/keys", json={"name": "x"}, headers=alice).status_code == 403
+
+    # only admins read it
+    assert client.get("/api/v1/audit", headers=alice).status_code == 403
+    assert client.get("/api/v1/audit", headers=reader).status_code == 401  # revoked
+    _, reader2 = _key(client, admin, name="r2", role="read_only", team="red")
+    assert client.get("/api/v1/audit", headers=reader2).status_code == 403
+    assert client.get("/api/v1/audit").status_code == 401
+
+    r = client.get("/api/v1/audit", params={"limit": 1000}, headers=admin)
+    assert r.status_code == 200, r.text
+    events = list(reversed(r.json()["data"]))
+    assert [(e["action"], e["key_id"]) for e in events] == [
+        ("key.create", admin_id),
+        ("key.create", admin_id),
+        ("team.limit.set", admin_id),
+        ("job.submit", alice_id),
+        ("job.cancel", alice_id),
+        ("job.retry", alice_id),
+        ("pipeline.create", alice_id),
+        ("team.limit.set", admin_id),
+        ("team.limit.clear", admin_id),
+        ("dataset.delete", admin_id),
+        ("key.revoke", admin_id),
+        ("key.create", admin_id),
+    ]
+    submit = events[3]
+    assert submit["team"] == "red" and submit["role"] == "member"
+    assert submit["request_id"] == "req-1" and submit["status_code"] == 201
+    assert submit["resource_type"] == "job" and submit["resource_id"] == job_id
+    assert submit["details"]["kind"] == "curate"
+    assert datetime.fromisoformat(submit["time"]).utcoffset() == timedelta(0)
+    assert events[2]["details"] == {"max_running": 0, "previous": None}
+    assert events[7]["details"] == {"max_running": 2, "previous": 0}
+    assert all(len(e["request_id"]) >= 1 for e in events)
+    assert "lf_" not in r.text  # no raw key anywhere in the log
+
+    def actions(**params: Any) -> list[str]:
+        got = client.get("/api/v1/audit", params=params, headers=admin)
+        assert got.status_code == 200, got.text
+        return [e["action"] for e in got.json()["data"]]
+
+    assert actions(action="job.cancel") == ["job.cancel"]
+    assert actions(key_id=alice_id) == ["pipeline.create", "job.retry", "job.cancel", "job.submit"]
+    assert actions(team="red", resource_type="job") == ["job.retry", "job.cancel", "job.submit"]
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    assert actions(since=later) == []
+    assert len(actions(until=later)) == 12
+    first = client.get("/api/v1/audit", params={"limit": 4}, headers=admin).json()
+    second = client.get(
+        "/api/v1/audit", params={"limit": 4, "cursor": first["next_cursor"]}, headers=admin
+    ).json()
+    ids = [e["id"] for e in first["data"] + second["data"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 8
+    assert client.get("/api/v1/audit", params={"cursor": "x"}, headers=admin).status_code == 422
+
+
+def test_request_ids_are_honoured_when_safe(app_sqlite: Client) -> None:
+    client, _ = app_sqlite
+    assert (
+        client.get("/api/v1/health/live", headers={"X-Request-ID": "abc.1:2-3"}).headers[
+            "x-request-id"
+        ]
+        == "abc.1:2-3"
+    )
+    for bad in ("a b", "x" * 65, "<script>", "../x"):
+        got = client.get("/api/v1/health/live", headers={"X-Request-ID": bad})
+        assert got.headers["x-request-id"] != bad and len(got.headers["x-request-id"]) == 32
+    assert len(client.get("/api/v1/jobs").headers["x-request-id"]) == 32  # a 401 too
+
+
+def test_an_expired_key_is_refused_saying_so(app_db: Client) -> None:
+    client, admin = app_db
+    key_id, member = _key(client, admin, expires_in_days=1)
+    listed = {k["id"]: k for k in client.get("/api/v1/keys", headers=admin).json()}
+    expires = datetime.fromisoformat(listed[key_id]["expires_at"])
+    assert timedelta(hours=23) < expires - utcnow() <= timedelta(days=1)
+    assert client.get("/api/v1/jobs", headers=member).status_code == 200
+    _set_key(client, key_id, expires_at=utcnow() - timedelta(seconds=1))
+    r = client.get("/api/v1/jobs", headers=member)
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+    # expires_at at creation: in the future, and not with expires_in_days
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    _, _ = _key(client, admin, expires_at=soon)
+    past = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    body = {"name": "x", "expires_at": past}
+    assert client.post("/api/v1/keys", json=body, headers=admin).status_code == 422
+    body = {"name": "x", "expires_at": soon, "expires_in_days": 3}
+    assert client.post("/api/v1/keys", json=body, headers=admin).status_code == 422
+
+
+def test_rotation_replaces_the_key(app_db: Client) -> None:
+    client, admin = app_db
+    alice_id, alice = _key(client, admin, name="alice", team="red", expires_in_days=30)
+    bob_id, bob = _key(client, admin, name="bob", team="red")
+    assert client.post(f"/api/v1/keys/{bob_id}/rotate", headers=alice).status_code == 403
+    r = client.post(f"/api/v1/keys/{alice_id}/rotate", headers=alice)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert (new["name"], new["role"], new["team"]) == ("alice", "member", "red")
+    assert new["id"] != alice_id and new["previous"]["id"] == alice_id
+    assert new["expires_at"] is not None  # the same lifetime from now
+    assert client.get("/api/v1/jobs", headers=alice).status_code == 401
+    fresh = {"X-API-Key": new["key"]}
+    assert client.get("/api/v1/jobs", headers=fresh).status_code == 200
+    assert client.post(f"/api/v1/keys/{alice_id}/rotate", headers=admin).status_code == 409
+
+    # with a grace period the old key works until it ends; an admin rotates anyone's key
+    r = client.post(f"/api/v1/keys/{bob_id}/rotate", json={"grace_seconds": 600}, headers=admin)
+    assert r.status_code == 201
+    assert client.get("/api/v1/jobs", headers=bob).status_code == 200
+    assert client.get("/api/v1/jobs", headers={"X-API-Key": r.json()["key"]}).status_code == 200
+    _set_key(client, bob_id, revoked_at=utcnow() - timedelta(seconds=1))
+    assert client.get("/api/v1/jobs", headers=bob).status_code == 401
+    audit = client.get("/api/v1/audit", params={"action": "key.rotate"}, headers=admin).json()
+    assert [(e["resource_id"], e["details"]["new_key_id"]) for e in audit["data"]] == [
+        (bob_id, r.json()["id"]),
+        (alice_id, new["id"]),
+    ]
+
+
+def test_rate_limit_per_key(app_sqlite: Client) -> None:
+    """LLMFORGE_RATE_LIMIT_PER_MIN=2 here: a burst of 2, then 429 with Retry-After."""
+    client, admin = app_sqlite
+    _, limited = _key(client, admin)
+    _, free = _key(client, admin, rate_limit_per_min=0)  # the admin's 2 requests are spent
+    r = client.get("/api/v1/jobs", headers=admin)
+    assert r.status_code == 429
+    assert 1 <= int(r.headers["retry-after"]) <= 30 and "rate limit" in r.json()["detail"]
+    assert client.get("/api/v1/jobs", headers=limited).status_code == 200
+    assert client.get("/api/v1/jobs", headers=limited).status_code == 200
+    assert client.get("/api/v1/jobs", headers=limited).status_code == 429
+    assert all(client.get("/api/v1/jobs", headers=free).status_code == 200 for _ in range(10))
+    assert all(client.get("/api/v1/health/live").status_code == 200 for _ in range(10))
+    assert client.get("/metrics").status_code == 200
+
+
+def test_cli_keys_and_audit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main
+
+    settings = _settings(tmp_path / "home", api_port=free_port())
+    server = BackgroundServer(settings)
+    server.start()
+    try:
+        monkeypatch.setenv("LLMFORGE_API_URL", server.url)
+        monkeypatch.setenv("LLMFORGE_HOME", str(settings.home))
+        assert (
+            main(["keys", "create", "--name", "a", "--team", "red", "--expires-in-days", "7"]) == 0
+        )
+        created = json.loads(capsys.readouterr().out)
+        assert created["expires_at"] and created["team"] == "red"
+        assert main(["keys", "rotate", created["id"], "--grace-seconds", "60"]) == 0
+        rotated = json.loads(capsys.readouterr().out)
+        assert rotated["previous"]["id"] == created["id"] and rotated["key"] != created["key"]
+        assert main(["audit", "--action", "key.rotate"]) == 0
+        events = json.loads(capsys.readouterr().out)["data"]
+        assert [e["resource_id"] for e in events] == [created["id"]]
+        assert main(["audit", "--team", "nobody"]) == 0
+        assert json.loads(capsys.readouterr().out)["count"] == 0
+    finally:
+        server.stop()
