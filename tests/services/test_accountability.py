@@ -142,6 +142,31 @@ def test_the_audit_log_records_who_did_what(app_db: Client) -> None:
     assert client.get("/api/v1/audit", params={"cursor": "x"}, headers=admin).status_code == 422
 
 
+def test_refused_attempts_are_recorded(app_db: Client) -> None:
+    client, admin = app_db
+    alice_id, alice = _key(client, admin, name="alice", team="red")
+    bob_id, bob = _key(client, admin, name="bob", team="red")
+    carol_id, carol = _key(client, admin, name="carol", team="blue")
+    assert client.put("/api/v1/teams/red/limit", json={"max_running": 0}, headers=admin).is_success
+    job_id = client.post("/api/v1/jobs", json=CURATE, headers=alice).json()["id"]
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=bob).status_code == 403
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=carol).status_code == 404
+    assert client.post(f"/api/v1/keys/{alice_id}/rotate", headers=bob).status_code == 403
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).json()["state"] == "QUEUED"
+    r = client.get("/api/v1/audit", params={"resource_id": job_id}, headers=admin)
+    got = [(e["action"], e["key_id"], e["status_code"]) for e in reversed(r.json()["data"])]
+    assert got == [
+        ("job.submit", alice_id, 201),
+        ("job.cancel", bob_id, 403),
+        ("job.cancel", carol_id, 404),
+    ]
+    assert "belongs to another user" in r.json()["data"][1]["details"]["refused"]
+    r = client.get("/api/v1/audit", params={"action": "key.rotate"}, headers=admin)
+    assert [(e["key_id"], e["resource_id"], e["status_code"]) for e in r.json()["data"]] == [
+        (bob_id, alice_id, 403)
+    ]
+
+
 def test_request_ids_are_honoured_when_safe(app_sqlite: Client) -> None:
     client, _ = app_sqlite
     assert (
@@ -200,9 +225,13 @@ def test_rotation_replaces_the_key(app_db: Client) -> None:
     _set_key(client, bob_id, revoked_at=utcnow() - timedelta(seconds=1))
     assert client.get("/api/v1/jobs", headers=bob).status_code == 401
     audit = client.get("/api/v1/audit", params={"action": "key.rotate"}, headers=admin).json()
-    assert [(e["resource_id"], e["details"]["new_key_id"]) for e in audit["data"]] == [
-        (bob_id, r.json()["id"]),
-        (alice_id, new["id"]),
+    assert [
+        (e["resource_id"], e["status_code"], e["details"].get("new_key_id")) for e in audit["data"]
+    ] == [
+        (bob_id, 201, r.json()["id"]),
+        (alice_id, 409, None),  # rotated already
+        (alice_id, 201, new["id"]),
+        (bob_id, 403, None),  # alice may not rotate bob's key
     ]
 
 

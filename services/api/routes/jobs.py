@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
 from llm import storage
-from services.api.auditing import audit_event
+from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, file_response, locate
 from services.api.schemas import (
@@ -77,7 +77,7 @@ def _own_or_admin(job: Job, who: Principal, action: str) -> None:
         )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[refusals("job.submit", "job")])
 def submit_job(
     body: JobCreate,
     session: SessionDep,
@@ -182,7 +182,7 @@ def get_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) ->
     return public_one(session, job_or_404(session, job_id, who), ray)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", dependencies=[refusals("job.cancel", "job", "job_id")])
 def cancel_job(
     job_id: str,
     session: SessionDep,
@@ -210,7 +210,7 @@ def cancel_job(
     return to_public(job, ray)
 
 
-@router.post("/{job_id}/retry")
+@router.post("/{job_id}/retry", dependencies=[refusals("job.retry", "job", "job_id")])
 def retry_job(
     job_id: str,
     session: SessionDep,

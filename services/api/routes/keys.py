@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from services.api.auditing import audit_event
+from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
 from services.api.schemas import Strict
 from services.api.validation import request_error
@@ -138,7 +138,9 @@ def _key_or_404(session: SessionDep, key_id: str) -> ApiKey:
     return key
 
 
-@router.delete("/{key_id}", responses=_KEY_ANSWERS)
+@router.delete(
+    "/{key_id}", responses=_KEY_ANSWERS, dependencies=[refusals("key.revoke", "key", "key_id")]
+)
 def revoke_key(key_id: str, session: SessionDep, who: AdminDep, request: Request) -> KeyPublic:
     key = _key_or_404(session, key_id)
     if key.revoked_at is None or key.revoked_at > utcnow():  # a grace period ends now
@@ -148,7 +150,12 @@ def revoke_key(key_id: str, session: SessionDep, who: AdminDep, request: Request
     return KeyPublic(**_public(key))  # type: ignore[arg-type]
 
 
-@router.post("/{key_id}/rotate", status_code=status.HTTP_201_CREATED, responses=_KEY_ANSWERS)
+@router.post(
+    "/{key_id}/rotate",
+    status_code=status.HTTP_201_CREATED,
+    responses=_KEY_ANSWERS,
+    dependencies=[refusals("key.rotate", "key", "key_id")],
+)
 def rotate_key(
     key_id: str,
     session: SessionDep,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from services.api.auditing import audit_event
+from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import public_page
 from services.api.schemas import PipelineCreate, PipelinePublic
@@ -62,7 +62,11 @@ def _public(
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[refusals("pipeline.create", "pipeline")],
+)
 def create_pipeline(
     body: PipelineCreate,
     session: SessionDep,
@@ -106,7 +110,10 @@ def create_pipeline(
     return _public(session, pipeline, crud.pipeline_jobs(session, pipeline_id=pipeline.id), ray)
 
 
-@router.post("/{pipeline_id}/resume")
+@router.post(
+    "/{pipeline_id}/resume",
+    dependencies=[refusals("pipeline.resume", "pipeline", "pipeline_id")],
+)
 def resume_pipeline(
     pipeline_id: str,
     session: SessionDep,

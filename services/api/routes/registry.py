@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from llm import storage
 from services import job_outputs
-from services.api.auditing import audit_event
+from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, check_relative, file_response, locate
 from services.api.schemas import (
@@ -240,7 +240,11 @@ def build_router(
         artifact = _one_or_404(session, category, artifact_id, who)
         return file_response(*_file(artifact, path), range)
 
-    @router.delete("/{artifact_id}", name=f"delete_{category.value}")
+    @router.delete(
+        "/{artifact_id}",
+        name=f"delete_{category.value}",
+        dependencies=[refusals(f"{category.value}.delete", category.value, "artifact_id")],
+    )
     def delete(
         artifact_id: str,
         session: SessionDep,

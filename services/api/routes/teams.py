@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from sqlalchemy import func, select
 
-from services.api.auditing import audit_event
+from services.api.auditing import audit_event, refusals
 from services.api.deps import SchedulerDep, SessionDep
 from services.api.schemas import TeamLimitSet, TeamPublic
 from services.auth import AdminDep, PrincipalDep
@@ -75,7 +75,7 @@ def set_limit(
     return _team_public(session, team, scheduler.settings.team_max_running)
 
 
-@router.delete("/{team}/limit")
+@router.delete("/{team}/limit", dependencies=[refusals("team.limit.clear", "team", "team")])
 def clear_limit(
     team: TeamName, session: SessionDep, scheduler: SchedulerDep, who: AdminDep, request: Request
 ) -> TeamPublic:
