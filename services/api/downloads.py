@@ -133,8 +133,8 @@ def unsatisfiable(size: int) -> HTTPException:
     )
 
 
-def _chunks(uri: str, start: int, length: int) -> Iterator[bytes]:
-    with storage.open_input_file(uri) as f:
+def _chunks(f: pafs.NativeFile, start: int, length: int) -> Iterator[bytes]:
+    with f:
         f.seek(start)
         left = length
         while left > 0:
@@ -160,8 +160,12 @@ def file_response(uri: str, size: int, range_header: str | None) -> StreamingRes
     }
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    try:  # opened now: a file that cannot be read is an error answer, not a broken stream
+        f = storage.open_input_file(uri)
+    except OSError as e:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, redact(f"cannot read {name}: {e}")) from e
     return StreamingResponse(
-        _chunks(uri, start, length),
+        _chunks(f, start, length),
         status_code=status.HTTP_206_PARTIAL_CONTENT if wanted else status.HTTP_200_OK,
         media_type=media_type,
         headers=headers,

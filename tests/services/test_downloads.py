@@ -83,6 +83,12 @@ def test_a_team_downloads_its_jobs_files_and_others_do_not(app_home: Client, out
     assert r.status_code == 404 and "not found" in r.json()["detail"]
     assert client.get(f"{url}/nope.json", headers=reader).status_code == 404
     assert client.get(f"{url}/data", headers=reader).status_code == 404  # a folder
+    unreadable = output / "locked.bin"
+    unreadable.write_bytes(b"x")
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # not as root
+        r = client.get(f"{url}/locked.bin", headers=reader)
+        assert r.status_code == 502 and "cannot read" in r.json()["detail"]
     # the listing route stays
     assert client.get(url, headers=reader).json()["output"] == str(output)
     assert client.get(f"{url}/stats.json").status_code == 401
