@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -275,5 +276,30 @@ def test_cli_keys_and_audit(
         assert [e["resource_id"] for e in events] == [created["id"]]
         assert main(["audit", "--team", "nobody"]) == 0
         assert json.loads(capsys.readouterr().out)["count"] == 0
+
+        # downloads: a job's output file, resumed, and a dataset's file
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "stats.json").write_text('{"kept": 3}' * 1000)
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"input": str(tmp_path), "output": str(out)}))
+        assert main(["submit", "curate", str(spec)]) == 0
+        job_id = json.loads(capsys.readouterr().out)["id"]
+        target = tmp_path / "got.json"
+        target.write_text('{"kept": 3}')
+        assert main(["download", job_id, "stats.json", "-o", str(target), "--resume"]) == 0
+        assert target.read_text() == '{"kept": 3}' * 1000
+        assert main(["download", job_id, "../home/admin.key", "-o", str(tmp_path / "k")]) == 1
+        assert not (tmp_path / "k").exists()
+        dataset = {"name": "d", "kind": "raw", "uri": str(out)}
+        r = httpx.post(
+            f"{server.url}/api/v1/datasets",
+            json=dataset,
+            headers={"X-API-Key": (settings.home / ADMIN_KEY_FILE).read_text().strip()},
+        )
+        assert r.status_code == 201, r.text
+        copy = tmp_path / "copy.json"
+        assert main(["datasets", "download", r.json()["id"], "stats.json", "-o", str(copy)]) == 0
+        assert copy.read_text() == '{"kept": 3}' * 1000
     finally:
         server.stop()
