@@ -159,6 +159,38 @@ def test_evaluation_reports_perplexity_and_a_sample(
     assert isinstance(ev["completion"], str) and ev["checkpoint"].endswith("step_00000040")
 
 
+def _registered_with_lineage(url: str, jobs: dict[str, dict[str, Any]], output: str) -> None:
+    """The registry recorded the run's model, read from its output (local or on S3), with its
+    evaluation and the chain of datasets that made it."""
+    with httpx.Client(base_url=url, timeout=60) as api:
+        params = {"job_id": jobs["train"]["id"]}
+        [model] = api.get("/api/v1/models", params=params).json()["data"]
+        assert model["kind"] == "checkpoint" and model["uri"] == output
+        assert model["stats"]["parameters"] > 0 and model["stats"]["steps"] == TRAIN_STEPS
+        assert model["stats"]["checkpoint"].endswith(f"step_{TRAIN_STEPS:08d}")
+        [evaluation] = model["evaluations"]
+        assert evaluation["job_id"] == jobs["evaluate"]["id"]
+        assert evaluation["metrics"]["val_ppl"] > 1
+        lineage = api.get(f"/api/v1/models/{model['id']}/lineage").json()
+    assert [a["kind"] for a in lineage["chain"]] == ["checkpoint", "token_shards", "documents"]
+    assert [a["job_id"] for a in lineage["chain"]] == [
+        jobs["train"]["id"],
+        jobs["tokenize"]["id"],
+        jobs["curate"]["id"],
+    ]
+    tokens, documents = lineage["chain"][1], lineage["chain"][2]
+    assert tokens["stats"]["vocab_size"] == 1024 and tokens["stats"]["tokens"] > 0
+    assert documents["stats"]["documents_in"] == 697
+    assert documents["stats"]["documents"] + sum(documents["stats"]["removed"].values()) == 697
+    assert tokens["stats"]["documents"] == documents["stats"]["documents"]
+
+
+def test_the_pipeline_registers_its_datasets_and_model_with_lineage(
+    pipeline: tuple[dict[str, Any], Path], control_plane: BackgroundServer
+) -> None:
+    _registered_with_lineage(control_plane.url, _jobs(pipeline), str(pipeline[1] / "train"))
+
+
 def test_missing_input_fails_the_job_naming_the_path(
     control_plane: BackgroundServer, tmp_path: Path
 ) -> None:
@@ -286,6 +318,10 @@ def test_two_nodes_give_the_local_run_s_results(
     assert team.jobs["evaluate"]["result"]["val_loss"] == pytest.approx(
         local["evaluate"]["result"]["val_loss"], rel=1e-4
     )
+
+
+def test_the_registry_reads_the_runs_records_from_s3(team: TeamCluster) -> None:
+    _registered_with_lineage(team.url, team.jobs, storage.join(team.work, "train"))
 
 
 def test_the_work_ran_on_both_nodes(team: TeamCluster) -> None:

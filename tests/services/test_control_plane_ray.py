@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from services.demo import pipeline_body
 from services.ray_client import RayJobs
 from services.scheduler import JOB_TOKEN_PREFIX
 from services.server import BackgroundServer
@@ -88,47 +87,3 @@ def test_ray_job_env_holds_only_its_token_which_dies_with_the_job(
         headers={"Authorization": f"Bearer {token}"},
     )
     assert r.status_code == 401
-
-
-@pytest.mark.slow
-def test_a_pipeline_registers_its_datasets_and_model_with_lineage(
-    api: httpx.Client, shared_data: Path, tmp_path: Path
-) -> None:
-    body = pipeline_body(
-        str(shared_data / "web" / "cc_dolma_sample"), str(tmp_path), steps=10, workers=1
-    )
-    body["stages"][1]["spec"]["vocab_size"] = 512
-    body["stages"][2]["spec"].update(
-        batch_size=4,
-        log_every=5,
-        eval_every=10,
-        eval_batches=2,
-        checkpoint_every=10,
-        model={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-    )
-    body["stages"][3]["spec"].update(max_batches=2, max_new_tokens=4)
-    r = api.post("/api/v1/pipelines", json=body)
-    assert r.status_code == 201, r.text
-    final = _wait(api, f"/api/v1/pipelines/{r.json()['id']}", timeout_s=900)
-    assert final["state"] == "SUCCEEDED", [(j["stage"], j["message"]) for j in final["jobs"]]
-    jobs = {j["stage"]: j for j in final["jobs"]}
-
-    [model] = api.get("/api/v1/models", params={"job_id": jobs["train"]["id"]}).json()["data"]
-    assert model["kind"] == "checkpoint" and model["uri"] == str(tmp_path / "train")
-    assert model["stats"]["parameters"] > 0 and model["stats"]["steps"] == 10
-    assert model["stats"]["checkpoint"].endswith("step_00000010")
-    [evaluation] = model["evaluations"]
-    assert evaluation["job_id"] == jobs["evaluate"]["id"] and evaluation["metrics"]["val_ppl"] > 1
-
-    lineage = api.get(f"/api/v1/models/{model['id']}/lineage").json()
-    assert [a["kind"] for a in lineage["chain"]] == ["checkpoint", "token_shards", "documents"]
-    assert [a["job_id"] for a in lineage["chain"]] == [
-        jobs["train"]["id"],
-        jobs["tokenize"]["id"],
-        jobs["curate"]["id"],
-    ]
-    tokens, documents = lineage["chain"][1], lineage["chain"][2]
-    assert tokens["stats"]["vocab_size"] == 512 and tokens["stats"]["tokens"] > 0
-    assert documents["stats"]["documents_in"] == 697
-    assert documents["stats"]["documents"] + sum(documents["stats"]["removed"].values()) == 697
-    assert tokens["stats"]["documents"] == documents["stats"]["documents"]
