@@ -19,7 +19,7 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 class KeyCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.member
-    team: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[\w.-]+$")
+    team: str = Field(default="default", min_length=1, max_length=100, pattern=r"^\w[\w.-]*$")
 
 
 class KeyPublic(BaseModel):
