@@ -10,6 +10,7 @@ and an admin to grant one, when a root would.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -17,7 +18,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from contracts.jobs import JOB_TYPES, JobKind
-from contracts.roots import READ, WRITE, RootError, Roots, Violation, contains, violations
+from contracts.roots import (
+    READ,
+    WRITE,
+    RootError,
+    Roots,
+    Violation,
+    contains,
+    is_under,
+    normalise,
+    violations,
+)
 from contracts.spec_base import values_at
 from llm import storage
 from services.ray_auth import RayToken
@@ -120,28 +131,37 @@ def secrets_of(settings: Settings, token: RayToken | None) -> list[str]:
     return found
 
 
-def check_root_is_safe(root: str, secrets: list[str]) -> None:
-    """RootError when ``root`` cannot be normalised or holds one of ``secrets``."""
-    for secret in secrets:
+def check_root_is_safe(root: str, settings: Settings, token: RayToken | None) -> None:
+    """RootError when ``root`` cannot be normalised, holds one of the control plane's secrets,
+    or lies inside its home other than in the teams' areas (``<home>/ray`` holds the token)."""
+    for secret in secrets_of(settings, token):
         if contains(root, secret):
             raise RootError(
                 f"{root} holds {secret} (the control plane's keys, store or Ray token): "
                 "jobs could read it; give a folder beside it instead"
             )
+    path, home = normalise(root), os.path.realpath(settings.home)
+    if is_under(path, home) and not is_under(path, normalise(teams_root(settings))):
+        raise RootError(
+            f"{root} is inside the control plane's home {home} (its keys, store and Ray "
+            "token): give a folder outside it"
+        )
+
+
+def teams_root(settings: Settings) -> str:
+    return f"{settings.resolved_artifact_root.rstrip('/')}/teams"
 
 
 def check_start(settings: Settings, session: Session, token: RayToken | None) -> None:
     """At start-up: no shared or granted root, nor the teams' areas, may hold a secret."""
-    secrets = secrets_of(settings, token)
-    teams_root = f"{settings.resolved_artifact_root.rstrip('/')}/teams"
     roots = [("LLMFORGE_SHARED_ROOTS", r) for r in settings.shared_root_list] + [
         ("LLMFORGE_SHARED_WRITE_ROOTS", r) for r in settings.shared_write_root_list
     ]
     roots += [(f"team {g.team}'s granted root", g.uri) for g in session.scalars(select(TeamRoot))]
-    roots.append(("the teams' areas (LLMFORGE_ARTIFACT_ROOT/teams)", teams_root))
+    roots.append(("the teams' areas (LLMFORGE_ARTIFACT_ROOT/teams)", teams_root(settings)))
     for origin, root in roots:
         try:
-            check_root_is_safe(root, secrets)
+            check_root_is_safe(root, settings, token)
         except RootError as e:
             raise RuntimeError(f"refusing to start: {origin}: {e}") from e
 

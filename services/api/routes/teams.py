@@ -129,7 +129,7 @@ def grant_root(
     settings = scheduler.settings
     try:
         uri = normalise(body.uri)
-        roots.check_root_is_safe(uri, roots.secrets_of(settings, scheduler.ray.token))
+        roots.check_root_is_safe(uri, settings, scheduler.ray.token)
     except RootError as e:
         raise request_error(("body", "uri"), f"{body.uri!r}: {e}") from e
     roots.grant(session, team=team, uri=uri, mode=body.mode, by=who.key_id)
