@@ -504,3 +504,32 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
     refused = tally["refused 403"] + tally["refused 422"]
     assert refused == tally["attempts"]
     print(f"\nproperty run: {tally['attempts']} attempts, {refused} refused ({dict(tally)})")
+
+
+def test_a_retried_idempotent_submission_keeps_its_default_output(plane: Plane) -> None:
+    client, red = plane.client, {**plane.keys["red"], "Idempotency-Key": "once"}
+    job = {"kind": "curate", "spec": {"input": str(plane.shared / "corpus.jsonl")}}
+    first = client.post("/api/v1/jobs", json=job, headers=red)
+    again = client.post("/api/v1/jobs", json=job, headers=red)
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_a_revoked_grant_stops_a_queued_job_before_ray(plane: Plane, tmp_path: Path) -> None:
+    client, admin, red = plane.client, plane.keys["admin"], plane.keys["red"]
+    out = tmp_path / "granted-out"
+    url = "/api/v1/teams/red/roots"
+    assert (
+        client.put(url, json={"uri": str(out), "mode": "write"}, headers=admin).status_code == 200
+    )
+    limit = client.put("/api/v1/teams/red/limit", json={"max_running": 0}, headers=admin)
+    assert limit.status_code == 200  # red's jobs wait QUEUED
+    spec = {"input": str(plane.shared / "corpus.jsonl"), "output": str(out)}
+    job = client.post("/api/v1/jobs", json={"kind": "curate", "spec": spec}, headers=red).json()
+    assert job["state"] == "QUEUED"
+    assert client.delete(url, params={"uri": str(out)}, headers=admin).status_code == 200
+    client.delete("/api/v1/teams/red/limit", headers=admin)  # dispatches: the check runs again
+    after = client.get(f"/api/v1/jobs/{job['id']}", headers=red).json()
+    assert after["state"] == "FAILED" and after["ray_submission_id"] is None
+    assert "output" in after["message"] and "may not be written" in after["message"]
+    assert not out.exists()
