@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.spec_base import UriPaths, values_at
+from contracts.spec_base import UriPaths, looks_like_path, values_at
 
 # The job's environment: JSON lists of the roots it may read and write.
 ENV_READ_ROOTS = "LLMFORGE_READ_ROOTS"
@@ -176,17 +176,20 @@ def violations(spec: Mapping[str, Any], paths: UriPaths, roots: Roots) -> list[V
     """Every URI in a dumped spec that its team may not read (read fields) or write (write
     fields). Unresolved ``${stage.field}`` placeholders are left for the scheduler."""
     found = []
-    for mode, field_paths in ((READ, paths.read), (WRITE, paths.write)):
-        for path in field_paths:
-            for loc, value in values_at(spec, path):
-                if value is None or (isinstance(value, str) and "${" in value):
-                    continue
-                try:
-                    if not isinstance(value, str):
-                        raise RootError(f"expected a URI string, got {type(value).__name__}")
-                    roots.check(value, mode)
-                except RootError as e:
-                    found.append(Violation(loc, str(value), mode, str(e), roots.allowed(mode)))
+    fields = [(READ, p, False) for p in paths.read] + [(WRITE, p, False) for p in paths.write]
+    fields += [(READ, p, True) for p in paths.named]  # a name, or a file when it looks like one
+    for mode, path, maybe_name in fields:
+        for loc, value in values_at(spec, path):
+            if value is None or (isinstance(value, str) and "${" in value):
+                continue
+            if maybe_name and isinstance(value, str) and not looks_like_path(value):
+                continue
+            try:
+                if not isinstance(value, str):
+                    raise RootError(f"expected a URI string, got {type(value).__name__}")
+                roots.check(value, mode)
+            except RootError as e:
+                found.append(Violation(loc, str(value), mode, str(e), roots.allowed(mode)))
     return found
 
 

@@ -34,11 +34,17 @@ class _WritesStorage(_NamesStorage):
     """Marks a spec field naming a folder the job writes (its output)."""
 
 
+class _NamesStorageIfPath(_NamesStorage):
+    """Marks a spec field that holds a name (a built-in task) or a file the job reads."""
+
+
 # A file or folder a job reads. Declaring it here is what makes the control plane check it
 # (``uri_fields``, ``uri_paths``), so a new field cannot skip the check.
 Uri = Annotated[str, _NamesStorage()]
 # A folder a job writes: it must lie under one of the team's write roots.
 OutputUri = Annotated[str, _WritesStorage()]
+# A built-in name, or a file the job reads when it looks like a path (``looks_like_path``).
+UriOrName = Annotated[str, _NamesStorageIfPath()]
 
 
 def read_uri(annotation: Any) -> Any:
@@ -72,47 +78,44 @@ def uri_fields(spec_type: type[BaseModel]) -> tuple[str, ...]:
     )
 
 
-def _marker(annotation: Any, metadata: Any = ()) -> _NamesStorage | None:
-    """The strongest storage marker on a field (a write marker wins), or None."""
-    found: list[_NamesStorage] = [m for m in metadata if isinstance(m, _NamesStorage)]
-
-    def walk(hint: Any) -> None:
-        found.extend(m for m in getattr(hint, "__metadata__", ()) if isinstance(m, _NamesStorage))
-        for arg in typing.get_args(hint):
-            walk(arg)
-
-    walk(annotation)
-    if not found:
-        return None
-    return next((m for m in found if isinstance(m, _WritesStorage)), found[0])
-
-
-def _nested_types(annotation: Any) -> typing.Iterator[tuple[UriPath, type]]:
-    """Models and dataclasses inside a field's type, with the path steps that reach them
-    (``*`` through a list, tuple or dict value)."""
+def _inside(
+    annotation: Any, metadata: Any = ()
+) -> typing.Iterator[tuple[UriPath, type | _NamesStorage]]:
+    """The storage markers, models and dataclasses inside a field's type, with the path steps
+    that reach them (``*`` through a list, tuple or dict value); a write marker wins."""
+    own = getattr(annotation, "__metadata__", ())
+    marks = [m for m in (*metadata, *own) if isinstance(m, _NamesStorage)]
+    if marks:
+        yield (), next((m for m in marks if isinstance(m, _WritesStorage)), marks[0])
+        return
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if isinstance(annotation, type) and (
         issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
     ):
         yield (), annotation
-        return
-    if origin is Annotated:
-        yield from _nested_types(args[0])
+    elif origin is Annotated:
+        yield from _inside(args[0])
     elif origin in (list, tuple, set, frozenset, dict):
         items = args[1:] if origin is dict else args
         for arg in items:
             if arg is not Ellipsis:
-                for path, nested in _nested_types(arg):
-                    yield (ANY_ITEM, *path), nested
+                for path, found in _inside(arg):
+                    yield (ANY_ITEM, *path), found
     else:  # unions, Literal choices (whose args are values, not types, and yield nothing)
         for arg in args:
-            yield from _nested_types(arg)
+            yield from _inside(arg)
+
+
+def _mode(marker: _NamesStorage) -> str:
+    if isinstance(marker, _WritesStorage):
+        return "write"
+    return "named" if isinstance(marker, _NamesStorageIfPath) else "read"
 
 
 def _walk(
     model: type, prefix: UriPath, seen: frozenset[type]
-) -> typing.Iterator[tuple[UriPath, bool]]:
-    """(path, writes) of every storage field under ``model``, however deep."""
+) -> typing.Iterator[tuple[UriPath, str]]:
+    """(path, mode) of every storage field under ``model``, however deep."""
     if model in seen:
         return
     seen = seen | {model}
@@ -126,12 +129,14 @@ def _walk(
             for f in dataclasses.fields(model)  # type: ignore[arg-type]
         ]
     for name, annotation, metadata, extra in fields:
-        marker = _marker(annotation, metadata)
-        if marker is not None or extra.get(READS_FILE):
-            yield (*prefix, name), isinstance(marker, _WritesStorage)
+        if extra.get(READS_FILE):
+            yield (*prefix, name), "read"
             continue
-        for path, nested in _nested_types(annotation):
-            yield from _walk(nested, (*prefix, name, *path), seen)
+        for path, found in _inside(annotation, metadata):
+            if isinstance(found, _NamesStorage):
+                yield (*prefix, name, *path), _mode(found)
+            else:
+                yield from _walk(found, (*prefix, name, *path), seen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +146,8 @@ class UriPaths:
 
     read: tuple[UriPath, ...]
     write: tuple[UriPath, ...]
+    # names, or files the job reads when they look like paths (``looks_like_path``)
+    named: tuple[UriPath, ...] = ()
 
 
 def uri_paths(spec_type: type[BaseModel]) -> UriPaths:
@@ -148,9 +155,15 @@ def uri_paths(spec_type: type[BaseModel]) -> UriPaths:
     ``Uri`` (read) or ``OutputUri`` (written)."""
     found = list(_walk(spec_type, (), frozenset()))
     return UriPaths(
-        read=tuple(sorted({p for p, writes in found if not writes})),
-        write=tuple(sorted({p for p, writes in found if writes})),
+        read=tuple(sorted({p for p, mode in found if mode == "read"})),
+        write=tuple(sorted({p for p, mode in found if mode == "write"})),
+        named=tuple(sorted({p for p, mode in found if mode == "named"})),
     )
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a ``UriOrName`` value names a file rather than a built-in thing."""
+    return "/" in value or ":" in value or value.endswith((".yaml", ".yml", ".json", ".jsonl"))
 
 
 def values_at(

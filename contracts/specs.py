@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from contracts.curate import CurateSpec
-from contracts.spec_base import OutputUri, Spec, Uri
+from contracts.spec_base import OutputUri, Spec, Uri, UriOrName
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -151,7 +151,7 @@ class EvaluateSpec(Spec):
         description="tokenizer.json or a token-shard folder; default: data's, else one beside "
         "the checkpoint",
     )
-    tasks: list[str] = Field(
+    tasks: list[UriOrName] = Field(
         default_factory=list,
         description="built-in task names (hellaswag, arc_easy, arc_challenge, blimp, "
         "wikitext2, gutenberg_nltk, alpaca) or task YAML files",

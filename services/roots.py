@@ -29,7 +29,7 @@ from contracts.roots import (
     normalise,
     violations,
 )
-from contracts.spec_base import values_at
+from contracts.spec_base import looks_like_path, values_at
 from llm import storage
 from services.ray_auth import RayToken
 from services.settings import Settings
@@ -66,8 +66,11 @@ def anchor(kind: JobKind, spec: dict[str, Any], area: str) -> dict[str, Any]:
     working directory means nothing on a cluster); placeholders are left as they are."""
     spec = copy.deepcopy(spec)
     paths = JOB_TYPES[kind].uri_paths
-    for path in (*paths.read, *paths.write):
+    named = set(paths.named)
+    for path in (*paths.read, *paths.write, *paths.named):
         for loc, value in list(values_at(spec, path)):
+            if path in named and isinstance(value, str) and not looks_like_path(value):
+                continue  # a built-in name
             if isinstance(value, str) and _relative(value):
                 _put(spec, loc, storage.join(area, value))
     return spec

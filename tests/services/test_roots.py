@@ -29,7 +29,7 @@ from contracts.roots import (
 )
 from contracts.spec_base import READS_FILE as CONTRACT_READS_FILE
 from contracts.spec_base import uri_paths, values_at
-from contracts.specs import CurateSpec
+from contracts.specs import CurateSpec, EvaluateSpec
 from llm.data.block import READS_FILE
 from ray_jobs.entrypoint import JobError, check_roots
 from services.api.app import create_app
@@ -135,8 +135,9 @@ def test_every_kind_declares_what_it_reads_and_writes_nested_fields_included() -
     for kind, job_type in JOB_TYPES.items():
         paths = job_type.uri_paths
         assert paths.write == (("output",),), kind
-        top = {p[0] for p in (*paths.read, *paths.write) if len(p) == 1}
+        top = {p[0] for p in (*paths.read, *paths.write, *paths.named) if p[1:] in ((), ("*",))}
         assert top == set(job_type.uri_fields), kind
+    assert uri_paths(EvaluateSpec).named == (("tasks", "*"),)
     assert set(uri_paths(CurateSpec).read) == {
         ("input",),
         ("steps", "*", "model_path"),
@@ -328,6 +329,18 @@ def test_attack_matrix_as_a_member_and_as_read_only(plane: Plane) -> None:
     print(f"\nattack matrix: {tally['attempts']} attempts, {refused} refused ({dict(tally)})")
 
 
+def test_evaluate_task_files_are_checked_and_built_in_names_are_not(plane: Plane) -> None:
+    client, red = plane.client, plane.keys["red"]
+    spec = {**_base_spec(JobKind.evaluate, plane), "tasks": ["arc_easy", "hellaswag"]}
+    r = client.post("/api/v1/jobs", json={"kind": "evaluate", "spec": spec}, headers=red)
+    assert r.status_code == 201, r.text
+    for task in (str(plane.home / ADMIN_KEY_FILE), "/etc/task.yaml", "s3://other-bucket/t.yaml"):
+        spec["tasks"] = ["arc_easy", task]
+        r = client.post("/api/v1/jobs", json={"kind": "evaluate", "spec": spec}, headers=red)
+        assert r.status_code == 403, (task, r.text)
+        assert r.json()["detail"][0]["loc"] == ["body", "spec", "tasks", 1]
+
+
 def test_a_placeholder_that_resolves_outside_the_roots_fails_the_stage(plane: Plane) -> None:
     client, red = plane.client, plane.keys["red"]
     body = {
@@ -472,7 +485,7 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
     targets = []
     for kind, job_type in JOB_TYPES.items():
         paths = job_type.uri_paths
-        targets += [(kind, p) for p in (*paths.read, *paths.write)]
+        targets += [(kind, p) for p in (*paths.read, *paths.write, *paths.named)]
     before = _tree(plane.home.parent)
     tally: Counter[str] = Counter()
 
@@ -482,6 +495,8 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
             spec["steps"] = [{"kind": "quality_classifier", "model_path": value, "threshold": 0.5}]
         elif path == ("steps", "*", "eval_sets", "*", "path"):
             spec["steps"] = [{"kind": "decontaminate", "eval_sets": [{"name": "e", "path": value}]}]
+        elif path == ("tasks", "*"):
+            spec["tasks"] = ["arc_easy", f"{value}/task.yaml"]
         else:
             assert len(path) == 1, f"a new nested URI field: teach this test {path}"
             spec[path[0]] = value
