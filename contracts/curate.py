@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from contracts.curate_steps import STEP_MODELS, CurateStep, Step, corpus_label
-from contracts.spec_base import Spec, Uri
+from contracts.spec_base import OutputUri, Spec, Uri
 from llm.data.registry import BLOCKS
 
 DEFAULT_STEPS = ("length", "gopher_quality", "exact_dedup")
@@ -22,7 +22,7 @@ def _corpus_step_names() -> str:
 
 class CurateSpec(Spec):
     input: Uri = Field(description="a file or folder: a path, file:// or s3:// URI")
-    output: Uri = Field(description="folder for data/, rejected/ and stats.json")
+    output: OutputUri = Field(description="folder for data/, rejected/ and stats.json")
     input_format: Literal["jsonl", "parquet", "warc", "wet"] | None = Field(
         default=None, description="None: by each file's extension"
     )

@@ -29,8 +29,8 @@ from typing import (
 from pydantic import Field, StringConstraints, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-from contracts.spec_base import Spec
-from llm.data.block import DESCRIPTION, Block, DocumentBlock, Pattern
+from contracts.spec_base import Spec, read_uri
+from llm.data.block import DESCRIPTION, READS_FILE, Block, DocumentBlock, Pattern
 from llm.data.registry import BLOCKS, document_block
 
 
@@ -111,7 +111,15 @@ def _field(field: dataclasses.Field[Any]) -> FieldInfo:
 
 def _fields(params: type[Any]) -> dict[str, Any]:
     hints = get_type_hints(params, include_extras=True)
-    return {f.name: (_annotation(hints[f.name]), _field(f)) for f in dataclasses.fields(params)}
+    return {
+        f.name: (_storage(_annotation(hints[f.name]), f), _field(f))
+        for f in dataclasses.fields(params)
+    }
+
+
+def _storage(annotation: Any, field: dataclasses.Field[Any]) -> Any:
+    """A field that names a file the step reads is a ``Uri``, checked like the spec's own."""
+    return read_uri(annotation) if field.metadata.get(READS_FILE) else annotation
 
 
 def _published(model: type[ParamsModel], params: type[Any]) -> type[ParamsModel]:

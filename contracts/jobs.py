@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from contracts.curate import CurateSpec
-from contracts.spec_base import Spec, uri_fields
+from contracts.spec_base import Spec, UriPaths, uri_fields, uri_paths
 from contracts.specs import (
     EvaluateSpec,
     FinetuneSpec,
@@ -40,6 +40,12 @@ class JobType:
     @property
     def uri_fields(self) -> tuple[str, ...]:
         return uri_fields(self.spec)
+
+    @property
+    def uri_paths(self) -> UriPaths:
+        """What the job reads and writes, nested fields included: checked against the team's
+        storage roots on submit and again inside the job."""
+        return uri_paths(self.spec)
 
 
 JOB_TYPES: dict[JobKind, JobType] = {

@@ -26,12 +26,39 @@ from pydantic_core import InitErrorDetails
 
 
 class _NamesStorage:
-    """Marks a spec field whose value names a file or folder: a path, file:// or s3:// URI."""
+    """Marks a spec field whose value names a file or folder a job reads: a path, file:// or
+    s3:// URI."""
 
 
-# A file or folder a job reads or writes. Declaring it here is what makes the control plane
-# check it (``uri_fields``), so a new field cannot skip the check.
+class _WritesStorage(_NamesStorage):
+    """Marks a spec field naming a folder the job writes (its output)."""
+
+
+class _NamesStorageIfPath(_NamesStorage):
+    """Marks a spec field that holds a name (a built-in task) or a file the job reads."""
+
+
+# A file or folder a job reads. Declaring it here is what makes the control plane check it
+# (``uri_fields``, ``uri_paths``), so a new field cannot skip the check.
 Uri = Annotated[str, _NamesStorage()]
+# A folder a job writes: it must lie under one of the team's write roots.
+OutputUri = Annotated[str, _WritesStorage()]
+# A built-in name, or a file the job reads when it looks like a path (``looks_like_path``).
+UriOrName = Annotated[str, _NamesStorageIfPath()]
+
+
+def read_uri(annotation: Any) -> Any:
+    """``annotation`` (``str``, ``str | None``…) declared as naming a file the job reads."""
+    return Annotated[annotation, _NamesStorage()]
+
+
+# In a parameter dataclass of ``llm/`` (which cannot import this module), a field whose
+# metadata has this key set names a file the job reads, like ``Uri``.
+READS_FILE = "reads_file"
+
+# One step of a path into a dumped spec: a field name, or ``*`` for every item of a list.
+ANY_ITEM = "*"
+UriPath = tuple[str, ...]
 
 
 def _names_storage(annotation: Any) -> bool:
@@ -41,13 +68,121 @@ def _names_storage(annotation: Any) -> bool:
 
 
 def uri_fields(spec_type: type[BaseModel]) -> tuple[str, ...]:
-    """The names of the spec's top-level fields declared as ``Uri`` (alone or optional)."""
+    """The names of the spec's top-level fields declared as ``Uri`` or ``OutputUri`` (alone or
+    optional); ``uri_paths`` also finds nested ones."""
     return tuple(
         name
         for name, field in spec_type.model_fields.items()
         if _names_storage(field.annotation)
         or any(isinstance(m, _NamesStorage) for m in field.metadata)
     )
+
+
+def _inside(
+    annotation: Any, metadata: Any = ()
+) -> typing.Iterator[tuple[UriPath, type | _NamesStorage]]:
+    """The storage markers, models and dataclasses inside a field's type, with the path steps
+    that reach them (``*`` through a list, tuple or dict value); a write marker wins."""
+    own = getattr(annotation, "__metadata__", ())
+    marks = [m for m in (*metadata, *own) if isinstance(m, _NamesStorage)]
+    if marks:
+        yield (), next((m for m in marks if isinstance(m, _WritesStorage)), marks[0])
+        return
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+    ):
+        yield (), annotation
+    elif origin is Annotated:
+        yield from _inside(args[0])
+    elif origin in (list, tuple, set, frozenset, dict):
+        items = args[1:] if origin is dict else args
+        for arg in items:
+            if arg is not Ellipsis:
+                for path, found in _inside(arg):
+                    yield (ANY_ITEM, *path), found
+    else:  # unions, Literal choices (whose args are values, not types, and yield nothing)
+        for arg in args:
+            yield from _inside(arg)
+
+
+def _mode(marker: _NamesStorage) -> str:
+    if isinstance(marker, _WritesStorage):
+        return "write"
+    return "named" if isinstance(marker, _NamesStorageIfPath) else "read"
+
+
+def _walk(
+    model: type, prefix: UriPath, seen: frozenset[type]
+) -> typing.Iterator[tuple[UriPath, str]]:
+    """(path, mode) of every storage field under ``model``, however deep."""
+    if model in seen:
+        return
+    seen = seen | {model}
+    fields: list[tuple[str, Any, Any, typing.Mapping[Any, Any]]]
+    if issubclass(model, BaseModel):
+        fields = [(n, f.annotation, f.metadata, {}) for n, f in model.model_fields.items()]
+    else:
+        hints = typing.get_type_hints(model, include_extras=True)
+        fields = [
+            (f.name, hints[f.name], (), f.metadata)
+            for f in dataclasses.fields(model)  # type: ignore[arg-type]
+        ]
+    for name, annotation, metadata, extra in fields:
+        if extra.get(READS_FILE):
+            yield (*prefix, name), "read"
+            continue
+        for path, found in _inside(annotation, metadata):
+            if isinstance(found, _NamesStorage):
+                yield (*prefix, name, *path), _mode(found)
+            else:
+                yield from _walk(found, (*prefix, name, *path), seen)
+
+
+@dataclasses.dataclass(frozen=True)
+class UriPaths:
+    """Where a spec names storage: paths into the dumped spec of what the job reads and of
+    what it writes (``("steps", "*", "model_path")``: that field of every step)."""
+
+    read: tuple[UriPath, ...]
+    write: tuple[UriPath, ...]
+    # names, or files the job reads when they look like paths (``looks_like_path``)
+    named: tuple[UriPath, ...] = ()
+
+
+def uri_paths(spec_type: type[BaseModel]) -> UriPaths:
+    """Every field of the spec (nested models, lists and dataclasses included) declared
+    ``Uri`` (read) or ``OutputUri`` (written)."""
+    found = list(_walk(spec_type, (), frozenset()))
+    return UriPaths(
+        read=tuple(sorted({p for p, mode in found if mode == "read"})),
+        write=tuple(sorted({p for p, mode in found if mode == "write"})),
+        named=tuple(sorted({p for p, mode in found if mode == "named"})),
+    )
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a ``UriOrName`` value names a file rather than a built-in thing."""
+    return "/" in value or ":" in value or value.endswith((".yaml", ".yml", ".json", ".jsonl"))
+
+
+def values_at(
+    value: Any, path: UriPath, loc: tuple[str | int, ...] = ()
+) -> typing.Iterator[tuple[tuple[str | int, ...], Any]]:
+    """(location, value) of every value at ``path`` in a dumped spec; absent keys are skipped."""
+    if not path:
+        yield loc, value
+        return
+    head, rest = path[0], path[1:]
+    if head == ANY_ITEM:
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                yield from values_at(item, rest, (*loc, i))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from values_at(item, rest, (*loc, key))
+    elif isinstance(value, dict) and head in value:
+        yield from values_at(value[head], rest, (*loc, head))
 
 
 class Spec(BaseModel):

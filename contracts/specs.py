@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from contracts.curate import CurateSpec
-from contracts.spec_base import Spec, Uri
+from contracts.spec_base import OutputUri, Spec, Uri, UriOrName
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -25,7 +25,7 @@ from llm.train.config import TrainConfig
 
 class TokenizeSpec(Spec):
     input: Uri = Field(description="a curate job's output folder (its data/ Parquet is read)")
-    output: Uri
+    output: OutputUri
     vocab_size: int = Field(default=4096, ge=260, le=1_000_000)
     tokenizer: Uri | None = Field(default=None, description="an existing tokenizer.json to reuse")
     sample_docs: int = Field(default=20_000, gt=0, description="documents sampled for training")
@@ -100,7 +100,7 @@ class TrainSpec(Spec):
     flat_sections: ClassVar[tuple[str, ...]] = ("train",)
 
     data: Uri = Field(description="a tokenize job's output folder (manifest.json and shards)")
-    output: Uri
+    output: OutputUri
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     workers: int = Field(default=2, gt=0)
@@ -145,13 +145,13 @@ class EvaluateSpec(Spec):
     data: Uri | None = Field(
         default=None, description="token shard folder whose val split is scored (loss, ppl)"
     )
-    output: Uri
+    output: OutputUri
     tokenizer: Uri | None = Field(
         default=None,
         description="tokenizer.json or a token-shard folder; default: data's, else one beside "
         "the checkpoint",
     )
-    tasks: list[str] = Field(
+    tasks: list[UriOrName] = Field(
         default_factory=list,
         description="built-in task names (hellaswag, arc_easy, arc_challenge, blimp, "
         "wikitext2, gutenberg_nltk, alpaca) or task YAML files",
@@ -216,7 +216,7 @@ class TuneSpec(Spec):
     """Ray Tune with ASHA over ``space``: short training runs, ranked by val_loss (lower wins)."""
 
     data: Uri = Field(description="a tokenize job's output folder (manifest.json and shards)")
-    output: Uri
+    output: OutputUri
     model: ModelConfig = Field(default_factory=ModelConfig)
     space: SearchSpace = Field(default_factory=SearchSpace)
     num_samples: int = Field(default=8, gt=0, description="trials drawn from space")
@@ -252,7 +252,7 @@ class FinetuneSpec(Spec):
         description="a checkpoint folder, or a train or finetune job's output (its latest one)"
     )
     data: Uri = Field(description="instruction records: a JSON array or a JSONL file")
-    output: Uri
+    output: OutputUri
     tokenizer: Uri | None = Field(
         default=None,
         description="the token-shard folder the checkpoint was trained on (its manifest names "

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from contracts.reporting import ENV_JOB_ID
+from contracts.roots import RootError, Roots, violations
+from contracts.spec_base import uri_paths
 from contracts.specs import Spec
 from llm import storage
 
@@ -40,6 +42,22 @@ def load_spec(uri: str, spec_type: type[S]) -> S:
     except FileNotFoundError as e:
         raise JobError(f"spec file not found: {uri}") from e
     return spec_type.model_validate(json.loads(text))
+
+
+def check_roots(spec: Spec) -> None:
+    """Every URI of the spec under the roots the scheduler gave this job (its environment),
+    checked again here: the control plane checked them at submit time, but a symlink may have
+    changed since, or the spec file may not be the one it wrote. A job run by hand, without
+    roots in its environment, is not checked."""
+    try:
+        allowed = Roots.from_env(os.environ)
+    except RootError as e:
+        raise JobError(f"storage roots: {e}") from e
+    if allowed is None:
+        return
+    found = violations(spec.model_dump(mode="json"), uri_paths(type(spec)), allowed)
+    if found:
+        raise JobError("; ".join(v.message for v in found))
 
 
 def write_result(output: str, result: dict[str, Any]) -> None:
@@ -77,6 +95,7 @@ def main(
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, spec_type)
+        check_roots(spec)
         claim_output(spec.output, spec_type.__name__.removesuffix("Spec").lower())  # type: ignore[attr-defined]
         result = run(spec)
         write_result(spec.output, result)  # type: ignore[attr-defined]

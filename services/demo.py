@@ -22,6 +22,7 @@ from llm import storage
 from services.demo_data import Corpus, resolve_corpus
 from services.server import BackgroundServer
 from services.settings import Settings
+from services.store.models import DEFAULT_TEAM
 
 console = Console(width=None if Console().is_terminal else 120)
 
@@ -177,7 +178,9 @@ def run_demo(
 ) -> int:
     started = time.monotonic()
     run = datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = storage.join(settings.resolved_artifact_root, "demo", run)
+    # The demo submits as the bootstrap admin, of the default team: its work goes in that
+    # team's area, and its corpus is a shared root of its control plane (services/roots.py).
+    work = storage.join(settings.team_area(DEFAULT_TEAM), "demo", run)
     remote = storage.is_remote(work)
     corpus = resolve_corpus(user_input, storage.scratch("demo", run) if remote else Path(work))
     if remote and not storage.is_remote(corpus.path):
@@ -187,7 +190,8 @@ def run_demo(
         storage.upload(corpus.path, uploaded)
         corpus = Corpus(uploaded, f"{corpus.origin}, uploaded to {uploaded}")
     console.print(f"[bold]llmforge demo[/]: corpus {corpus.origin}")
-    server = BackgroundServer(settings)
+    shared = ",".join([*settings.shared_root_list, corpus.path])
+    server = BackgroundServer(settings.model_copy(update={"shared_roots": shared}))
     console.print("starting the control plane (local Ray head, SQLite, local artifacts)…")
     server.start()
     try:

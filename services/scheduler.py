@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from contracts.jobs import JOB_TYPES, JobKind
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
+from contracts.roots import Roots
 from llm import storage
-from services import job_outputs
+from services import job_outputs, roots
 from services.api.validation import check_storage, validate_spec
 from services.jsonsafe import finite_record
 from services.ray_client import LostJob, RayJobs
@@ -82,15 +83,17 @@ class Scheduler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def job_env(self, job: Job, token: str) -> dict[str, str]:
+    def job_env(self, job: Job, token: str, allowed: Roots) -> dict[str, str]:
         """The Ray job's environment, which the Ray dashboard shows to anyone who can open it:
-        where to send metrics and the job's own token, never an API key, a database URL or
-        cloud credentials (those come from the cluster's environment)."""
+        where to send metrics, the job's own token and the storage roots it may read and write
+        (checked again by the job), never an API key, a database URL or cloud credentials
+        (those come from the cluster's environment)."""
         env = {
             ENV_API_URL: self.settings.resolved_public_url,
             ENV_JOB_ID: job.id,
             ENV_JOB_TOKEN: token,
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+            **allowed.to_env(),
         }
         return env
 
@@ -99,7 +102,9 @@ class Scheduler:
         root = self.settings.resolved_artifact_root.rstrip("/")
         spec_path = f"{root}/jobs/{job.id}/spec.json"
         storage.write_text(spec_path, json.dumps(job.spec, indent=2))
-        env = self.job_env(job, issue_token(job))
+        allowed = roots.team_roots(self.settings, session, queue.team_of(job))
+        roots.check_spec(JobKind(job.kind), job.spec, allowed)  # a grant may have been revoked
+        env = self.job_env(job, issue_token(job), allowed)
         module = JOB_TYPES[JobKind(job.kind)].entry_module
         entrypoint = f"{self.settings.resolved_job_python} -m {module} --spec {spec_path}"
         attempt = f"-{job.attempts}" if job.attempts else ""
@@ -179,11 +184,18 @@ class Scheduler:
             resolved = resolve_placeholders(job.spec, by_stage)
             try:  # what a placeholder brought in is checked like anything a user typed
                 job.spec = validate_spec(JobKind(job.kind), resolved, ("spec",))
+                allowed = roots.team_roots(self.settings, session, queue.team_of(job))
+                roots.check_spec(JobKind(job.kind), job.spec, allowed)
                 check_storage(JobKind(job.kind), job.spec, ("spec",))
             except RequestValidationError as e:
                 error = e.errors()[0]
                 where = ".".join(str(part) for part in error["loc"])
                 message = f"spec after placeholders were resolved: {where}: {error['msg']}"
+                crud.set_state(session, job=job, state=JobState.failed, message=message)
+                return
+            except roots.RootsRefused as e:
+                where = "; ".join(f"spec.{v.message}" for v in e.violations)
+                message = f"spec after placeholders were resolved: {where}"
                 crud.set_state(session, job=job, state=JobState.failed, message=message)
                 return
             queue.enqueue(job)

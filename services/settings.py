@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     # Requests a minute per API key (token bucket, in this process); 0: no limit. A key created
     # with its own rate_limit_per_min uses that instead.
     rate_limit_per_min: int = Field(default=600, ge=0)
+    # Storage roots (services.roots): every team reads and writes its own area,
+    # <artifact_root>/teams/<team>; these comma-separated local folders or s3:// prefixes are
+    # readable by every team (common corpora), and admins grant a team more
+    # (PUT /api/v1/teams/{team}/roots). None may hold this control plane's home.
+    shared_roots: str = ""
+    # Readable and writable by every team: for a single-user machine or tests only.
+    shared_write_roots: str = ""
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:
@@ -94,6 +101,18 @@ class Settings(BaseSettings):
         return str((self.home / "artifacts").resolve())
 
     @property
+    def shared_root_list(self) -> list[str]:
+        return _split(self.shared_roots)
+
+    @property
+    def shared_write_root_list(self) -> list[str]:
+        return _split(self.shared_write_roots)
+
+    def team_area(self, team: str) -> str:
+        """Where a team's jobs write by default, and what only that team reads and writes."""
+        return storage.join(self.resolved_artifact_root, "teams", team)
+
+    @property
     def resolved_public_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
@@ -102,6 +121,10 @@ class Settings(BaseSettings):
         if self.job_python:
             return self.job_python
         return "python" if self.ray_address else sys.executable
+
+
+def _split(roots: str) -> list[str]:
+    return [root.strip() for root in roots.split(",") if root.strip()]
 
 
 @lru_cache

@@ -10,6 +10,8 @@ or a database that does not answer would otherwise let CI pass without running t
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,9 +49,14 @@ def shared_data() -> Path:
     return require(DATA)
 
 
-def _settings(home: Path, **overrides: object) -> Settings:
+def _settings(home: Path, write_root: Path, **overrides: object) -> Settings:
+    """The shared control plane's settings: its jobs read the shared data and read and write
+    anywhere under pytest's temporary folder ``write_root`` (the storage roots of every team,
+    services/roots.py), which must not hold ``home``."""
     return Settings(
         home=home,
+        shared_roots=str(DATA),
+        shared_write_roots=str(write_root),
         api_port=free_port(),
         ray_dashboard_port=free_port(),
         ray_num_cpus=2,
@@ -65,7 +72,13 @@ def _settings(home: Path, **overrides: object) -> Settings:
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    server = BackgroundServer(_settings(tmp_path_factory.mktemp("llmforge-home")))
-    server.start()
-    yield server
-    server.stop()
+    # The home (its store, and the Ray token) lives outside pytest's temporary folder, which
+    # the jobs may read and write: no storage root may hold the control plane's secrets.
+    home = Path(tempfile.mkdtemp(prefix="llmforge-home-"))
+    server = BackgroundServer(_settings(home, tmp_path_factory.getbasetemp()))
+    try:
+        server.start()
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -25,6 +25,9 @@ from annotated_types import Ge, Le
 from llm.data.stats import StepStats, step_stats
 
 DESCRIPTION = "description"  # the key of a parameter's explanation in its field metadata
+# Set in a parameter's field metadata when its value names a file the step reads: the curate
+# spec declares it a ``Uri`` (contracts.curate_steps), so the control plane checks it.
+READS_FILE = "reads_file"
 
 
 @dataclass(frozen=True)

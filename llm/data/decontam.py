@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from annotated_types import Ge, Le, MinLen
 
-from llm.data.block import DESCRIPTION, DocumentBlock, Pattern
+from llm.data.block import DESCRIPTION, READS_FILE, DocumentBlock, Pattern
 from llm.data.ngrams import ngram_hashes, normalized_words, word_hashes
 from llm.data.schema import TEXT, kept_mask, set_column, with_reasons
 
@@ -35,7 +35,10 @@ class EvalSet:
 
     name: Annotated[str, MinLen(1), Pattern(r"^[\w.-]+$")]
     path: str = field(
-        metadata={DESCRIPTION: "JSONL (optionally .gz) or plain text, one example a line"}
+        metadata={
+            DESCRIPTION: "JSONL (optionally .gz) or plain text, one example a line",
+            READS_FILE: True,
+        }
     )
     fields: Annotated[list[str], MinLen(1)] = field(
         default_factory=lambda: ["text"], metadata={DESCRIPTION: "JSONL fields joined per line"}

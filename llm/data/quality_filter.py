@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from annotated_types import Gt, Le, MinLen
 
-from llm.data.block import DESCRIPTION, DocumentBlock, Fraction, Pattern
+from llm.data.block import DESCRIPTION, READS_FILE, DocumentBlock, Fraction, Pattern
 from llm.data.quality import POSITIVE, load_model, positive_scores
 from llm.data.schema import REASON, TEXT, kept_mask, set_column, with_reasons
 
@@ -41,7 +41,10 @@ class QualityClassifierParams:
     """
 
     model_path: Annotated[str, MinLen(1)] = field(
-        metadata={DESCRIPTION: "a fastText .bin, a local path readable on every Ray node"}
+        metadata={
+            DESCRIPTION: "a fastText .bin, a local path readable on every Ray node",
+            READS_FILE: True,
+        }
     )
     label: Annotated[str, Pattern(r"^\S+$")] = field(
         default=POSITIVE, metadata={DESCRIPTION: "the high-quality label"}

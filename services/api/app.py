@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from services import roots
 from services.api.limits import limit_request_size
 from services.api.observability import instrument
 from services.api.ratelimit import RateLimiter
@@ -82,6 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dashboard, token, head = _connect_ray(settings)
         app.state.settings = settings
         app.state.sessions = make_sessionmaker(engine)
+        try:
+            with app.state.sessions() as session:
+                roots.check_start(settings, session, token)
+        except RuntimeError:
+            if head is not None:
+                head.stop()
+            engine.dispose()
+            raise
         if settings.auth:
             with app.state.sessions() as session:
                 bootstrap_admin_key(session, settings.home)

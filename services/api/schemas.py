@@ -245,3 +245,25 @@ class TeamPublic(BaseModel):
     limit_source: Literal["team", "default"]
     running: int = Field(description="jobs PENDING or RUNNING on Ray")
     queued: int
+
+
+class TeamRootSet(Strict):
+    uri: str = Field(min_length=1, max_length=2000, description="a local folder or s3:// prefix")
+    mode: Literal["read", "write"] = Field(description="write: the team's jobs may also write")
+
+
+class TeamRootPublic(BaseModel):
+    uri: str
+    mode: Literal["read", "write"]
+    created_at: datetime
+    created_by: str | None
+
+
+class TeamRootsPublic(BaseModel):
+    team: str
+    area: str = Field(description="the team's own area: read, written, the default output")
+    shared: list[str] = Field(description="read-only roots of every team")
+    shared_write: list[str] = Field(description="roots every team may read and write")
+    granted: list[TeamRootPublic] = Field(description="roots an admin granted this team")
+    read: list[str] = Field(description="where the team's jobs may read (normalised)")
+    write: list[str] = Field(description="where the team's jobs may write (normalised)")

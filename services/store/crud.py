@@ -36,9 +36,10 @@ def create_job(
     owner: str | None = None,
     team: str | None = None,
     priority: int = 0,
+    job_id: str | None = None,
 ) -> Job:
     job = Job(
-        id=new_id(),
+        id=job_id or new_id(),
         owner=owner,
         team=team,
         max_retries=max_retries,
@@ -171,8 +172,8 @@ def query_metrics(
     return list(session.scalars(query.order_by(Metric.step, Metric.id).limit(limit)))
 
 
-def create_pipeline(session: Session, *, name: str) -> Pipeline:
-    pipeline = Pipeline(id=new_id(), name=name)
+def create_pipeline(session: Session, *, name: str, pipeline_id: str | None = None) -> Pipeline:
+    pipeline = Pipeline(id=pipeline_id or new_id(), name=name)
     session.add(pipeline)
     session.flush()
     return pipeline

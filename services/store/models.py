@@ -134,6 +134,19 @@ class TeamLimit(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TeamRoot(Base):
+    """A storage root an admin granted a team, beyond its own area and the shared roots:
+    ``read`` (its jobs may read under it) or ``write`` (read and write)."""
+
+    __tablename__ = "team_roots"
+
+    team: Mapped[str] = mapped_column(String(100), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(2000), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
 class ArtifactCategory(StrEnum):
     dataset = "dataset"
     model = "model"

@@ -263,6 +263,9 @@ def team(
             home=root / "home",
             ray_address=cluster.head.ray.dashboard_url,
             artifact_root=f"s3://{BUCKET}/llmforge",
+            # the team's storage roots: it reads the corpus and writes its work there
+            shared_roots=f"s3://{BUCKET}/corpus",
+            shared_write_roots=f"s3://{BUCKET}/work",
             job_python=sys.executable,
             api_port=free_port(),
             poll_interval_s=0.3,

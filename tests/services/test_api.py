@@ -67,9 +67,9 @@ def test_wrong_type_inside_nested_spec_is_422_with_path(client: TestClient) -> N
 
 
 def test_missing_required_spec_field_is_422(client: TestClient) -> None:
-    r = client.post("/api/v1/jobs", json={"kind": "tokenize", "spec": {"input": "x"}})
+    r = client.post("/api/v1/jobs", json={"kind": "tokenize", "spec": {"output": "y"}})
     assert r.status_code == 422
-    assert ["body", "spec", "output"] in _locs(r)
+    assert ["body", "spec", "input"] in _locs(r)
 
 
 def test_unknown_curate_step_is_422(client: TestClient) -> None:

@@ -25,7 +25,7 @@ def test_uri_fields_come_from_the_specs() -> None:
         "curate": {"input", "output"},
         "tokenize": {"input", "output", "tokenizer"},
         "train": {"data", "output"},
-        "evaluate": {"checkpoint", "data", "output", "tokenizer", "data_root"},
+        "evaluate": {"checkpoint", "data", "output", "tokenizer", "data_root", "tasks"},
         "tune": {"data", "output"},
         "finetune": {"checkpoint", "data", "output", "tokenizer"},
     }

@@ -193,11 +193,13 @@ def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
     tmp_path: Path,
 ) -> None:
     url, headers, home, dashboard = fresh_control_plane
-    corpus = tmp_path / "corpus.jsonl"
+    area = home / "llmforge" / "artifacts" / "teams" / "default"  # the admin's team's area
+    area.mkdir(parents=True)
+    corpus = area / "corpus.jsonl"
     words = "the quick brown fox jumps over the lazy dog while the cat sleeps in the sun"
     lines = [{"id": f"d{i}", "text": f"{words} number {i}. " * 20} for i in range(8)]
     corpus.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    spec = {"input": str(corpus), "output": str(tmp_path / "curated")}
+    spec = {"input": "corpus.jsonl", "output": "curated"}  # relative: in the team's area
     with httpx.Client(base_url=url, headers=headers, timeout=60) as api:
         r = api.post("/api/v1/jobs", json={"kind": "curate", "spec": spec})
         assert r.status_code == 201, r.text
@@ -206,7 +208,7 @@ def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
             assert time.monotonic() < deadline, job
             time.sleep(0.5)
     assert job["state"] == "SUCCEEDED", job["message"]
-    assert json.loads((tmp_path / "curated" / "stats.json").read_text())["documents"] == 8
+    assert json.loads((area / "curated" / "stats.json").read_text())["documents"] == 8
 
     token = home / "llmforge" / OWN_TOKEN_FILE
     assert stat.S_IMODE(token.stat().st_mode) == 0o600

@@ -70,8 +70,9 @@ def test_control_plane_writes_specs_to_s3_and_lists_artifacts(
         poll_interval_s=60,
         auth=False,
         artifact_root=f"s3://{BUCKET}/llmforge",
+        shared_roots=f"s3://{BUCKET}/corpus",
     )
-    output = f"s3://{BUCKET}/runs/curated"
+    output = f"s3://{BUCKET}/llmforge/teams/default/runs/curated"  # the team's area
     storage.write_text(f"{output}/stats.json", json.dumps({"documents": 3}))
     with TestClient(create_app(settings)) as client:
         job = client.post(
@@ -97,22 +98,23 @@ def _offline_settings(tmp_path: Path) -> Settings:
         poll_interval_s=60,
         auth=False,
         artifact_root=f"s3://{BUCKET}/llmforge",
+        shared_roots=f"s3://no-such-bucket,s3://{BUCKET}/in",
     )
 
 
 def test_storage_problems_are_422s_before_anything_runs(
     s3: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    finished = f"s3://{BUCKET}/runs/finished"
+    finished = f"s3://{BUCKET}/llmforge/teams/default/runs/finished"
     storage.write_json(f"{finished}/result.json", {"stats": {}})
     with TestClient(create_app(_offline_settings(tmp_path))) as client:
-        code, text = _submit(client, {"input": "s3://no-such-bucket/in", "output": "/tmp/x"})
+        code, text = _submit(client, {"input": "s3://no-such-bucket/in", "output": "x"})
         assert code == 422 and "bucket 'no-such-bucket'" in text and '"input"' in text
         code, text = _submit(client, {"input": f"s3://{BUCKET}/in", "output": finished})
         assert code == 422 and "already holds the results of a finished job" in text
         assert '"output"' in text
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-        code, text = _submit(client, {"input": f"s3://{BUCKET}/in", "output": "/tmp/x"})
+        code, text = _submit(client, {"input": f"s3://{BUCKET}/in", "output": "x"})
         assert code == 422 and "cannot reach the object store" in text
         assert "AWS_ENDPOINT_URL" in text
 

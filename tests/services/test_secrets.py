@@ -4,6 +4,7 @@ stops working when the job ends."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from services.auth import ADMIN_KEY_FILE
 from services.ray_client import RayJobs
 from services.ray_head import free_port
 from services.redact import redact
+from services.roots import team_roots
 from services.scheduler import JOB_TOKEN_PREFIX, Scheduler, hash_token, issue_token
 from services.settings import Settings
 from services.store import crud
@@ -103,14 +105,20 @@ def test_job_env_carries_its_token_and_no_other_secret(
     with scheduler.sessions() as session:
         job = crud.create_job(session, kind="curate", spec={"input": "x", "output": "y"})
         token = issue_token(job)
-        env = scheduler.job_env(job, token)
+        allowed = team_roots(settings, session, "default")
+        env = scheduler.job_env(job, token, allowed)
     engine.dispose()
     assert set(env) == {
         "LLMFORGE_API_URL",
         "LLMFORGE_JOB_ID",
         "LLMFORGE_JOB_TOKEN",
+        "LLMFORGE_READ_ROOTS",
+        "LLMFORGE_WRITE_ROOTS",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
     }
+    # the job's roots: its team's area, never the control plane's home itself
+    assert json.loads(env["LLMFORGE_WRITE_ROOTS"]) == [settings.team_area("default")]
+    assert str(tmp_path.resolve()) not in json.loads(env["LLMFORGE_READ_ROOTS"])
     assert token.startswith(JOB_TOKEN_PREFIX) and job.token_hash == hash_token(token)
     values = " ".join(env.values())
     for secret in (PASSWORD, "aws-secret-value-123", "lf_kkkk"):

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
+from contracts.jobs import JOB_TYPES
 from llm import storage
+from services import roots
 from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, file_response, locate
@@ -88,7 +90,18 @@ def submit_job(
     request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JobPublic:
-    spec = validate_spec(body.kind, body.spec, ("body", "spec"))
+    settings = scheduler.settings
+    job_id = crud.new_id()
+    given = dict(body.spec)
+    if "output" not in given and "output" in JOB_TYPES[body.kind].spec.model_fields:
+        # the team's area by default; a retried Idempotency-Key gets its first job's output
+        earlier = crud.job_by_idempotency_key(session, key=idempotency_key or "")
+        mine = earlier is not None and earlier.owner == who.key_id and "output" in earlier.spec
+        default = storage.join(settings.team_area(who.team), body.kind.value, job_id)
+        given["output"] = earlier.spec["output"] if earlier is not None and mine else default
+    spec = validate_spec(body.kind, given, ("body", "spec"))
+    spec = roots.anchor(body.kind, spec, settings.team_area(who.team))
+    roots.enforce(settings, session, who.team, body.kind, spec, ("body", "spec"))
     if idempotency_key:
         earlier = _earlier_submission(session, idempotency_key, who, body, spec)
         if earlier is not None:
@@ -97,6 +110,7 @@ def submit_job(
     check_storage(body.kind, spec, ("body", "spec"))
     job = crud.create_job(
         session,
+        job_id=job_id,
         owner=who.key_id,
         team=who.team,
         kind=body.kind.value,

@@ -33,7 +33,7 @@ _KEY_ANSWERS: dict[int | str, dict[str, str]] = {
 class KeyCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     role: Role = Role.member
-    team: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[\w.-]+$")
+    team: str = Field(default="default", min_length=1, max_length=100, pattern=r"^\w[\w.-]*$")
     expires_in_days: int | None = Field(
         default=None, ge=1, le=MAX_DAYS, description="the key stops working after this many days"
     )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request, status
 
+from contracts.jobs import JOB_TYPES, JobKind
+from llm import storage
+from services import roots
 from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.routes.jobs import public_page
@@ -37,6 +42,13 @@ def _check_graph(body: PipelineCreate) -> None:
                     f"not in this stage's 'after'",
                 )
         seen.add(stage.name)
+
+
+def _with_output(kind: JobKind, spec: dict[str, Any], area: str, stage: str) -> dict[str, Any]:
+    """A stage without an output writes to ``<team area>/pipelines/<pipeline id>/<stage>``."""
+    if "output" in spec or "output" not in JOB_TYPES[kind].spec.model_fields:
+        return spec
+    return {**spec, "output": storage.join(area, stage)}
 
 
 def pipeline_state(jobs: list[Job]) -> str:
@@ -76,13 +88,22 @@ def create_pipeline(
     request: Request,
 ) -> PipelinePublic:
     _check_graph(body)
+    settings, pipeline_id = scheduler.settings, crud.new_id()
+    area = storage.join(settings.team_area(who.team), "pipelines", pipeline_id)
     specs = [
-        validate_spec(s.kind, s.spec, ("body", "stages", i, "spec"))
+        validate_spec(
+            s.kind, _with_output(s.kind, s.spec, area, s.name), ("body", "stages", i, "spec")
+        )
         for i, s in enumerate(body.stages)
     ]
+    own = settings.team_area(who.team)
+    specs = [roots.anchor(s.kind, spec, own) for s, spec in zip(body.stages, specs, strict=True)]
+    for i, (stage, spec) in enumerate(zip(body.stages, specs, strict=True)):
+        loc = ("body", "stages", i, "spec")
+        roots.enforce(settings, session, who.team, stage.kind, spec, loc)
     for i, (stage, spec) in enumerate(zip(body.stages, specs, strict=True)):
         check_storage(stage.kind, spec, ("body", "stages", i, "spec"))
-    pipeline = crud.create_pipeline(session, name=body.name)
+    pipeline = crud.create_pipeline(session, name=body.name, pipeline_id=pipeline_id)
     ids: dict[str, str] = {}
     jobs = []
     for stage, spec in zip(body.stages, specs, strict=True):
