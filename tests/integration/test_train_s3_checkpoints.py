@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -46,13 +47,21 @@ FAIL_AND_WIPE = {"debug": {"fail_at_step": FAIL_AT, "wipe_local_checkpoints": Tr
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
+def s3(control_plane: BackgroundServer) -> Iterator[S3]:
     # the control plane (in this process) reads each job's result.json from S3 too: on a
     # cluster it has the same environment as the jobs
     with s3_server(BUCKET) as server, pytest.MonkeyPatch.context() as env:
         for name, value in server.env.items():
             env.setenv(name, value)
-        yield server
+        # the bucket is a root the shared control plane's team may read and write, granted by
+        # an admin as a team's would be
+        root = {"uri": f"s3://{BUCKET}", "mode": "write"}
+        url = f"{control_plane.url}/api/v1/teams/default/roots"
+        httpx.put(url, json=root, timeout=30).raise_for_status()
+        try:
+            yield server
+        finally:
+            httpx.request("DELETE", url, params={"uri": root["uri"]}, timeout=30)
 
 
 @pytest.fixture(scope="module")
