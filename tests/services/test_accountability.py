@@ -257,7 +257,8 @@ def test_cli_keys_and_audit(
 ) -> None:
     from services.cli import main
 
-    settings = _settings(tmp_path / "home", api_port=free_port())
+    data = tmp_path / "data"  # the jobs' storage root: beside the home, never holding it
+    settings = _settings(tmp_path / "home", api_port=free_port(), shared_write_roots=str(data))
     server = BackgroundServer(settings)
     server.start()
     try:
@@ -278,11 +279,11 @@ def test_cli_keys_and_audit(
         assert json.loads(capsys.readouterr().out)["count"] == 0
 
         # downloads: a job's output file, resumed, and a dataset's file
-        out = tmp_path / "out"
-        out.mkdir()
+        out = data / "out"
+        out.mkdir(parents=True)
         (out / "stats.json").write_text('{"kept": 3}' * 1000)
         spec = tmp_path / "spec.json"
-        spec.write_text(json.dumps({"input": str(tmp_path), "output": str(out)}))
+        spec.write_text(json.dumps({"input": str(data), "output": str(out)}))
         assert main(["submit", "curate", str(spec)]) == 0
         job_id = json.loads(capsys.readouterr().out)["id"]
         target = tmp_path / "got.json"
