@@ -15,11 +15,11 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import pyarrow.fs as pafs
-from fastapi import HTTPException, status
+from fastapi import Header, HTTPException, status
 from fastapi.responses import StreamingResponse
 
 from llm import storage
@@ -170,3 +170,9 @@ def file_response(uri: str, size: int, range_header: str | None) -> StreamingRes
         media_type=media_type,
         headers=headers,
     )
+
+
+# The Range header every download route takes (RFC 9110 byte ranges).
+RangeHeader = Annotated[
+    str | None, Header(description="bytes=first-last, bytes=first- or bytes=-suffix")
+]

@@ -14,7 +14,7 @@ from llm import storage
 from services import roots
 from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
-from services.api.downloads import DOWNLOAD_RESPONSES, file_response, locate
+from services.api.downloads import DOWNLOAD_RESPONSES, RangeHeader, file_response, locate
 from services.api.schemas import (
     JobCreate,
     JobPublic,
@@ -303,9 +303,7 @@ def download_artifact(
     path: str,
     session: SessionDep,
     who: PrincipalDep,
-    range: Annotated[
-        str | None, Header(description="bytes=first-last, bytes=first- or bytes=-suffix")
-    ] = None,
+    range: RangeHeader = None,
 ) -> StreamingResponse:
     """One file of the job's output (a path relative to it), streamed; ranges resume large
     downloads."""

@@ -11,14 +11,20 @@ category, and FastAPI reads their parameter types at definition time, locals inc
 from typing import Annotated
 
 import pyarrow.fs as pafs
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from llm import storage
 from services import job_outputs
 from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
-from services.api.downloads import DOWNLOAD_RESPONSES, check_relative, file_response, locate
+from services.api.downloads import (
+    DOWNLOAD_RESPONSES,
+    RangeHeader,
+    check_relative,
+    file_response,
+    locate,
+)
 from services.api.schemas import (
     ArtifactCreate,
     ArtifactPublic,
@@ -232,9 +238,7 @@ def build_router(
         path: str,
         session: SessionDep,
         who: PrincipalDep,
-        range: Annotated[
-            str | None, Header(description="bytes=first-last, bytes=first- or bytes=-suffix")
-        ] = None,
+        range: RangeHeader = None,
     ) -> StreamingResponse:
         """One file under the artifact's URI (a path relative to it), streamed, with ranges."""
         artifact = _one_or_404(session, category, artifact_id, who)
