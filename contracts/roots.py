@@ -172,10 +172,22 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def violations(spec: Mapping[str, Any], paths: UriPaths, roots: Roots) -> list[Violation]:
+def violations(
+    spec: Mapping[str, Any],
+    paths: UriPaths,
+    roots: Roots,
+    indirect: Iterable[tuple[tuple[str | int, ...], str]] = (),
+) -> list[Violation]:
     """Every URI in a dumped spec that its team may not read (read fields) or write (write
-    fields). Unresolved ``${stage.field}`` placeholders are left for the scheduler."""
+    fields), and every ``indirect`` read (``Spec.indirect_reads``: what files the spec names
+    lead the job to read) outside the read roots. Unresolved ``${stage.field}`` placeholders
+    are left for the scheduler."""
     found = []
+    for loc, value in indirect:
+        try:
+            roots.check(value, READ)
+        except RootError as e:
+            found.append(Violation(loc, value, READ, str(e), roots.allowed(READ)))
     fields = [(READ, p, False) for p in paths.read] + [(WRITE, p, False) for p in paths.write]
     fields += [(READ, p, True) for p in paths.named]  # a name, or a file when it looks like one
     for mode, path, maybe_name in fields:

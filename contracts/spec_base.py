@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -208,6 +209,13 @@ class Spec(BaseModel):
         except ValidationError as e:
             details = [_unnested(error, cls.flat_sections) for error in e.errors()]
             raise ValidationError.from_exception_data(e.title, details) from None
+
+    @classmethod
+    def indirect_reads(cls, spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """(location, URI) of what a job of this kind reads because a file its spec names
+        says so, not the spec itself (an evaluate task file's data). Checked against the
+        team's read roots with the spec's own fields; none by default."""
+        return []
 
     @model_serializer(mode="wrap")
     def _spread_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -9,12 +9,13 @@ that names the field instead of a silently ignored option.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from contracts.curate import CurateSpec
-from contracts.spec_base import OutputUri, Spec, Uri, UriOrName
+from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -170,6 +171,38 @@ class EvaluateSpec(Spec):
     temperature: float = Field(default=0.8, ge=0)
     top_k: int | None = Field(default=40, gt=0)
     seed: int = 0
+
+    @classmethod
+    def indirect_reads(cls, spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """The data files the listed task files read (their ``data`` and ``fewshot_data``),
+        resolved against the spec's data root, else the deployment's ($LLMFORGE_DATA_ROOT): a
+        task file in a team's area must not point at what the team may not read. A task file
+        not readable yet (a placeholder, a missing file) is skipped here; the job checks again
+        when it has read it. Built-in tasks read under the data root, itself checked."""
+        from llm.eval.data import data_files
+        from llm.eval.task_config import TaskError, TaskGroup, parse_file
+
+        root = spec.get("data_root")
+        if isinstance(root, str) and "${" in root:
+            return []
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        for i, task in enumerate(spec.get("tasks") or []):
+            if not isinstance(task, str) or "${" in task or not looks_like_path(task):
+                continue
+            try:
+                parsed = parse_file(task)
+            except TaskError:
+                continue
+            configs = parsed.tasks if isinstance(parsed, TaskGroup) else (parsed,)
+            for cfg in configs:
+                try:
+                    files = data_files(
+                        cfg.data, cfg.fewshot_data, task_file=cfg.source, data_root=root
+                    )
+                except FileNotFoundError:
+                    continue  # a relative path and no data root: the job says so
+                found += [(("tasks", i, cfg.task, name), file) for name, file in files]
+        return found
 
     @model_validator(mode="after")
     def _something_to_do(self) -> EvaluateSpec:

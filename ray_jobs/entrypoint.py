@@ -55,7 +55,8 @@ def check_roots(spec: Spec) -> None:
         raise JobError(f"storage roots: {e}") from e
     if allowed is None:
         return
-    found = violations(spec.model_dump(mode="json"), uri_paths(type(spec)), allowed)
+    dumped = spec.model_dump(mode="json")
+    found = violations(dumped, uri_paths(type(spec)), allowed, spec.indirect_reads(dumped))
     if found:
         raise JobError("; ".join(v.message for v in found))
 

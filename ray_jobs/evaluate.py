@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
 import ray
 from ray.util import ActorPool
 
+from contracts.roots import READ, RootError, Roots
 from contracts.specs import EvaluateSpec
 from llm import storage
+from llm.eval.data import data_files
 from llm.eval.lm import load_eval_model
 from llm.eval.report import leaderboard_markdown
 from llm.eval.runner import evaluate_tasks, merge, regroup, shard_slices, task_rows
@@ -102,12 +105,34 @@ class _Evaluator:
 Evaluator: Any = ray.remote(num_cpus=1)(_Evaluator)
 
 
+def check_task_data(configs: list[TaskConfig], data_root: str | None) -> None:
+    """Every file the tasks read under this job's read roots, checked when it reads them:
+    what a task file or the data root says may differ from what the control plane saw."""
+    try:
+        allowed = Roots.from_env(os.environ)
+    except RootError as e:
+        raise JobError(f"storage roots: {e}") from e
+    if allowed is None:
+        return  # a job run by hand
+    for cfg in configs:
+        files = data_files(cfg.data, cfg.fewshot_data, task_file=cfg.source, data_root=data_root)
+        for name, file in files:
+            try:
+                allowed.check(file, READ)
+            except RootError as e:
+                raise JobError(
+                    f"task {cfg.task} ({cfg.source}): {name} {file!r} may not be read by this "
+                    f"team: {e}; the team's read roots are: {', '.join(allowed.read) or 'none'}"
+                ) from e
+
+
 def run_tasks(
     spec: EvaluateSpec, model: str, tokenizer: str | None
 ) -> tuple[dict[str, Any], set[str]]:
     """The merged task results, and the nodes whose workers computed them."""
     try:
         configs, groups = resolve_tasks(list(spec.tasks))
+        check_task_data(configs, spec.data_root)
         rows = task_rows(configs, limit=spec.limit, data_root=spec.data_root)
     except (ValueError, FileNotFoundError) as e:  # TaskError is a ValueError
         raise JobError(str(e)) from e

@@ -23,8 +23,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from services.api.request_id import request_id_of
+from services.store import audit
 from services.store.models import DEFAULT_TEAM, ApiKey, Role, utcnow
 
 log = logging.getLogger("llmforge.auth")
@@ -84,6 +87,28 @@ def bootstrap_admin_key(session: Session, home: Path) -> Path | None:
     return path
 
 
+def admin_key_file_holds(home: Path, key_hash: str) -> bool:
+    """Whether ``home``'s admin.key (the first start's admin key) is the key with this hash."""
+    try:
+        current = (home / ADMIN_KEY_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(hash_key(current), key_hash)
+
+
+def rewrite_admin_key_file(home: Path, raw: str) -> Path:
+    """Put a rotated bootstrap key in admin.key, whole or not at all (mode 0600), so the local
+    CLI that reads it goes on working once the old key is revoked."""
+    path = home / ADMIN_KEY_FILE
+    staged = path.with_name(f".{ADMIN_KEY_FILE}.{os.getpid()}.tmp")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(raw + "\n")
+    os.replace(staged, path)
+    log.warning("rotated the admin key in %s", path)
+    return path
+
+
 def _lookup(session: Session, raw: str) -> ApiKey | None:
     """The key, unless unknown or revoked (a revocation in the future is a rotation's grace
     period); an expired key is returned, for the caller to say so."""
@@ -113,6 +138,7 @@ def principal(
     with request.app.state.sessions() as session:
         key = _lookup(session, raw) if raw else None
     if key is None:
+        _record_refusal(request, 401, "auth.refused", "no valid API key", None)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "a valid API key is required: 'Authorization: Bearer <key>' or "
@@ -120,6 +146,7 @@ def principal(
             headers={"WWW-Authenticate": "Bearer"},
         )
     if key.expires_at is not None and key.expires_at <= utcnow():
+        _record_refusal(request, 401, "auth.refused", "the key expired", key)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             f"this API key ({key.id}) expired at {key.expires_at.isoformat()}Z: ask an admin "
@@ -128,6 +155,7 @@ def principal(
         )
     wait = request.app.state.rate_limiter.wait_s(key.id, key.rate_limit_per_min)
     if wait:
+        _record_refusal(request, 429, "rate_limit.refused", f"retry in {wait} s", key)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"rate limit of this API key reached: retry in {wait} s",
@@ -136,10 +164,44 @@ def principal(
     return Principal(key_id=key.id, role=Role(key.role), team=key.team)
 
 
+def _record_refusal(
+    request: Request, code: int, action: str, reason: str, by: ApiKey | Principal | None
+) -> None:
+    """An audit row for a request refused before any route ran (no key, an expired key, a
+    rate limit, a role too low): throttled per caller (``AuditThrottle``), in its own
+    transaction. A failing store must not turn the refusal into a 500: it is logged."""
+    host = request.client.host if request.client else None
+    key_id = by.key_id if isinstance(by, Principal) else by.id if by is not None else None
+    left_out = request.app.state.audit_throttle.admit(action, key_id or f"client:{host}")
+    if left_out is None:
+        return
+    details: dict[str, object] = {"reason": reason, "client": host}
+    if left_out:
+        details["left_out_before"] = left_out
+    try:
+        with request.app.state.sessions() as session:
+            audit.record(
+                session,
+                action=action,
+                resource_type="request",
+                resource_id=f"{request.method} {request.url.path}"[:200],
+                key_id=key_id,
+                team=by.team if by is not None else None,
+                role=(by.role.value if isinstance(by, Principal) else by.role) if by else None,
+                request_id=request_id_of(request),
+                status_code=code,
+                details=details,
+            )
+            session.commit()
+    except SQLAlchemyError:
+        log.exception("could not record a refused request in the audit log")
+
+
 def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
     """Reads need read_only, anything else member."""
     needed = Role.read_only if request.method in ("GET", "HEAD") else Role.member
     if not who.allowed(needed):
+        _record_refusal(request, 403, "access.refused", f"needs {needed}", who)
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"this key's role ({who.role}) may not {request.method} here; "
@@ -148,8 +210,9 @@ def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -
     return who
 
 
-def require_admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
+def require_admin(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
     if not who.allowed(Role.admin):
+        _record_refusal(request, 403, "access.refused", "needs admin", who)
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"admin role needed (this key: {who.role})")
     return who
 

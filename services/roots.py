@@ -58,6 +58,8 @@ def team_roots(settings: Settings, session: Session, team: str) -> Roots:
         *(g.uri for g in grants if g.mode == WRITE),
     ]
     read = [*settings.shared_root_list, *(g.uri for g in grants if g.mode == READ)]
+    if settings.resolved_data_root:
+        read.append(settings.resolved_data_root)
     return Roots.of(read, write)
 
 
@@ -88,7 +90,8 @@ def _put(spec: Any, loc: tuple[str | int, ...], value: str) -> None:
 
 def check_spec(kind: JobKind, spec: dict[str, Any], roots: Roots) -> None:
     """RootsRefused naming every field of the (dumped) spec outside its roots."""
-    found = violations(spec, JOB_TYPES[kind].uri_paths, roots)
+    job = JOB_TYPES[kind]
+    found = violations(spec, job.uri_paths, roots, job.spec.indirect_reads(spec))
     if found:
         raise RootsRefused(found)
 
@@ -160,6 +163,8 @@ def check_start(settings: Settings, session: Session, token: RayToken | None) ->
     roots = [("LLMFORGE_SHARED_ROOTS", r) for r in settings.shared_root_list] + [
         ("LLMFORGE_SHARED_WRITE_ROOTS", r) for r in settings.shared_write_root_list
     ]
+    if settings.resolved_data_root:
+        roots.append(("LLMFORGE_DATA_ROOT (evaluation data)", settings.resolved_data_root))
     roots += [(f"team {g.team}'s granted root", g.uri) for g in session.scalars(select(TeamRoot))]
     roots.append(("the teams' areas (LLMFORGE_ARTIFACT_ROOT/teams)", teams_root(settings)))
     for origin, root in roots:

@@ -29,6 +29,7 @@ from contracts.jobs import JOB_TYPES, JobKind
 from contracts.reporting import ENV_API_URL, ENV_JOB_ID, ENV_JOB_TOKEN
 from contracts.roots import Roots
 from llm import storage
+from llm.eval.data import DATA_ROOT_ENV
 from services import job_outputs, roots
 from services.api.validation import check_storage, validate_spec
 from services.jsonsafe import finite_record
@@ -95,6 +96,8 @@ class Scheduler:
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
             **allowed.to_env(),
         }
+        if self.settings.resolved_data_root:
+            env[DATA_ROOT_ENV] = self.settings.resolved_data_root
         return env
 
     def submit(self, session: Session, job: Job) -> None:

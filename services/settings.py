@@ -20,6 +20,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm import storage
+from llm.eval.data import default_data_root
 from services.redact import mask_url
 
 
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     shared_roots: str = ""
     # Readable and writable by every team: for a single-user machine or tests only.
     shared_write_roots: str = ""
+    # Where the built-in evaluation tasks find their data (a local folder or an s3:// prefix),
+    # readable by every team and given to every job as $LLMFORGE_DATA_ROOT; default: the
+    # ``shared/data`` folder beside the checkout, where there is one.
+    data_root: str | None = None
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:
@@ -107,6 +112,13 @@ class Settings(BaseSettings):
     @property
     def shared_write_root_list(self) -> list[str]:
         return _split(self.shared_write_roots)
+
+    @property
+    def resolved_data_root(self) -> str | None:
+        if self.data_root:
+            return self.data_root
+        beside = default_data_root()
+        return str(beside.resolve()) if beside is not None else None
 
     def team_area(self, team: str) -> str:
         """Where a team's jobs write by default, and what only that team reads and writes."""

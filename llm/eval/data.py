@@ -69,25 +69,49 @@ def default_data_root() -> Path | None:
     return beside if beside.is_dir() else None
 
 
-def resolve(path: str, *, task_file: str, data_root: Path | None = None) -> str:
-    """An s3:// URI or absolute path as given, a relative path under the data root; the file
-    (or, for a glob, at least one match) must exist."""
-    if path.startswith("s3://"):
+def locate(path: str, *, task_file: str, data_root: str | Path | None = None) -> str:
+    """Where a task's data path points, without looking: an s3:// URI or absolute path as
+    given, a relative path under the data root (a local folder or an s3:// prefix)."""
+    if path.startswith("s3://") or Path(path).is_absolute():
         return path
     root = data_root or default_data_root()
-    if not Path(path).is_absolute():
-        if root is None:
-            raise DataNotFoundError(
-                f"{task_file}: data path {path!r} is relative but no data root is set "
-                f"(set ${DATA_ROOT_ENV} to the folder holding the evaluation data)"
-            )
-        path = str(root / path)
-    if not (glob.glob(path) if glob.has_magic(path) else Path(path).is_file()):
+    if root is None:
         raise DataNotFoundError(
-            f"{task_file}: data file {path} not found (data root: {root}; "
-            f"set ${DATA_ROOT_ENV} to change it)"
+            f"{task_file}: data path {path!r} is relative but no data root is set "
+            f"(set ${DATA_ROOT_ENV} to the folder holding the evaluation data)"
         )
-    return path
+    return f"{str(root).rstrip('/')}/{path}"
+
+
+def resolve(path: str, *, task_file: str, data_root: str | Path | None = None) -> str:
+    """:func:`locate`, and the file (or, for a local glob, at least one match) must exist."""
+    path = locate(path, task_file=task_file, data_root=data_root)
+    if path.startswith("s3://"):
+        from llm import storage
+
+        if storage.is_file(path):
+            return path
+    elif glob.glob(path) if glob.has_magic(path) else Path(path).is_file():
+        return path
+    raise DataNotFoundError(
+        f"{task_file}: data file {path} not found (data root: "
+        f"{data_root or default_data_root()}; set ${DATA_ROOT_ENV} to change it)"
+    )
+
+
+def data_files(
+    data: str | None, fewshot_data: str | None, *, task_file: str, data_root: str | Path | None
+) -> list[tuple[str, str]]:
+    """(field, file) for every file a task reads: its ``data`` and ``fewshot_data``, a local
+    glob expanded to its matches (the pattern itself when nothing matches yet). What a job
+    checks against its storage roots before it reads them."""
+    found = []
+    for name, value in (("data", data), ("fewshot_data", fewshot_data)):
+        if value is None:
+            continue
+        path = locate(value, task_file=task_file, data_root=data_root)
+        found += [(name, file) for file in _files(path) or [path]]
+    return found
 
 
 def infer_format(path: str) -> str:

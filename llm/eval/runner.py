@@ -46,7 +46,7 @@ def _run_task(
     share_prefix: bool,
     judges: Sequence[Judge],
     log_samples: bool,
-    data_root: Path | None,
+    data_root: str | Path | None,
 ) -> dict[str, Any]:
     task = LoadedTask.load(cfg, data_root)
     started = time.perf_counter()
@@ -159,7 +159,7 @@ def evaluate_tasks(
     """
     lm = as_eval_model(model, tokenizer, device)
     configs, groups = resolve_tasks(list(tasks))
-    root = Path(data_root) if data_root is not None else None
+    root = data_root
     results = {}
     for cfg in configs:
         results[cfg.task] = finalize(
@@ -238,7 +238,7 @@ def task_rows(
 ) -> dict[str, int]:
     """Records per task (the first `limit`): the row count item shards divide."""
     configs, _ = resolve_tasks(list(tasks))
-    root = Path(data_root) if data_root is not None else None
+    root = data_root
     sizes = {cfg.task: LoadedTask.load(cfg, root).records.total for cfg in configs}
     return {name: min(n, limit) if limit is not None else n for name, n in sizes.items()}
 

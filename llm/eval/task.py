@@ -119,7 +119,7 @@ class LoadedTask:
     _pool_cache: list[tuple[Record, _Pieces]] | None = None
 
     @classmethod
-    def load(cls, config: TaskConfig, data_root: Path | None = None) -> LoadedTask:
+    def load(cls, config: TaskConfig, data_root: str | Path | None = None) -> LoadedTask:
         path = resolve(config.data, task_file=config.source, data_root=data_root)
         records = read_records(path, config.data_format, config.document_start)
         if not records.good:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from services import roots
 from services.api.limits import limit_request_size
 from services.api.observability import instrument
-from services.api.ratelimit import RateLimiter
+from services.api.ratelimit import AuditThrottle, RateLimiter
 from services.api.request_id import add_request_ids
 from services.api.routes import (
     audit,
@@ -131,4 +131,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limit_request_size(app, settings.max_request_bytes)
     add_request_ids(app)  # the outermost: every answer, a 413 included, carries one
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_min)
+    app.state.audit_throttle = AuditThrottle()
     return app

@@ -36,3 +36,29 @@ class RateLimiter:
                 return 0
             self._buckets[key_id] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / rate))
+
+
+class AuditThrottle:
+    """How many refused requests of one kind from one caller (a key, or a client address when
+    no valid key came) the audit log records: the first ``burst`` in each ``window_s``, then
+    one row saying how many it left out. A flood of bad keys must not become a flood of rows."""
+
+    def __init__(self, burst: int = 10, window_s: float = 60.0, max_callers: int = 10_000) -> None:
+        self.burst, self.window_s, self.max_callers = burst, window_s, max_callers
+        self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}  # start, kept, left out
+        self._lock = threading.Lock()
+
+    def admit(self, action: str, caller: str) -> int | None:
+        """None: leave this one out; else record it, with the count left out before it."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) >= self.max_callers:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+            start, kept, left_out = self._seen.get((action, caller), (now, 0, 0))
+            if now - start >= self.window_s:
+                start, kept = now, 0
+            if kept >= self.burst:
+                self._seen[(action, caller)] = (start, kept, left_out + 1)
+                return None
+            self._seen[(action, caller)] = (start, kept + 1, 0)
+            return left_out

@@ -7,6 +7,7 @@ fixture of conftest.py); Ray is an address where nothing listens, so jobs stay i
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from services.auth import ADMIN_KEY_FILE
+from services.auth import ADMIN_KEY_FILE, create_key
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
-from services.store.models import ApiKey, utcnow
+from services.store.models import DEFAULT_TEAM, ApiKey, Role, utcnow
 
 Client = tuple[TestClient, dict[str, str]]
 CURATE = {"kind": "curate", "spec": {"input": "x", "output": "y"}}
@@ -84,20 +85,32 @@ def test_the_audit_log_records_who_did_what(app_db: Client) -> None:
     ).json()
     assert client.delete(f"/api/v1/datasets/{dataset['id']}", headers=admin).is_success
     assert client.delete(f"/api/v1/keys/{reader_id}", headers=admin).is_success
-    # reads are not audited, refusals change nothing
+    # reads are not audited
     assert client.get(f"/api/v1/jobs/{job_id}", headers=alice).is_success
     assert client.post("/api/v1/keys", json={"name": "x"}, headers=alice).status_code == 403
 
     # only admins read it
     assert client.get("/api/v1/audit", headers=alice).status_code == 403
     assert client.get("/api/v1/audit", headers=reader).status_code == 401  # revoked
-    _, reader2 = _key(client, admin, name="r2", role="read_only", team="red")
+    reader2_id, reader2 = _key(client, admin, name="r2", role="read_only", team="red")
     assert client.get("/api/v1/audit", headers=reader2).status_code == 403
     assert client.get("/api/v1/audit").status_code == 401
 
     r = client.get("/api/v1/audit", params={"limit": 1000}, headers=admin)
     assert r.status_code == 200, r.text
-    events = list(reversed(r.json()["data"]))
+    logged = list(reversed(r.json()["data"]))
+    # the requests refused before any route ran are recorded too (and change nothing)
+    refused = [
+        (e["action"], e["key_id"], e["status_code"]) for e in logged if ".refused" in e["action"]
+    ]
+    assert refused == [
+        ("access.refused", alice_id, 403),  # POST /keys
+        ("access.refused", alice_id, 403),  # GET /audit
+        ("auth.refused", None, 401),  # the revoked key is no valid key
+        ("access.refused", reader2_id, 403),
+        ("auth.refused", None, 401),  # no key
+    ]
+    events = [e for e in logged if ".refused" not in e["action"]]
     assert [(e["action"], e["key_id"]) for e in events] == [
         ("key.create", admin_id),
         ("key.create", admin_id),
@@ -129,11 +142,14 @@ def test_the_audit_log_records_who_did_what(app_db: Client) -> None:
         return [e["action"] for e in got.json()["data"]]
 
     assert actions(action="job.cancel") == ["job.cancel"]
-    assert actions(key_id=alice_id) == ["pipeline.create", "job.retry", "job.cancel", "job.submit"]
+    assert actions(key_id=alice_id) == [
+        *["access.refused"] * 2,
+        *["pipeline.create", "job.retry", "job.cancel", "job.submit"],
+    ]
     assert actions(team="red", resource_type="job") == ["job.retry", "job.cancel", "job.submit"]
     later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
     assert actions(since=later) == []
-    assert len(actions(until=later)) == 12
+    assert len(actions(until=later)) == 17
     first = client.get("/api/v1/audit", params={"limit": 4}, headers=admin).json()
     second = client.get(
         "/api/v1/audit", params={"limit": 4, "cursor": first["next_cursor"]}, headers=admin
@@ -304,3 +320,85 @@ def test_cli_keys_and_audit(
         assert copy.read_text() == '{"kept": 3}' * 1000
     finally:
         server.stop()
+
+
+def test_requests_refused_before_any_route_are_recorded(app_sqlite: Client) -> None:
+    """No key, an expired key, a role too low and a rate limit: each refusal is an audit row
+    (who, when, which request, why), and a flood of them is a few rows, not a flood."""
+    client, _ = app_sqlite
+    admin = _unlimited_admin(client)  # the fixture's own admin key may make 2 requests a minute
+    _, reader = _key(client, admin, role="read_only", rate_limit_per_min=0)
+    _, member = _key(client, admin, rate_limit_per_min=0)
+    expired_id, expired = _key(client, admin, rate_limit_per_min=0)
+    limited_id, limited = _key(client, admin, rate_limit_per_min=1)
+    _set_key(client, expired_id, expires_at=utcnow() - timedelta(seconds=1))
+    assert client.get("/api/v1/jobs").status_code == 401
+    assert client.get("/api/v1/jobs", headers=expired).status_code == 401
+    assert client.post("/api/v1/jobs", json=CURATE, headers=reader).status_code == 403
+    assert client.get("/api/v1/keys", headers=member).status_code == 403
+    assert client.get("/api/v1/jobs", headers=limited).status_code == 200
+    assert client.get("/api/v1/jobs", headers=limited).status_code == 429
+    flood = [client.get("/api/v1/jobs", headers={"X-API-Key": f"lf_guess{i}"}) for i in range(40)]
+    assert {r.status_code for r in flood} == {401}
+
+    def audit(action: str) -> list[dict[str, Any]]:
+        r = client.get("/api/v1/audit", params={"action": action, "limit": 100}, headers=admin)
+        assert r.status_code == 200, r.text
+        return list(reversed(r.json()["data"]))  # oldest first
+
+    rows = audit("auth.refused")
+    got = [(e["key_id"], e["status_code"], e["details"]["reason"]) for e in rows]
+    assert got[:2] == [(None, 401, "no valid API key"), (expired_id, 401, "the key expired")]
+    assert len([r for r in got if r[0] is None]) == 10  # the first 10 a minute per client
+    assert all(e["resource_id"] == "GET /api/v1/jobs" and e["request_id"] for e in rows)
+    assert rows[0]["details"]["client"] == "testclient"
+    assert [(e["resource_id"], e["status_code"], e["role"]) for e in audit("access.refused")] == [
+        ("POST /api/v1/jobs", 403, "read_only"),
+        ("GET /api/v1/keys", 403, "member"),
+    ]
+    assert [(e["key_id"], e["status_code"]) for e in audit("rate_limit.refused")] == [
+        (limited_id, 429)
+    ]
+
+
+def _unlimited_admin(client: TestClient) -> dict[str, str]:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        _, raw = create_key(
+            session, name="auditor", role=Role.admin, team=DEFAULT_TEAM, rate_limit_per_min=0
+        )
+        session.commit()
+    return {"X-API-Key": raw}
+
+
+def test_the_audit_throttle_keeps_a_burst_then_says_how_many_it_left_out() -> None:
+    from services.api.ratelimit import AuditThrottle
+
+    throttle = AuditThrottle(burst=3, window_s=0.2)
+    assert [throttle.admit("a", "x") for _ in range(5)] == [0, 0, 0, None, None]
+    assert throttle.admit("a", "y") == 0 and throttle.admit("b", "x") == 0  # per caller, action
+    time.sleep(0.25)
+    assert throttle.admit("a", "x") == 2  # a new window: the first row says 2 were left out
+    assert throttle.admit("a", "x") == 0
+
+
+def test_rotating_the_bootstrap_key_rewrites_admin_key(app_db: Client, tmp_path: Path) -> None:
+    """The local CLI reads LLMFORGE_HOME/admin.key: rotating that key puts the new one there
+    (mode 0600), so the CLI goes on working and the old key stops."""
+    client, admin = app_db
+    key_file = tmp_path / ADMIN_KEY_FILE
+    old = key_file.read_text().strip()
+    me = client.get("/api/v1/keys", headers=admin).json()
+    boot = next(k for k in me if k["name"] == "bootstrap admin")
+    r = client.post(f"/api/v1/keys/{boot['id']}/rotate", headers=admin)
+    assert r.status_code == 201, r.text
+    assert key_file.read_text().strip() == r.json()["key"] != old
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob(f".{ADMIN_KEY_FILE}*"))  # no staged file left behind
+    assert client.get("/api/v1/jobs", headers=admin).status_code == 401
+    fresh = {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    audit = client.get("/api/v1/audit", params={"action": "key.rotate"}, headers=fresh).json()
+    assert audit["data"][0]["details"]["bootstrap_file_rewritten"] is True
+    # another key's rotation leaves the file alone
+    other_id, _ = _key(client, fresh, name="other")
+    assert client.post(f"/api/v1/keys/{other_id}/rotate", headers=fresh).status_code == 201
+    assert key_file.read_text().strip() == fresh["Authorization"].removeprefix("Bearer ")

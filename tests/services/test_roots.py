@@ -548,3 +548,115 @@ def test_a_revoked_grant_stops_a_queued_job_before_ray(plane: Plane, tmp_path: P
     assert after["state"] == "FAILED" and after["ray_submission_id"] is None
     assert "output" in after["message"] and "may not be written" in after["message"]
     assert not out.exists()
+
+
+# --- what task files lead an evaluate job to read -----------------------------------------------
+
+
+def _task_file(path: Path, data: str, **more: str) -> str:
+    lines = [
+        "task: leak",
+        f"data: {data}",
+        "data_format: text",
+        "output_type: loglikelihood_rolling",
+        'doc_to_target: "{{ text }}"',
+        *(f"{k}: {v}" for k, v in more.items()),
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_task_file_may_not_point_its_data_outside_the_roots(plane: Plane) -> None:
+    """A task file in red's own area names data red may not read: refused at submit (403 at
+    the task's data field), whether absolute, relative to the data root, a glob, a symlink or
+    the few-shot split; data in a shared root is accepted."""
+    client, red = plane.client, plane.keys["red"]
+    area = plane.area / "red"
+    (area / "data").mkdir(parents=True)
+    (area / "data" / "key.txt").symlink_to(plane.home / ADMIN_KEY_FILE)
+    (area / "data" / "ok.txt").write_text("fine words\n")
+    admin_key = str(plane.home / ADMIN_KEY_FILE)
+    base = {**_base_spec(JobKind.evaluate, plane), "data_root": str(area / "data")}
+    refused = {
+        "absolute": (_task_file(area / "t1.yaml", admin_key), "data"),
+        "relative": (_task_file(area / "t2.yaml", "../../../../home/admin.key"), "data"),
+        "glob": (_task_file(area / "t3.yaml", f"{plane.home}/*.key"), "data"),
+        "symlink": (_task_file(area / "t4.yaml", "key.txt"), "data"),
+        "few-shot": (
+            _task_file(area / "t5.yaml", "ok.txt", fewshot_data=admin_key),
+            "fewshot_data",
+        ),
+        "s3": (_task_file(area / "t6.yaml", "s3://llmforge-bucket/teams/blue/x.txt"), "data"),
+    }
+    before = _tree(plane.home)
+    for what, (task, field) in refused.items():
+        spec = {**base, "tasks": ["arc_easy", task]}
+        r = client.post("/api/v1/jobs", json={"kind": "evaluate", "spec": spec}, headers=red)
+        assert r.status_code == 403, (what, r.text)
+        detail = r.json()["detail"][0]
+        assert detail["loc"] == ["body", "spec", "tasks", 1, "leak", field], what
+        assert "may not be read" in detail["msg"], what
+    assert _tree(plane.home) == before  # nothing created
+    fine = [
+        _task_file(area / "ok.yaml", "ok.txt"),
+        _task_file(area / "ok2.yaml", str(plane.shared / "corpus.jsonl")),
+    ]
+    for task in fine:
+        spec = {**base, "tasks": [task]}
+        r = client.post("/api/v1/jobs", json={"kind": "evaluate", "spec": spec}, headers=red)
+        assert r.status_code == 201, r.text
+
+
+def test_the_job_checks_task_data_again_when_it_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the control plane saw may have changed: the entrypoint and the evaluate job both
+    check every task's data (built-in tasks' too) against the roots in their environment."""
+    from llm.eval.task_config import resolve_tasks
+    from ray_jobs.evaluate import check_task_data
+
+    area, data = tmp_path / "area", tmp_path / "data"
+    data.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret\n")
+    task = _task_file(area / "t.yaml", str(secret))
+    for name, value in Roots.of([str(data)], [str(area)]).to_env().items():
+        monkeypatch.setenv(name, value)
+    spec = EvaluateSpec(checkpoint=str(area / "ckpt"), output=str(area / "out"), tasks=[task])
+    with pytest.raises(JobError, match=r"tasks\.0\.leak\.data: .* may not be read"):
+        check_roots(spec)
+    configs, _ = resolve_tasks([task])
+    with pytest.raises(JobError, match=r"task leak .*: data .* may not be read"):
+        check_task_data(configs, None)
+    arc, _ = resolve_tasks(["arc_easy"])
+    with pytest.raises(JobError, match="may not be read"):
+        check_task_data(arc, str(tmp_path / "elsewhere"))  # built-in data outside the roots
+    check_task_data(arc, str(data))  # under a read root
+    monkeypatch.delenv(ENV_READ_ROOTS)
+    monkeypatch.delenv(ENV_WRITE_ROOTS)
+    check_task_data(configs, None)  # a job run by hand is not checked
+
+
+def test_the_evaluation_data_root_is_every_teams_to_read(tmp_path: Path) -> None:
+    data = tmp_path / "evaldata"
+    data.mkdir()
+    options = Settings(
+        home=tmp_path / "home", ray_address=f"http://127.0.0.1:{free_port()}", data_root=str(data)
+    )
+    with TestClient(create_app(options)) as client:
+        admin = {"Authorization": f"Bearer {(tmp_path / 'home' / ADMIN_KEY_FILE).read_text()}"}
+        red = _key(client, admin, "member", "red")
+        spec = {"checkpoint": str(data / "ckpt"), "tasks": ["arc_easy"], "data_root": str(data)}
+        r = client.post("/api/v1/jobs", json={"kind": "evaluate", "spec": spec}, headers=red)
+        assert r.status_code == 201, r.text
+        scheduler = client.app.state.scheduler  # type: ignore[attr-defined]
+        with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+            job = session.get(Job, r.json()["id"])
+            assert job is not None
+            env = scheduler.job_env(job, "t", Roots.of([str(data)], []))
+        assert env["LLMFORGE_DATA_ROOT"] == str(data)
+    home_data = Settings(home=tmp_path / "home", data_root=str(tmp_path / "home"))
+    with pytest.raises(RuntimeError, match="LLMFORGE_DATA_ROOT"):
+        with TestClient(create_app(home_data)):
+            pass

@@ -99,7 +99,7 @@ def test_job_env_carries_its_token_and_no_other_secret(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-value-123")
     monkeypatch.setenv("LLMFORGE_API_KEY", "lf_" + "k" * 43)
-    settings = Settings(home=tmp_path, database_url=DB_URL)
+    settings = Settings(home=tmp_path, database_url=DB_URL, data_root=str(tmp_path / "evaldata"))
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     scheduler = Scheduler(settings, make_sessionmaker(engine), RayJobs("http://127.0.0.1:1", None))
     with scheduler.sessions() as session:
@@ -114,6 +114,7 @@ def test_job_env_carries_its_token_and_no_other_secret(
         "LLMFORGE_JOB_TOKEN",
         "LLMFORGE_READ_ROOTS",
         "LLMFORGE_WRITE_ROOTS",
+        "LLMFORGE_DATA_ROOT",  # the evaluation data, every team's to read
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
     }
     # the job's roots: its team's area, never the control plane's home itself

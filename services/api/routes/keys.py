@@ -18,7 +18,15 @@ from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
 from services.api.schemas import Strict
 from services.api.validation import request_error
-from services.auth import AdminDep, Principal, create_key, principal, revoke
+from services.auth import (
+    AdminDep,
+    Principal,
+    admin_key_file_holds,
+    create_key,
+    principal,
+    revoke,
+    rewrite_admin_key_file,
+)
 from services.store.models import ApiKey, Role, utcnow
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -191,11 +199,16 @@ def rotate_key(
         rate_limit_per_min=old.rate_limit_per_min,
     )
     revoke(old, now + timedelta(seconds=body.grace_seconds))
+    home = request.app.state.settings.home
+    in_key_file = admin_key_file_holds(home, old.key_hash)
     audit_event(
         session, request, who, "key.rotate", "key", key_id, status_code=201,
         new_key_id=new.id, grace_seconds=body.grace_seconds, owner_team=old.team,
+        bootstrap_file_rewritten=in_key_file,
     )  # fmt: skip
     session.commit()
+    if in_key_file:  # the first start's key: the local CLI reads it from there
+        rewrite_admin_key_file(home, raw)
     return KeyRotated(
         **_public(new),  # type: ignore[arg-type]
         key=raw,
