@@ -22,7 +22,9 @@ written last.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import gc
 import hashlib
 import io
 import json
@@ -84,6 +86,17 @@ def _s3(endpoint_url: str | None, region: str, key_id: str | None) -> pafs.S3Fil
         options["endpoint_override"] = parsed.netloc or parsed.path
         options["scheme"] = parsed.scheme or "https"
     return pafs.S3FileSystem(**options)
+
+
+def _release_s3_clients() -> None:
+    """Drop the cached S3 filesystems before pyarrow shuts the AWS SDK down at exit: one that
+    outlives the SDK may crash the interpreter after the work is done (apache/arrow#41087,
+    #38352). Registered after pyarrow.fs was imported, so it runs before pyarrow's own hook."""
+    _s3.cache_clear()
+    gc.collect()
+
+
+atexit.register(_release_s3_clients)
 
 
 def s3_filesystem() -> pafs.S3FileSystem:

@@ -3,7 +3,10 @@ cluster's operator would give the jobs (never a spec's business)."""
 
 from __future__ import annotations
 
-import logging
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,16 +36,47 @@ class S3:
 
 
 @contextmanager
-def s3_server(*buckets: str) -> Iterator[S3]:
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    # one log line per request otherwise: thousands for a pipeline, burying what matters
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
+def moto_process(log: Path | None = None) -> Iterator[str]:
+    """moto's S3 server in a process of its own (``python -m moto.server``), its endpoint URL.
+    Not a thread of the test process: there it would share one GIL with the control plane and
+    the test, and every request of a multi-node job would wait for both."""
+    pytest.importorskip("moto.server")
+    port = free_port()
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto's server exited with {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto's server did not listen within 30 s") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def s3_server(*buckets: str) -> Iterator[S3]:
+    boto3 = pytest.importorskip("boto3")
+    with moto_process() as endpoint:
         env = {
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_ACCESS_KEY_ID": "test",
@@ -59,5 +93,3 @@ def s3_server(*buckets: str) -> Iterator[S3]:
         for bucket in buckets:
             client.create_bucket(Bucket=bucket)
         yield S3(endpoint, client, env)
-    finally:
-        server.stop()

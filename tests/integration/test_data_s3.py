@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,8 @@ from llm.tokenizer.shards import read_manifest
 from ray_jobs.curate.job import run as curate
 from ray_jobs.tokenize_corpus import run as tokenize
 from services.ray_head import free_port
+from tests.s3 import moto_process
 
-moto_server = pytest.importorskip("moto.server")
 pytestmark = [pytest.mark.ray]
 BUCKET = "llmforge-data"
 STEPS: list[dict[str, Any]] = [
@@ -43,31 +42,23 @@ STEPS: list[dict[str, Any]] = [
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        # Each process's own scratch: nothing a step reads may come from another's.
-        storage.SCRATCH_ENV: str(tmp_path_factory.mktemp("scratch")),
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    # A Ray instance started earlier in this session lacks the environment: start our own.
-    ray.shutdown()
-    os.environ.update(env)
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    ray.shutdown()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    with moto_process() as endpoint, pytest.MonkeyPatch.context() as patch:
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # Each process's own scratch: nothing a step reads may come from another's.
+            storage.SCRATCH_ENV: str(tmp_path_factory.mktemp("scratch")),
+        }
+        # A Ray instance started earlier in this session lacks the environment: start our own.
+        ray.shutdown()
+        for name, value in env.items():
+            patch.setenv(name, value)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
