@@ -29,6 +29,11 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DISABLE_USAGE_STA
 # Ray's token authentication stays on; the head, and every job it runs, reads the token that
 # services.ray_auth settled before the start (`ray start` never creates one).
 AUTH_ENV = {"RAY_AUTH_MODE": "token"}
+# On SIGTERM a Ray 2.60 node drains for up to 30 s until no lease is left; the job supervisors
+# and idle workers of a head that ran jobs hold leases to the end, so every stop of the embedded
+# head (the control plane's shutdown, the demo's end) took the whole 30 s. The control plane
+# stops it when its jobs are over or abandoned anyway. A caller's own setting wins.
+QUICK_STOP_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
 
 
 def free_port() -> int:
@@ -105,7 +110,8 @@ class LocalRayHead:
     def _spawn(self, cmd: list[str], *, own_session: bool = False) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        env = {**AUTH_ENV, **os.environ, **self.token.env(), **self.env, **LOOPBACK_ENV}
+        env = {**QUICK_STOP_ENV, **AUTH_ENV, **os.environ, **self.token.env(), **self.env}
+        env |= LOOPBACK_ENV
         env.pop("RAY_ADDRESS", None)
         self.process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=own_session
