@@ -76,6 +76,7 @@ def test_ray_job_env_holds_only_its_token_which_dies_with_the_job(
         "LLMFORGE_JOB_TOKEN",
         "LLMFORGE_READ_ROOTS",  # the storage roots the job checks its spec against
         "LLMFORGE_WRITE_ROOTS",
+        "LLMFORGE_DATA_ROOT",  # the evaluation data, which every team reads
         "LLMFORGE_S3_ENDPOINT_URL",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
     }
