@@ -118,9 +118,7 @@ class Plan:
                 (f"optimal parameters ({self.method})", f"{self.params * self.overtrain:.3g}"),
             ]
             if self.overtrain != 1:
-                head.append(
-                    (f"parameters, over-trained x{self.overtrain:g}", f"{self.params:.3g}")
-                )
+                head.append((f"parameters, over-trained x{self.overtrain:g}", f"{self.params:.3g}"))
             head.append(("compute (FLOPs, 6 N D)", f"{self.flops:.3g}"))
         else:
             head = [
