@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydantic import BaseModel
+
 from contracts.curate import CurateSpec
+from contracts.results import (
+    CurateResult,
+    EvaluateResult,
+    FinetuneResult,
+    TokenizeResult,
+    TrainResult,
+    TuneResult,
+)
 from contracts.spec_base import Spec, UriPaths, uri_fields, uri_paths
 from contracts.specs import (
     EvaluateSpec,
@@ -36,6 +46,8 @@ class JobType:
     entry_module: str
     # What a success adds to the registry (a registrar in services.job_outputs), or None.
     registers: str | None
+    # What its result.json holds (contracts.results), for ``${stage.result.…}`` placeholders.
+    result: type[BaseModel]
 
     @property
     def uri_fields(self) -> tuple[str, ...]:
@@ -49,10 +61,12 @@ class JobType:
 
 
 JOB_TYPES: dict[JobKind, JobType] = {
-    JobKind.curate: JobType(CurateSpec, "ray_jobs.curate", "documents"),
-    JobKind.tokenize: JobType(TokenizeSpec, "ray_jobs.tokenize_corpus", "token_shards"),
-    JobKind.train: JobType(TrainSpec, "ray_jobs.train", "checkpoint"),
-    JobKind.evaluate: JobType(EvaluateSpec, "ray_jobs.evaluate", "evaluation"),
-    JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", None),
-    JobKind.finetune: JobType(FinetuneSpec, "ray_jobs.finetune", "finetuned"),
+    JobKind.curate: JobType(CurateSpec, "ray_jobs.curate", "documents", CurateResult),
+    JobKind.tokenize: JobType(
+        TokenizeSpec, "ray_jobs.tokenize_corpus", "token_shards", TokenizeResult
+    ),
+    JobKind.train: JobType(TrainSpec, "ray_jobs.train", "checkpoint", TrainResult),
+    JobKind.evaluate: JobType(EvaluateSpec, "ray_jobs.evaluate", "evaluation", EvaluateResult),
+    JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", None, TuneResult),
+    JobKind.finetune: JobType(FinetuneSpec, "ray_jobs.finetune", "finetuned", FinetuneResult),
 }

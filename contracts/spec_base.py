@@ -235,3 +235,14 @@ def _unnested(error: Any, sections: tuple[str, ...]) -> InitErrorDetails:
     if "ctx" in error:
         details["ctx"] = error["ctx"]
     return details
+
+
+def spec_field_names(spec: type[Spec]) -> set[str]:
+    """The names a spec's JSON has at its top level: its fields, with each flat section's
+    fields in the section's place."""
+    names = set(spec.model_fields) - set(spec.flat_sections)
+    for section in spec.flat_sections:
+        section_type = spec.model_fields[section].annotation
+        assert dataclasses.is_dataclass(section_type)
+        names |= {f.name for f in dataclasses.fields(section_type)}
+    return names

@@ -9,6 +9,8 @@ that names the field instead of a silently ignored option.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -18,6 +20,7 @@ from contracts.curate import CurateSpec
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
 from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
+from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from llm.train.config import TrainConfig
 
@@ -113,6 +116,20 @@ class TrainSpec(Spec):
     # under heavy load (its placement-group cleaner misreads a slow state API), so allow a few.
     max_failures: int = Field(default=3, ge=0)
     debug: DebugOptions | None = Field(default=None, description="for testing fault tolerance")
+    tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="a token budget instead of steps: steps = ceil(tokens / tokens per "
+        "optimizer step), where a step is global_batch_tokens, else batch_size x seq_len x "
+        "workers",
+    )
+    flops: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="a compute budget instead of steps: tokens = flops / the model's training "
+        "FLOPs per token (6 x non-embedding parameters + attention; needs model.vocab_size)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -124,12 +141,77 @@ class TrainSpec(Spec):
                 "<output>/checkpoints; give output as s3://bucket/prefix to keep them on "
                 "object storage"
             )
+        if isinstance(data, dict):
+            return cls._one_length(data)
         return data
+
+    @classmethod
+    def _one_length(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Steps, tokens or flops, one of them. A stored spec holds a budget and the steps it
+        came to: that pair is accepted when the steps are the budget's."""
+        # the base's wrap validator has already gathered the training fields into "train"
+        section = data.get("train")
+        steps = data.get("steps", section.get("steps") if isinstance(section, dict) else None)
+        given = [n for n, v in (("tokens", data.get("tokens")), ("flops", data.get("flops"))) if v]
+        if len(given) > 1 or (given and steps is not None and steps != cls._steps_without(data)):
+            names = (["steps"] if steps is not None else []) + given
+            raise ValueError(
+                f"give one of steps, tokens and flops (the length of the run), not "
+                f"{' and '.join(names)}"
+            )
+        return data
+
+    @classmethod
+    def _steps_without(cls, data: dict[str, Any]) -> int | None:
+        """The steps the spec's budget comes to, were its steps not given."""
+        section = {k: v for k, v in (data.get("train") or {}).items() if k != "steps"}
+        rest = {k: v for k, v in data.items() if k not in ("steps", "train")}
+        try:
+            return cls.model_validate({**rest, **section}).train.steps
+        except ValueError:
+            return None
 
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:
         _check_model_fits(self.model, self.train.seq_len)
+        if self.tokens is not None or self.flops is not None:
+            self.train = dataclasses.replace(self.train, steps=self._budget_steps())
         return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one optimizer step trains on (all ranks, all micro-steps)."""
+        if self.train.global_batch_tokens is not None:
+            return self.train.global_batch_tokens
+        seq_len = self.train.seq_len or self.model.block_size
+        return self.train.batch_size * seq_len * self.workers
+
+    def _budget_steps(self) -> int:
+        per_step = self.tokens_per_step
+        if self.flops is not None:
+            if self.model.vocab_size is None:
+                raise ValueError(
+                    "flops: the FLOPs per token depend on the vocabulary: give "
+                    "model.vocab_size (the tokenizer's), or give tokens instead"
+                )
+            per_token = flops_per_token(self.model, self.train.seq_len)
+            tokens = int(self.flops // per_token)
+            what = f"flops ({self.flops:.3g}) buys {tokens} tokens ({per_token:.4g} FLOPs each)"
+        else:
+            assert self.tokens is not None
+            tokens, what = self.tokens, f"tokens ({self.tokens})"
+        if tokens < per_step:
+            raise ValueError(
+                f"{what}, less than one optimizer step's {per_step} tokens "
+                f"({self._step_shape()}): give a larger budget or a smaller batch"
+            )
+        return math.ceil(tokens / per_step)
+
+    def _step_shape(self) -> str:
+        if self.train.global_batch_tokens is not None:
+            return "global_batch_tokens"
+        seq_len = self.train.seq_len or self.model.block_size
+        return f"batch_size {self.train.batch_size} x seq_len {seq_len} x workers {self.workers}"
 
 
 # --- evaluate -----------------------------------------------------------------------------------

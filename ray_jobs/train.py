@@ -128,6 +128,13 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     return {
         "steps": summary["steps"],
         "tokens_seen": summary["tokens_seen"],
+        # the run's length as asked: a token or compute budget, and the steps it came to
+        "budget": {
+            "tokens": spec.tokens,
+            "flops": spec.flops,
+            "tokens_per_step": spec.tokens_per_step,
+            "steps": spec.train.steps,
+        },
         "first_loss": history[min(history)] if history else None,
         "final_loss": history[max(history)] if history else None,
         "last": summary["last"],

@@ -40,7 +40,8 @@ from services.store import crud, queue
 from services.store.models import Job, JobState, utcnow
 
 log = logging.getLogger("llmforge.scheduler")
-PLACEHOLDER = re.compile(r"\$\{(\w[\w-]*)\.(\w+)\}")
+# ${stage.field} (the parent's spec, nested fields dotted) or ${stage.result.path} (its result)
+PLACEHOLDER = re.compile(r"\$\{(\w[\w-]*)\.(\w+(?:\.[\w-]+)*)\}")
 
 
 JOB_TOKEN_PREFIX = "lfj_"  # recognisable, so logs and messages can be scrubbed of it
@@ -58,14 +59,53 @@ def issue_token(job: Job) -> str:
     return token
 
 
+class PlaceholderError(ValueError):
+    """A placeholder whose value the parent stage does not have."""
+
+
+def lookup(parent: str, path: str, spec: dict[str, Any], result: dict[str, Any] | None) -> Any:
+    """The value ``${parent.path}`` names: in the parent's result when the path starts with
+    ``result.``, else in its spec."""
+    parts = path.split(".")
+    value: Any = spec
+    walked = [parent]
+    if parts[0] == "result":
+        parts, value, walked = parts[1:], result, [parent, "result"]
+        if result is None:
+            raise PlaceholderError(f"${{{parent}.{path}}}: stage {parent} has no result")
+    for part in parts:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            where = ".".join(walked)
+            raise PlaceholderError(f"${{{parent}.{path}}}: {where} has no {part!r}")
+        walked.append(part)
+    return value
+
+
 def resolve_placeholders(
-    spec: dict[str, Any], parents: dict[str, dict[str, Any]]
+    spec: dict[str, Any],
+    parents: dict[str, dict[str, Any]],
+    results: dict[str, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Replace ``${stage.field}`` in string values by that parent stage's spec field."""
+    """Replace ``${stage.path}`` in string values by that parent stage's spec field or result
+    value. A string that is one placeholder becomes the value itself (a number stays a number,
+    a config stays a mapping); inside a longer string the value is written as text."""
+    results = results or {}
+
+    def value_of(m: re.Match[str]) -> Any:
+        return lookup(m.group(1), m.group(2), parents[m.group(1)], results.get(m.group(1)))
+
+    def text(m: re.Match[str]) -> str:
+        value = value_of(m)
+        return value if isinstance(value, str) else json.dumps(value)
 
     def sub(value: Any) -> Any:
         if isinstance(value, str):
-            return PLACEHOLDER.sub(lambda m: str(parents[m.group(1)][m.group(2)]), value)
+            whole = PLACEHOLDER.fullmatch(value)
+            return value_of(whole) if whole else PLACEHOLDER.sub(text, value)
         if isinstance(value, dict):
             return {k: sub(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -184,7 +224,13 @@ class Scheduler:
             return
         if all(p is not None and p.state == JobState.succeeded for p in parents):
             by_stage = {p.stage: p.spec for p in parents if p is not None and p.stage}
-            resolved = resolve_placeholders(job.spec, by_stage)
+            results = {p.stage: p.result for p in parents if p is not None and p.stage}
+            try:
+                resolved = resolve_placeholders(job.spec, by_stage, results)
+            except PlaceholderError as e:
+                message = f"spec placeholders could not be resolved: {e}"
+                crud.set_state(session, job=job, state=JobState.failed, message=message)
+                return
             try:  # what a placeholder brought in is checked like anything a user typed
                 job.spec = validate_spec(JobKind(job.kind), resolved, ("spec",))
                 allowed = roots.team_roots(self.settings, session, queue.team_of(job))

@@ -58,6 +58,23 @@ def optimal_size(flops: float, method: str = "rule") -> tuple[float, float]:
     raise ValueError(f"method must be 'rule' or 'approach3', got {method!r}")
 
 
+def optimal_for_tokens(tokens: float, method: str = "rule") -> tuple[float, float]:
+    """(parameters, FLOPs) of the compute-optimal run whose optimal data is ``tokens``: the
+    frontier of :func:`optimal_size` read the other way, for a corpus of fixed size."""
+    if tokens <= 0:
+        raise ValueError(f"tokens must be > 0, got {tokens}")
+    if method == "rule":
+        n = tokens / TOKENS_PER_PARAM
+        return n, 6 * n * tokens
+    if method == "approach3":
+        # N = G (C/6)^a and D = (C/6) / N = (C/6)^(1-a) / G, with a = beta / (alpha + beta)
+        a = BETA / (ALPHA + BETA)
+        g = (ALPHA * A / (BETA * B)) ** (1 / (ALPHA + BETA))
+        c6 = (tokens * g) ** (1 / (1 - a))
+        return g * c6**a, 6 * c6
+    raise ValueError(f"method must be 'rule' or 'approach3', got {method!r}")
+
+
 def nearest_config(n_params: float, base: ModelConfig) -> ModelConfig:
     """The config closest to n_params with base's switches, head size 64, width a multiple of
     128 and a width/depth ratio near 100 (what GPT-3, Llama and Chinchilla itself use)."""
@@ -88,19 +105,39 @@ class Plan:
     config: ModelConfig
     config_params: int
     config_tokens: float
+    # "compute": the best run for a FLOP budget; "data": for a corpus of `tokens` tokens
+    mode: str = "compute"
+    overtrain: float = 1.0  # data mode: the model is this many times smaller than optimal
+    config_flops: float | None = None  # data mode: the nearest config's FLOPs on the data
 
     def rows(self) -> list[tuple[str, str]]:
         c = self.config
-        return [
-            ("compute budget (FLOPs)", f"{self.flops:.3g}"),
-            (f"optimal parameters ({self.method})", f"{self.params:.3g}"),
-            ("optimal tokens", f"{self.tokens:.3g}"),
+        if self.mode == "data":
+            head = [
+                ("data (tokens)", f"{self.tokens:.3g}"),
+                (f"optimal parameters ({self.method})", f"{self.params * self.overtrain:.3g}"),
+            ]
+            if self.overtrain != 1:
+                head.append((f"parameters, over-trained x{self.overtrain:g}", f"{self.params:.3g}"))
+            head.append(("compute (FLOPs, 6 N D)", f"{self.flops:.3g}"))
+        else:
+            head = [
+                ("compute budget (FLOPs)", f"{self.flops:.3g}"),
+                (f"optimal parameters ({self.method})", f"{self.params:.3g}"),
+                ("optimal tokens", f"{self.tokens:.3g}"),
+            ]
+        rows = [
+            *head,
             ("tokens per parameter", f"{self.tokens / self.params:.1f}"),
             ("predicted loss (approach 3 fit)", f"{self.loss:.3f}"),
             ("nearest config", f"n_layer={c.n_layer} n_head={c.n_head} n_embd={c.n_embd}"),
             ("its parameters", f"{self.config_params:.4g}"),
-            ("its tokens for the budget", f"{self.config_tokens:.3g}"),
         ]
+        if self.mode == "data":
+            rows.append(("its FLOPs on the data", f"{self.config_flops:.3g}"))
+        else:
+            rows.append(("its tokens for the budget", f"{self.config_tokens:.3g}"))
+        return rows
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -112,6 +149,9 @@ class Plan:
             "config": self.config.to_dict(),
             "config_params": self.config_params,
             "config_tokens": self.config_tokens,
+            "mode": self.mode,
+            "overtrain": self.overtrain,
+            "config_flops": self.config_flops,
         }
 
 
@@ -127,6 +167,34 @@ def plan(flops: float, base: ModelConfig, method: str = "rule") -> Plan:
         config=config,
         config_params=count_parameters(config),
         config_tokens=flops / flops_per_token(config),
+    )
+
+
+def plan_for_tokens(
+    tokens: float, base: ModelConfig, method: str = "rule", overtrain: float = 1.0
+) -> Plan:
+    """The model to train on a corpus of ``tokens`` tokens (fixed data, compute follows):
+    the compute-optimal size for that much data, or, to over-train for cheaper inference,
+    a model ``overtrain`` times smaller on the same data (its loss from the approach-3 fit)."""
+    if overtrain < 1:
+        raise ValueError(f"overtrain must be >= 1 (1: compute-optimal), got {overtrain}")
+    optimal, _ = optimal_for_tokens(tokens, method)
+    params = optimal / overtrain
+    if not math.isfinite(6 * params * tokens):
+        raise OverflowError(f"{tokens:.3g} tokens need more FLOPs than a float holds")
+    config = nearest_config(params, base)
+    return Plan(
+        flops=6 * params * tokens,
+        method=method,
+        params=params,
+        tokens=tokens,
+        loss=predicted_loss(params, tokens),
+        config=config,
+        config_params=count_parameters(config),
+        config_tokens=tokens,
+        mode="data",
+        overtrain=overtrain,
+        config_flops=flops_per_token(config) * tokens,
     )
 
 

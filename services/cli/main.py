@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any, cast
 
 from services.cli.audit import add_audit_commands
 from services.cli.download import add_download_commands
@@ -78,6 +80,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"llmforge plan: {exc}", file=sys.stderr)
         return 1
     print(result["table"])
+    spec = cast(dict[str, Any], result["train_spec"])
+    if args.spec_out:
+        Path(args.spec_out).write_text(json.dumps(spec, indent=2) + "\n")
+        print(f"train spec written to {args.spec_out}")
+    if args.submit:
+        if "data" not in spec:
+            print("llmforge plan: --submit needs --data (the token shards)", file=sys.stderr)
+            return 1
+        from services.cli.client import api_client, print_response
+
+        with api_client() as api:
+            return print_response(api.post("/api/v1/jobs", json={"kind": "train", "spec": spec}))
     return 0
 
 
@@ -85,6 +99,14 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="compute-optimal model size, config and memory for a budget")
     p.add_argument("--flops", type=float, help="compute budget in FLOPs")
     p.add_argument("--gpu-hours", type=float, help="or GPU-hours on --gpu at --mfu")
+    p.add_argument("--tokens", type=float, help="or fixed data: the corpus's tokens")
+    p.add_argument("--overtrain", type=float, help="with --tokens: a model this many times smaller")
+    p.add_argument("--data", help="token shards, for the train spec")
+    p.add_argument("--output", help="the train spec's output (default: the team's area)")
+    p.add_argument("--batch-size", type=int, help="the train spec's batch_size (default 8)")
+    p.add_argument("--workers", type=int, help="the train spec's workers (default 2)")
+    p.add_argument("--spec-out", help="write the ready train spec (JSON) here")
+    p.add_argument("--submit", action="store_true", help="submit the train spec (needs --data)")
     p.add_argument("--gpu", help="H100, A100, ... (default H100)")
     p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default 0.4)")
     p.add_argument("--method", choices=["rule", "approach3"])

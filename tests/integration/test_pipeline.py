@@ -26,6 +26,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
+from contracts.jobs import JOB_TYPES, JobKind
 from llm import storage
 from llm.tokenizer.shards import read_manifest
 from services.demo import pipeline_body
@@ -87,6 +88,8 @@ def test_pipeline_succeeds_and_every_job_shows_in_ray(
 ) -> None:
     final, _ = pipeline
     assert final["state"] == "SUCCEEDED", [(j["stage"], j["message"]) for j in final["jobs"]]
+    for job in final["jobs"]:  # what ${stage.result.…} placeholders are checked against
+        JOB_TYPES[JobKind(job["kind"])].result.model_validate(job["result"])
     ray = control_plane.app.state.ray
     submitted = {j.submission_id for j in ray.client.list_jobs()}
     assert {j["ray_submission_id"] for j in final["jobs"]} <= submitted

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from contracts.jobs import JOB_TYPES, JobKind
 from services.server import BackgroundServer
-from tests.integration.test_train_job import TINY_MODEL, job_body, tiny_shards, wait_for_job
+from tests.integration.test_train_job import TINY_MODEL, tiny_shards, wait_for_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRIALS, MAX_STEPS, GRACE_PERIOD = 4, 30, 10
@@ -26,12 +27,15 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def tuned(
+def pipeline(
     control_plane: BackgroundServer, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[dict[str, dict[str, Any]], Path]:
+    """A tune stage, then a train stage that takes the best trial's learning rate and
+    optimizer from the tune stage's result."""
     work = tmp_path_factory.mktemp("tune-job")
-    spec = {
-        "data": str(tiny_shards(work / "shards")),
+    shards = str(tiny_shards(work / "shards"))
+    tune = {
+        "data": shards,
         "output": str(work / "out"),
         "model": TINY_MODEL,
         "space": SPACE,
@@ -41,11 +45,56 @@ def tuned(
         "eval_every": 5,
         "eval_batches": 2,
     }
+    train = {
+        "data": shards,
+        "output": str(work / "train"),
+        "model": TINY_MODEL,
+        "lr": "${tune.result.best_config.lr}",
+        "optimizer": "${tune.result.best_config.optimizer}",
+        "steps": 5,
+        "warmup_steps": 0,
+        "workers": 1,
+        "eval_every": 5,
+        "eval_batches": 1,
+        "checkpoint_every": 5,
+    }
+    body = {
+        "name": "tune-then-train",
+        "stages": [
+            {"name": "tune", "kind": "tune", "spec": tune},
+            {"name": "train", "kind": "train", "after": ["tune"], "spec": train},
+        ],
+    }
     with httpx.Client(base_url=control_plane.url, timeout=30) as client:
-        r = client.post("/api/v1/jobs", json=job_body("tune", spec))
+        r = client.post("/api/v1/pipelines", json=body)
         assert r.status_code == 201, r.text
-        job = wait_for_job(client, r.json()["id"])
-    return job, work / "out"
+        jobs = {j["stage"]: j["id"] for j in r.json()["jobs"]}
+        ended = {stage: wait_for_job(client, job_id) for stage, job_id in jobs.items()}
+    return ended, work / "out"
+
+
+@pytest.fixture(scope="module")
+def tuned(pipeline: tuple[dict[str, dict[str, Any]], Path]) -> tuple[dict[str, Any], Path]:
+    return pipeline[0]["tune"], pipeline[1]
+
+
+def test_the_training_stage_trains_with_the_best_trials_config(
+    pipeline: tuple[dict[str, dict[str, Any]], Path],
+) -> None:
+    tune, train = pipeline[0]["tune"], pipeline[0]["train"]
+    assert train["state"] == "SUCCEEDED", train["message"]
+    best = tune["result"]["best_config"]
+    assert train["spec"]["lr"] == best["lr"] and isinstance(train["spec"]["lr"], float)
+    assert train["spec"]["optimizer"] == best["optimizer"]
+    assert train["result"]["steps"] == 5
+
+
+def test_the_results_are_what_contracts_declare(
+    pipeline: tuple[dict[str, dict[str, Any]], Path],
+) -> None:
+    """What ${stage.result.…} placeholders are checked against is what the jobs report."""
+    for job in pipeline[0].values():
+        JOB_TYPES[JobKind(job["kind"])].result.model_validate(job["result"])
 
 
 def test_every_trial_ran_and_they_are_ranked(tuned: tuple[dict[str, Any], Path]) -> None:

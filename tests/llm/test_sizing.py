@@ -5,8 +5,10 @@ import pytest
 from llm.model.chinchilla import (
     budget_from_gpu_hours,
     nearest_config,
+    optimal_for_tokens,
     optimal_size,
     plan,
+    plan_for_tokens,
     predicted_loss,
 )
 from llm.model.config import ModelConfig
@@ -89,3 +91,33 @@ def test_memory_rejects_unknown_options(kwargs, name):
 def test_unknown_gpu_is_named():
     with pytest.raises(ValueError, match="gpu"):
         budget_from_gpu_hours(10, "TPU9")
+
+
+@pytest.mark.parametrize(("params", "flops", "tokens"), TABLE_3)
+def test_fixed_data_mode_reproduces_table_3(params, flops, tokens):
+    """Given the row's tokens, the size and compute of that row. The table rounds tokens to two
+    digits (1.5T for 67B), which alone moves N = D/20 by up to 12% and C = 6ND by up to 17%."""
+    n, c = optimal_for_tokens(tokens)
+    assert n == pytest.approx(params, rel=0.15)
+    assert c == pytest.approx(flops, rel=0.2)
+
+
+@pytest.mark.parametrize("tokens", [1e9, 2e11, 1.4e12])
+def test_fixed_data_mode_inverts_the_compute_frontier(tokens):
+    for method in ("rule", "approach3"):
+        n, c = optimal_for_tokens(tokens, method)
+        assert 6 * n * tokens == pytest.approx(c)
+        assert optimal_size(c, method) == pytest.approx((n, tokens), rel=1e-9)
+
+
+def test_over_training_for_inference_is_a_smaller_model_on_the_same_data():
+    optimal = plan_for_tokens(2e9, GPT2)
+    small = plan_for_tokens(2e9, GPT2, overtrain=4)
+    assert small.params == pytest.approx(optimal.params / 4)
+    assert small.tokens == optimal.tokens == small.config_tokens == 2e9
+    assert small.flops == pytest.approx(optimal.flops / 4)
+    assert small.loss > optimal.loss  # the price of a cheaper model, by the approach-3 fit
+    assert count_parameters(small.config) < count_parameters(optimal.config)
+    assert small.config_flops > 6 * small.config_params * 2e9 * 0.99  # attention on top
+    with pytest.raises(ValueError, match="overtrain"):
+        plan_for_tokens(2e9, GPT2, overtrain=0.5)

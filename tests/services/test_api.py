@@ -299,3 +299,123 @@ def test_nan_or_infinity_in_a_spec_is_422_naming_the_field(client: TestClient) -
     r = client.post("/api/v1/datasets", content=stats, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and ["body", "stats", "x", 1] in _locs(r)
     assert client.get("/api/v1/jobs").json()["count"] == 0
+
+
+# --- placeholders that read a parent's result ------------------------------------------------
+
+TUNE_RESULT = {
+    "metric": "val_loss",
+    "mode": "min",
+    "best_config": {
+        "lr": 0.0042,
+        "batch_size": 8,
+        "weight_decay": 0.05,
+        "dropout": 0.1,
+        "warmup_steps": 10,
+        "beta2": 0.95,
+        "optimizer": "adamw",
+    },
+    "best_val_loss": 3.2,
+    "trials": [],
+    "stopped_early": 0,
+    "failed": 0,
+    "nodes": [],
+}
+
+
+def _tune_then_train(train_spec: dict[str, object]) -> dict[str, object]:
+    return {
+        "name": "tune-then-train",
+        "stages": [
+            {"name": "tune", "kind": "tune", "spec": {"data": "shards", "output": "t"}},
+            {"name": "train", "kind": "train", "after": ["tune"], "spec": train_spec},
+        ],
+    }
+
+
+def test_a_stage_takes_its_learning_rate_from_a_tuning_stages_result(client: TestClient) -> None:
+    """${tune.result.best_config.lr}: checked against what a tune job reports when the
+    pipeline is created, and replaced by the value itself (a number) when the stage is ready."""
+    spec = {
+        "data": "shards",
+        "output": "out",
+        "lr": "${tune.result.best_config.lr}",
+        "batch_size": "${tune.result.best_config.batch_size}",
+        "seed": 3,
+        "model": {"dropout": "${tune.result.best_config.dropout}"},
+        "warmup_steps": "${tune.result.best_config.warmup_steps}",
+    }
+    created = client.post("/api/v1/pipelines", json=_tune_then_train(spec))
+    assert created.status_code == 201, created.text
+    jobs = {j["stage"]: j for j in created.json()["jobs"]}
+    assert jobs["train"]["spec"]["lr"] == "${tune.result.best_config.lr}"  # kept for later
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        tune = session.get(Job, jobs["tune"]["id"])
+        crud.set_state(session, job=tune, state=JobState.succeeded)
+        tune.result = TUNE_RESULT
+        session.commit()
+    client.app.state.scheduler.tick()  # type: ignore[attr-defined]
+    train = client.get(f"/api/v1/jobs/{jobs['train']['id']}").json()
+    assert train["spec"]["lr"] == 0.0042 and train["spec"]["batch_size"] == 8
+    assert train["spec"]["model"]["dropout"] == 0.1 and train["spec"]["warmup_steps"] == 10
+    assert train["spec"]["seed"] == 3
+    assert train["ray_submission_id"] is None  # Ray is not there: it failed on submit only
+    assert train["message"].startswith("submit failed")
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "says"),
+    [
+        ("${tune.result.best_config.learning_rate}", "result.best_config has no field"),
+        ("${tune.result.best}", "result has no field 'best'; it has: best_config"),
+        ("${tune.learning_rate}", "has no spec field 'learning_rate'"),
+    ],
+)
+def test_a_placeholder_naming_what_the_parent_lacks_is_422(
+    client: TestClient, placeholder: str, says: str
+) -> None:
+    spec = {"data": "shards", "output": "out", "lr": placeholder}
+    r = client.post("/api/v1/pipelines", json=_tune_then_train(spec))
+    assert r.status_code == 422 and says in r.text, r.text
+    assert ["body", "stages", 1, "spec"] in _locs(r)
+    assert client.get("/api/v1/jobs").json()["data"] == []  # nothing was created
+
+
+def test_a_result_value_the_parent_did_not_report_fails_the_stage(client: TestClient) -> None:
+    spec = {"data": "shards", "output": "out", "lr": "${tune.result.best_config.lr}"}
+    created = client.post("/api/v1/pipelines", json=_tune_then_train(spec))
+    jobs = {j["stage"]: j for j in created.json()["jobs"]}
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        tune = session.get(Job, jobs["tune"]["id"])
+        crud.set_state(session, job=tune, state=JobState.succeeded)
+        tune.result = {**TUNE_RESULT, "best_config": {"batch_size": 8}}
+        session.commit()
+    client.app.state.scheduler.tick()  # type: ignore[attr-defined]
+    train = client.get(f"/api/v1/jobs/{jobs['train']['id']}").json()
+    assert train["state"] == "FAILED" and train["ray_submission_id"] is None
+    assert "tune.result.best_config has no 'lr'" in train["message"]
+
+
+def test_placeholders_keep_the_values_type_and_nest() -> None:
+    from services.scheduler import PlaceholderError, resolve_placeholders
+
+    parents = {"a": {"output": "/o", "model": {"n_layer": 4}}}
+    results = {"a": {"best": {"lr": 0.1, "layers": [2, 3]}, "name": "x"}}
+    spec = {
+        "lr": "${a.result.best.lr}",
+        "n": "${a.result.best.layers.1}",
+        "layers": "${a.model.n_layer}",
+        "text": "run ${a.result.name} at ${a.result.best.lr} into ${a.output}",
+        "all": ["${a.result.best}"],
+    }
+    assert resolve_placeholders(spec, parents, results) == {
+        "lr": 0.1,
+        "n": 3,
+        "layers": 4,
+        "text": "run x at 0.1 into /o",
+        "all": [{"lr": 0.1, "layers": [2, 3]}],
+    }
+    with pytest.raises(PlaceholderError, match=r"a\.result\.best has no 'lr2'"):
+        resolve_placeholders({"x": "${a.result.best.lr2}"}, parents, results)
+    with pytest.raises(PlaceholderError, match="has no result"):
+        resolve_placeholders({"x": "${a.result.best}"}, parents, {"a": None})

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 
 from contracts.jobs import JOB_TYPES, JobKind
+from contracts.results import path_error
+from contracts.spec_base import spec_field_names
 from llm import storage
 from services import roots
 from services.api.auditing import audit_event, refusals
@@ -25,6 +30,7 @@ router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 def _check_graph(body: PipelineCreate) -> None:
     """Stage names unique; parents named before their children (so the graph has no cycle)."""
     seen: set[str] = set()
+    kinds: dict[str, JobKind] = {}
     for i, stage in enumerate(body.stages):
         if stage.name in seen:
             raise request_error(("body", "stages", i, "name"), f"duplicate stage {stage.name!r}")
@@ -34,14 +40,73 @@ def _check_graph(body: PipelineCreate) -> None:
                     ("body", "stages", i, "after"),
                     f"unknown parent {parent!r}: name a stage listed earlier",
                 )
-        for m in PLACEHOLDER.finditer(str(stage.spec)):
+        for m in PLACEHOLDER.finditer(json.dumps(stage.spec)):
             if m.group(1) not in stage.after:
                 raise request_error(
                     ("body", "stages", i, "spec"),
                     f"${{{m.group(1)}.{m.group(2)}}} refers to a stage that is "
                     f"not in this stage's 'after'",
                 )
+            problem = _path_problem(kinds[m.group(1)], m.group(2).split("."))
+            if problem:
+                raise request_error(
+                    ("body", "stages", i, "spec"),
+                    f"${{{m.group(1)}.{m.group(2)}}}: stage {m.group(1)} ({kinds[m.group(1)]}) "
+                    f"{problem}",
+                )
         seen.add(stage.name)
+        kinds[stage.name] = stage.kind
+
+
+def _path_problem(kind: JobKind, path: list[str]) -> str | None:
+    """Why a parent of ``kind`` cannot have ``path`` (``result.…`` or a spec field), or None."""
+    if path[0] == "result":
+        return path_error(JOB_TYPES[kind].result, path[1:])
+    fields = spec_field_names(JOB_TYPES[kind].spec)
+    if path[0] not in fields:
+        return f"has no spec field {path[0]!r}; it has: {', '.join(sorted(fields))}"
+    return None
+
+
+def _whole_placeholders(value: Any, loc: tuple[str | int, ...] = ()) -> list[tuple[Any, ...]]:
+    """(location, placeholder) of every string value that is one placeholder."""
+    if isinstance(value, str):
+        return [(loc, value)] if PLACEHOLDER.fullmatch(value) else []
+    if not isinstance(value, dict | list):
+        return []
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    return [found for k, v in items for found in _whole_placeholders(v, (*loc, k))]
+
+
+def _validate_stage(kind: JobKind, spec: dict[str, Any], loc: tuple[str | int, ...]) -> Any:
+    """The stage's spec validated as a job's. A placeholder standing for a whole value (a
+    number from a parent's result, say) cannot be checked before the parent ran: the spec is
+    checked without it (its default stands in), and it is kept for the scheduler, which
+    checks the spec again once it is resolved."""
+    try:
+        return validate_spec(kind, spec, loc)
+    except RequestValidationError as e:
+        failing = [tuple(error["loc"][len(loc) :]) for error in e.errors()]
+        holes = [
+            (at, value)
+            for at, value in _whole_placeholders(spec)
+            if all(isinstance(p, str) for p in at) and any(f[: len(at)] == at for f in failing)
+        ]
+        if not holes:
+            raise
+    stripped = copy.deepcopy(spec)
+    for at, _ in holes:
+        parent = stripped
+        for part in at[:-1]:
+            parent = parent[part]
+        del parent[at[-1]]
+    dumped = validate_spec(kind, stripped, loc)
+    for at, value in holes:
+        parent = dumped
+        for part in at[:-1]:
+            parent = parent.setdefault(part, {})
+        parent[at[-1]] = value
+    return dumped
 
 
 def _with_output(kind: JobKind, spec: dict[str, Any], area: str, stage: str) -> dict[str, Any]:
@@ -91,7 +156,7 @@ def create_pipeline(
     settings, pipeline_id = scheduler.settings, crud.new_id()
     area = storage.join(settings.team_area(who.team), "pipelines", pipeline_id)
     specs = [
-        validate_spec(
+        _validate_stage(
             s.kind, _with_output(s.kind, s.spec, area, s.name), ("body", "stages", i, "spec")
         )
         for i, s in enumerate(body.stages)

@@ -7,7 +7,14 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm.model.chinchilla import GPU_PEAK_FLOPS, budget_from_gpu_hours, format_table, plan
+from llm.model.chinchilla import (
+    GPU_PEAK_FLOPS,
+    Plan,
+    budget_from_gpu_hours,
+    format_table,
+    plan,
+    plan_for_tokens,
+)
 from llm.model.config import ModelConfig
 from llm.model.sizing import training_memory
 from services.api.validation import request_error
@@ -29,6 +36,25 @@ class PlanRequest(BaseModel):
     gpu_hours: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="or GPU-hours on gpu"
     )
+    tokens: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="or fixed data: the corpus's tokens (the size follows from the data)",
+    )
+    overtrain: float = Field(
+        default=1.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="with tokens: a model this many times smaller than compute-optimal, "
+        "over-trained on the same data for cheaper inference",
+    )
+    data: str | None = Field(
+        default=None, description="token shards for the train spec the plan writes"
+    )
+    output: str | None = Field(default=None, description="the train spec's output")
+    batch_size: int = Field(default=8, gt=0, description="the train spec's batch_size")
+    workers: int = Field(default=2, gt=0, description="the train spec's workers")
     gpu: str = Field(default="H100", description=f"one of {sorted(GPU_PEAK_FLOPS)}")
     mfu: float = Field(default=0.4, gt=0, le=1)
     method: Literal["rule", "approach3"] = "rule"
@@ -43,8 +69,11 @@ class PlanRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_budget(self) -> PlanRequest:
-        if (self.flops is None) == (self.gpu_hours is None):
-            raise ValueError("give exactly one of flops and gpu_hours")
+        budgets = [self.flops, self.gpu_hours, self.tokens]
+        if sum(b is not None for b in budgets) != 1:
+            raise ValueError("give exactly one of flops, gpu_hours and tokens")
+        if self.overtrain != 1 and self.tokens is None:
+            raise ValueError("overtrain applies to a fixed-data plan: give tokens with it")
         if self.gpu not in GPU_PEAK_FLOPS:
             raise ValueError(f"gpu must be one of {sorted(GPU_PEAK_FLOPS)}, got {self.gpu!r}")
         return self
@@ -52,7 +81,9 @@ class PlanRequest(BaseModel):
 
 def make_plan(req: PlanRequest) -> dict[str, object]:
     """The plan, the chosen config's memory per GPU, and both as a printable table."""
-    flops = req.flops or budget_from_gpu_hours(req.gpu_hours or 0.0, req.gpu, req.mfu)
+    flops = req.flops or (
+        budget_from_gpu_hours(req.gpu_hours, req.gpu, req.mfu) if req.gpu_hours else 0.0
+    )
     # the base only carries the style's switches; nearest_config picks every size
     base = ModelConfig(
         vocab_size=req.vocab_size,
@@ -61,7 +92,10 @@ def make_plan(req: PlanRequest) -> dict[str, object]:
         n_embd=512,
         **STYLES[req.style],
     )
-    result = plan(flops, base, req.method)
+    if req.tokens is not None:
+        result = plan_for_tokens(req.tokens, base, req.method, req.overtrain)
+    else:
+        result = plan(flops, base, req.method)
     memory = training_memory(
         result.config,
         micro_batch=req.micro_batch,
@@ -76,7 +110,28 @@ def make_plan(req: PlanRequest) -> dict[str, object]:
         for name, value in memory.as_dict().items()
     ]
     rows.append(("memory assumes", where + (", checkpointing" if req.checkpointing else "")))
-    return {**result.as_dict(), "memory_bytes": memory.as_dict(), "table": format_table(rows)}
+    return {
+        **result.as_dict(),
+        "memory_bytes": memory.as_dict(),
+        "table": format_table(rows),
+        "train_spec": train_spec(result, req),
+    }
+
+
+def train_spec(result: Plan, req: PlanRequest) -> dict[str, Any]:
+    """A train job spec for the plan: its model, and its tokens as the run's length (steps
+    follow from the global batch). The vocabulary is left to the token shards' tokenizer;
+    data and output are the request's, to be filled in where it gave none."""
+    model = {k: v for k, v in result.config.to_dict().items() if k != "vocab_size"}
+    spec: dict[str, Any] = {
+        "data": req.data,
+        "output": req.output,
+        "model": model,
+        "tokens": max(1, int(result.config_tokens)),
+        "batch_size": req.batch_size,
+        "workers": req.workers,
+    }
+    return {k: v for k, v in spec.items() if v is not None}
 
 
 @router.post("")
