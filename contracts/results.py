@@ -48,14 +48,20 @@ class Budget(Closed):
     steps: int
 
 
+class BestCheckpoint(Open):
+    """best.json of the checkpoints folder: the kept checkpoint with the lowest val_loss."""
+
+    path: str
+
+
 class TrainResult(Closed):
     steps: int
     tokens_seen: int
     first_loss: float | None
     final_loss: float | None
     last: dict[str, Any]
-    checkpoint: str
-    best_checkpoint: str | None
+    checkpoint: str | None
+    best_checkpoint: BestCheckpoint | None
     parameters: int
     nodes: list[str]
     budget: Budget
@@ -64,7 +70,7 @@ class TrainResult(Closed):
 class FinetuneResult(Open):
     steps: int
     final_loss: float | None
-    checkpoint: str
+    checkpoint: str | None
 
 
 class EvaluateResult(Open):

@@ -344,6 +344,8 @@ def test_a_stage_takes_its_learning_rate_from_a_tuning_stages_result(client: Tes
         "seed": 3,
         "model": {"dropout": "${tune.result.best_config.dropout}"},
         "warmup_steps": "${tune.result.best_config.warmup_steps}",
+        # checked by the training section as a whole, not field by field
+        "optimizer": "${tune.result.best_config.optimizer}",
     }
     created = client.post("/api/v1/pipelines", json=_tune_then_train(spec))
     assert created.status_code == 201, created.text
@@ -358,7 +360,7 @@ def test_a_stage_takes_its_learning_rate_from_a_tuning_stages_result(client: Tes
     train = client.get(f"/api/v1/jobs/{jobs['train']['id']}").json()
     assert train["spec"]["lr"] == 0.0042 and train["spec"]["batch_size"] == 8
     assert train["spec"]["model"]["dropout"] == 0.1 and train["spec"]["warmup_steps"] == 10
-    assert train["spec"]["seed"] == 3
+    assert train["spec"]["seed"] == 3 and train["spec"]["optimizer"] == "adamw"
     assert train["ray_submission_id"] is None  # Ray is not there: it failed on submit only
     assert train["message"].startswith("submit failed")
 

@@ -78,29 +78,48 @@ def _whole_placeholders(value: Any, loc: tuple[str | int, ...] = ()) -> list[tup
     return [found for k, v in items for found in _whole_placeholders(v, (*loc, k))]
 
 
+def _about(at: tuple[Any, ...], value: str, error_at: tuple[Any, ...], error: str) -> bool:
+    """Whether a validation error at ``error_at`` is about the placeholder ``value`` at ``at``."""
+    return error_at[: len(at)] == at or (at[: len(error_at)] == error_at and value in error)
+
+
 def _validate_stage(kind: JobKind, spec: dict[str, Any], loc: tuple[str | int, ...]) -> Any:
     """The stage's spec validated as a job's. A placeholder standing for a whole value (a
     number from a parent's result, say) cannot be checked before the parent ran: the spec is
     checked without it (its default stands in), and it is kept for the scheduler, which
-    checks the spec again once it is resolved."""
-    try:
-        return validate_spec(kind, spec, loc)
-    except RequestValidationError as e:
-        failing = [tuple(error["loc"][len(loc) :]) for error in e.errors()]
-        holes = [
-            (at, value)
-            for at, value in _whole_placeholders(spec)
-            if all(isinstance(p, str) for p in at) and any(f[: len(at)] == at for f in failing)
-        ]
-        if not holes:
-            raise
-    stripped = copy.deepcopy(spec)
-    for at, _ in holes:
-        parent = stripped
-        for part in at[:-1]:
-            parent = parent[part]
-        del parent[at[-1]]
-    dumped = validate_spec(kind, stripped, loc)
+    checks the spec again once it is resolved. Placeholders are left out only where the
+    validation complains about them (a field that is a string takes one as it is)."""
+    candidates = [
+        (at, value)
+        for at, value in _whole_placeholders(spec)
+        if all(isinstance(p, str) for p in at)
+    ]
+    holes: list[tuple[tuple[Any, ...], str]] = []
+    current = spec
+    while True:
+        try:
+            dumped = validate_spec(kind, current, loc)
+            break
+        except RequestValidationError as e:
+            # an error at the placeholder's field, or above it about it (a section's checks)
+            failing = [(tuple(err["loc"][len(loc) :]), str(err)) for err in e.errors()]
+            new = [
+                (at, value)
+                for at, value in candidates
+                if (at, value) not in holes
+                and any(
+                    f[: len(at)] == at or (at[: len(f)] == f and value in t) for f, t in failing
+                )
+            ]
+            if not new:
+                raise
+            holes += new
+            current = copy.deepcopy(spec)
+            for at, _ in holes:
+                parent = current
+                for part in at[:-1]:
+                    parent = parent[part]
+                del parent[at[-1]]
     for at, value in holes:
         parent = dumped
         for part in at[:-1]:
