@@ -656,6 +656,10 @@ def test_the_evaluation_data_root_is_every_teams_to_read(tmp_path: Path) -> None
             assert job is not None
             env = scheduler.job_env(job, "t", Roots.of([str(data)], []))
         assert env["LLMFORGE_DATA_ROOT"] == str(data)
-    home_data = Settings(home=tmp_path / "home", data_root=str(tmp_path / "home"))
+    home_data = Settings(
+        home=tmp_path / "home",
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        data_root=str(tmp_path / "home"),
+    )
     with pytest.raises(RuntimeError, match="LLMFORGE_DATA_ROOT"), TestClient(create_app(home_data)):
         pass
