@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from llm.model.config import ModelConfig
 from llm.model.sizing import count_parameters, flops_per_token
@@ -155,19 +156,24 @@ class Plan:
         }
 
 
-def plan(flops: float, base: ModelConfig, method: str = "rule") -> Plan:
-    params, tokens = optimal_size(flops, method)
+def _sized(flops: float, params: float, tokens: float, base: ModelConfig, **fields: Any) -> Plan:
+    """The Plan for an ideal (params, tokens), with the nearest config to params."""
     config = nearest_config(params, base)
+    fields.setdefault("config_tokens", flops / flops_per_token(config))
     return Plan(
         flops=flops,
-        method=method,
         params=params,
         tokens=tokens,
         loss=predicted_loss(params, tokens),
         config=config,
         config_params=count_parameters(config),
-        config_tokens=flops / flops_per_token(config),
+        **fields,
     )
+
+
+def plan(flops: float, base: ModelConfig, method: str = "rule") -> Plan:
+    params, tokens = optimal_size(flops, method)
+    return _sized(flops, params, tokens, base, method=method)
 
 
 def plan_for_tokens(
@@ -180,22 +186,14 @@ def plan_for_tokens(
         raise ValueError(f"overtrain must be >= 1 (1: compute-optimal), got {overtrain}")
     optimal, _ = optimal_for_tokens(tokens, method)
     params = optimal / overtrain
-    if not math.isfinite(6 * params * tokens):
+    flops = 6 * params * tokens
+    if not math.isfinite(flops):
         raise OverflowError(f"{tokens:.3g} tokens need more FLOPs than a float holds")
-    config = nearest_config(params, base)
-    return Plan(
-        flops=6 * params * tokens,
-        method=method,
-        params=params,
-        tokens=tokens,
-        loss=predicted_loss(params, tokens),
-        config=config,
-        config_params=count_parameters(config),
-        config_tokens=tokens,
-        mode="data",
+    sized = _sized(
+        flops, params, tokens, base, method=method, config_tokens=tokens, mode="data",
         overtrain=overtrain,
-        config_flops=flops_per_token(config) * tokens,
-    )
+    )  # fmt: skip
+    return dataclasses.replace(sized, config_flops=flops_per_token(sized.config) * tokens)
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:
