@@ -79,6 +79,7 @@ class DebugOptions(Spec):
     )
 
 
+ARCHS = ("decoder", "encoder", "encoder_decoder")
 PLACEMENT_DESCRIPTION = (
     "how Ray Train places the workers (ScalingConfig.placement_strategy): PACK fills as few "
     "nodes as possible, SPREAD spreads them as evenly as it can, STRICT_SPREAD puts each worker "
@@ -86,10 +87,13 @@ PLACEMENT_DESCRIPTION = (
 )
 
 
-def _check_model_fits(model: ModelConfig, seq_len: int | None) -> None:
-    # the train and tune jobs build a decoder (llm.model.GPT) on the tokenizer's vocabulary
-    if model.arch != "decoder":
-        raise ValueError(f"model.arch must be 'decoder' (a GPT) for this job, got {model.arch!r}")
+def _check_model_fits(
+    model: ModelConfig, seq_len: int | None, archs: tuple[str, ...] = ("decoder",)
+) -> None:
+    # the train job builds any architecture (llm.train.pretrain picks the objective by it);
+    # tune trials train decoders only
+    if model.arch not in archs:
+        raise ValueError(f"model.arch must be one of {list(archs)} here, got {model.arch!r}")
     if seq_len is not None and seq_len > model.block_size:
         raise ValueError(
             f"seq_len ({seq_len}) must not exceed model.block_size ({model.block_size})"
@@ -173,7 +177,7 @@ class TrainSpec(Spec):
 
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:
-        _check_model_fits(self.model, self.train.seq_len)
+        _check_model_fits(self.model, self.train.seq_len, ARCHS)
         if self.tokens is not None or self.flops is not None:
             self.train = dataclasses.replace(self.train, steps=self._budget_steps())
         return self

@@ -107,6 +107,12 @@ class EncoderDecoder(nn.Module):
             self.lm_head.weight = self.embed.wte.weight
         init_weights(self, config, n_enc + config.n_layer)
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """Every transformer block, encoder's then decoder's: what activation checkpointing,
+        per-block compilation and FSDP wrap, as they do a GPT's ``blocks``."""
+        return [*self.encoder, *self.decoder]
+
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         x, inputs = self.embed(src, src_mask, causal=False)
         for block in self.encoder:

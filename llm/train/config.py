@@ -56,6 +56,10 @@ class TrainConfig:
     max_rollbacks: int = 5
     peak_flops: float | None = None  # per device, for MFU; None: look the device up
     tensorboard: bool = False  # event files in out_dir/tensorboard (rank 0)
+    # the objective's noise, by the model's arch: masked LM (encoder), span corruption (T5)
+    mask_prob: float = 0.15  # encoder: share of tokens chosen for prediction
+    noise_density: float = 0.15  # encoder_decoder: share of each window cut out into spans
+    mean_span: float = 3.0  # encoder_decoder: mean length of those spans
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -96,6 +100,11 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.spike_factor must be > 1 or None, got {self.spike_factor}"
             )
+        for name in ("mask_prob", "noise_density"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.mean_span < 1:
+            raise ValueError(f"TrainConfig.mean_span must be >= 1, got {self.mean_span}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ValueError(f"TrainConfig.peak_flops must be positive, got {self.peak_flops}")
 

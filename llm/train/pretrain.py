@@ -6,20 +6,29 @@ loss is ``next_token_loss`` and validation is ``evaluate_loss`` on the val split
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from llm.model.config import ModelConfig
+from llm.model.encoders import build_model
 from llm.model.gpt import GPT
+from llm.model.sizing import count_parameters
+from llm.tokenizer.bpe import MASK_TOKEN, load_tokenizer, sentinel_token
 from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
 from llm.train.data import TokenShards, TrainBatches, val_batches
-from llm.train.objectives import next_token_loss
+from llm.train.objectives import (
+    MaskedLMBatches,
+    SpanCorruptionBatches,
+    next_token_loss,
+    span_corruption_loss,
+)
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
 
 __all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
@@ -77,10 +86,14 @@ def _open_shards(
 def pretraining(
     cfg: TrainConfig, model_config: ModelConfig, data_dir: Path, verify: bool = True
 ) -> Task:
-    """The Task that trains a GPT on data_dir's token shards (checked against their manifest's
-    hashes unless ``verify`` is off: a node's cache checked them once already)."""
+    """The Task that trains ``model_config.arch`` on data_dir's token shards (checked against
+    their manifest's hashes unless ``verify`` is off: a node's cache checked them once
+    already): a decoder by next-token prediction, an encoder by masked LM, an encoder-decoder
+    by span corruption (``llm.train.objectives``)."""
     seq_len = cfg.seq_len or model_config.block_size
     train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab, verify)
+    if model_config.arch != "decoder":
+        return _noised_pretraining(cfg, model_config, data_dir, train_split, val_split, seq_len)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return evaluate_loss(
@@ -107,6 +120,87 @@ def pretraining(
     )
 
 
+def _noised_pretraining(
+    cfg: TrainConfig,
+    model_config: ModelConfig,
+    data_dir: Path,
+    train_split: TokenShards,
+    val_split: TokenShards,
+    seq_len: int,
+) -> Task:
+    """Masked LM for an encoder, span corruption for an encoder-decoder. Validation scores the
+    same objective on the val split's first ``eval_batches`` noised batches, the noise drawn
+    from a fixed seed so every evaluation sees the same batches."""
+    tokenizer = load_tokenizer(data_dir / train_split.manifest["tokenizer"]["file"])
+
+    def batches(split: TokenShards, rank: int, world_size: int, seed: int) -> Any:
+        if model_config.arch == "encoder":
+            return MaskedLMBatches(
+                split,
+                batch_size=cfg.batch_size,
+                seq_len=seq_len,
+                mask_id=_special_id(tokenizer, MASK_TOKEN, model_config.arch, data_dir),
+                mask_prob=cfg.mask_prob,
+                rank=rank,
+                world_size=world_size,
+                seed=seed,
+            )
+        return SpanCorruptionBatches(
+            split,
+            batch_size=cfg.batch_size,
+            raw_len=seq_len,
+            sentinel_ids=_sentinel_ids(tokenizer),
+            noise_density=cfg.noise_density,
+            mean_span=cfg.mean_span,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+        )
+
+    objective = next_token_loss if model_config.arch == "encoder" else span_corruption_loss
+    batches(val_split, 0, 1, cfg.seed)  # a tokenizer without the tokens fails before step 1
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, tokens = 0.0, 0
+        for batch in itertools.islice(batches(val_split, 0, 1, cfg.seed), cfg.eval_batches):
+            batch_loss, count = objective(model, batch, device)
+            total, tokens = total + float(batch_loss) * count, tokens + count
+        model.train(was_training)
+        loss = total / max(tokens, 1)
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": tokens}
+
+    return Task(
+        # the Trainer uses what the three model classes share: config, blocks, forward(x, y)
+        build_model=lambda device: cast(GPT, build_model(model_config).to(device)),
+        build_batches=lambda rank, world_size: batches(train_split, rank, world_size, cfg.seed),
+        objective=objective,
+        seq_len=seq_len if model_config.arch == "encoder" else None,
+        evaluate=evaluate,
+    )
+
+
+def _special_id(tokenizer: Any, token: str, arch: str, data_dir: Path) -> int:
+    found = tokenizer.token_to_id(token)
+    if found is None:
+        raise ValueError(
+            f"{data_dir}: arch {arch!r} needs {token} in the tokenizer: tokenize with "
+            f"special_tokens including it"
+        )
+    return int(found)
+
+
+def _sentinel_ids(tokenizer: Any) -> list[int]:
+    """The tokenizer's span sentinels, <|sentinel_0|>, <|sentinel_1|>, … in order."""
+    ids: list[int] = []
+    while (found := tokenizer.token_to_id(sentinel_token(len(ids)))) is not None:
+        ids.append(int(found))
+    return ids
+
+
 def train(
     cfg: TrainConfig,
     model_config: ModelConfig,
@@ -131,5 +225,5 @@ def train(
         "last": trainer.last,
         "checkpoint": final,
         "best_checkpoint": best_of(trainer.checkpoints.uri),
-        "parameters": trainer.model.num_parameters(),
+        "parameters": count_parameters(model_config),
     }

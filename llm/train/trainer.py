@@ -27,6 +27,7 @@ from torch import nn
 
 from llm import storage
 from llm.model.gpt import GPT
+from llm.model.sizing import flops_per_token
 from llm.train import rng
 from llm.train.checkpoint import (
     Retention,
@@ -352,7 +353,8 @@ class Trainer:
         }
         if self.peak_flops is not None:
             peak = self.peak_flops * self.world_size
-            metrics["mfu"] = mfu(self.model.flops_per_token(), tokens_per_s, peak)
+            # by the config, as every architecture has one (llm.model.sizing, exact for each)
+            metrics["mfu"] = mfu(flops_per_token(self.model.config), tokens_per_s, peak)
         if self.task.extra_metrics is not None:
             metrics.update(self.task.extra_metrics(self.step, self.world_size))
         return metrics

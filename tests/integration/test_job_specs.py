@@ -50,8 +50,16 @@ def test_errors_name_the_field_the_user_wrote() -> None:
 
 
 @pytest.mark.parametrize("spec_type", [TrainSpec, TuneSpec])
-def test_the_model_must_be_a_decoder_that_fits_seq_len(spec_type: type) -> None:
-    with pytest.raises(ValidationError, match=r"model\.arch must be 'decoder'"):
-        spec_type.model_validate({**BASE, "model": {"arch": "encoder"}})
+def test_the_model_must_fit_seq_len(spec_type: type) -> None:
     with pytest.raises(ValidationError, match=r"seq_len \(64\) must not exceed"):
         spec_type.model_validate({**BASE, "seq_len": 64, "model": {"block_size": 32}})
+
+
+def test_training_takes_every_architecture_and_tuning_decoders() -> None:
+    for arch in ("decoder", "encoder", "encoder_decoder"):
+        spec = TrainSpec.model_validate({**BASE, "model": {"arch": arch}, "mask_prob": 0.2})
+        assert spec.model.arch == arch and spec.train.mask_prob == 0.2
+    with pytest.raises(ValidationError, match=r"TrainConfig\.mask_prob must be in \(0, 1\)"):
+        TrainSpec.model_validate({**BASE, "mask_prob": 1.5})
+    with pytest.raises(ValidationError, match=r"model\.arch must be one of \['decoder'\]"):
+        TuneSpec.model_validate({**BASE, "model": {"arch": "encoder"}})

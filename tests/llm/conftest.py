@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm.tokenizer.bpe import eos_id, save_tokenizer, train_bpe
+from llm.tokenizer.bpe import EOS_TOKEN, eos_id, save_tokenizer, train_bpe
 from llm.tokenizer.shards import (
     encode_documents,
     split_of,
@@ -28,10 +28,11 @@ def build_shard_folder(
     *,
     vocab_size: int = SHARDS_VOCAB,
     val_fraction: float = 0.1,
+    special_tokens: Sequence[str] = (EOS_TOKEN,),
 ) -> Path:
     """train_bpe -> tokenizer.json -> one shard per split (by split_of on "doc{i}") -> manifest."""
     directory.mkdir(parents=True, exist_ok=True)
-    tok = train_bpe(docs, vocab_size=vocab_size)
+    tok = train_bpe(docs, vocab_size=vocab_size, special_tokens=special_tokens)
     save_tokenizer(tok, directory / "tokenizer.json")
     eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
     by_split: dict[str, list[str]] = {"train": [], "val": []}

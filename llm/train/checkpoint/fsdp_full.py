@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from llm.model.config import ModelConfig
-from llm.model.gpt import GPT
+from llm.model.encoders import build_model
 from llm.train.checkpoint.full import load_checkpoint, save_checkpoint
 
 MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
@@ -66,7 +66,7 @@ def save_fsdp_checkpoint(
     optim_state = get_optimizer_state_dict(model, optimizer, options=options)
     if dist.get_rank() != 0:
         return None
-    plain = GPT(config)
+    plain = build_model(config)
     plain.load_state_dict(model_state)
     plain_optimizer = make_optimizer(plain)
     plain_optimizer.load_state_dict(_by_index(optim_state))
@@ -89,7 +89,7 @@ def load_fsdp_checkpoint(
 ) -> dict[str, Any]:
     """Collective: every rank reads the full checkpoint and keeps its shards; returns
     trainer_state."""
-    plain = GPT(config)
+    plain = build_model(config)
     plain_optimizer = make_optimizer(plain)
     _, state = load_checkpoint(directory, model=plain, optimizer=plain_optimizer)
     options = StateDictOptions(full_state_dict=True)

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors.torch
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from llm.model.config import ModelConfig
+from llm.model.encoders import build_model
 from llm.model.gpt import GPT
 from llm.train.checkpoint.layout import (
     CONFIG_FILE,
@@ -130,10 +131,11 @@ def load_checkpoint(
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> GPT:
-    """Build a GPT from a checkpoint folder, on device and in eval mode, ready for inference."""
+    """Build the checkpoint's model (a GPT, or the encoder or encoder-decoder its config's arch
+    names) from a checkpoint folder, on device and in eval mode, ready for inference."""
     directory = Path(directory)
     config = ModelConfig.load(require(directory / CONFIG_FILE))
-    model = GPT(config).to(device)
+    model = cast(GPT, build_model(config).to(device))
     if (directory / DCP_DIR).is_dir():
         load_sharded_checkpoint(directory, model=model, optimizer=None)
     else:
