@@ -22,7 +22,7 @@ from llm.finetune.config import finetune_config
 from llm.model.config import ModelConfig
 from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
-from llm.train.config import TrainConfig
+from llm.train.config import OBJECTIVES, TrainConfig
 
 # --- tokenize -----------------------------------------------------------------------------------
 
@@ -98,6 +98,30 @@ def _check_model_fits(
         raise ValueError(
             f"seq_len ({seq_len}) must not exceed model.block_size ({model.block_size})"
         )
+
+
+# the noise settings of each objective that has any, and their defaults
+_NOISE = {"masked_lm": ("mask_prob",), "span_corruption": ("noise_density", "mean_span")}
+_TRAIN_DEFAULTS = TrainConfig()
+
+
+def _check_objective_fits(train: TrainConfig, arch: str) -> None:
+    """The objective is the architecture's: a named one must be it, and a noise setting of
+    another objective (changed from its default) would be silently unused, so it is refused."""
+    own = OBJECTIVES[arch]
+    if train.objective is not None and train.objective != own:
+        raise ValueError(
+            f"objective {train.objective!r} does not fit model.arch {arch!r}, which trains on "
+            f"{own!r} (objective by arch: {OBJECTIVES})"
+        )
+    for objective, names in _NOISE.items():
+        for name in names:
+            if objective != own and getattr(train, name) != getattr(_TRAIN_DEFAULTS, name):
+                raise ValueError(
+                    f"{name} sets the {objective} objective's noise, but model.arch {arch!r} "
+                    f"trains on {own!r}: drop {name} or set model.arch to the one training on "
+                    f"{objective}"
+                )
 
 
 class TrainSpec(Spec):
@@ -178,6 +202,7 @@ class TrainSpec(Spec):
     @model_validator(mode="after")
     def _seq_fits_model(self) -> TrainSpec:
         _check_model_fits(self.model, self.train.seq_len, ARCHS)
+        _check_objective_fits(self.train, self.model.arch)
         if self.tokens is not None or self.flops is not None:
             self.train = dataclasses.replace(self.train, steps=self._budget_steps())
         return self

@@ -19,6 +19,8 @@ OPTIMIZERS = ("adamw", "adafactor", "sgd")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PARALLELISMS = ("ddp", "fsdp")
 FSDP_CHECKPOINTS = ("sharded", "full")
+# the objective each model arch trains on (llm.train.pretrain picks it by the arch)
+OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class TrainConfig:
     max_rollbacks: int = 5
     peak_flops: float | None = None  # per device, for MFU; None: look the device up
     tensorboard: bool = False  # event files in out_dir/tensorboard (rank 0)
+    # None: the model arch's (OBJECTIVES); given, it must be that one (the spec checks)
+    objective: str | None = None
     # the objective's noise, by the model's arch: masked LM (encoder), span corruption (T5)
     mask_prob: float = 0.15  # encoder: share of tokens chosen for prediction
     noise_density: float = 0.15  # encoder_decoder: share of each window cut out into spans
@@ -67,6 +71,8 @@ class TrainConfig:
         _choice("parallelism", self.parallelism, PARALLELISMS)
         _choice("fsdp_checkpoint", self.fsdp_checkpoint, FSDP_CHECKPOINTS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.objective is not None:
+            _choice("objective", self.objective, tuple(OBJECTIVES.values()))
         self._check_counts()
         self._check_rates()
 

@@ -21,7 +21,7 @@ from llm.model.gpt import GPT
 from llm.model.sizing import count_parameters
 from llm.tokenizer.bpe import MASK_TOKEN, load_tokenizer, sentinel_token
 from llm.train.checkpoint.location import best_of
-from llm.train.config import TrainConfig
+from llm.train.config import OBJECTIVES, TrainConfig
 from llm.train.data import TokenShards, TrainBatches, val_batches
 from llm.train.objectives import (
     MaskedLMBatches,
@@ -90,6 +90,12 @@ def pretraining(
     their manifest's hashes unless ``verify`` is off: a node's cache checked them once
     already): a decoder by next-token prediction, an encoder by masked LM, an encoder-decoder
     by span corruption (``llm.train.objectives``)."""
+    own = OBJECTIVES[model_config.arch]
+    if cfg.objective not in (None, own):
+        raise ValueError(
+            f"TrainConfig.objective {cfg.objective!r} does not fit ModelConfig.arch "
+            f"{model_config.arch!r}, which trains on {own!r}"
+        )
     seq_len = cfg.seq_len or model_config.block_size
     train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab, verify)
     if model_config.arch != "decoder":

@@ -57,9 +57,33 @@ def test_the_model_must_fit_seq_len(spec_type: type) -> None:
 
 def test_training_takes_every_architecture_and_tuning_decoders() -> None:
     for arch in ("decoder", "encoder", "encoder_decoder"):
-        spec = TrainSpec.model_validate({**BASE, "model": {"arch": arch}, "mask_prob": 0.2})
-        assert spec.model.arch == arch and spec.train.mask_prob == 0.2
+        spec = TrainSpec.model_validate({**BASE, "model": {"arch": arch}})
+        assert spec.model.arch == arch
+    spec = TrainSpec.model_validate({**BASE, "model": {"arch": "encoder"}, "mask_prob": 0.2})
+    assert spec.train.mask_prob == 0.2
     with pytest.raises(ValidationError, match=r"TrainConfig\.mask_prob must be in \(0, 1\)"):
         TrainSpec.model_validate({**BASE, "mask_prob": 1.5})
     with pytest.raises(ValidationError, match=r"model\.arch must be one of \['decoder'\]"):
         TuneSpec.model_validate({**BASE, "model": {"arch": "encoder"}})
+
+
+@pytest.mark.parametrize(
+    ("arch", "fields", "message"),
+    [
+        ("decoder", {"objective": "masked_lm"}, "objective 'masked_lm' does not fit model.arch"),
+        ("encoder", {"objective": "span_corruption"}, "trains on 'masked_lm'"),
+        ("decoder", {"mask_prob": 0.3}, "mask_prob sets the masked_lm objective's noise"),
+        ("encoder", {"mean_span": 5.0}, "mean_span sets the span_corruption objective's noise"),
+        ("encoder_decoder", {"mask_prob": 0.3}, "drop mask_prob or set model.arch"),
+        ("decoder", {"objective": "mlm"}, r"TrainConfig\.objective must be one of"),
+    ],
+)
+def test_an_objective_that_does_not_fit_the_architecture_is_refused(
+    arch: str, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        TrainSpec.model_validate({**BASE, "model": {"arch": arch}, **fields})
+    own = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
+    spec = TrainSpec.model_validate({**BASE, "model": {"arch": arch}, "objective": own[arch]})
+    # a stored spec, every default written out, validates again
+    assert TrainSpec.model_validate(spec.model_dump(mode="json")) == spec

@@ -21,7 +21,12 @@ from tests.llm.conftest import SHAKESPEARE, build_shard_folder, shakespeare_docs
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STEPS, LOG_EVERY, CHECKPOINT_EVERY = 20, 5, 10
 FAIL_AT, RESUME_FROM = 15, 10
-ARCHS = ("encoder", "encoder_decoder")
+# each arch's objective with its own noise settings
+OBJECTIVES = {
+    "encoder": {"objective": "masked_lm", "mask_prob": 0.2},
+    "encoder_decoder": {"objective": "span_corruption", "noise_density": 0.2, "mean_span": 2.0},
+}
+ARCHS = tuple(OBJECTIVES)
 SPECIALS = (EOS_TOKEN, MASK_TOKEN, *(sentinel_token(i) for i in range(16)))
 
 
@@ -56,9 +61,7 @@ def arch_job(
         "checkpoint_every": CHECKPOINT_EVERY,
         "max_failures": 1,
         "tensorboard": False,
-        "mask_prob": 0.15,
-        "noise_density": 0.2,
-        "mean_span": 2.0,
+        **OBJECTIVES[arch],
         "model": {**TINY_MODEL, "arch": arch},
         "debug": {"fail_at_step": FAIL_AT},
     }

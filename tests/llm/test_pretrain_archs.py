@@ -117,3 +117,11 @@ def test_each_arch_trains_on_two_ranks_with_ddp(
     assert log[-1][1]["val_loss"] > 0
     model = load_model(tmp_path / "ddp" / "checkpoints" / "step_00000020")
     assert isinstance(model, model_class)
+
+
+def test_the_loop_refuses_an_objective_the_arch_does_not_train_on(shards: Path) -> None:
+    from llm.train.pretrain import pretraining
+
+    config = _config("decoder", 512)
+    with pytest.raises(ValueError, match="objective 'masked_lm' does not fit"):
+        pretraining(TrainConfig(objective="masked_lm"), config, shards)
