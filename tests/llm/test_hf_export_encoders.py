@@ -193,3 +193,18 @@ def test_unexportable_config_names_fields(overrides, fields, tmp_path):
         export_hf(model, tmp_path)
     for field in fields:
         assert field in str(excinfo.value)
+
+
+@pytest.mark.parametrize("case", ["bert", "bart"])
+def test_checkpoint_with_the_new_norm_fields_loads_and_exports(case, tmp_path):
+    from llm.train.checkpoint import load_model, save_checkpoint
+
+    model = perturbed(**CASES[case])
+    save_checkpoint(
+        tmp_path / "ckpt", model=model, config=model.config, optimizer=None, trainer_state={}
+    )
+    loaded = load_model(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert not hasattr(loaded, "ln_f") or isinstance(loaded.ln_f, torch.nn.Identity)
+    export_hf(loaded, tmp_path / "hf", pad_id=PAD)
+    assert import_hf(tmp_path / "hf").config == model.config
