@@ -42,6 +42,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     norm_placement: str = "pre"
     qk_norm: bool = False
+    embed_norm: bool = False  # a norm over token + position embeddings (BERT, BART)
+    final_norm: bool = True  # the norm after the last block; post-norm BERT and BART have none
     activation: str = "gelu"
     mlp_hidden: int | None = None  # None means 4 * n_embd
     position: str = "learned"
@@ -88,7 +90,7 @@ class ModelConfig:
                     f"ModelConfig.{name} must be one of {list(allowed)}, "
                     f"got {getattr(self, name)!r}"
                 )
-        for name in ("bias", "tie_embeddings", "qk_norm"):
+        for name in ("bias", "tie_embeddings", "qk_norm", "embed_norm", "final_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
 

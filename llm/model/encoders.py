@@ -31,6 +31,7 @@ class _Embeddings(nn.Module):
         self.wte = nn.Embedding(config.vocab, config.n_embd)
         learned = config.position == "learned"
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
+        self.ln_embed = make_norm(config, config.n_embd, config.embed_norm)
         self.drop = nn.Dropout(config.dropout_at("embd"))
         self.slopes = alibi_slopes(config.n_head) if config.position == "alibi" else None
 
@@ -55,7 +56,7 @@ class _Embeddings(nn.Module):
             slopes=self.slopes,
             dtype=x.dtype,
         )
-        return self.drop(x), inputs
+        return self.drop(self.ln_embed(x)), inputs
 
 
 class EncoderLM(nn.Module):
@@ -66,7 +67,7 @@ class EncoderLM(nn.Module):
         self.config = config
         self.embed = _Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = make_norm(config, config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd, config.final_norm)
         # BERT's head transform before the vocabulary projection
         self.head_dense = nn.Linear(config.n_embd, config.n_embd)
         self.head_norm = make_norm(config, config.n_embd)
@@ -99,9 +100,9 @@ class EncoderDecoder(nn.Module):
         self.embed = _Embeddings(config)
         n_enc = config.encoder_layers
         self.encoder = nn.ModuleList(Block(config, i) for i in range(n_enc))
-        self.ln_enc = make_norm(config, config.n_embd)
+        self.ln_enc = make_norm(config, config.n_embd, config.final_norm)
         self.decoder = nn.ModuleList(Block(config, i, cross=True) for i in range(config.n_layer))
-        self.ln_f = make_norm(config, config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd, config.final_norm)
         self.lm_head = nn.Linear(config.n_embd, config.vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.wte.weight

@@ -81,9 +81,10 @@ class GPT(nn.Module):
         self.wpe = (
             nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         )
+        self.ln_embed = make_norm(config, config.n_embd, config.embed_norm)
         self.drop = nn.Dropout(config.dropout_at("embd"))
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = make_norm(config, config.n_embd)
+        self.ln_f = make_norm(config, config.n_embd, config.final_norm)
         self.lm_head = nn.Linear(config.n_embd, config.vocab, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -116,7 +117,7 @@ class GPT(nn.Module):
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(positions)
-        x = self.drop(x)
+        x = self.drop(self.ln_embed(x))
         inputs = attention_inputs(
             self.config,
             positions,

@@ -1,9 +1,28 @@
 """Export to and import from the Hugging Face format: safetensors + config.json (+ tokenizer).
 
-Two families load in transformers' AutoModelForCausalLM with no custom code: GPT-2 (LayerNorm,
-GELU, learned positions) and Llama (RMSNorm, SwiGLU, RoPE, grouped-query attention). The
-exported config.json also carries our own ModelConfig under "llmforge_config", so importing an
-export gives back exactly the config it came from; plain Hugging Face checkpoints are mapped.
+Every family below loads in transformers with no custom code, with logits equal to ours:
+
+- decoders, in AutoModelForCausalLM: GPT-2 (LayerNorm, GELU, learned positions) and Llama
+  (RMSNorm, SwiGLU, RoPE, grouped-query attention);
+- encoders, in AutoModelForMaskedLM: BERT (post-norm, ``embed_norm=True, final_norm=False``) and
+  RoBERTa-PreLayerNorm (pre-norm, ``embed_norm=True``); both LayerNorm, GELU, learned positions;
+- encoder-decoders, in AutoModelForSeq2SeqLM: BART (post-norm, ``embed_norm=True,
+  final_norm=False``) and mBART (pre-norm, ``embed_norm=True``), with the same three choices
+  and norm_eps 1e-5, which their LayerNorms hard-code.
+
+T5 cannot match: it adds a bucketed relative position bias inside every attention and leaves
+out the 1/sqrt(head_dim) attention scale, neither of which our models have. ModernBERT cannot
+either: GeGLU, no norm before the first layer's attention, and local sliding-window layers.
+
+Positions: BERT and BART number the slots from 0 whatever the padding, ours number real tokens,
+so with right padding (the usual for these) the real tokens' logits agree; padding slots differ
+and are masked everywhere. RoBERTa numbers non-pad tokens after pad_token_id as ours do, so it
+agrees with left padding too, given padding uses pad_token_id. Their (unused) position rows
+before ours are written as zeros, and BERT's token-type embedding as a zero row.
+
+The exported config.json also carries our own ModelConfig under "llmforge_config", so importing
+an export gives back exactly the config it came from; plain Hugging Face checkpoints of these
+families are mapped, when every tensor has a place in our models (no non-zero output bias).
 """
 
 from __future__ import annotations
@@ -11,35 +30,63 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
+from torch import nn
 
+from llm.model import hf_encoders
 from llm.model.config import ModelConfig
+from llm.model.encoders import build_model
 from llm.model.gpt import GPT
+from llm.tokenizer.special import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 
 OUR_KEY = "llmforge_config"
+_DECODER = {"arch": "decoder", "norm_placement": "pre", "embed_norm": False, "final_norm": True}
+_LEARNED_GELU = {"norm": "layernorm", "activation": "gelu", "position": "learned"}
+_BERT_LIKE = {**_LEARNED_GELU, "embed_norm": True}
+_POST = {"norm_placement": "post", "final_norm": False}
+_PRE = {"norm_placement": "pre", "final_norm": True}
 # what each family fixes; a config that differs on any of these cannot be exported as it
 FAMILIES: dict[str, dict[str, Any]] = {
-    "gpt2": {"norm": "layernorm", "activation": "gelu", "position": "learned"},
-    "llama": {"norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
+    "gpt2": {**_DECODER, **_LEARNED_GELU},
+    "llama": {**_DECODER, "norm": "rmsnorm", "activation": "swiglu", "position": "rope"},
+    "bert": {"arch": "encoder", **_BERT_LIKE, **_POST},
+    "roberta-prelayernorm": {"arch": "encoder", **_BERT_LIKE, **_PRE},
+    # their LayerNorms are built with PyTorch's default eps, whatever the config says
+    "bart": {"arch": "encoder_decoder", **_BERT_LIKE, **_POST, "norm_eps": 1e-5},
+    "mbart": {"arch": "encoder_decoder", **_BERT_LIKE, **_PRE, "norm_eps": 1e-5},
 }
-COMMON = {"arch": "decoder", "norm_placement": "pre", "qk_norm": False}
+# the Hugging Face class that loads each family, and the Auto class that finds it
+ARCHITECTURES = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "bert": "BertForMaskedLM",
+    "roberta-prelayernorm": "RobertaPreLayerNormForMaskedLM",
+    "bart": "BartForConditionalGeneration",
+    "mbart": "MBartForConditionalGeneration",
+}
+# the special tokens an encoder's tokenizer_config.json names, where the vocabulary has them
+ROLES = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "bos_token": BOS_TOKEN}
 
 
 def family_of(config: ModelConfig) -> str:
-    """The Hugging Face family a config matches, or a ValueError naming the fields that differ."""
+    """The Hugging Face family a config matches, or a ValueError naming the fields that differ
+    from each family of its arch."""
     problems: dict[str, list[str]] = {}
-    for family, fixed in FAMILIES.items():
-        wanted = {**COMMON, **fixed}
+    for family, wanted in FAMILIES.items():
+        if wanted["arch"] != config.arch:
+            continue
+        fixed = {**wanted, "qk_norm": False}
         problems[family] = [
             f"{k}={getattr(config, k)!r} (needs {v!r})"
-            for k, v in wanted.items()
+            for k, v in fixed.items()
             if getattr(config, k) != v
         ]
-        if family == "gpt2" and config.kv_heads != config.n_head:
+        # only Llama has separate key/value head counts
+        if family != "llama" and config.kv_heads != config.n_head:
             problems[family].append(f"n_kv_head={config.n_kv_head} (needs n_head)")
         if not problems[family]:
             return family
@@ -133,44 +180,99 @@ def _llama_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
+def _pad_id(family: str, pad_id: int | None, vocab: dict[str, int], size: int) -> int:
+    """The pad id a masked-LM family's config.json names; RoBERTa's positions depend on it."""
+    if pad_id is None:
+        pad_id = vocab.get(PAD_TOKEN)
+    if pad_id is None:
+        if family == "roberta-prelayernorm":
+            raise ValueError(
+                f"exporting as roberta-prelayernorm needs pad_id (or a tokenizer with "
+                f"{PAD_TOKEN}): RoBERTa numbers positions after the pad id and skips tokens "
+                "equal to it, so it must be an id the text never contains"
+            )
+        pad_id = 0  # BERT uses it only to zero that embedding's gradient
+    if not 0 <= pad_id < size:
+        raise ValueError(f"pad_id {pad_id} is outside the vocabulary ({size})")
+    return pad_id
+
+
 def export_hf(
-    model: GPT,
+    model: nn.Module,
     out_dir: str | Path,
     tokenizer_file: str | Path | None = None,
     eos_id: int | None = None,
+    pad_id: int | None = None,
 ) -> Path:
-    """Write model.safetensors, config.json and, given a tokenizer.json, the tokenizer files."""
+    """Write model.safetensors, config.json and, given a tokenizer.json, the tokenizer files.
+
+    model is any llmforge model (GPT, EncoderLM, EncoderDecoder) whose config matches a family.
+    pad_id is the masked-LM families' padding id (default: the tokenizer's <|pad|>, else 0);
+    the seq2seq families pad with id 0, our decoder's start token.
+    """
     config = model.config
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"export_hf needs an llmforge model with a ModelConfig, got {model!r}")
     family = family_of(config)
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab() if tokenizer_file else {}
+    if eos_id is not None and vocab and eos_id not in vocab.values():
+        raise ValueError(f"eos_id {eos_id} is not in {tokenizer_file}")
+    sd = model.state_dict()
+    if family in ("gpt2", "llama"):
+        gpt = cast(GPT, model)
+        tensors = _gpt2_tensors(gpt) if family == "gpt2" else _llama_tensors(gpt)
+        hf_config = _gpt2_config(config) if family == "gpt2" else _llama_config(config)
+        # without explicit ids transformers assumes GPT-2's 50256, outside a small vocabulary
+        hf_config |= {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+        pad = eos_id
+    else:
+        pad = _pad_id(family, pad_id, vocab, config.vocab)
+        tensors = hf_encoders.export_tensors(sd, config, family, pad)
+        hf_config = hf_encoders.hf_config(config, family, pad, eos_id)
+        pad = hf_config["pad_token_id"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = _gpt2_tensors(model) if family == "gpt2" else _llama_tensors(model)
     # safetensors refuses views that share storage, so every tensor gets its own copy
     save_file(
         {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
         str(out / "model.safetensors"),
         metadata={"format": "pt"},
     )
-    hf_config = _gpt2_config(config) if family == "gpt2" else _llama_config(config)
-    # without explicit ids transformers assumes GPT-2's 50256, outside a small vocabulary
-    hf_config |= {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+    hf_config = {"architectures": [ARCHITECTURES[family]], "model_type": family} | hf_config
     hf_config |= {"torch_dtype": "float32", OUR_KEY: config.to_dict()}
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     if tokenizer_file is not None:
         shutil.copyfile(tokenizer_file, out / "tokenizer.json")
-        tok_config: dict[str, Any] = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": config.block_size,
-        }
-        if eos_id is not None:
-            # the special tokens by name: without them transformers' tokenizer has no EOS/BOS,
-            # and lm-evaluation-harness's hf model fails on its first request
-            token = Tokenizer.from_file(str(tokenizer_file)).id_to_token(eos_id)
-            if token is None:
-                raise ValueError(f"eos_id {eos_id} is not in {tokenizer_file}")
-            tok_config |= {"eos_token": token, "bos_token": token, "pad_token": token}
+        tok_config = _tokenizer_config(config, vocab, eos_id, pad)
         (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     return out
+
+
+def _tokenizer_config(
+    config: ModelConfig, vocab: dict[str, int], eos_id: int | None, pad_id: int | None
+) -> dict[str, Any]:
+    """The special tokens by name: without them transformers' tokenizer has no EOS/BOS (and
+    lm-evaluation-harness's hf model fails on its first request), and no mask for fill-mask."""
+    tok_config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.block_size,
+    }
+    by_id = {i: token for token, i in vocab.items()}
+    if config.arch == "decoder":
+        if eos_id is not None:
+            token = by_id[eos_id]
+            tok_config |= {"eos_token": token, "bos_token": token, "pad_token": token}
+        return tok_config
+    tok_config |= {role: token for role, token in ROLES.items() if token in vocab}
+    if eos_id is not None:
+        tok_config["eos_token"] = by_id[eos_id]
+    if pad_id is not None and pad_id in by_id:
+        tok_config["pad_token"] = by_id[pad_id]
+    if config.arch == "encoder":
+        if MASK_TOKEN not in vocab:
+            raise ValueError(f"a masked LM's tokenizer needs the {MASK_TOKEN} token")
+        tok_config["mask_token"] = MASK_TOKEN
+    return tok_config
 
 
 def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -207,8 +309,10 @@ def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
             position="rope",
             rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
         )
+    if hf.get("model_type") in FAMILIES:
+        return hf_encoders.config_from_hf(hf)
     raise ValueError(
-        f"config.json model_type must be 'gpt2' or 'llama', got {hf.get('model_type')!r}"
+        f"config.json model_type must be one of {list(FAMILIES)}, got {hf.get('model_type')!r}"
     )
 
 
@@ -222,13 +326,12 @@ def _from_gpt2(t: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.Te
             sd[f"blocks.{i}.{ours}.weight"] = w if ours.startswith("ln") else w.t()
             sd[f"blocks.{i}.{ours}.bias"] = t[f"transformer.h.{i}.{hf}.bias"]
     sd["ln_f.weight"], sd["ln_f.bias"] = t["transformer.ln_f.weight"], t["transformer.ln_f.bias"]
-    if not c.bias:
-        _drop_zero_biases(sd)
     return sd
 
 
-def _drop_zero_biases(sd: dict[str, torch.Tensor]) -> None:
-    for key in [k for k in sd if k.endswith(".bias")]:
+def _drop_zero_biases(sd: dict[str, torch.Tensor], wanted: set[str]) -> None:
+    """Drop the biases the model has no place for (ModelConfig.bias=False): zeros only."""
+    for key in [k for k in sd if k.endswith(".bias") and k not in wanted]:
         if torch.count_nonzero(sd[key]):
             raise ValueError(f"{key} is non-zero but ModelConfig.bias is False")
         del sd[key]
@@ -250,16 +353,25 @@ def _from_llama(t: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch.T
     return sd
 
 
-def import_hf(directory: str | Path) -> GPT:
-    """Build a GPT from a Hugging Face GPT-2 or Llama folder (config.json + model.safetensors)."""
+def import_hf(directory: str | Path) -> nn.Module:
+    """Build our model from a Hugging Face folder (config.json + model.safetensors) of any
+    family above: a GPT, an EncoderLM or an EncoderDecoder, in eval mode."""
     directory = Path(directory)
-    config = _config_from_hf(json.loads((directory / "config.json").read_text()))
+    hf = json.loads((directory / "config.json").read_text())
+    config = _config_from_hf(hf)
     tensors = load_file(str(directory / "model.safetensors"))
     family = family_of(config)
-    sd = _from_gpt2(tensors, config) if family == "gpt2" else _from_llama(tensors, config)
-    if not config.tie_embeddings:
+    if family == "gpt2":
+        sd = _from_gpt2(tensors, config)
+    elif family == "llama":
+        sd = _from_llama(tensors, config)
+    else:
+        pad = hf.get("pad_token_id") or 0
+        sd = hf_encoders.import_tensors(tensors, config, family, pad)
+    if not config.tie_embeddings and family in ("gpt2", "llama"):
         sd["lm_head.weight"] = tensors["lm_head.weight"]
-    model = GPT(config)
+    model = build_model(config)
+    _drop_zero_biases(sd, set(model.state_dict()))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     # a tied head is the embedding, so its key may be absent; anything else must match exactly
     missing = [k for k in missing if not (config.tie_embeddings and k == "lm_head.weight")]

@@ -44,7 +44,11 @@ class AttnInputs:
     cache: KVCache | None = None
 
 
-def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+def make_norm(config: ModelConfig, dim: int, enabled: bool = True) -> nn.Module:
+    """The configured norm over dim features; an Identity where enabled is False, so a model
+    without an optional norm (embed_norm, final_norm) keeps one code path."""
+    if not enabled:
+        return nn.Identity()
     if config.norm == "rmsnorm":
         return nn.RMSNorm(dim, eps=config.norm_eps)
     return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)

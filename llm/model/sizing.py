@@ -58,11 +58,13 @@ def count_parameters(c: ModelConfig, exclude_embeddings: bool = False) -> int:
     n += c.block_size * c.n_embd if c.position == "learned" else 0
     if not c.tie_embeddings:
         n += c.vocab * c.n_embd
+    n += _norm(c, c.n_embd) if c.embed_norm else 0
+    final = _norm(c, c.n_embd) if c.final_norm else 0
     if c.arch == "encoder_decoder":
-        n += c.encoder_layers * _block(c) + _norm(c, c.n_embd)
-        n += c.n_layer * _block(c, cross=True) + _norm(c, c.n_embd)
+        n += c.encoder_layers * _block(c) + final
+        n += c.n_layer * _block(c, cross=True) + final
     else:
-        n += c.n_layer * _block(c) + _norm(c, c.n_embd)
+        n += c.n_layer * _block(c) + final
     if c.arch == "encoder":
         # the masked-LM head's transform: dense + norm before the vocabulary projection
         n += _linear(c.n_embd, c.n_embd, True) + _norm(c, c.n_embd)

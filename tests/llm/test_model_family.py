@@ -16,6 +16,8 @@ SWITCHES = [
     {"norm_placement": "post", "activation": "relu2", "position": "alibi", "n_kv_head": 1},
     {"qk_norm": True, "bias": True, "tie_embeddings": False, "mlp_hidden": 40},
     {"norm": "rmsnorm", "qk_norm": True, "init": "normal", "init_std": 0.01},
+    # BERT / BART wiring: a norm over the embeddings, post-norm blocks, no final norm
+    {"embed_norm": True, "final_norm": False, "norm_placement": "post", "bias": True},
 ]
 ARCHS = ["decoder", "encoder", "encoder_decoder"]
 
@@ -151,6 +153,8 @@ def test_encoder_decoder_generates_from_the_decoder_side():
         ({"attn_dropout": 1.5}, ["attn_dropout"]),
         ({"rope_theta": 0}, ["rope_theta"]),
         ({"qk_norm": "yes"}, ["qk_norm"]),
+        ({"embed_norm": 1}, ["embed_norm", "bool"]),
+        ({"final_norm": None}, ["final_norm", "bool"]),
         ({"n_encoder_layer": 2}, ["n_encoder_layer", "encoder_decoder"]),
     ],
 )
