@@ -161,6 +161,24 @@ def test_minimal_pairs_through_the_runner_are_scored_by_pll(
     assert result["metrics"]["acc"]["value"] == pytest.approx(right / len(PAIRS))
 
 
+def test_the_built_in_blimp_task_scores_an_encoder_by_pll(
+    encoder: LlmforgeEncoder, tok: tokenizers.Tokenizer, shared_data: Path
+) -> None:
+    task = "blimp_anaphor_gender_agreement"
+    out = evaluate_tasks(encoder, tasks=[task], limit=4, log_samples=True, data_root=shared_data)
+    result = out["results"][task]
+    assert result["scoring"] == "pll" and result["n"] == 4
+    eos = tok.token_to_id(EOS_TOKEN)
+    for sample in result["samples"]:
+        direct = [
+            pseudo_log_likelihood(
+                encoder.core, [eos, *tok.encode(" " + s).ids], encoder.mask_id, skip={eos}
+            )
+            for s in sample["choices"]
+        ]
+        assert sample["loglikelihoods"] == pytest.approx(direct, abs=1e-4)
+
+
 @torch.no_grad()
 def _pll_of_continuation(model: EncoderLM, ctx: list[int], cont: list[int], mask: int) -> float:
     """By hand: the continuation's tokens masked one at a time, the context always visible."""
