@@ -34,7 +34,7 @@ from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, save_tokenizer, sentinel_to
 from llm.train.checkpoint import save_checkpoint
 from llm.train.config import TrainConfig
 from llm.train.data import TokenShards
-from llm.train.pretrain import evaluate_loss, pretraining, validation_loss
+from llm.train.pretrain import evaluate_loss, pretraining, train, validation_loss
 from ray_jobs import evaluate as job
 from ray_jobs.entrypoint import JobError
 from tests.llm.conftest import build_shard_folder
@@ -400,6 +400,27 @@ def test_the_jobs_val_and_sample_fits_each_arch(shards: Path, tmp_path: Path, ar
         eos = tok.token_to_id(EOS_TOKEN)
         new = generate(model, ids, 5, temperature=0.0, eos_id=eos)
         assert out["completion"] == tok.decode(new) == out["sample"]["completion"]
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder_decoder"])
+def test_the_job_reproduces_the_val_loss_training_reported(
+    shards: Path, tmp_path: Path, arch: str
+) -> None:
+    vocab = TokenShards(shards, "val").vocab_size
+    config = _model(arch, vocab).config
+    cfg = TrainConfig(
+        steps=4, batch_size=4, warmup_steps=1, log_every=2, eval_every=4, eval_batches=2,
+        checkpoint_every=4, spike_factor=None, seed=3, mask_prob=0.25, noise_density=0.2,
+    )  # fmt: skip
+    trained = train(cfg, config, shards, tmp_path / "train")
+    spec = EvaluateSpec(
+        checkpoint=str(tmp_path / "train"), data=str(shards), output=str(tmp_path / "out"),
+        batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
+    )  # fmt: skip
+    checkpoint = Path(job.resolve_checkpoint(str(tmp_path / "train")))
+    out = job.val_and_sample(spec, checkpoint, shards)
+    assert out["val_loss"] == pytest.approx(trained["last"]["val_loss"], rel=1e-6)
+    assert out["objective_settings"]["seed"] == 3
 
 
 def test_a_generation_task_on_an_encoder_fails_the_job_before_ray(
