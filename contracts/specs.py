@@ -248,14 +248,22 @@ class TrainSpec(Spec):
 
 class EvaluateSpec(Spec):
     """Benchmark tasks (llm.eval: log-likelihood multiple choice, perplexity, generation) spread
-    over Ray workers, and/or validation loss plus a sampled completion on token shards."""
+    over Ray workers, and/or validation loss plus a sampled completion on token shards.
+
+    Any architecture: a decoder is scored by log-likelihood, an encoder by masked-LM
+    pseudo-log-likelihood (no generation: no sample, generate_until tasks fail the job before
+    it runs them), an encoder-decoder by the decoder's log-likelihood given the encoded
+    context; each task's result names its ``scoring``."""
 
     checkpoint: Uri = Field(
-        description="an llmforge checkpoint, a train/finetune output folder (its latest "
-        "checkpoint) or a Hugging Face model folder"
+        description="an llmforge checkpoint of any arch (decoder, encoder, encoder_decoder), a "
+        "train/finetune output folder (its latest checkpoint) or a Hugging Face model folder"
     )
     data: Uri | None = Field(
-        default=None, description="token shard folder whose val split is scored (loss, ppl)"
+        default=None,
+        description="token shard folder whose val split is scored (loss, ppl) on the model's "
+        "own objective: next-token, masked LM or span corruption (the checkpoint's settings, "
+        "a fixed seed)",
     )
     output: OutputUri
     tokenizer: Uri | None = Field(
@@ -275,8 +283,15 @@ class EvaluateSpec(Spec):
     data_root: Uri | None = Field(
         default=None, description="where built-in tasks find their data (LLMFORGE_DATA_ROOT)"
     )
-    batch_size: int = Field(default=8, gt=0)
-    max_batches: int | None = Field(default=None, gt=0, description="cap on val batches")
+    batch_size: int = Field(
+        default=8, gt=0, description="rows per forward pass (an encoder's: masked copies)"
+    )
+    max_batches: int | None = Field(
+        default=None,
+        gt=0,
+        description="cap on val batches (default: every val window; one shuffled pass of them "
+        "for the noised objectives)",
+    )
     prompt: str = "The "
     max_new_tokens: int = Field(default=48, ge=0, le=4096)
     temperature: float = Field(default=0.8, ge=0)

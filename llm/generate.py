@@ -111,23 +111,32 @@ class _Stepper:
 
 
 class _Seq2SeqStepper:
-    """Encodes the prompts once; the decoder starts from START_ID and extends with the cache.
+    """Encodes the prompts once; the decoder starts from START_ID and extends with the cache
+    (or, without it, reruns the whole decoder input every step: the reference the cache must
+    match).
 
-    The prompt columns of ids are the encoder's input, the columns after them the decoder's.
+    The prompt columns of ids are the encoder's input (their last block_size), the columns
+    after them the decoder's.
     """
 
-    def __init__(self, model: EncoderDecoder, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(
+        self, model: EncoderDecoder, ids: torch.Tensor, mask: torch.Tensor, use_cache: bool
+    ) -> None:
         self.model, self.prompt_len = model, ids.shape[1]
-        self.src_mask = mask
-        self.memory = model.encode(ids, mask)
-        self.cache = KVCache(model.config, ids.shape[0], model.config.block_size, self.memory)
+        block = model.config.block_size
+        self.src_mask = mask[:, -block:]
+        self.memory = model.encode(ids[:, -block:], self.src_mask)
+        self.cache = KVCache(model.config, ids.shape[0], block, self.memory) if use_cache else None
         self.start = torch.full((ids.shape[0], 1), START_ID, dtype=torch.long, device=ids.device)
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         new = ids[:, self.prompt_len :]
-        step = self.start if new.shape[1] == 0 else new[:, -1:]
-        if self.cache.length + 1 > self.model.config.block_size:
+        if 1 + new.shape[1] > self.model.config.block_size:
             raise ValueError("the decoder's output cannot exceed ModelConfig.block_size tokens")
+        if self.cache is None:
+            tgt = torch.cat((self.start, new), dim=1)
+            return self.model.decode(tgt, self.memory, self.src_mask)[:, -1].float()
+        step = self.start if new.shape[1] == 0 else new[:, -1:]
         return self.model.decode(step, self.memory, self.src_mask, self.cache)[:, -1].float()
 
 
@@ -152,7 +161,7 @@ def _stepper(
 ) -> _Stepper | _Seq2SeqStepper:
     # the encoder-decoder steps through decode(), which a compiled forward does not cover
     if isinstance(core, EncoderDecoder):
-        return _Seq2SeqStepper(core, ids, mask)
+        return _Seq2SeqStepper(core, ids, mask, use_cache)
     return _Stepper(model, core, use_cache, padded)
 
 

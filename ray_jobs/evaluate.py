@@ -5,6 +5,14 @@ Ray actors, each holding the model once, evaluates the shards and ``llm.eval.run
 combines them into exactly the result of one unsharded run. With ``data``, one more Ray task
 scores the token shards' val split (loss, perplexity) and samples a completion.
 
+Every architecture is evaluated (the checkpoint's config.json names its ``arch``): a decoder
+by causal log-likelihood, next-token val loss and a continued prompt; an encoder by masked-LM
+pseudo-log-likelihood and masked-LM val loss, with no sample (``sample: null`` and
+``sample_reason``) and generate_until tasks refused before anything runs; an encoder-decoder
+by the decoder's log-likelihood given the encoded context, span-corruption val loss and a
+completion decoded from the encoded prompt. Each task's result names its ``scoring``, the val
+figures their ``objective``.
+
 Writes ``eval.json`` (per-task metrics with standard errors, normalised leaderboard scores,
 malformed-row counts, optional per-item records) and ``leaderboard.md`` to the job's output,
 and sends the main metric of each task to the control plane. Checkpoint, data, tokenizer and
@@ -19,6 +27,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -28,17 +37,23 @@ from contracts.roots import READ, RootError, Roots
 from contracts.specs import EvaluateSpec
 from llm import storage
 from llm.eval.data import data_files
-from llm.eval.lm import load_eval_model
+from llm.eval.lm import SCORING, load_eval_model
 from llm.eval.report import leaderboard_markdown
-from llm.eval.runner import evaluate_tasks, merge, regroup, shard_slices, task_rows
+from llm.eval.runner import (
+    check_generation,
+    evaluate_tasks,
+    merge,
+    regroup,
+    shard_slices,
+    task_rows,
+)
 from llm.eval.task_config import TaskConfig, resolve_tasks
 from llm.generate import generate
 from llm.tokenizer.bpe import eos_id, load_tokenizer
 from llm.tokenizer.shards import MANIFEST_FILE
-from llm.train.checkpoint import load_model
+from llm.train.checkpoint import load_model, read_state
 from llm.train.checkpoint.location import fetch, latest_uri
-from llm.train.data import TokenShards
-from llm.train.pretrain import evaluate_loss
+from llm.train.pretrain import validation_loss
 from ray_jobs import entrypoint
 from ray_jobs.cluster import init_ray, node_id
 from ray_jobs.entrypoint import JobError
@@ -126,6 +141,18 @@ def check_task_data(configs: list[TaskConfig], data_root: str | None) -> None:
                 ) from e
 
 
+def checkpoint_arch(checkpoint: str) -> str:
+    """The architecture (ModelConfig.arch) of the model folder: an llmforge config.json names
+    it; a Hugging Face causal LM's, which does not, is a decoder."""
+    config = storage.join(checkpoint, "config.json")
+    if not storage.is_file(config):
+        return "decoder"  # load_eval_model says what is missing
+    arch = storage.read_json(config).get("arch", "decoder")
+    if arch not in SCORING:
+        raise JobError(f"{config}: unknown arch {arch!r}; expected one of {sorted(SCORING)}")
+    return str(arch)
+
+
 def run_tasks(
     spec: EvaluateSpec, model: str, tokenizer: str | None
 ) -> tuple[dict[str, Any], set[str]]:
@@ -173,24 +200,49 @@ def task_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: Shards) -> dict[str, Any]:
-    model = load_model(fetch(checkpoint))
-    folder, verified = local_shards(data)
-    shards = TokenShards(folder, "val", verify=not verified)
-    if shards.vocab_size != model.config.vocab_size:
-        raise JobError(
-            f"{data}: vocab_size {shards.vocab_size} does not match the checkpoint's "
-            f"{model.config.vocab_size} ({checkpoint})"
+def _train_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The train_config the checkpoint's trainer saved (its objective's settings), if any."""
+    try:
+        saved = read_state(checkpoint).get("train_config")
+    except (FileNotFoundError, ValueError):
+        return None  # a hand-saved or foreign checkpoint: the objective's defaults apply
+    return saved if isinstance(saved, dict) else None
+
+
+def val_and_sample(
+    spec: EvaluateSpec, checkpoint: Path, folder: Path, *, verify: bool = True
+) -> dict[str, Any]:
+    """Validation loss on the model's own objective (causal LM, masked LM or span corruption,
+    see llm.train.pretrain.validation_loss) and a sampled completion where the architecture
+    generates: a decoder continues the prompt, an encoder-decoder decodes from the encoded
+    prompt, an encoder (masked LM) has no sample and the result says why. checkpoint and the
+    shard folder are local."""
+    model = load_model(checkpoint)
+    arch = model.config.arch
+    try:
+        metrics = validation_loss(
+            model,
+            folder,
+            batch_size=spec.batch_size,
+            max_batches=spec.max_batches,
+            train_config=_train_config(checkpoint),
+            verify=verify,
         )
-    metrics = evaluate_loss(
-        model,
-        shards,
-        batch_size=spec.batch_size,
-        seq_len=model.config.block_size,
-        max_batches=spec.max_batches,
-    )
-    tok = load_tokenizer(folder / shards.manifest["tokenizer"]["file"])
-    prompt_ids = tok.encode(spec.prompt, add_special_tokens=False).ids
+    except ValueError as e:
+        raise JobError(f"{folder} against {checkpoint}: {e}") from e
+    out: dict[str, Any] = {**metrics, "arch": arch, "prompt": spec.prompt}
+    if arch == "encoder":
+        out["completion"] = None
+        out["sample"] = None
+        out["sample_reason"] = (
+            "an encoder (masked LM) does not generate text; its tasks are scored by "
+            "pseudo-log-likelihood"
+        )
+        return out
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    tok = load_tokenizer(folder / manifest["tokenizer"]["file"])
+    # an empty prompt (allowed) still needs one token: the document separator
+    prompt_ids = tok.encode(spec.prompt, add_special_tokens=False).ids or [eos_id(tok)]
     new_ids = generate(
         model,
         prompt_ids,
@@ -200,12 +252,16 @@ def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: Shards) -> dict[s
         eos_id=eos_id(tok),
         seed=spec.seed,
     )
-    return {
-        **metrics,
-        "prompt": spec.prompt,
-        "completion": tok.decode(new_ids),
-        "node": node_id(),
-    }
+    out["completion"] = tok.decode(new_ids)
+    out["sample"] = {"prompt": spec.prompt, "completion": out["completion"]}
+    return out
+
+
+def _val_and_sample(spec: EvaluateSpec, checkpoint: str, data: Shards) -> dict[str, Any]:
+    """val_and_sample on a Ray worker: the checkpoint and shards fetched to its node."""
+    folder, verified = local_shards(data)
+    result = val_and_sample(spec, fetch(checkpoint), folder, verify=not verified)
+    return {**result, "node": node_id()}
 
 
 def _model_uri(spec: EvaluateSpec) -> str:
@@ -220,10 +276,17 @@ def run(spec: EvaluateSpec) -> dict[str, Any]:
     out = open_output(spec.output)
     model = _model_uri(spec)
     checkpoint = resolve_checkpoint(model)
+    arch = checkpoint_arch(checkpoint)
     tokenizer = resolve_tokenizer(spec, model, checkpoint)
     data = open_shards(spec.data) if spec.data else None
+    if spec.tasks:  # a task the arch cannot run fails before Ray starts
+        try:
+            configs = resolve_tasks(list(spec.tasks))[0]
+            check_generation(SCORING[arch], configs, f"{model} (arch {arch})")
+        except ValueError as e:  # TaskError is a ValueError
+            raise JobError(str(e)) from e
     init_ray()
-    result: dict[str, Any] = {"model": model}
+    result: dict[str, Any] = {"model": model, "arch": arch}
     nodes: set[str] = set()
     if data is not None:
         task: Any = ray.remote(num_cpus=1)(_val_and_sample)

@@ -5,13 +5,16 @@ max_length - max_gen_toks prompt tokens), batched longest first, and each comple
 before the first stop string it contains. llmforge models generate with llm/generate.py
 (KV cache, EOS and stop strings end a row early); Hugging Face models with their generate().
 Sampled generation is reproducible for a fixed seed and batch composition.
+
+An encoder-decoder's prompt is the encoder's input and its completion the decoder's output, so
+each may take the whole context; an encoder (masked LM) cannot generate and fails up front.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llm.eval.lm import EvalModel
+from llm.eval.lm import PLL, SEQ2SEQ, EvalModel, GenerationUnsupportedError
 from llm.eval.task_config import GenerationConfig
 from llm.generate import Sampling
 
@@ -33,7 +36,20 @@ def generate_until(
     batch_size: int = 16,
 ) -> list[str]:
     """One completion per context, in the order of contexts."""
-    room = model.max_length - gen.max_gen_toks
+    if model.scoring == PLL:
+        raise GenerationUnsupportedError(
+            f"{model.name}: generate_until needs a model that generates text, but this is an "
+            "encoder (masked LM); run log-likelihood tasks on it instead"
+        )
+    if model.scoring == SEQ2SEQ:
+        if gen.max_gen_toks > model.max_length:
+            raise ValueError(
+                f"max_gen_toks ({gen.max_gen_toks}) exceeds the decoder's context "
+                f"({model.max_length})"
+            )
+        room = model.max_length  # the prompt goes to the encoder, the completion elsewhere
+    else:
+        room = model.max_length - gen.max_gen_toks
     if room <= 0:
         raise ValueError(
             f"max_gen_toks ({gen.max_gen_toks}) must be below the model's context "

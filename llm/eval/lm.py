@@ -1,5 +1,12 @@
-"""The models an evaluation runs on: an llmforge GPT with its tokenizer.json, or a Hugging Face
-causal LM (so the same harness scores an exported model), behind one small interface.
+"""The models an evaluation runs on: an llmforge checkpoint of any architecture with its
+tokenizer.json, or a Hugging Face causal LM (so the same harness scores an exported model),
+behind one small interface.
+
+How a model scores a continuation is its ``scoring``: "loglik" (a decoder: the causal
+log-likelihood, lm-eval's way), "pll" (an llmforge encoder: masked-LM pseudo-log-likelihood,
+each continuation token masked in turn) or "seq2seq" (an llmforge encoder-decoder: the
+decoder's log-probabilities of the continuation with the encoder reading the context).
+``llm.eval.scoring.score_tokens`` picks the path; results name it per task.
 """
 
 from __future__ import annotations
@@ -17,15 +24,26 @@ import torch
 from torch import nn
 
 from llm.generate import Sampling, generate_batch
+from llm.model.encoders import EncoderDecoder, EncoderLM
 from llm.model.gpt import GPT
-from llm.tokenizer.bpe import BOS_TOKEN, EOS_TOKEN, load_tokenizer
+from llm.tokenizer.bpe import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_model
+
+# how each kind of model scores a continuation (see the module docstring)
+LOGLIK, PLL, SEQ2SEQ = "loglik", "pll", "seq2seq"
+SCORING = {"decoder": LOGLIK, "encoder": PLL, "encoder_decoder": SEQ2SEQ}  # by ModelConfig.arch
+
+
+class GenerationUnsupportedError(ValueError):
+    """The model cannot generate text (a masked-LM encoder); the message says why."""
 
 
 class EvalModel(ABC):
     """What scoring and generation need from a model: tokenize, logits, generate."""
 
     name: str = "model"
+    arch: str = "decoder"
+    scoring: str = LOGLIK
     max_length: int
     device: torch.device
 
@@ -72,30 +90,39 @@ class EvalModel(ABC):
 
 
 @contextmanager
-def hidden_states(gpt: GPT) -> Iterator[nn.Module]:
-    """Within the block gpt(...) returns the final hidden states, not logits: its LM head is
+def hidden_states(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block model(...) returns the final hidden states, not logits: its LM head is
     set aside and handed out, so a caller applies it only at the positions it scores (most of
-    an evaluation's positions are context, whose logits nobody reads)."""
-    head = gpt.lm_head
-    setattr(gpt, "lm_head", nn.Identity())  # noqa: B010 - Module.__setattr__ type-checks
+    an evaluation's positions are context, whose logits nobody reads). Works for the GPT, the
+    EncoderLM (hidden states after its head transform) and EncoderDecoder.decode alike."""
+    head = model.lm_head
+    assert isinstance(head, nn.Module)
+    setattr(model, "lm_head", nn.Identity())  # noqa: B010 - Module.__setattr__ type-checks
     try:
         yield head
     finally:
-        gpt.lm_head = head
+        model.lm_head = head
 
 
-class LlmforgeModel(EvalModel):
-    def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer, name: str = "llmforge"):
-        core = getattr(model, "_orig_mod", model)
-        if not isinstance(core, GPT):
-            raise TypeError(f"LlmforgeModel needs a decoder GPT, got {type(core).__name__}")
-        self.model, self.core, self.tok, self.name = model.eval(), core, tokenizer, name
-        self.max_length = core.config.block_size
+class _LlmforgeTokens(EvalModel):
+    """An llmforge model with its tokenizers.Tokenizer: the tokenizer half of EvalModel."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        core: GPT | EncoderLM | EncoderDecoder,
+        tokenizer: tokenizers.Tokenizer,
+        name: str,
+    ):
+        self.model, self.tok, self.name = model.eval(), tokenizer, name
+        config = core.config
+        self.arch = config.arch
+        self.max_length = config.block_size
         self.device = next(core.parameters()).device
         vocab = tokenizer.get_vocab_size()
-        if vocab > core.config.vocab:
+        if vocab > config.vocab:
             raise ValueError(
-                f"{name}: tokenizer has {vocab} tokens but the model only {core.config.vocab_size}"
+                f"{name}: tokenizer has {vocab} tokens but the model only {config.vocab_size}"
             )
 
     def encode(self, texts: Sequence[str], *, special: bool = True) -> list[list[int]]:
@@ -112,6 +139,20 @@ class LlmforgeModel(EvalModel):
     @property
     def bos_id(self) -> int | None:
         return self.tok.token_to_id(BOS_TOKEN)
+
+
+class LlmforgeModel(_LlmforgeTokens):
+    """An llmforge decoder (GPT): causal log-likelihood and KV-cache generation."""
+
+    def __init__(self, model: nn.Module, tokenizer: tokenizers.Tokenizer, name: str = "llmforge"):
+        core = getattr(model, "_orig_mod", model)
+        if not isinstance(core, GPT):
+            raise TypeError(
+                f"LlmforgeModel needs a decoder GPT, got {type(core).__name__}; "
+                "llmforge_eval_model wraps every architecture"
+            )
+        super().__init__(model, core, tokenizer, name)
+        self.core = core
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -130,6 +171,82 @@ class LlmforgeModel(EvalModel):
         self, prompts: list[list[int]], max_new_tokens: int, opts: Sampling
     ) -> list[list[int]]:
         return generate_batch(self.model, prompts, max_new_tokens, opts)
+
+
+class LlmforgeEncoder(_LlmforgeTokens):
+    """An llmforge EncoderLM: continuations are scored by pseudo-log-likelihood; it cannot
+    generate."""
+
+    scoring = PLL
+
+    def __init__(
+        self, model: nn.Module, tokenizer: tokenizers.Tokenizer, name: str = "llmforge-encoder"
+    ):
+        core = getattr(model, "_orig_mod", model)
+        if not isinstance(core, EncoderLM):
+            raise TypeError(f"LlmforgeEncoder needs an EncoderLM, got {type(core).__name__}")
+        super().__init__(model, core, tokenizer, name)
+        self.core = core
+        mask = tokenizer.token_to_id(MASK_TOKEN)
+        if mask is None:
+            raise ValueError(
+                f"{name}: pseudo-log-likelihood scoring masks tokens, but the tokenizer has no "
+                f"{MASK_TOKEN}; pass the tokenizer the encoder was trained with"
+            )
+        self.mask_id: int = mask
+
+    @torch.no_grad()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Masked-LM logits: position i predicts token i itself (not the next one)."""
+        return self.model(ids.to(self.device))[0]
+
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, opts: Sampling
+    ) -> list[list[int]]:
+        raise GenerationUnsupportedError(
+            f"{self.name}: an encoder (masked LM) does not generate text; score it with "
+            "log-likelihood tasks (pseudo-log-likelihood) or use a decoder or encoder-decoder"
+        )
+
+
+class LlmforgeSeq2Seq(_LlmforgeTokens):
+    """An llmforge EncoderDecoder: the encoder reads the context, the decoder scores or
+    generates the continuation (KV cache) from START_ID."""
+
+    scoring = SEQ2SEQ
+
+    def __init__(
+        self, model: nn.Module, tokenizer: tokenizers.Tokenizer, name: str = "llmforge-seq2seq"
+    ):
+        core = getattr(model, "_orig_mod", model)
+        if not isinstance(core, EncoderDecoder):
+            raise TypeError(f"LlmforgeSeq2Seq needs an EncoderDecoder, got {type(core).__name__}")
+        super().__init__(model, core, tokenizer, name)
+        self.core = core
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        raise TypeError(
+            f"{self.name}: an encoder-decoder has no single-sequence logits; its scores come "
+            "from llm.eval.scoring.score_tokens (context to the encoder, continuation to the "
+            "decoder)"
+        )
+
+    def generate(
+        self, prompts: list[list[int]], max_new_tokens: int, opts: Sampling
+    ) -> list[list[int]]:
+        return generate_batch(self.core, prompts, max_new_tokens, opts)
+
+
+def llmforge_eval_model(
+    model: nn.Module, tokenizer: tokenizers.Tokenizer, name: str = "llmforge"
+) -> EvalModel:
+    """The EvalModel for an llmforge model of any architecture (its config's arch)."""
+    core = getattr(model, "_orig_mod", model)
+    if isinstance(core, EncoderLM):
+        return LlmforgeEncoder(model, tokenizer, name)
+    if isinstance(core, EncoderDecoder):
+        return LlmforgeSeq2Seq(model, tokenizer, name)
+    return LlmforgeModel(model, tokenizer, name)
 
 
 class HFModel(EvalModel):
@@ -229,15 +346,15 @@ def _checkpoint_dir(path: Path) -> Path | None:
 def load_eval_model(
     path: str | os.PathLike[str], tokenizer: Any = None, device: str = "cpu"
 ) -> EvalModel:
-    """An llmforge checkpoint (or a train output folder: its latest checkpoint) or a Hugging
-    Face causal-LM folder; anything else is a clear error."""
+    """An llmforge checkpoint of any architecture (or a train output folder: its latest
+    checkpoint) or a Hugging Face causal-LM folder; anything else is a clear error."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model path {path} is not a folder")
     ckpt = _checkpoint_dir(path)
     if ckpt is not None:
         tok = _as_tokenizer(tokenizer, ckpt if (ckpt / "tokenizer.json").is_file() else path)
-        return LlmforgeModel(load_model(ckpt, device), tok, name=str(ckpt))
+        return llmforge_eval_model(load_model(ckpt, device), tok, name=str(ckpt))
     config = path / "config.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     if not model_type:
@@ -254,15 +371,17 @@ def load_eval_model(
 
 
 def as_eval_model(model: Any, tokenizer: Any = None, device: str = "cpu") -> EvalModel:
-    """Wrap what the caller has: an EvalModel, a path, a GPT (+ tokenizer), or a transformers
-    model (+ tokenizer)."""
+    """Wrap what the caller has: an EvalModel, a path, an llmforge GPT, EncoderLM or
+    EncoderDecoder (+ tokenizer), or a transformers model (+ tokenizer)."""
     if isinstance(model, EvalModel):
         return model
     if isinstance(model, str | os.PathLike):
         return load_eval_model(model, tokenizer, device)
-    if isinstance(getattr(model, "_orig_mod", model), GPT):
-        return LlmforgeModel(model, _as_tokenizer(tokenizer, None))
+    if isinstance(getattr(model, "_orig_mod", model), GPT | EncoderLM | EncoderDecoder):
+        return llmforge_eval_model(model, _as_tokenizer(tokenizer, None))
     if hasattr(model, "config") and hasattr(model, "generate"):
         tok = _hf_tokenizer(tokenizer) if isinstance(tokenizer, str | os.PathLike) else tokenizer
         return HFModel(model, tok)
-    raise TypeError(f"cannot evaluate a {type(model).__name__}: pass a GPT, an HF model or a path")
+    raise TypeError(
+        f"cannot evaluate a {type(model).__name__}: pass an llmforge model, an HF model or a path"
+    )

@@ -2,9 +2,11 @@
 computed on item shards (for example on Ray workers) into the result of the whole run.
 
 A result holds, per task, the metric statistics (see metrics.py), the counts, the malformed
-records with line and reason, and optionally one record per item. Metrics are always computed
-from the statistics, so ``merge(shard results)`` equals the unsharded result exactly (up to
-float summation order).
+records with line and reason, how the model scored it (``scoring``: "loglik" for a decoder's
+causal log-likelihood and generation, "pll" for an encoder's pseudo-log-likelihood, "seq2seq"
+for an encoder-decoder's; see llm.eval.lm) and optionally one record per item. Metrics are
+always computed from the statistics, so ``merge(shard results)`` equals the unsharded result
+exactly (up to float summation order).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from llm.eval.data import Malformed
 from llm.eval.judge import Judge
-from llm.eval.lm import EvalModel, as_eval_model
+from llm.eval.lm import PLL, EvalModel, GenerationUnsupportedError, as_eval_model
 from llm.eval.metrics import finish, leaderboard_normalise, merge_stat, new_stat
 from llm.eval.run_types import run_generate, run_multiple_choice, run_rolling
 from llm.eval.task import LoadedTask
@@ -68,6 +70,7 @@ def _run_task(
         "group": cfg.group,
         "output_type": cfg.output_type,
         "split": cfg.split,
+        "scoring": lm.scoring,
         "num_fewshot": shots,
         "fewshot_pool": task.fewshot_pool_size() if shots else 0,
         "rows": _row_range(items, total),
@@ -85,6 +88,18 @@ def _malformed(records: Iterable[Malformed | dict[str, Any]]) -> dict[str, Any]:
     rows = [r.to_dict() if isinstance(r, Malformed) else r for r in records]
     rows.sort(key=lambda r: r["row"])
     return {"count": len(rows), "records": rows}
+
+
+def check_generation(scoring: str, configs: Sequence[TaskConfig], model: str) -> None:
+    """Fail before anything runs when a task needs generation the model (scoring as
+    ``scoring``) cannot do."""
+    generating = [cfg.task for cfg in configs if cfg.output_type == GENERATE]
+    if scoring == PLL and generating:
+        raise GenerationUnsupportedError(
+            f"{model} is an encoder (masked LM): it cannot generate text, so the "
+            f"{GENERATE} tasks {', '.join(generating)} cannot run on it; drop them (its "
+            "log-likelihood tasks are scored by pseudo-log-likelihood)"
+        )
 
 
 def finalize(result: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +148,9 @@ def _group_results(results: dict[str, Any], groups: Mapping[str, list[str]]) -> 
                     stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
                 entry[section][name] = {"value": sum(values) / len(values), "stderr": stderr}
         entry["n"] = sum(r["n"] for r in present)
+        scorings = {r["scoring"] for r in present if "scoring" in r}
+        if len(scorings) == 1:
+            entry["scoring"] = scorings.pop()
         out[group] = entry
     return out
 
@@ -159,6 +177,7 @@ def evaluate_tasks(
     """
     lm = as_eval_model(model, tokenizer, device)
     configs, groups = resolve_tasks(list(tasks))
+    check_generation(lm.scoring, configs, lm.name)
     root = data_root
     results = {}
     for cfg in configs:
@@ -179,6 +198,7 @@ def evaluate_tasks(
     return {
         "format": RESULT_FORMAT,
         "model": lm.name,
+        "arch": lm.arch,
         "config": {"num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size},
         "results": results,
         "groups": _group_results(results, groups),
@@ -200,6 +220,11 @@ def _merge_task(parts: list[dict[str, Any]]) -> dict[str, Any]:
     for part in parts[1:]:
         if set(part["stats"]) != set(stats):
             raise ValueError(f"task {part['task']}: shards computed different metrics")
+        if part.get("scoring") != merged.get("scoring"):
+            raise ValueError(
+                f"task {part['task']}: shards were scored differently ({merged.get('scoring')} "
+                f"and {part.get('scoring')})"
+            )
         stats = {k: merge_stat(stats[k], part["stats"][k]) for k in stats}
     merged["stats"] = stats
     merged["rows"] = [parts[0]["rows"][0], parts[-1]["rows"][1]]

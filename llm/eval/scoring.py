@@ -8,6 +8,17 @@ first) goes through the model with a KV cache, then their continuations, sorted 
 in batches on a copy of their context's cache. Padding between a context and its
 continuations is masked and position ids count real tokens only, so each continuation is
 scored as if it directly followed its context.
+
+An llmforge encoder (``scoring == "pll"``) scores a continuation by pseudo-log-likelihood
+(Salazar et al. 2020, as ``llm.eval.pll``): context and continuation are one bidirectional
+input (left-truncated to max_length), each continuation token is masked in a copy of its own,
+and log P(true token | the rest) is summed over them; the copies of all requests run in
+batches of batch_size rows. An empty context is lm-eval's prefix token, so BLiMP-style minimal
+pairs get every token of the sentence masked in turn.
+
+An llmforge encoder-decoder (``scoring == "seq2seq"``) scores T5's way: the encoder reads the
+context (left-truncated to max_length), the decoder reads START_ID + continuation[:-1] and the
+log-probabilities of the continuation tokens are summed.
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.eval.lm import EvalModel, hidden_states
+from llm.eval.lm import PLL, SEQ2SEQ, EvalModel, LlmforgeEncoder, LlmforgeSeq2Seq, hidden_states
+from llm.model.encoders import START_ID
 from llm.model.gpt import GPT
 from llm.model.layers import KVCache
 
@@ -174,6 +186,73 @@ def _context_batches(
         yield batch
 
 
+@torch.no_grad()
+def _score_pll(
+    model: LlmforgeEncoder, requests: Sequence[TokenRequest], batch_size: int
+) -> list[Score]:
+    """Pseudo-log-likelihood of each continuation given its (visible) context: one masked copy
+    per continuation token, batch_size copies per forward pass, longest inputs first."""
+    limit, device = model.max_length, model.device
+    windows = [(r.context + r.continuation)[-limit:] for r in requests]
+    # (request, position of the masked token in its window), every continuation token
+    copies = [
+        (n, len(windows[n]) - len(r.continuation) + j)
+        for n, r in enumerate(requests)
+        for j in range(len(r.continuation))
+    ]
+    copies.sort(key=lambda c: (-len(windows[c[0]]), c))
+    picked: dict[tuple[int, int], tuple[float, bool]] = {}
+    with hidden_states(model.core) as head:
+        for start in range(0, len(copies), batch_size):
+            chunk = copies[start : start + batch_size]
+            seqs = [windows[n] for n, _ in chunk]
+            ids, mask = _padded(seqs, max(len(s) for s in seqs), device)
+            rows = torch.arange(len(chunk), device=device)
+            cols = torch.tensor([pos for _, pos in chunk], device=device)
+            truth = ids[rows, cols].clone()
+            ids[rows, cols] = model.mask_id
+            # no mask when every row is as long: the same computation as pseudo_log_likelihood
+            ragged = len({len(s) for s in seqs}) > 1
+            hidden = model.model(ids, attention_mask=mask if ragged else None)[0]
+            logprobs = F.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
+            lp = logprobs.gather(1, truth[:, None])[:, 0].tolist()
+            greedy = (logprobs.argmax(dim=-1) == truth).tolist()
+            picked.update(zip(chunk, zip(lp, greedy, strict=True), strict=True))
+    out = []
+    for n, r in enumerate(requests):
+        first = len(windows[n]) - len(r.continuation)
+        mine = [picked[(n, first + j)] for j in range(len(r.continuation))]
+        out.append(Score(sum(lp for lp, _ in mine), all(g for _, g in mine), len(mine)))
+    return out
+
+
+@torch.no_grad()
+def _score_seq2seq(
+    model: LlmforgeSeq2Seq, requests: Sequence[TokenRequest], batch_size: int
+) -> list[Score]:
+    """The decoder's log-probabilities of each continuation, the encoder reading its context;
+    batches of batch_size requests, longest first. Source and target are right-padded: the
+    source padding is masked, the target's sits after every scored position of the causal
+    decoder."""
+    core, limit, device = model.core, model.max_length, model.device
+    order = sorted(range(len(requests)), key=lambda i: _sort_key(requests[i]))
+    out: dict[int, Score] = {}
+    with hidden_states(core) as head:
+        for start in range(0, len(order), batch_size):
+            chunk = [requests[i] for i in order[start : start + batch_size]]
+            srcs = [r.context[-limit:] for r in chunk]
+            src, src_mask = _padded(srcs, max(len(s) for s in srcs), device)
+            mask = src_mask if len({len(s) for s in srcs}) > 1 else None
+            tgts = [(START_ID, *r.continuation[:-1]) for r in chunk]
+            tgt, tgt_mask = _padded(tgts, max(len(t) for t in tgts), device)
+            hidden = core.decode(tgt, core.encode(src, mask), mask)
+            rows, cols = tgt_mask.nonzero(as_tuple=True)  # row-major, as the targets
+            logits = head(hidden[rows, cols])
+            scores = _score_rows(logits, [r.continuation for r in chunk])
+            out.update(zip(order[start : start + batch_size], scores, strict=True))
+    return [out[i] for i in range(len(requests))]
+
+
 def score_tokens(
     model: EvalModel,
     requests: Sequence[TokenRequest],
@@ -181,9 +260,18 @@ def score_tokens(
     batch_size: int = 32,
     share_prefix: bool = True,
 ) -> list[Score]:
-    """Score every request; results come back in the order of requests."""
+    """Score every request the model's way (its ``scoring``); results come back in the order
+    of requests."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not requests:
+        return []
+    if model.scoring == PLL:
+        assert isinstance(model, LlmforgeEncoder)
+        return _score_pll(model, requests, batch_size)
+    if model.scoring == SEQ2SEQ:
+        assert isinstance(model, LlmforgeSeq2Seq)
+        return _score_seq2seq(model, requests, batch_size)
     results: dict[int, Score] = {}
     gpt = model.gpt() if share_prefix else None
     if gpt is not None and gpt.config.position == "alibi":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -29,9 +30,9 @@ from llm.train.objectives import (
     next_token_loss,
     span_corruption_loss,
 )
-from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
+from llm.train.trainer import CheckpointFn, LogFn, Objective, Task, Trainer
 
-__all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train"]
+__all__ = ["LogFn", "TrainConfig", "evaluate_loss", "train", "validation_loss"]
 
 
 @torch.no_grad()
@@ -138,55 +139,131 @@ def _noised_pretraining(
     same objective on the val split's first ``eval_batches`` noised batches, the noise drawn
     from a fixed seed so every evaluation sees the same batches."""
     tokenizer = load_tokenizer(data_dir / train_split.manifest["tokenizer"]["file"])
+    arch = model_config.arch
 
-    def batches(split: TokenShards, rank: int, world_size: int, seed: int) -> Any:
-        if model_config.arch == "encoder":
-            return MaskedLMBatches(
-                split,
-                batch_size=cfg.batch_size,
-                seq_len=seq_len,
-                mask_id=_special_id(tokenizer, MASK_TOKEN, model_config.arch, data_dir),
-                mask_prob=cfg.mask_prob,
-                rank=rank,
-                world_size=world_size,
-                seed=seed,
-            )
-        return SpanCorruptionBatches(
-            split,
-            batch_size=cfg.batch_size,
-            raw_len=seq_len,
-            sentinel_ids=_sentinel_ids(tokenizer),
-            noise_density=cfg.noise_density,
-            mean_span=cfg.mean_span,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-        )
+    def batches(split: TokenShards, rank: int, world_size: int) -> Any:
+        return noised_batches(cfg, arch, split, tokenizer, seq_len, rank, world_size, data_dir)
 
-    objective = next_token_loss if model_config.arch == "encoder" else span_corruption_loss
-    batches(val_split, 0, 1, cfg.seed)  # a tokenizer without the tokens fails before step 1
+    objective = next_token_loss if arch == "encoder" else span_corruption_loss
+    batches(val_split, 0, 1)  # a tokenizer without the tokens fails before step 1
 
-    @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        total, tokens = 0.0, 0
-        for batch in itertools.islice(batches(val_split, 0, 1, cfg.seed), cfg.eval_batches):
-            batch_loss, count = objective(model, batch, device)
-            total, tokens = total + float(batch_loss) * count, tokens + count
-        model.train(was_training)
-        loss = total / max(tokens, 1)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": tokens}
+        return objective_loss(model, batches(val_split, 0, 1), objective, cfg.eval_batches)
 
     return Task(
         # the Trainer uses what the three model classes share: config, blocks, forward(x, y)
         build_model=lambda device: cast(GPT, build_model(model_config).to(device)),
-        build_batches=lambda rank, world_size: batches(train_split, rank, world_size, cfg.seed),
+        build_batches=lambda rank, world_size: batches(train_split, rank, world_size),
         objective=objective,
         seq_len=seq_len if model_config.arch == "encoder" else None,
         evaluate=evaluate,
     )
+
+
+def noised_batches(
+    cfg: TrainConfig,
+    arch: str,
+    split: TokenShards,
+    tokenizer: Any,
+    seq_len: int,
+    rank: int,
+    world_size: int,
+    data_dir: Path,
+) -> MaskedLMBatches | SpanCorruptionBatches:
+    """The noised batches arch trains on (masked LM or span corruption), cfg's settings and
+    seed; data_dir names the shards in errors."""
+    if arch == "encoder":
+        return MaskedLMBatches(
+            split,
+            batch_size=cfg.batch_size,
+            seq_len=seq_len,
+            mask_id=_special_id(tokenizer, MASK_TOKEN, arch, data_dir),
+            mask_prob=cfg.mask_prob,
+            rank=rank,
+            world_size=world_size,
+            seed=cfg.seed,
+        )
+    return SpanCorruptionBatches(
+        split,
+        batch_size=cfg.batch_size,
+        raw_len=seq_len,
+        sentinel_ids=_sentinel_ids(tokenizer),
+        noise_density=cfg.noise_density,
+        mean_span=cfg.mean_span,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.seed,
+    )
+
+
+@torch.no_grad()
+def objective_loss(
+    model: nn.Module, batches: Iterator[Any], objective: Objective, max_batches: int
+) -> dict[str, float]:
+    """The objective's token-weighted mean loss over the first max_batches batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for batch in itertools.islice(batches, max_batches):
+        batch_loss, count = objective(model, batch, device)
+        total, tokens = total + float(batch_loss) * count, tokens + count
+    model.train(was_training)
+    loss = total / max(tokens, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": tokens}
+
+
+# what validation_loss scores, by ModelConfig.arch
+OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
+# the objective's settings a checkpoint's train_config may hold (else TrainConfig's defaults)
+_NOISE_SETTINGS = ("seed", "seq_len", "mask_prob", "noise_density", "mean_span")
+
+
+def validation_loss(
+    model: nn.Module,
+    data_dir: str | Path,
+    *,
+    batch_size: int,
+    max_batches: int | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """The val split's loss on the model's own objective (``OBJECTIVES``), as training
+    validates, for any checkpoint's model: a decoder's next-token loss over every window (or
+    the first max_batches batches); an encoder's masked-LM or an encoder-decoder's
+    span-corruption loss over one shuffled pass of the val windows (or max_batches batches),
+    the noise drawn with the seed, sequence length and masking settings of ``train_config``
+    (the checkpoint's trainer_state "train_config"), TrainConfig's defaults where it has none
+    (mask_prob 0.15, seed 0), so every evaluation of a checkpoint scores the same batches.
+    The result names the objective and, for the noised ones, the settings used."""
+    config: ModelConfig = model.config  # type: ignore[assignment]
+    data_dir = Path(data_dir)
+    val = TokenShards(data_dir, "val", verify=verify)
+    if val.vocab_size != config.vocab:
+        raise ValueError(
+            f"{data_dir}: vocab_size {val.vocab_size} does not match the model's {config.vocab}"
+        )
+    objective = OBJECTIVES[config.arch]
+    if config.arch == "decoder":
+        metrics = evaluate_loss(
+            model, val, batch_size=batch_size, seq_len=config.block_size, max_batches=max_batches
+        )
+        return {**metrics, "objective": objective}
+    saved = {k: v for k, v in (train_config or {}).items() if k in _NOISE_SETTINGS}
+    cfg = TrainConfig(batch_size=batch_size, **saved)
+    seq_len = min(cfg.seq_len or config.block_size, config.block_size)
+    tokenizer = load_tokenizer(data_dir / val.manifest["tokenizer"]["file"])
+    batches = noised_batches(cfg, config.arch, val, tokenizer, seq_len, 0, 1, data_dir)
+    per_pass = batches.windows.batches_per_epoch
+    count = per_pass if max_batches is None else min(max_batches, per_pass)
+    loss_fn = next_token_loss if config.arch == "encoder" else span_corruption_loss
+    metrics = objective_loss(model, batches, loss_fn, count)
+    settings: dict[str, float] = {"seed": cfg.seed, "seq_len": seq_len, "batches": count}
+    if config.arch == "encoder":
+        settings["mask_prob"] = cfg.mask_prob
+    else:
+        settings |= {"noise_density": cfg.noise_density, "mean_span": cfg.mean_span}
+    return {**metrics, "objective": objective, "objective_settings": settings}
 
 
 def _special_id(tokenizer: Any, token: str, arch: str, data_dir: Path) -> int:
