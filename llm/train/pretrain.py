@@ -213,8 +213,6 @@ def objective_loss(
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": tokens}
 
 
-# what validation_loss scores, by ModelConfig.arch
-OBJECTIVES = {"decoder": "causal_lm", "encoder": "masked_lm", "encoder_decoder": "span_corruption"}
 # the objective's settings a checkpoint's train_config may hold (else TrainConfig's defaults)
 _NOISE_SETTINGS = ("seed", "seq_len", "mask_prob", "noise_density", "mean_span")
 
