@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tokenizers
 
 from llm import storage
+
+if TYPE_CHECKING:  # the control plane reads manifests without the tokenizer library
+    import tokenizers
 
 FORMAT = "llmforge.tokens/1"
 MANIFEST_FILE = "manifest.json"
