@@ -123,7 +123,7 @@ def _named_shares(
 
 
 def _normalised(values: Mapping[str, float]) -> dict[str, float]:
-    total = sum(values.values())
+    total = math.fsum(values.values())  # exact: weights 0.6, 0.3, 0.1 stay as given
     return {s: values[s] / total for s in sorted(values)}
 
 
@@ -144,6 +144,8 @@ def _capped(
             "max_epochs, shorten the run or add data",
         )
     shares, fixed = dict(requested), set[str]()
+    if all(shares[s] <= limit[s] for s in shares):
+        return shares
     while over := [s for s in shares if s not in fixed and shares[s] > limit[s]]:
         fixed.update(over)
         for s in over:
