@@ -54,6 +54,27 @@ class BestCheckpoint(Open):
     path: str
 
 
+class SourceUsage(Closed):
+    """What one source gave a mixed run: tokens read (whole windows), epochs over its train
+    windows, the windows drawn and the windows it holds."""
+
+    tokens: int
+    epochs: float
+    windows: int
+    windows_held: int
+
+
+class MixtureResult(Closed):
+    """A mixed run's shares: as asked, as drawn after the repetition cap (``capped`` names the
+    sources held back), as realised (token shares over every rank), and per source."""
+
+    requested: dict[str, float]
+    target: dict[str, float]
+    capped: list[str]
+    realised: dict[str, float]
+    sources: dict[str, SourceUsage]
+
+
 class TrainResult(Closed):
     steps: int
     tokens_seen: int
@@ -65,6 +86,7 @@ class TrainResult(Closed):
     parameters: int
     nodes: list[str]
     budget: Budget
+    mixture: MixtureResult | None = None
 
 
 class FinetuneResult(Open):

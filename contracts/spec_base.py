@@ -217,6 +217,13 @@ class Spec(BaseModel):
         team's read roots with the spec's own fields; none by default."""
         return []
 
+    @classmethod
+    def input_errors(cls, spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """(location, message) of what the inputs a valid spec names show to be wrong with it
+        (a train mixture naming a source its data lacks), read from storage before the job
+        runs; none by default."""
+        return []
+
     @model_serializer(mode="wrap")
     def _spread_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         dumped: dict[str, Any] = handler(self)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from contracts.curate import CurateSpec
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
@@ -23,12 +23,25 @@ from llm.model.config import ModelConfig
 from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 from llm.train.config import OBJECTIVES, TrainConfig
+from llm.train.mixture import MixtureError, MixturePlan, plan_mixture, source_windows, window_length
 
 # --- tokenize -----------------------------------------------------------------------------------
 
 
+SourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w][\w.-]*$")]
+
+
 class TokenizeSpec(Spec):
-    input: Uri = Field(description="a curate job's output folder (its data/ Parquet is read)")
+    # required unless inputs is given (a missing corpus is a 422 naming input)
+    input: Uri | None = Field(
+        description="a curate job's output folder (its data/ Parquet is read); each document "
+        "keeps its source tag (the curated 'source' column) in the shards",
+    )
+    inputs: dict[SourceName, Uri] | None = Field(
+        default=None,
+        description="several curate outputs by source name, e.g. {'web': ..., 'books': ...}, "
+        "instead of input: one tokenizer for all, each shard tagged with its input's name",
+    )
     output: OutputUri
     vocab_size: int = Field(default=4096, ge=260, le=1_000_000)
     tokenizer: Uri | None = Field(default=None, description="an existing tokenizer.json to reuse")
@@ -47,8 +60,17 @@ class TokenizeSpec(Spec):
         default=None, gt=0, description="parallel encoding tasks (default: as many as CPUs)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _input_or_inputs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("inputs") is not None:
+            return {"input": None, **data}
+        return data
+
     @model_validator(mode="after")
     def _special_tokens_fit(self) -> TokenizeSpec:
+        if (self.input is None) == (self.inputs is None) or self.inputs == {}:
+            raise ValueError("give input (one curated corpus) or inputs (several, by name)")
         if not self.special_tokens or self.special_tokens[0] != EOS_TOKEN:
             raise ValueError(f"special_tokens must start with {EOS_TOKEN} (documents end with it)")
         if len(set(self.special_tokens)) != len(self.special_tokens):
@@ -124,6 +146,59 @@ def _check_objective_fits(train: TrainConfig, arch: str) -> None:
                 )
 
 
+Share = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class MixtureSpec(Spec):
+    """How a train job mixes the sources of its token shards (``llm.train.mixture``): one of
+    weights, temperature and epochs, optionally capped by max_epochs."""
+
+    weights: dict[SourceName, Share] | None = Field(
+        default=None, description="source -> share of the training tokens; the shares sum to 1"
+    )
+    temperature: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="over every source: share proportional to its tokens^(1/temperature)",
+    )
+    epochs: dict[SourceName, Share] | None = Field(
+        default=None,
+        description="source -> passes over it: share proportional to epochs x its tokens",
+    )
+    max_epochs: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="no source is read more often over the run: a source that would be is "
+        "held at this many epochs and its excess share goes to the others (an error when all "
+        "of them at the cap cannot fill the run)",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _shares_sum_to_one(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None and abs(sum(weights.values()) - 1) > 1e-6:
+            raise ValueError(f"the weights must sum to 1, got {sum(weights.values()):.6g}")
+        return weights
+
+    @field_validator("epochs")
+    @classmethod
+    def _some_epochs(cls, epochs: dict[str, float] | None) -> dict[str, float] | None:
+        if epochs is not None and not any(epochs.values()):
+            raise ValueError("give at least one source a positive number of epochs")
+        return epochs
+
+    @model_validator(mode="after")
+    def _one_way(self) -> MixtureSpec:
+        given = [n for n in ("weights", "temperature", "epochs") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give one of weights, temperature and epochs, not {' and '.join(given) or 'none'}"
+            )
+        return self
+
+
 class TrainSpec(Spec):
     """Pretraining under Ray Train. The training settings are ``llm.train.config.TrainConfig``'s
     fields, given at the top level; ``model`` is ``llm.model.ModelConfig`` (vocab_size defaults
@@ -157,6 +232,9 @@ class TrainSpec(Spec):
         allow_inf_nan=False,
         description="a compute budget instead of steps: tokens = flops / the model's training "
         "FLOPs per token (6 x non-embedding parameters + attention; needs model.vocab_size)",
+    )
+    mixture: MixtureSpec | None = Field(
+        default=None, description="mix the data's sources by weight (default: as they come)"
     )
 
     @model_validator(mode="before")
@@ -235,6 +313,38 @@ class TrainSpec(Spec):
                 f"({self._step_shape()}): give a larger budget or a smaller batch"
             )
         return math.ceil(tokens / per_step)
+
+    def mixture_plan(self, manifest: Mapping[str, Any]) -> MixturePlan | None:
+        """The shares this run draws from the sources of the token shards whose manifest is
+        given; MixtureError naming the field in ``mixture`` when they do not fit the data."""
+        if self.mixture is None:
+            return None
+        seq_len = self.train.seq_len or self.model.block_size
+        return plan_mixture(
+            source_windows(manifest, "train", window_length(self.model.arch, seq_len)),
+            run_windows=self.train.steps * self.tokens_per_step // seq_len,
+            **self.mixture.model_dump(),
+        )
+
+    @classmethod
+    def input_errors(cls, spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """A mixture naming a source the data lacks, or one the repetition cap cannot fill,
+        read from the data's manifest before the job runs. Data not there yet (a pipeline's
+        placeholder, a missing folder) is the job's to report."""
+        from llm.tokenizer.shards import read_manifest
+
+        data = spec.get("data")
+        if not spec.get("mixture") or not isinstance(data, str) or "${" in data:
+            return []
+        try:
+            manifest = read_manifest(data, verify=False)
+        except (OSError, ValueError):
+            return []
+        try:
+            cls.model_validate(spec).mixture_plan(manifest)
+        except MixtureError as e:
+            return [(("mixture", *e.loc), str(e))]
+        return []
 
     def _step_shape(self) -> str:
         if self.train.global_batch_tokens is not None:

@@ -5,6 +5,9 @@ uniform sample drawn in parallel by the workers (only the sample reaches the dri
 with the shards; encoding runs as one Ray task per block, each writing whole shards straight to
 the output and returning their entries, from which the driver writes ``manifest.json`` (after
 the shards) and ``stats.json``.
+
+Every shard holds one source's documents: with ``input``, the curated documents' ``source``
+tags; with ``inputs``, the name each corpus is given. One tokenizer serves all sources.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from llm import storage
 from llm.tokenizer.bpe import eos_id, file_sha256, load_tokenizer, save_tokenizer, train_bpe
 from llm.tokenizer.fast import Encoder, document_encoder
 from llm.tokenizer.shards import (
+    DEFAULT_SOURCE,
     MANIFEST_FILE,
     split_of,
     token_dtype,
@@ -72,26 +76,35 @@ def _encode_block(
     uri = storage.join(out, TOKENIZER_FILE)
     encode = _worker_encoder(uri, tokenizer_sha256, vocab_size, fast)
     ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+    sources = batch.column("source").to_pylist()
     rows: list[dict[str, Any]] = []
-    for split in ("train", "val"):
-        docs = [t for i, t in zip(ids, texts, strict=True) if split_of(i, val_fraction) == split]
-        if not docs:
-            continue
-        key = hashlib.blake2b(f"{ids[0]}|{ids[-1]}|{len(ids)}".encode(), digest_size=8).hexdigest()
-        tokens = encode(docs)
-        entry = write_shard(out, f"{split}-{key}.bin", tokens)
-        seen = np.zeros(vocab_size, dtype=bool)
-        seen[tokens] = True
-        rows.append(
-            {
-                **entry,
-                "split": split,
-                "documents": len(docs),
-                "bytes": sum(len(t.encode("utf-8")) for t in docs),
-                "used": np.packbits(seen).tobytes(),
-                "node": node_id(),
-            }
-        )
+    for source in sorted(set(sources)):
+        # named by the source and the block's first and last ids: unique across inputs
+        name = f"{source}|{ids[0]}|{ids[-1]}|{len(ids)}"
+        key = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+        for split in ("train", "val"):
+            docs = [
+                t
+                for i, t, s in zip(ids, texts, sources, strict=True)
+                if s == source and split_of(i, val_fraction) == split
+            ]
+            if not docs:
+                continue
+            tokens = encode(docs)
+            entry = write_shard(out, f"{split}-{key}.bin", tokens)
+            seen = np.zeros(vocab_size, dtype=bool)
+            seen[tokens] = True
+            rows.append(
+                {
+                    **entry,
+                    "split": split,
+                    "source": source,
+                    "documents": len(docs),
+                    "bytes": sum(len(t.encode("utf-8")) for t in docs),
+                    "used": np.packbits(seen).tobytes(),
+                    "node": node_id(),
+                }
+            )
     return pa.Table.from_pylist(rows, schema=_ENTRY_SCHEMA)
 
 
@@ -101,6 +114,7 @@ _ENTRY_SCHEMA = pa.schema(
         ("tokens", pa.int64()),
         ("sha256", pa.string()),
         ("split", pa.string()),
+        ("source", pa.string()),
         ("documents", pa.int64()),
         ("bytes", pa.int64()),
         ("used", pa.binary()),
@@ -166,6 +180,8 @@ def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str,
         }
     return {
         "splits": splits,
+        # per source and split: tokens and documents, as the manifest lists them
+        "sources": {split: manifest["splits"][split]["sources"] for split in ("train", "val")},
         "vocab_size": manifest["vocab_size"],
         "vocab_used": _vocab_used(entries, manifest["vocab_size"]),
     }
@@ -198,34 +214,58 @@ def _encode_corpus(
     }
 
 
-def _corpus(spec: TokenizeSpec) -> str:
-    """The curated Parquet to read (a curate output's ``data/``, else the folder itself); fails
-    before Ray starts when it is missing or its bucket cannot be read."""
-    src = storage.resolve(spec.input)
-    storage.check_access(src)
-    data = storage.join(src, "data")
-    data = data if storage.is_dir(data) else src
-    if not storage.exists(data):
-        raise JobError(f"input not found: {spec.input}")
-    return data
+def _corpora(spec: TokenizeSpec) -> dict[str | None, str]:
+    """Source name (None: the documents' own tags) -> the curated Parquet to read (a curate
+    output's ``data/``, else the folder itself); fails before Ray starts when one is missing
+    or its bucket cannot be read."""
+    given: dict[str | None, str] = {None: spec.input} if spec.input else {}
+    given.update(spec.inputs or {})
+    found: dict[str | None, str] = {}
+    for name, uri in given.items():
+        src = storage.resolve(uri)
+        storage.check_access(src)
+        data = storage.join(src, "data")
+        data = data if storage.is_dir(data) else src
+        if not storage.exists(data):
+            raise JobError(f"input not found: {uri}" + (f" (source {name!r})" if name else ""))
+        found[name] = data
+    return found
+
+
+def _read(data: str, name: str | None, blocks: int) -> ray.data.Dataset:
+    """The documents' id, text and source: ``name`` for all of them when given, else their
+    own ``source`` column (DEFAULT_SOURCE for a corpus without one)."""
+    filesystem, path = storage.filesystem(data)
+    ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks)
+    columns = ["id", "text"]
+    if name is None and "source" in ds.schema().names:
+        return ds.select_columns([*columns, "source"])
+    return ds.select_columns(columns).map_batches(
+        partial(_tag, source=name or DEFAULT_SOURCE), batch_format="pyarrow"
+    )
+
+
+def _tag(batch: pa.Table, *, source: str) -> pa.Table:
+    return batch.append_column("source", pa.array([source] * batch.num_rows, pa.string()))
 
 
 def run(spec: TokenizeSpec) -> dict[str, Any]:
     out = storage.resolve(spec.output)
     storage.check_access(out, write=True)
-    data = _corpus(spec)
+    corpora = _corpora(spec)
     started = time.time()
     init_ray()
     # Ray Data sizes read blocks by bytes, which leaves a few MB of text in one block and so
     # one encoding task; encoding is CPU-bound, so ask for several blocks per worker.
     workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
-    filesystem, path = storage.filesystem(data)
-    ds = ray.data.read_parquet(
-        path, filesystem=filesystem, override_num_blocks=4 * workers
-    ).select_columns(["id", "text"])
+    parts = [_read(data, name, 4 * workers) for name, data in corpora.items()]
+    for (name, data), part in zip(corpora.items(), parts, strict=True):
+        if len(corpora) > 1 and part.count() == 0:
+            raise JobError(f"empty corpus: {data} (source {name!r}) holds no documents")
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     n_docs = ds.count()
     if n_docs == 0:
-        raise JobError(f"empty corpus: {data} holds no documents")
+        raise JobError(f"empty corpus: {', '.join(corpora.values())} holds no documents")
     with tempfile.TemporaryDirectory(dir=storage.scratch("tokenize")) as scratch:
         local = Path(scratch) / TOKENIZER_FILE
         train_seconds = _prepare_tokenizer(spec, ds, n_docs, out, local)
@@ -233,7 +273,7 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
         entries, encoding = _encode_corpus(spec, ds, out, local, tok.get_vocab_size())
     shards = {
         s: [
-            {k: e[k] for k in ("file", "tokens", "documents", "sha256")}
+            {k: e[k] for k in ("file", "tokens", "documents", "sha256", "source")}
             for e in entries
             if e["split"] == s
         ]
@@ -247,7 +287,7 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
         dtype=token_dtype(tok.get_vocab_size()),
         eos_id=eos_id(tok),
         shards=shards,
-        extra={"source": spec.input},
+        extra={"source": spec.input} if spec.input else {"inputs": spec.inputs},
     )
     stats = {**_stats(entries, manifest), **encoding}
     stats.update(

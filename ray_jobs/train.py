@@ -24,6 +24,7 @@ from llm.model.config import ModelConfig
 from llm.train.checkpoint import CONFIG_FILE, STATE_FILE
 from llm.train.checkpoint.location import latest_uri, scratch_of
 from llm.train.config import TrainConfig, check_config
+from llm.train.mixture import MixtureError, MixturePlan
 from llm.train.pretrain import train
 from ray_jobs import entrypoint
 from ray_jobs.entrypoint import JobError
@@ -66,6 +67,7 @@ def _worker(config: dict[str, Any]) -> None:
             on_log=on_log,
             on_checkpoint=reporting.on_checkpoint,
             verify_shards=not verified,
+            mixture=config["mixture"],
         )
     finally:
         reporting.flush()
@@ -107,6 +109,10 @@ def run(spec: TrainSpec) -> dict[str, Any]:
     device = torch.device("cuda" if spec.use_gpu else "cpu")
     check_config(cfg, seq_len=cfg.seq_len, world_size=spec.workers, device=device)
     _check_resumable(output, cfg, model)
+    try:
+        mixture = spec.mixture_plan(shards.manifest)
+    except MixtureError as e:
+        raise JobError(f"mixture.{'.'.join(e.loc)}: {e}") from e
     job = Launch(
         kind="train",
         output=output,
@@ -121,6 +127,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "shards": shards,
         "output": output,
         "debug": spec.debug,
+        "mixture": mixture.shares if mixture else None,
     }
     launch(_worker, worker_config, job)
     summary = read_summary(storage.join(output, SUMMARY_FILE))
@@ -142,6 +149,31 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "best_checkpoint": summary.get("best_checkpoint"),
         "parameters": summary["parameters"],
         "nodes": summary["nodes"],
+        "mixture": _mixture_report(mixture, summary.get("mixture")),
+    }
+
+
+def _mixture_report(
+    plan: MixturePlan | None, usage: dict[str, dict[str, float]] | None
+) -> dict[str, Any] | None:
+    """Requested and drawn shares, and what each source gave (over every rank): the tokens
+    read from it, its epochs, and the train tokens it holds."""
+    if plan is None or usage is None:
+        return None
+    return {
+        "requested": plan.requested,
+        "target": plan.shares,
+        "capped": plan.capped,
+        "realised": {name: used["share"] for name, used in usage.items()},
+        "sources": {
+            name: {
+                "tokens": int(used["tokens"]),
+                "epochs": used["epochs"],
+                "windows": int(used["windows"]),
+                "windows_held": plan.windows[name],
+            }
+            for name, used in usage.items()
+        },
     }
 
 

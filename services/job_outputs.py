@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from contracts.jobs import JOB_TYPES, JobKind
 from llm import storage
+from llm.tokenizer.shards import source_counts
 
 # import JOB_TYPES, JobKind
 from services.jsonsafe import finite_record
@@ -97,6 +98,10 @@ def token_stats(output: str) -> dict[str, Any]:
     }
     for split, entry in splits.items():
         stats[f"{split}_tokens"], stats[f"{split}_documents"] = entry["tokens"], entry["documents"]
+    # train tokens per source (a manifest from before sources has one, "default")
+    stats["source_tokens"] = {
+        name: counts["tokens"] for name, counts in source_counts(splits["train"]["shards"]).items()
+    }
     try:  # the encoding figures, when the tokenize job wrote them
         extra = _read_json(f"{output}/stats.json")
         stats["bytes_per_token"] = extra["splits"]["train"]["bytes_per_token"]
@@ -132,7 +137,9 @@ def _curate(session: Session, job: Job) -> list[Artifact]:
 
 def _tokenize(session: Session, job: Job) -> list[Artifact]:
     stats = _stats_or_error(lambda: token_stats(job.spec["output"]))
-    inputs = [str(job.spec["input"])]
+    # one corpus, or several by source name
+    inputs = [str(job.spec["input"])] if job.spec.get("input") else []
+    inputs += [str(uri) for uri in (job.spec.get("inputs") or {}).values()]
     if job.spec.get("tokenizer"):  # a reused tokenizer is an input too
         inputs.append(str(job.spec["tokenizer"]))
     return [_record(session, job, ArtifactCategory.dataset, "token_shards", inputs, stats)]

@@ -5,6 +5,11 @@ Layout of a shard folder::
     manifest.json      format, tokenizer hash, vocab size, dtype, EOS id, splits with shards
     tokenizer.json     the Hugging Face tokenizer that produced the tokens
     train-0000.bin     documents' token ids joined by EOS, raw little-endian uint16/uint32
+
+Each shard holds the documents of one source (its entry's ``source``: a curated document's
+``source`` tag, or the name of a tokenize input), so training can mix sources by weight; each
+split lists its sources' token and document counts. A shard entry without a source (a manifest
+written before sources were recorded) belongs to DEFAULT_SOURCE.
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tokenizers
 
 from llm import storage
+
+if TYPE_CHECKING:  # the control plane reads manifests without the tokenizer library
+    import tokenizers
 
 FORMAT = "llmforge.tokens/1"
 MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "val")
 _DTYPES = ("uint16", "uint32")
 _SHARD_KEYS = ("file", "tokens", "documents", "sha256")
+SOURCE_KEY = "source"
+DEFAULT_SOURCE = "default"
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:
@@ -67,16 +76,33 @@ def write_shard(directory: str | os.PathLike[str], name: str, tokens: np.ndarray
     return {"file": name, "tokens": int(tokens.size), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def shard_source(entry: dict) -> str:
+    """The source whose documents a shard entry holds."""
+    return str(entry.get(SOURCE_KEY, DEFAULT_SOURCE))
+
+
+def source_counts(shards: list[dict]) -> dict[str, dict[str, int]]:
+    """Tokens and documents per source of a split's shard entries, sources in name order."""
+    counts: dict[str, dict[str, int]] = {}
+    for shard in shards:
+        entry = counts.setdefault(shard_source(shard), {"tokens": 0, "documents": 0})
+        entry["tokens"] += int(shard["tokens"])
+        entry["documents"] += int(shard["documents"])
+    return dict(sorted(counts.items()))
+
+
 def _split_entry(shards: list[dict]) -> dict:
     ordered = sorted(shards, key=lambda s: s["file"])
     for shard in ordered:
         missing = [k for k in _SHARD_KEYS if k not in shard]
         if missing:
             raise ValueError(f"shard {shard.get('file', '?')}: entry lacks {missing}")
+    keys = (*_SHARD_KEYS, SOURCE_KEY)
     return {
         "tokens": sum(int(s["tokens"]) for s in ordered),
         "documents": sum(int(s["documents"]) for s in ordered),
-        "shards": [{k: s[k] for k in _SHARD_KEYS} for s in ordered],
+        "sources": source_counts(ordered),
+        "shards": [{k: s[k] for k in keys if k in s} for s in ordered],
     }
 
 
@@ -136,6 +162,9 @@ def _validate_schema(manifest: Any, where: str) -> None:
             missing = [k for k in _SHARD_KEYS if k not in shard]
             if missing:
                 raise ValueError(f"{where}: shard {shard.get('file', '?')} lacks {missing}")
+            source = shard.get(SOURCE_KEY, DEFAULT_SOURCE)
+            if not isinstance(source, str) or not source:
+                raise ValueError(f"{where}: shard {shard['file']} has source {source!r}")
 
 
 def _verify_files(directory: str, manifest: dict) -> None:

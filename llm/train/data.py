@@ -2,19 +2,22 @@
 
 A split's tokens are cut into non-overlapping windows of seq_len + 1 tokens; a window never
 crosses a shard boundary, so each shard's last few tokens are unused. Input x is a window's
-first seq_len tokens and target y the last seq_len.
+first seq_len tokens and target y the last seq_len. TrainBatches draws windows from the whole
+split; MixtureBatches draws them from the split's sources in fixed shares (llm.train.mixture).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from llm.tokenizer.shards import SPLITS, read_manifest
+from llm.tokenizer.shards import SPLITS, read_manifest, shard_source
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "rank", "world_size")
@@ -34,9 +37,23 @@ class TokenShards:
         self.vocab_size: int = self.manifest["vocab_size"]
         self.eos_id: int = self.manifest["eos_id"]
         self.dtype = np.dtype(self.manifest["dtype"])
-        entries = self.manifest["splits"][split]["shards"]
-        self.arrays: list[np.ndarray] = [self._open(e["file"], e["tokens"]) for e in entries]
+        self.entries: list[dict] = self.manifest["splits"][split]["shards"]
+        self.arrays: list[np.ndarray] = [self._open(e["file"], e["tokens"]) for e in self.entries]
         self.num_tokens: int = sum(a.size for a in self.arrays)
+        self.source: str | None = None  # None: every source of the split
+
+    def by_source(self) -> dict[str, TokenShards]:
+        """One view per source of the split (its shards only, the same memory maps), by name."""
+        views: dict[str, TokenShards] = {}
+        for name in sorted({shard_source(e) for e in self.entries}):
+            keep = [i for i, e in enumerate(self.entries) if shard_source(e) == name]
+            view = copy.copy(self)
+            view.entries = [self.entries[i] for i in keep]
+            view.arrays = [self.arrays[i] for i in keep]
+            view.num_tokens = sum(a.size for a in view.arrays)
+            view.source = name
+            views[name] = view
+        return views
 
     def _open(self, name: str, tokens: int) -> np.ndarray:
         path = self.directory / name
@@ -173,6 +190,153 @@ class TrainBatches(ShuffledEpochs):
 
     def __next__(self) -> Batch:
         return _to_batch(self.shards.windows(self.next_indices(), self.window_len, self._starts))
+
+    def position(self) -> tuple[int, ...]:
+        """Names the batch just drawn (for noise tied to it: llm.train.objectives)."""
+        return (self.epoch, self.batch_in_epoch)
+
+
+_MIXTURE_STATE_KEYS = ("seed", "rank", "world_size", "samples", "counts", "shares")
+
+
+def _source_key(name: str) -> int:
+    """A source's RNG stream, from its name: adding a source leaves the others' order alone."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+class MixtureBatches:
+    """Causal-LM windows drawn from several sources in fixed shares; never ends.
+
+    The run is one global sequence of windows. Its n-th window comes from the source furthest
+    below its share of the first n (Megatron's BlendableDataset rule): deterministic, and after
+    any number of windows each source's count is within about one window of share x n, so the
+    realised shares track the requested ones from the first batches on (sampling each window's
+    source at random would be off by ~sqrt(n) windows). Within a source, windows come in a
+    fresh permutation per (seed, source, epoch), so a small source repeats in a new order each
+    time it runs out. Each step takes the next batch_size x world_size windows of the sequence
+    and rank r every world_size-th of them from r, as TrainBatches deals a permutation.
+
+    Every rank follows the whole sequence, so the state (windows drawn so far, per source) is
+    the same on all ranks and ``usage()`` reports the run's global figures on any of them.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, TokenShards],
+        shares: Mapping[str, float],
+        *,
+        batch_size: int,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is out of range for world_size {world_size}")
+        unknown = sorted(set(shares) - set(sources))
+        if unknown:
+            raise ValueError(f"mixture names sources {unknown} the data lacks: {sorted(sources)}")
+        if any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
+            raise ValueError(f"mixture shares must be >= 0 and sum to 1, got {dict(shares)}")
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.window_len = seq_len + 1
+        self.names = sorted(name for name, share in shares.items() if share > 0)
+        self.shares = [float(shares[name]) for name in self.names]
+        self._shards = [sources[name] for name in self.names]
+        self._starts = [shards.window_starts(self.window_len) for shards in self._shards]
+        self.windows_of = [int(starts[-1]) for starts in self._starts]
+        empty = [n for n, w in zip(self.names, self.windows_of, strict=True) if w == 0]
+        if empty:
+            raise ValueError(f"sources {empty} hold no window of {self.window_len} tokens")
+        self._keys = [_source_key(name) for name in self.names]
+        self._perms: list[tuple[int, np.ndarray]] = [(-1, np.zeros(0, np.int64))] * len(self.names)
+        self.samples = 0  # windows of the global sequence drawn so far
+        self.counts = [0] * len(self.names)  # of those, per source
+
+    def _pick(self) -> tuple[int, int]:
+        """The next window of the global sequence: (source, its draw number in that source)."""
+        n = self.samples + 1
+        pairs = zip(self.shares, self.counts, strict=True)
+        deficits = [share * n - count for share, count in pairs]
+        source = deficits.index(max(deficits))
+        draw = self.counts[source]
+        self.counts[source] += 1
+        self.samples += 1
+        return source, draw
+
+    def _window(self, source: int, draw: int) -> int:
+        epoch, offset = divmod(draw, self.windows_of[source])
+        if self._perms[source][0] != epoch:
+            rng = np.random.default_rng((self.seed, self._keys[source], epoch))
+            self._perms[source] = (epoch, rng.permutation(self.windows_of[source]))
+        return int(self._perms[source][1][offset])
+
+    def __iter__(self) -> MixtureBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        step = [self._pick() for _ in range(self.batch_size * self.world_size)]
+        mine = step[self.rank :: self.world_size]
+        out = np.empty((self.batch_size, self.window_len), dtype=np.int64)
+        for source, shards in enumerate(self._shards):
+            rows = [row for row, (s, _) in enumerate(mine) if s == source]
+            if rows:
+                windows = np.asarray([self._window(source, mine[r][1]) for r in rows], np.int64)
+                out[rows] = shards.windows(windows, self.window_len, self._starts[source])
+        return _to_batch(out)
+
+    def position(self) -> tuple[int, ...]:
+        """Names the batch just drawn (for noise tied to it: llm.train.objectives)."""
+        return (self.samples // (self.batch_size * self.world_size),)
+
+    def usage(self) -> dict[str, dict[str, float]]:
+        """Per source, over every rank: windows and tokens drawn, epochs, realised share."""
+        total = max(self.samples, 1)
+        return {
+            name: {
+                "windows": count,
+                "tokens": count * self.window_len,
+                "epochs": count / windows,
+                "share": count / total,
+            }
+            for name, count, windows in zip(self.names, self.counts, self.windows_of, strict=True)
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "samples": self.samples,
+            "counts": dict(zip(self.names, self.counts, strict=True)),
+            "shares": dict(zip(self.names, self.shares, strict=True)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume so the next batch is the one that followed when `state` was taken."""
+        missing = [k for k in _MIXTURE_STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"mixture loader state lacks {missing}")
+        mine = self.state_dict()
+        for key in ("seed", "rank", "world_size", "shares"):
+            if state[key] != mine[key]:
+                raise ValueError(
+                    f"loader state has {key}={state[key]}, but this loader has "
+                    f"{key}={mine[key]}; resuming would change the data order"
+                )
+        counts = state["counts"]
+        step = self.batch_size * self.world_size
+        if set(counts) != set(self.names) or sum(counts.values()) != state["samples"]:
+            raise ValueError(f"loader state counts {counts} do not add up to {state['samples']}")
+        if state["samples"] % step:
+            raise ValueError(
+                f"loader state is {state['samples']} windows in, not a whole number of steps "
+                f"of {step} (batch_size x world_size): the batch size changed"
+            )
+        self.samples = int(state["samples"])
+        self.counts = [int(counts[name]) for name in self.names]
 
 
 def val_batches(shards: TokenShards, *, batch_size: int, seq_len: int) -> Iterator[Batch]:

@@ -5,23 +5,23 @@ the encoder (masked LM) and encoder-decoder (span corruption) objectives train o
 IGNORE_INDEX labels: causal LM windows for a GPT, and MaskedLMBatches for an EncoderLM alike.
 ``span_corruption_loss`` feeds an EncoderDecoder the corrupted input and the shifted targets.
 
-The two noised batch sources wrap `TrainBatches`: they draw the same windows in the same order,
-sharded across ranks the same way, and add noise from an RNG seeded by (seed, rank, epoch,
-batch) of the window batch just drawn. The noise is thus a pure function of the loader
-position, and the wrapped loader's state_dict()/load_state_dict() resume the noised batches
-exactly as well.
+The two noised batch sources wrap `TrainBatches` (or, given a mixture, `MixtureBatches`): they
+draw the same windows in the same order, sharded across ranks the same way, and add noise from
+an RNG seeded by (seed, rank) and the position of the window batch just drawn. The noise is thus
+a pure function of the loader position, and the wrapped loader's state_dict()/load_state_dict()
+resume the noised batches exactly as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from llm.model.encoders import shift_right
-from llm.train.data import TokenShards, TrainBatches
+from llm.train.data import MixtureBatches, TokenShards, TrainBatches
 
 IGNORE_INDEX = -100  # the label torch.nn.functional.cross_entropy skips by default
 _MLM_STREAM, _SPAN_STREAM = 1, 2  # keep the two objectives' noise independent
@@ -67,15 +67,14 @@ class _NoisedBatches:
         world_size: int,
         seed: int,
         stream: int,
+        mixture: Mapping[str, float] | None,
     ) -> None:
-        # TrainBatches windows are seq_len + 1 tokens long; x and y together give all of them.
-        self.windows = TrainBatches(
-            shards,
-            batch_size=batch_size,
-            seq_len=length - 1,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
+        # the windows are seq_len + 1 tokens long; x and y together give all of them
+        window = {"batch_size": batch_size, "seq_len": length - 1, "rank": rank, "seed": seed}
+        self.windows: TrainBatches | MixtureBatches = (
+            TrainBatches(shards, world_size=world_size, **window)
+            if mixture is None
+            else MixtureBatches(shards.by_source(), mixture, world_size=world_size, **window)
         )
         self._stream = stream
 
@@ -83,8 +82,8 @@ class _NoisedBatches:
         x, y = next(self.windows)
         tokens = torch.cat([x, y[:, -1:]], dim=1).numpy()
         w = self.windows
-        # Read after next(): (epoch, batch_in_epoch) now names the batch just drawn.
-        rng = np.random.default_rng((w.seed, self._stream, w.rank, w.epoch, w.batch_in_epoch))
+        # read after next(): the position now names the batch just drawn
+        rng = np.random.default_rng((w.seed, self._stream, w.rank, *w.position()))
         return tokens, rng
 
     def state_dict(self) -> dict:
@@ -111,6 +110,7 @@ class MaskedLMBatches(_NoisedBatches):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        mixture: Mapping[str, float] | None = None,
     ) -> None:
         if not 0 < mask_prob < 1:
             raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
@@ -124,6 +124,7 @@ class MaskedLMBatches(_NoisedBatches):
             world_size=world_size,
             seed=seed,
             stream=_MLM_STREAM,
+            mixture=mixture,
         )
         self.mask_id = mask_id
         # EOS separates documents; predicting it from a mask would teach nothing about text.
@@ -172,6 +173,7 @@ class SpanCorruptionBatches(_NoisedBatches):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        mixture: Mapping[str, float] | None = None,
     ) -> None:
         if not 0 < noise_density < 1 or mean_span < 1:
             raise ValueError(
@@ -194,6 +196,7 @@ class SpanCorruptionBatches(_NoisedBatches):
             world_size=world_size,
             seed=seed,
             stream=_SPAN_STREAM,
+            mixture=mixture,
         )
         self.sentinels = np.asarray(sentinel_ids[: self.num_spans], dtype=np.int64)
         self.eos_id = shards.eos_id

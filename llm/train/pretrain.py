@@ -1,7 +1,8 @@
 """Pretraining: the Trainer (``llm.train.trainer``) on token shards with the next-token loss.
 
-The batch source is ``TrainBatches`` (random windows of the train split, dealt to ranks), the
-loss is ``next_token_loss`` and validation is ``evaluate_loss`` on the val split.
+The batch source is ``TrainBatches`` (random windows of the train split, dealt to ranks), or
+``MixtureBatches`` when the run mixes the split's sources in given shares; the loss is
+``next_token_loss`` and validation is ``evaluate_loss`` on the val split.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from llm.model.sizing import count_parameters
 from llm.tokenizer.bpe import MASK_TOKEN, load_tokenizer, sentinel_token
 from llm.train.checkpoint.location import best_of
 from llm.train.config import OBJECTIVES, TrainConfig
-from llm.train.data import TokenShards, TrainBatches, val_batches
+from llm.train.data import MixtureBatches, TokenShards, TrainBatches, val_batches
 from llm.train.objectives import (
     MaskedLMBatches,
     SpanCorruptionBatches,
@@ -85,12 +86,17 @@ def _open_shards(
 
 
 def pretraining(
-    cfg: TrainConfig, model_config: ModelConfig, data_dir: Path, verify: bool = True
+    cfg: TrainConfig,
+    model_config: ModelConfig,
+    data_dir: Path,
+    verify: bool = True,
+    mixture: Mapping[str, float] | None = None,
 ) -> Task:
     """The Task that trains ``model_config.arch`` on data_dir's token shards (checked against
     their manifest's hashes unless ``verify`` is off: a node's cache checked them once
     already): a decoder by next-token prediction, an encoder by masked LM, an encoder-decoder
-    by span corruption (``llm.train.objectives``)."""
+    by span corruption (``llm.train.objectives``); with a ``mixture`` (source -> share,
+    ``llm.train.mixture``), each source gives its share of the windows."""
     own = OBJECTIVES[model_config.arch]
     if cfg.objective not in (None, own):
         raise ValueError(
@@ -100,7 +106,9 @@ def pretraining(
     seq_len = cfg.seq_len or model_config.block_size
     train_split, val_split = _open_shards(data_dir, seq_len, model_config.vocab, verify)
     if model_config.arch != "decoder":
-        return _noised_pretraining(cfg, model_config, data_dir, train_split, val_split, seq_len)
+        return _noised_pretraining(
+            cfg, model_config, data_dir, (train_split, val_split), seq_len, mixture
+        )
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return evaluate_loss(
@@ -113,13 +121,8 @@ def pretraining(
 
     return Task(
         build_model=lambda device: GPT(model_config).to(device),
-        build_batches=lambda rank, world_size: TrainBatches(
-            train_split,
-            batch_size=cfg.batch_size,
-            seq_len=seq_len,
-            rank=rank,
-            world_size=world_size,
-            seed=cfg.seed,
+        build_batches=lambda rank, world_size: _window_batches(
+            train_split, cfg, seq_len, rank, world_size, mixture
         ),
         objective=next_token_loss,
         seq_len=seq_len,
@@ -127,33 +130,52 @@ def pretraining(
     )
 
 
+def _window_batches(
+    split: TokenShards,
+    cfg: TrainConfig,
+    seq_len: int,
+    rank: int,
+    world_size: int,
+    mixture: Mapping[str, float] | None,
+) -> TrainBatches | MixtureBatches:
+    window = {"batch_size": cfg.batch_size, "seq_len": seq_len, "seed": cfg.seed}
+    if mixture is None:
+        return TrainBatches(split, rank=rank, world_size=world_size, **window)
+    return MixtureBatches(split.by_source(), mixture, rank=rank, world_size=world_size, **window)
+
+
 def _noised_pretraining(
     cfg: TrainConfig,
     model_config: ModelConfig,
     data_dir: Path,
-    train_split: TokenShards,
-    val_split: TokenShards,
+    splits: tuple[TokenShards, TokenShards],
     seq_len: int,
+    mixture: Mapping[str, float] | None,
 ) -> Task:
     """Masked LM for an encoder, span corruption for an encoder-decoder. Validation scores the
     same objective on the val split's first ``eval_batches`` noised batches, the noise drawn
-    from a fixed seed so every evaluation sees the same batches."""
+    from a fixed seed so every evaluation sees the same batches (of all sources, unmixed)."""
+    train_split, val_split = splits
     tokenizer = load_tokenizer(data_dir / train_split.manifest["tokenizer"]["file"])
     arch = model_config.arch
 
-    def batches(split: TokenShards, rank: int, world_size: int) -> Any:
-        return noised_batches(cfg, arch, split, tokenizer, seq_len, rank, world_size, data_dir)
+    def batches(
+        split: TokenShards, rank: int, world_size: int, mix: Mapping[str, float] | None
+    ) -> Any:
+        return noised_batches(
+            cfg, arch, split, tokenizer, seq_len, rank, world_size, data_dir, mixture=mix
+        )
 
     objective = next_token_loss if arch == "encoder" else span_corruption_loss
-    batches(val_split, 0, 1)  # a tokenizer without the tokens fails before step 1
+    batches(val_split, 0, 1, None)  # a tokenizer without the tokens fails before step 1
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return objective_loss(model, batches(val_split, 0, 1), objective, cfg.eval_batches)
+        return objective_loss(model, batches(val_split, 0, 1, None), objective, cfg.eval_batches)
 
     return Task(
         # the Trainer uses what the three model classes share: config, blocks, forward(x, y)
         build_model=lambda device: cast(GPT, build_model(model_config).to(device)),
-        build_batches=lambda rank, world_size: batches(train_split, rank, world_size),
+        build_batches=lambda rank, world_size: batches(train_split, rank, world_size, mixture),
         objective=objective,
         seq_len=seq_len if model_config.arch == "encoder" else None,
         evaluate=evaluate,
@@ -169,9 +191,12 @@ def noised_batches(
     rank: int,
     world_size: int,
     data_dir: Path,
+    *,
+    mixture: Mapping[str, float] | None = None,
 ) -> MaskedLMBatches | SpanCorruptionBatches:
     """The noised batches arch trains on (masked LM or span corruption), cfg's settings and
-    seed; data_dir names the shards in errors."""
+    seed, over a mixture of the split's sources if given; data_dir names the shards in
+    errors."""
     if arch == "encoder":
         return MaskedLMBatches(
             split,
@@ -182,6 +207,7 @@ def noised_batches(
             rank=rank,
             world_size=world_size,
             seed=cfg.seed,
+            mixture=mixture,
         )
     return SpanCorruptionBatches(
         split,
@@ -193,6 +219,7 @@ def noised_batches(
         rank=rank,
         world_size=world_size,
         seed=cfg.seed,
+        mixture=mixture,
     )
 
 
@@ -252,6 +279,7 @@ def validation_loss(
     seq_len = min(cfg.seq_len or config.block_size, config.block_size)
     tokenizer = load_tokenizer(data_dir / val.manifest["tokenizer"]["file"])
     batches = noised_batches(cfg, config.arch, val, tokenizer, seq_len, 0, 1, data_dir)
+    assert isinstance(batches.windows, TrainBatches)  # no mixture: one pass over val
     per_pass = batches.windows.batches_per_epoch
     count = per_pass if max_batches is None else min(max_batches, per_pass)
     loss_fn = next_token_loss if config.arch == "encoder" else span_corruption_loss
@@ -291,15 +319,19 @@ def train(
     on_log: LogFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
     verify_shards: bool = True,
+    mixture: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train until ``cfg.steps`` on the local shard folder ``data_dir``, writing to ``out`` (a
-    path or URI); ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all."""
+    path or URI); ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all. With a
+    ``mixture`` (source -> share), the summary's ``mixture`` holds what each source gave."""
     cfg = replace(cfg, seq_len=cfg.seq_len or model_config.block_size)
-    task = pretraining(cfg, model_config, Path(data_dir), verify=verify_shards)
+    task = pretraining(cfg, model_config, Path(data_dir), verify=verify_shards, mixture=mixture)
     trainer = Trainer(cfg, task, out)
     history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint)
     final = trainer.checkpoints.latest_location()
+    windows = getattr(trainer.batches, "windows", trainer.batches)  # a noised source wraps them
     return {
+        "mixture": windows.usage() if isinstance(windows, MixtureBatches) else None,
         "steps": trainer.step,
         "tokens_seen": trainer.tokens_seen,
         "loss_history": [loss for _, loss in history],

@@ -52,9 +52,17 @@ def check_uris(spec: dict[str, Any], fields: tuple[str, ...], loc: tuple[str | i
     """No ``..`` escapes and no unexpected schemes in the paths a job will read or write (the
     spec's ``Uri`` fields)."""
     for field in sorted(set(fields) & spec.keys()):
-        value = spec[field]
-        if isinstance(value, str):
-            check_uri(value, (*loc, field))
+        for where, value in _named(spec[field], (*loc, field)):
+            check_uri(value, where)
+
+
+def _named(value: Any, loc: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
+    """The strings a URI field holds: itself, or those of a list or name -> URI mapping (a
+    tokenize job's inputs)."""
+    if isinstance(value, str):
+        return [(loc, value)]
+    items = value.items() if isinstance(value, dict) else enumerate(value or ())
+    return [((*loc, key), item) for key, item in items if isinstance(item, str)]
 
 
 def check_uri(value: str, loc: tuple[str | int, ...]) -> None:
@@ -78,23 +86,28 @@ def check_uri(value: str, loc: tuple[str | int, ...]) -> None:
 def check_storage(kind: JobKind, spec: dict[str, Any], loc: tuple[str | int, ...]) -> None:
     """What can be known before Ray starts work: every s3:// URI's bucket exists and answers
     with the cluster's credentials, and the output does not hold a finished job's results (a
-    later job would overwrite them, or be mistaken for them). Placeholders are checked once the
-    scheduler has resolved them."""
+    later job would overwrite them, or be mistaken for them); then what the inputs show to be
+    wrong with the spec (a mixture naming a source its data lacks). Placeholders are checked
+    once the scheduler has resolved them."""
     for field in sorted(set(JOB_TYPES[kind].uri_fields) & spec.keys()):
-        value = spec[field]
-        if not isinstance(value, str) or "${" in value:
-            continue
-        try:
-            storage.check_access(value)
-            finished = field == "output" and storage.is_file(storage.join(value, RESULT_FILE))
-        except OSError as e:
-            raise request_error((*loc, field), f"{value!r}: {e}") from e
-        if finished:
-            raise request_error(
-                (*loc, field),
-                f"{value!r} already holds the results of a finished job ({RESULT_FILE}): give a "
-                "new output, or delete that job's outputs first",
-            )
+        for where, value in _named(spec[field], (*loc, field)):
+            if "${" in value:
+                continue
+            try:
+                storage.check_access(value)
+                finished = field == "output" and storage.is_file(storage.join(value, RESULT_FILE))
+            except OSError as e:
+                raise request_error(where, f"{value!r}: {e}") from e
+            if finished:
+                raise request_error(
+                    where,
+                    f"{value!r} already holds the results of a finished job ({RESULT_FILE}): "
+                    "give a new output, or delete that job's outputs first",
+                )
+    errors = JOB_TYPES[kind].spec.input_errors(spec)
+    if errors:
+        where, message = errors[0]
+        raise request_error((*loc, *where), f"{kind} spec: {message}")
 
 
 def request_error(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:

@@ -1,4 +1,5 @@
-"""ray_jobs.tokenize_corpus on local Ray: tiktoken fast path, shard contents, stats, errors."""
+"""ray_jobs.tokenize_corpus on local Ray: tiktoken fast path, shard contents, stats, errors, and
+sources: named inputs and the curated documents' source tags both reach the shards."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ pytestmark = [pytest.mark.ray]
 NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\n  two spaces\r\n"
 
 
+# which source each of the corpus's three parts is
+PART_SOURCES = ("web", "web", "books")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], list[str]]:
+    """The documents three ways: all/ with a source column (as curation writes it), and web/
+    and books/ without one, to be named as inputs."""
     src = Path(__file__).resolve().parents[2].parent / "shared/data/web/cc_dolma_sample"
     if not src.is_dir():
         pytest.skip("shared data absent")
@@ -34,10 +41,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], l
     ids = [r["id"] for r in rows] + ["non-ascii", "has-eos"]
     texts = [r["text"] for r in rows] + [NON_ASCII, f"one{EOS_TOKEN}two"]
     directory = tmp_path_factory.mktemp("tokenize-job")
-    (directory / "data").mkdir()
-    for part in range(3):
+    for part, source in enumerate(PART_SOURCES):
         table = pa.table({"id": ids[part::3], "text": texts[part::3]})
-        pq.write_table(table, directory / "data" / f"part-{part}.parquet")
+        for folder in (directory / "all" / "data", directory / source / "data"):
+            folder.mkdir(parents=True, exist_ok=True)
+            tagged = folder.parent.name == "all"
+            rows_out = table.append_column("source", pa.array([source] * len(table)))
+            pq.write_table(rows_out if tagged else table, folder / f"part-{part}.parquet")
     return directory, ids, texts
 
 
@@ -47,7 +57,7 @@ def job(
 ) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("tokenize-out")
     spec = TokenizeSpec(
-        input=str(corpus[0]),
+        inputs={"web": str(corpus[0] / "web"), "books": str(corpus[0] / "books")},
         output=str(out),
         vocab_size=1024,
         special_tokens=[EOS_TOKEN, PAD_TOKEN, MASK_TOKEN],
@@ -57,8 +67,10 @@ def job(
     return out, run(spec)["stats"]
 
 
-def shard_documents(out: Path, split: str) -> Counter[tuple[int, ...]]:
+def shard_documents(out: Path, split: str, source: str | None = None) -> Counter[tuple[int, ...]]:
     shards = TokenShards(out, split)
+    if source is not None:
+        shards = shards.by_source()[source]
     tokens = np.concatenate(shards.arrays).tolist()
     docs: list[tuple[int, ...]] = []
     start = 0
@@ -100,14 +112,33 @@ def test_stats_report(job: tuple[Path, dict[str, Any]]) -> None:
     assert stats["encode_mb_per_s"] > 0 and stats["tokenizer_train_seconds"] > 0
 
 
-def test_reuse_tokenizer_gives_same_shards(
+def test_named_inputs_tag_the_shards(
+    job: tuple[Path, dict[str, Any]], corpus: tuple[Path, list[str], list[str]]
+) -> None:
+    out, stats = job
+    manifest = json.loads((out / "manifest.json").read_text())
+    _, ids, _ = corpus
+    for split in ("train", "val"):
+        sources = manifest["splits"][split]["sources"]
+        assert sorted(sources) == ["books", "web"]
+        assert stats["sources"][split] == sources
+        for name in ("web", "books"):
+            parts = [p for p, s in enumerate(PART_SOURCES) if s == name]
+            docs = [i for p in parts for i in ids[p::3] if split_of(i, 0.2) == split]
+            assert sources[name]["documents"] == len(docs)
+        assert sum(c["tokens"] for c in sources.values()) == stats["splits"][split]["tokens"]
+    assert {s["source"] for s in manifest["splits"]["train"]["shards"]} == {"web", "books"}
+    assert manifest["inputs"] == {"web": str(corpus[0] / "web"), "books": str(corpus[0] / "books")}
+
+
+def test_reuse_tokenizer_gives_same_shards_from_the_documents_source_tags(
     job: tuple[Path, dict[str, Any]],
     corpus: tuple[Path, list[str], list[str]],
     tmp_path: Path,
 ) -> None:
     out, _ = job
     spec = TokenizeSpec(
-        input=str(corpus[0]),
+        input=str(corpus[0] / "all"),
         output=str(tmp_path),
         tokenizer=str(out / "tokenizer.json"),
         val_fraction=0.2,
@@ -117,6 +148,8 @@ def test_reuse_tokenizer_gives_same_shards(
     assert stats["tokenizer_train_seconds"] == 0.0
     for split in ("train", "val"):
         assert shard_documents(out, split) == shard_documents(tmp_path, split)
+        for source in ("web", "books"):
+            assert shard_documents(out, split, source) == shard_documents(tmp_path, split, source)
 
 
 def test_corrupt_shard_is_named(job: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

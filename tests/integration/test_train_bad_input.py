@@ -68,6 +68,15 @@ def test_other_bad_combinations_fail_before_ray(shards: Path, tmp_path: Path) ->
         run(_spec(tmp_path / "nowhere", tmp_path))
 
 
+def test_a_mixture_the_data_cannot_give_fails_before_ray(shards: Path, tmp_path: Path) -> None:
+    # shards written before sources were recorded hold one source, "default"
+    mixture = {"weights": {"default": 0.5, "poems": 0.5}}
+    with pytest.raises(JobError, match=r"mixture\.weights\.poems: source 'poems' is not in"):
+        run(_spec(shards, tmp_path, mixture=mixture))
+    with pytest.raises(JobError, match=r"mixture\.max_epochs: the run reads"):
+        run(_spec(shards, tmp_path, mixture={"temperature": 1, "max_epochs": 0.01}))
+
+
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
     with s3_server("llmforge-in") as server:

@@ -23,7 +23,7 @@ def test_uri_fields_come_from_the_specs() -> None:
     fields = {kind.value: set(t.uri_fields) for kind, t in JOB_TYPES.items()}
     assert fields == {
         "curate": {"input", "output"},
-        "tokenize": {"input", "output", "tokenizer"},
+        "tokenize": {"input", "inputs", "output", "tokenizer"},
         "train": {"data", "output"},
         "evaluate": {"checkpoint", "data", "output", "tokenizer", "data_root", "tasks"},
         "tune": {"data", "output"},

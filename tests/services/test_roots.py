@@ -497,6 +497,9 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
             spec["steps"] = [{"kind": "decontaminate", "eval_sets": [{"name": "e", "path": value}]}]
         elif path == ("tasks", "*"):
             spec["tasks"] = ["arc_easy", f"{value}/task.yaml"]
+        elif path == ("inputs", "*"):  # a tokenize job's corpora by source name
+            spec.pop("input")
+            spec["inputs"] = {"web": value}
         else:
             assert len(path) == 1, f"a new nested URI field: teach this test {path}"
             spec[path[0]] = value
