@@ -5,6 +5,7 @@ back with the loader state). The decoder's run is tests/integration/test_train_j
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, sentinel_token
 from services.server import BackgroundServer
 from tests.integration.test_train_job import TINY_MODEL, run_with_env
 from tests.llm.conftest import SHAKESPEARE, build_shard_folder, shakespeare_docs
+from tests.shared import DATA, require
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STEPS, LOG_EVERY, CHECKPOINT_EVERY = 20, 5, 10
@@ -30,12 +32,27 @@ ARCHS = tuple(OBJECTIVES)
 SPECIALS = (EOS_TOKEN, MASK_TOKEN, *(sentinel_token(i) for i in range(16)))
 
 
+# the encoder-decoder trains on a mixture of two real sources
+NEWS = DATA / "text/reuters21578/reuters21578.jsonl.gz"
+MIXTURE = {"plays": 0.7, "news": 0.3}
+
+
+def _news(chars: int) -> list[str]:
+    texts: list[str] = []
+    with gzip.open(require(NEWS), "rt", encoding="utf-8") as f:
+        while sum(map(len, texts)) < chars:
+            texts.append(json.loads(next(f))["text"])
+    return texts
+
+
 @pytest.fixture(scope="module")
 def arch_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not SHAKESPEARE.is_file():
         pytest.skip(f"{SHAKESPEARE} absent")
     folder = tmp_path_factory.mktemp("arch-job-shards")
-    return build_shard_folder(folder, shakespeare_docs(100_000), special_tokens=SPECIALS)
+    plays, news = shakespeare_docs(80_000), _news(40_000)
+    sources = ["plays"] * len(plays) + ["news"] * len(news)
+    return build_shard_folder(folder, plays + news, special_tokens=SPECIALS, sources=sources)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -64,6 +81,7 @@ def arch_job(
         **OBJECTIVES[arch],
         "model": {**TINY_MODEL, "arch": arch},
         "debug": {"fail_at_step": FAIL_AT},
+        **({"mixture": {"weights": MIXTURE}} if arch == "encoder_decoder" else {}),
     }
     return arch, run_with_env(control_plane, spec, {}), out
 
@@ -98,6 +116,12 @@ def test_each_arch_trains_on_two_workers_and_resumes_exactly(
         first, again = by_step[step]
         assert again == pytest.approx(first, rel=1e-4), (arch, step)
     assert by_step[STEPS][-1] < by_step[LOG_EVERY][0], by_step
+
+    if arch == "encoder_decoder":  # the mixture held through the restart
+        realised = result["mixture"]["realised"]
+        assert realised == pytest.approx(MIXTURE, abs=0.01), result["mixture"]
+    else:
+        assert result["mixture"] is None
 
     # validation scored the arch's own objective, and the checkpoint says which model it holds
     assert _metric(control_plane.url, job["id"], "val_loss")

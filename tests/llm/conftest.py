@@ -29,22 +29,31 @@ def build_shard_folder(
     vocab_size: int = SHARDS_VOCAB,
     val_fraction: float = 0.1,
     special_tokens: Sequence[str] = (EOS_TOKEN,),
+    sources: Sequence[str] | None = None,
 ) -> Path:
-    """train_bpe -> tokenizer.json -> one shard per split (by split_of on "doc{i}") -> manifest."""
+    """train_bpe -> tokenizer.json -> one shard per split (by split_of on "doc{i}") -> manifest.
+    With ``sources`` (each document's source tag), one shard per split and source instead."""
     directory.mkdir(parents=True, exist_ok=True)
     tok = train_bpe(docs, vocab_size=vocab_size, special_tokens=special_tokens)
     save_tokenizer(tok, directory / "tokenizer.json")
     eos, dtype = eos_id(tok), token_dtype(tok.get_vocab_size())
-    by_split: dict[str, list[str]] = {"train": [], "val": []}
-    for i, doc in enumerate(docs):
-        by_split[split_of(f"doc{i}", val_fraction)].append(doc)
-    shards: dict[str, list[dict]] = {}
-    for split, texts in by_split.items():
-        entry = write_shard(
-            directory, f"{split}-0000.bin", encode_documents(tok, texts, eos, dtype)
-        )
+    tags = list(sources) if sources is not None else [None] * len(docs)
+    if len(tags) != len(docs):
+        raise ValueError(f"{len(tags)} sources for {len(docs)} documents")
+    # untagged, both splits get a shard, empty or not
+    by_shard: dict[tuple[str, str | None], list[str]] = (
+        {("train", None): [], ("val", None): []} if sources is None else {}
+    )
+    for i, (doc, tag) in enumerate(zip(docs, tags, strict=True)):
+        by_shard.setdefault((split_of(f"doc{i}", val_fraction), tag), []).append(doc)
+    shards: dict[str, list[dict]] = {"train": [], "val": []}
+    for (split, tag), texts in sorted(by_shard.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        name = f"{split}-{tag or '0000'}.bin"
+        entry = write_shard(directory, name, encode_documents(tok, texts, eos, dtype))
         entry["documents"] = len(texts)
-        shards[split] = [entry]
+        if tag is not None:
+            entry["source"] = tag
+        shards[split].append(entry)
     write_manifest(
         directory,
         tokenizer_file="tokenizer.json",
