@@ -48,6 +48,8 @@ ARCHS = ("decoder", "encoder", "encoder_decoder")
 MODEL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
 SPECIALS = [EOS_TOKEN, MASK_TOKEN, *(sentinel_token(i) for i in range(32))]
 CHARS_PER_SOURCE = 2_500_000
+WORKERS, BATCH_SIZE = 2, 8
+WINDOW_TOKENS = WORKERS * BATCH_SIZE * MODEL["block_size"]  # input tokens a step, all ranks
 PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 
@@ -133,8 +135,8 @@ def recipe_pipeline(files: dict[str, str], work: Path, steps: int, limit: int) -
                     "model": {**MODEL, "arch": arch},
                     "mixture": {"weights": SHARES},
                     "steps": steps,
-                    "workers": 2,
-                    "batch_size": 8,
+                    "workers": WORKERS,
+                    "batch_size": BATCH_SIZE,
                     "lr": 3e-3,
                     "warmup_steps": 20,
                     "log_every": 10,
@@ -221,19 +223,30 @@ def run_pipeline(client: httpx.Client, body: dict[str, Any], timeout_s: float) -
     raise SystemExit(f"pipeline {body['name']} did not finish in {timeout_s:.0f}s")
 
 
-def tokens_per_s(client: httpx.Client, job_id: str) -> float:
-    records = (
-        client.get(f"/api/v1/jobs/{job_id}/metrics", params={"name": "tokens_per_s"})
-        .raise_for_status()
-        .json()["records"]
-    )
-    values = [r["value"] for r in sorted(records, key=lambda r: r["step"])]
-    return statistics.median(values[1:] or values)  # the first window holds the warm-up
+def _records_of(client: httpx.Client, job_id: str, name: str) -> list[dict[str, Any]]:
+    body = client.get(f"/api/v1/jobs/{job_id}/metrics", params={"name": name})
+    return sorted(body.raise_for_status().json()["records"], key=lambda r: r["step"])
 
 
-def blimp(result: dict[str, Any]) -> tuple[float, str]:
-    group = result["groups"]["blimp"]
-    return group["acc"], group.get("scoring", "?")
+def throughput(client: httpx.Client, job_id: str, window_tokens: int) -> dict[str, float]:
+    """The loop's own tokens_per_s (median of its log windows after the first, which holds the
+    warm-up); it counts the tokens the loss is taken over, which for an encoder-decoder are the
+    decoder's targets only. So also the input windows' tokens a second between the first and
+    the last loss record, the same measure for every arch."""
+    values = [r["value"] for r in _records_of(client, job_id, "tokens_per_s")]
+    losses = _records_of(client, job_id, "loss")
+    first, last = losses[0], losses[-1]
+    windows_s = (last["step"] - first["step"]) * window_tokens / (last["time"] - first["time"])
+    return {
+        "tokens_per_s": round(statistics.median(values[1:] or values), 1),
+        "window_tokens_per_s": round(windows_s, 1),
+    }
+
+
+def blimp(job: dict[str, Any]) -> tuple[float, str]:
+    """BLiMP accuracy (the job's metrics) and how it was scored (its eval.json)."""
+    report = json.loads((Path(job["spec"]["output"]) / "eval.json").read_text())
+    return job["result"]["metrics"]["blimp/acc"], report["tasks"]["groups"]["blimp"]["scoring"]
 
 
 def main() -> None:
@@ -268,9 +281,9 @@ def main() -> None:
             mixtures: dict[str, Any] = {}
             for arch in ARCHS:
                 train, evaluation = jobs[f"train_{arch}"], jobs[f"eval_{arch}"]["result"]
-                acc, scoring = blimp(evaluation)
+                acc, scoring = blimp(jobs[f"eval_{arch}"])
                 archs[arch] = {
-                    "tokens_per_s": round(tokens_per_s(client, train["id"]), 1),
+                    **throughput(client, train["id"], WINDOW_TOKENS),
                     "train_val_loss": round(train["result"]["last"]["val_loss"], 4),
                     "val_loss": round(evaluation["val_loss"], 4),
                     "objective": evaluation.get("objective"),
