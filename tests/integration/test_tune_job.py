@@ -18,6 +18,7 @@ from tests.integration.test_train_job import TINY_MODEL, tiny_shards, wait_for_j
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRIALS, MAX_STEPS, GRACE_PERIOD, EVAL_EVERY = 4, 30, 10, 5
+WORKERS = 2  # each trial's DDP workers: one trial at a time fills the test cluster's 2 CPUs
 SPACE = {
     "lr": [1e-4, 3e-2],
     "batch_size": [4, 8],
@@ -47,8 +48,11 @@ def pipeline(
         "grace_period": GRACE_PERIOD,
         "eval_every": EVAL_EVERY,
         "eval_batches": 2,
-        "workers": 1,
+        "workers": WORKERS,
         "precision": "bf16",
+        # more trials than the CPUs hold: the waiting ones' trainables and Train controllers
+        # start (they reserve no CPU) and take the CPUs as they free up
+        "max_concurrent_trials": TRIALS,
     }
     train = {
         "data": shards,
@@ -152,7 +156,7 @@ def test_each_trial_is_a_ray_train_run(tuned: tuple[dict[str, Any], Path]) -> No
     a train job's output holds."""
     job, out = tuned
     for trial in job["result"]["trials"]:
-        assert trial["workers"] == 1 and trial["node"]
+        assert trial["workers"] == WORKERS and trial["node"]
         folder = out / "trials" / trial["trial_id"]
         assert (folder / "metrics.jsonl").is_file() and (folder / "ray").is_dir()
 
