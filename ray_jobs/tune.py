@@ -17,8 +17,9 @@ Each trial writes under ``<output>/trials/<trial id>`` what a train job writes t
 (metrics.jsonl, train_summary.json, and a checkpoint at its last step); its metrics reach the
 control plane tagged with the trial id (``trials/<trial id>/val_loss``, ``ray_jobs.reporting``).
 The checkpoint of the best trial that ran to the end is the result's ``best_checkpoint``, which
-the control plane registers as a model. A trial ASHA stopped has no checkpoint; its Train run
-ends with the trainable's actor, a few steps later (whose metrics reach the control plane too).
+the control plane registers as a model. A trial ASHA stops is not a candidate: its Train run
+ends with the trainable's actor, a few steps later (whose metrics reach the control plane too),
+usually before its last step.
 Tune's own run folder is ``<output>/ray``. Data and output are local paths or ``s3://`` URIs alike.
 
 The result (also ``tune_results.json`` in the output) is the trial table sorted by best
