@@ -67,6 +67,6 @@ JOB_TYPES: dict[JobKind, JobType] = {
     ),
     JobKind.train: JobType(TrainSpec, "ray_jobs.train", "checkpoint", TrainResult),
     JobKind.evaluate: JobType(EvaluateSpec, "ray_jobs.evaluate", "evaluation", EvaluateResult),
-    JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", None, TuneResult),
+    JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", "checkpoint", TuneResult),
     JobKind.finetune: JobType(FinetuneSpec, "ray_jobs.finetune", "finetuned", FinetuneResult),
 }

@@ -117,6 +117,11 @@ class TuneResult(Closed):
     mode: str
     best_config: TuneConfig
     best_val_loss: float
+    best_trial: str
+    # the last checkpoint of the best trial that ran every step (ASHA's stopped trials have
+    # none), registered as a model; None when no trial ran to the end
+    best_checkpoint: str | None
+    best_checkpoint_trial: str | None
     trials: list[dict[str, Any]]
     stopped_early: int
     failed: int

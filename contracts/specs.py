@@ -482,7 +482,9 @@ class SearchSpace(Spec):
 
 
 class TuneSpec(Spec):
-    """Ray Tune with ASHA over ``space``: short training runs, ranked by val_loss (lower wins)."""
+    """Ray Tune with ASHA over ``space``: short training runs, ranked by val_loss (lower wins).
+    Each trial is a Ray Train run of ``workers`` workers (DDP), as a train job is; the best
+    trial's final checkpoint is registered as a model."""
 
     data: Uri = Field(description="a tokenize job's output folder (manifest.json and shards)")
     output: OutputUri
@@ -496,8 +498,29 @@ class TuneSpec(Spec):
     eval_batches: int = Field(default=8, gt=0)
     seq_len: int | None = Field(default=None, gt=0, description="defaults to model.block_size")
     seed: int = Field(default=0, description="model init and data order, the same in every trial")
-    cpus_per_trial: float = Field(default=1, gt=0)
-    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    workers: int = Field(default=1, gt=0, description="Ray Train workers (DDP) of each trial")
+    use_gpu: bool = Field(default=False, description="one GPU per trial worker")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="every trial's autocast dtype; fp16 needs use_gpu"
+    )
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs each trial worker reserves")
+    max_concurrent_trials: int | None = Field(
+        default=None,
+        gt=0,
+        description="default: as many trials as the cluster's CPUs (and GPUs) hold at once, "
+        "each taking workers x (cpus_per_worker, a GPU with use_gpu)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cpus_per_trial(cls, data: Any) -> Any:
+        # removed rather than ignored: a trial is now a group of workers, sized per worker
+        if isinstance(data, dict) and "cpus_per_trial" in data:
+            raise ValueError(
+                "cpus_per_trial was replaced by cpus_per_worker: each trial runs workers Ray "
+                "Train workers, and reserves workers x cpus_per_worker CPUs"
+            )
+        return data
 
     @model_validator(mode="after")
     def _fits(self) -> TuneSpec:
@@ -505,6 +528,11 @@ class TuneSpec(Spec):
         if self.grace_period > self.max_steps:
             raise ValueError(
                 f"grace_period ({self.grace_period}) must not exceed max_steps ({self.max_steps})"
+            )
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError(
+                "precision 'fp16' needs use_gpu: true (fp16 loss scaling runs on CUDA GPUs "
+                "only); use 'bf16' or 'fp32' on CPUs"
             )
         return self
 

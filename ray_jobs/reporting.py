@@ -6,6 +6,11 @@ retried with the next batch. On a local path the file is appended to. Object sto
 append: there the reporter keeps the file's records (those of earlier attempts, read when it
 starts, and its own) and rewrites the whole object, at most every ``REWRITE_EVERY_S`` and on
 ``flush()`` (at every checkpoint and when training ends or fails).
+
+A tune job's trials all report to the tune job: each trial's records reach the control plane
+named ``trials/<trial id>/<name>`` (``trial_metric_name``), so the job's metrics hold every
+trial's curve; its own ``metrics.jsonl``, in the trial's folder, keeps the bare names, as a
+train job's output does.
 """
 
 from __future__ import annotations
@@ -23,10 +28,26 @@ from llm import storage
 
 METRICS_FILE = "metrics.jsonl"
 REWRITE_EVERY_S = 30.0
+TRIAL_PREFIX = "trials/"
+
+
+def trial_metric_name(trial: str | None, name: str) -> str:
+    """The control plane's name of a metric: a tune trial's is tagged with its trial id."""
+    return f"{TRIAL_PREFIX}{trial}/{name}" if trial else name
+
+
+def split_trial_metric(name: str) -> tuple[str | None, str]:
+    """(trial id or None, bare name) of a control-plane metric name."""
+    if name.startswith(TRIAL_PREFIX) and name.count("/") >= 2:
+        trial, bare = name.removeprefix(TRIAL_PREFIX).split("/", 1)
+        return trial, bare
+    return None, name
 
 
 class MetricsReporter:
-    def __init__(self, output: str | Path, *, publish_to_ray: bool = True) -> None:
+    def __init__(
+        self, output: str | Path, *, publish_to_ray: bool = True, trial: str | None = None
+    ) -> None:
         self.uri = storage.join(str(output), METRICS_FILE)
         self.remote = storage.is_remote(self.uri)
         self._lines: list[str] = []
@@ -43,6 +64,7 @@ class MetricsReporter:
         self._pending: list[dict[str, Any]] = []
         self._gauges: dict[str, Any] = {}
         self._publish_to_ray = publish_to_ray
+        self.trial = trial
 
     def log(self, step: int, values: dict[str, float]) -> None:
         now = time.time()
@@ -57,7 +79,11 @@ class MetricsReporter:
         else:
             with self.path.open("a") as f:
                 f.writelines(line + "\n" for line in lines)
-        self._pending.extend(records)
+        # the control plane's copy names the trial; the trial's own file does not need to
+        self._pending.extend(
+            {**r, "name": trial_metric_name(self.trial, k)}
+            for r, k in zip(records, values, strict=True)
+        )
         self._post()
         if self._publish_to_ray:
             self._publish(values)
@@ -90,16 +116,20 @@ class MetricsReporter:
             from ray.util.metrics import Gauge
         except ImportError:
             return
+        # a trial's gauges carry its id as a tag, under names of their own: one name cannot
+        # have two sets of tag keys
+        kind, keys = ("trial_", ("job_id", "trial")) if self.trial else ("", ("job_id",))
+        tags = {"job_id": self.job_id or "local"} | ({"trial": self.trial} if self.trial else {})
         for name, value in values.items():
             gauge = self._gauges.get(name)
             if gauge is None:
                 gauge = Gauge(
-                    f"llmforge_{name}",
+                    f"llmforge_{kind}{name}",
                     description=f"llmforge job metric {name}",
-                    tag_keys=("job_id",),
+                    tag_keys=keys,
                 )
                 self._gauges[name] = gauge
-            gauge.set(float(value), tags={"job_id": self.job_id or "local"})
+            gauge.set(float(value), tags=tags)
 
 
 def report(output: str, step: int, values: dict[str, float]) -> None:

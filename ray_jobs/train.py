@@ -43,11 +43,12 @@ from ray_jobs.training_io import (
 SUMMARY_FILE = "train_summary.json"
 
 
-def _worker(config: dict[str, Any]) -> None:
+def worker(config: dict[str, Any]) -> None:
+    """One rank of a train job, or of a tune job's trial (config["trial"], its id)."""
     output: str = config["output"]
     shards: Shards = config["shards"]
     data, verified = local_shards(shards)
-    reporting = WorkerReporting(output)
+    reporting = WorkerReporting(output, trial=config.get("trial"), steps=config["cfg"].steps)
     nodes = rank_nodes()
     debug: DebugOptions | None = config["debug"]
     # what a node restarted with an empty disk lacks (debug.wipe_local_checkpoints)
@@ -66,6 +67,7 @@ def _worker(config: dict[str, Any]) -> None:
             output,
             on_log=on_log,
             on_checkpoint=reporting.on_checkpoint,
+            on_eval=reporting.on_eval,
             verify_shards=not verified,
             mixture=config["mixture"],
         )
@@ -129,7 +131,7 @@ def run(spec: TrainSpec) -> dict[str, Any]:
         "debug": spec.debug,
         "mixture": mixture.shares if mixture else None,
     }
-    launch(_worker, worker_config, job)
+    launch(worker, worker_config, job)
     summary = read_summary(storage.join(output, SUMMARY_FILE))
     history = metric_by_step(output, "loss")
     return {

@@ -2,7 +2,8 @@
 
 Each job kind leaves known files in its output folder (see ``ray_jobs``): a curate job its
 ``stats.json`` funnel, a tokenize job its ``manifest.json`` (and ``stats.json``), a train or
-fine-tune job its ``result.json`` with the latest checkpoint, an evaluate job its
+fine-tune job its ``result.json`` with the latest checkpoint, a tune job its best trial's
+folder (``<output>/trials/<trial id>``, laid out as a train job's output), an evaluate job its
 ``result.json`` figures. The
 record links to the job, to the input URIs, and to the artifact found at the input (its parent),
 which is how lineage is walked later. A file that cannot be read does not lose the record: it is
@@ -52,9 +53,11 @@ def _record(
     inputs: list[str],
     stats: dict[str, Any],
     parent: Artifact | None = None,
+    uri: str | None = None,
 ) -> Artifact:
-    """The job's output folder as an artifact; its parent, unless given, is what was recorded
-    at the first input (a tokenizer reused from elsewhere is an input, not the parent)."""
+    """The job's output folder (or uri, a folder in it) as an artifact; its parent, unless
+    given, is what was recorded at the first input (a tokenizer reused from elsewhere is an
+    input, not the parent)."""
     if parent is None and inputs:
         parent = store.newest_at(session, uris=inputs[:1])
     return store.create_artifact(
@@ -62,7 +65,7 @@ def _record(
         category=category,
         kind=kind,
         name=job.name or f"{job.kind}-{job.id}",
-        uri=str(job.spec["output"]),
+        uri=uri or str(job.spec["output"]),
         job_id=job.id,
         parent_id=parent.id if parent else None,
         inputs=inputs,
@@ -167,6 +170,44 @@ def _train(session: Session, job: Job) -> list[Artifact]:
     return [_record(session, job, ArtifactCategory.model, "checkpoint", inputs, stats)]
 
 
+def tune_stats(job: Job) -> dict[str, Any]:
+    """The kept trial's figures, from the tune job's result."""
+    result = job.result or {}
+    trial = result["best_checkpoint_trial"]
+    row = next(r for r in result["trials"] if r["trial_id"] == trial)
+    return {
+        "trial_id": trial,
+        "best_trial": result["best_trial"],
+        "config": row["config"],
+        "steps": row["steps"],
+        "workers": row.get("workers"),
+        "best_val_loss": row["best_val_loss"],
+        "val_loss": row["final_val_loss"],
+        "checkpoint": result["best_checkpoint"],
+        "model": job.spec.get("model"),
+        "precision": job.spec.get("precision"),
+    }
+
+
+def _tune(session: Session, job: Job) -> list[Artifact]:
+    """The best finished trial's folder as a model, like a train job's output; nothing when no
+    trial ran to the end (the job's result still has the best configuration)."""
+    result = job.result or {}
+    trial = result.get("best_checkpoint_trial")
+    if not result.get("best_checkpoint") or not trial:
+        return []
+    stats = _stats_or_error(lambda: tune_stats(job))
+    inputs = [str(job.spec["data"])]
+    # the tune job's layout (ray_jobs.tune.trial_output)
+    folder = storage.join(str(job.spec["output"]), "trials", str(trial))
+    return [_record(session, job, ArtifactCategory.model, "checkpoint", inputs, stats, uri=folder)]
+
+
+def _checkpoint(session: Session, job: Job) -> list[Artifact]:
+    """A trained model: a train job's output, or a tune job's best trial."""
+    return _tune(session, job) if job.kind == JobKind.tune else _train(session, job)
+
+
 def model_for_checkpoint(session: Session, checkpoint: str) -> Artifact | None:
     """The model an evaluate job's ``checkpoint`` names: a train output folder, or a checkpoint
     inside one (``OUTPUT/checkpoints/step-N``)."""
@@ -200,7 +241,7 @@ def _evaluate(session: Session, job: Job) -> list[Artifact]:
 REGISTRARS: dict[str, Registrar] = {
     "documents": _curate,
     "token_shards": _tokenize,
-    "checkpoint": _train,
+    "checkpoint": _checkpoint,
     "evaluation": _evaluate,
     "finetuned": _finetune,
 }
@@ -208,7 +249,7 @@ REGISTRARS: dict[str, Registrar] = {
 
 def register_outputs(session: Session, job: Job) -> list[Artifact]:
     """Record what a job that has just succeeded made (nothing for kinds without outputs to
-    record, such as tune, whose best configuration stays in the job's result)."""
+    record)."""
     registers = JOB_TYPES[JobKind(job.kind)].registers
     return REGISTRARS[registers](session, job) if registers else []
 

@@ -318,16 +318,18 @@ def train(
     *,
     on_log: LogFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
+    on_eval: LogFn | None = None,
     verify_shards: bool = True,
     mixture: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train until ``cfg.steps`` on the local shard folder ``data_dir``, writing to ``out`` (a
-    path or URI); ``on_log`` gets metrics on rank 0, ``on_checkpoint`` on all. With a
-    ``mixture`` (source -> share), the summary's ``mixture`` holds what each source gave."""
+    path or URI); ``on_log`` gets metrics on rank 0, ``on_checkpoint`` and ``on_eval`` (after
+    each evaluation) on all. With a ``mixture`` (source -> share), the summary's ``mixture``
+    holds what each source gave."""
     cfg = replace(cfg, seq_len=cfg.seq_len or model_config.block_size)
     task = pretraining(cfg, model_config, Path(data_dir), verify=verify_shards, mixture=mixture)
     trainer = Trainer(cfg, task, out)
-    history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint)
+    history = trainer.fit(on_log=on_log, on_checkpoint=on_checkpoint, on_eval=on_eval)
     final = trainer.checkpoints.latest_location()
     windows = getattr(trainer.batches, "windows", trainer.batches)  # a noised source wraps them
     return {

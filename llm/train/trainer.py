@@ -292,10 +292,16 @@ class Trainer:
         return result if self.rank == 0 else {}
 
     def fit(
-        self, *, on_log: LogFn | None = None, on_checkpoint: CheckpointFn | None = None
+        self,
+        *,
+        on_log: LogFn | None = None,
+        on_checkpoint: CheckpointFn | None = None,
+        on_eval: LogFn | None = None,
     ) -> list[tuple[int, float]]:
         """Train until cfg.steps; on_log gets metrics on rank 0, on_checkpoint on every rank.
-        Returns the (step, loss) pairs logged by this call."""
+        on_eval is called on every rank after each evaluation, before that step's checkpoint
+        (validation metrics on rank 0 only): for hooks every rank must call at the same steps,
+        such as Ray Train's report. Returns the (step, loss) pairs logged by this call."""
         cfg = self.cfg
         board = None
         # event files are appended to, which object storage cannot do: write them in scratch
@@ -326,6 +332,8 @@ class Trainer:
                         self.last.update(self.evaluate())
                     if self.rank == 0 and on_log:
                         on_log(self.step, self.last)
+                    if evaluated and on_eval:
+                        on_eval(self.step, self.last)
                     if board:
                         board.log(self.step, self.last)
                     tick, tokens = time.perf_counter(), 0

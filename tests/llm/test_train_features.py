@@ -248,3 +248,27 @@ def test_compile_where_it_cannot_run_is_refused_before_the_first_step(
             activation_checkpointing=False,
             compile_model=True,
         )
+
+
+def test_on_eval_follows_each_evaluation_before_its_checkpoint(
+    shakespeare_shards: Path, tmp_path: Path
+) -> None:
+    """The hook the tune job's trials report to Ray Tune from: at every evaluation (every
+    eval_every steps and the last), with val_loss, before that step's checkpoint is written."""
+    events: list[tuple[str, int, bool]] = []
+
+    def on_eval(step: int, metrics: dict[str, float]) -> None:
+        events.append(("eval", step, "val_loss" in metrics))
+
+    def on_checkpoint(step: int, path: object, metrics: dict[str, float]) -> None:
+        events.append(("checkpoint", step, "val_loss" in metrics))
+
+    cfg = base_cfg(steps=7, log_every=1, eval_every=3, checkpoint_every=7)
+    model = tiny_model(vocab_of(shakespeare_shards))
+    train(cfg, model, shakespeare_shards, tmp_path, on_eval=on_eval, on_checkpoint=on_checkpoint)
+    assert events == [
+        ("eval", 3, True),
+        ("eval", 6, True),
+        ("eval", 7, True),
+        ("checkpoint", 7, True),
+    ]
