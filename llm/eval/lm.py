@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from llm.generate import Sampling, generate_batch
+from llm.model import hf_encoders
 from llm.model.encoders import EncoderDecoder, EncoderLM
 from llm.model.gpt import GPT
+from llm.model.hf import import_hf
 from llm.tokenizer.bpe import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_model
 
@@ -356,7 +358,13 @@ def load_eval_model(
         tok = _as_tokenizer(tokenizer, ckpt if (ckpt / "tokenizer.json").is_file() else path)
         return llmforge_eval_model(load_model(ckpt, device), tok, name=str(ckpt))
     config = path / "config.json"
-    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    hf = json.loads(config.read_text()) if config.is_file() else {}
+    model_type = hf.get("model_type")
+    if model_type in (*hf_encoders.MASKED_LM, *hf_encoders.SEQ2SEQ):
+        # an exported (or plain) BERT/RoBERTa-PreLN or BART/mBART folder: ours again, scored
+        # like the checkpoint it came from (PLL or seq2seq), not as a causal LM
+        tok = _as_tokenizer(tokenizer, path)
+        return llmforge_eval_model(import_hf(path).to(device), tok, name=str(path))
     if not model_type:
         raise ValueError(
             f"{path} is not a model: expected an llmforge checkpoint (config.json, "

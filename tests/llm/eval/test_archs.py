@@ -22,6 +22,7 @@ from llm.eval.lm import (
     LlmforgeEncoder,
     LlmforgeModel,
     LlmforgeSeq2Seq,
+    as_eval_model,
     load_eval_model,
 )
 from llm.eval.loglik import Request, loglikelihood, loglikelihood_rolling
@@ -433,3 +434,32 @@ def test_a_generation_task_on_an_encoder_fails_the_job_before_ray(
     )
     with pytest.raises(JobError, match=r"arch encoder.*cannot generate.*tasks gen"):
         job.run(spec)
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"),
+    [
+        # BERT and BART: post-norm, an embedding norm, no final norm
+        ("encoder", {"norm_placement": "post", "embed_norm": True, "final_norm": False}),
+        ("encoder_decoder", {"norm_placement": "post", "embed_norm": True, "final_norm": False}),
+    ],
+)
+def test_a_hugging_face_export_scores_like_the_model_it_came_from(
+    tok: tokenizers.Tokenizer, pairs_task: Path, tmp_path: Path, arch: str, overrides: dict
+) -> None:
+    from llm.model.hf import export_hf
+
+    model = _model(arch, tok.get_vocab_size(), bias=True, **overrides)
+    save_tokenizer(tok, tmp_path / "tokenizer.json")
+    folder = export_hf(
+        model, tmp_path / "hf", tokenizer_file=tmp_path / "tokenizer.json",
+        eos_id=tok.token_to_id(EOS_TOKEN),
+    )  # fmt: skip
+    loaded = load_eval_model(folder)
+    assert isinstance(loaded, LlmforgeEncoder if arch == "encoder" else LlmforgeSeq2Seq)
+    direct = evaluate_tasks(as_eval_model(model, tok), tasks=[pairs_task], log_samples=True)
+    exported = evaluate_tasks(loaded, tasks=[pairs_task], log_samples=True)
+    scores = [x for s in direct["results"]["pairs"]["samples"] for x in s["loglikelihoods"]]
+    again = [x for s in exported["results"]["pairs"]["samples"] for x in s["loglikelihoods"]]
+    assert again == pytest.approx(scores, abs=1e-4)
+    assert exported["results"]["pairs"]["scoring"] == direct["results"]["pairs"]["scoring"]
