@@ -371,7 +371,8 @@ def test_a_stage_takes_its_learning_rate_from_a_tuning_stages_result(client: Tes
         ("${tune.result.best_config.learning_rate}", "result.best_config has no field"),
         (
             "${tune.result.best}",
-            "result has no field 'best'; it has: best_checkpoint, best_checkpoint_trial, best_config",
+            "result has no field 'best'; it has: best_checkpoint, best_checkpoint_trial, "
+            "best_config",
         ),
         ("${tune.learning_rate}", "has no spec field 'learning_rate'"),
     ],
