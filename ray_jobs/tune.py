@@ -54,6 +54,12 @@ from ray_jobs.train import worker
 from ray_jobs.training_io import model_on_shards, open_output, open_shards
 
 METRIC, MODE = "val_loss", "min"
+# Seconds Tune waits for a stopped trial's trainable to end before killing it (Ray's default is
+# 600). A trial ASHA stops keeps training until then, and its Train run can block for good on
+# a report nobody reads any more (TuneReportCallback's queue to the stopped trainable), holding
+# its workers' CPUs so that no other trial can start; killing the trainable ends its Train run
+# (the controller and workers are its children) and frees them.
+STOPPED_TRIAL_GRACE_S = "10"
 # The loop's cosine schedule decays to min_lr; a fixed floor would sit above small sampled lrs.
 MIN_LR_RATIO = 0.1
 # What the trainable reserves: it only waits on its Train run, whose workers reserve the CPUs.
@@ -256,6 +262,7 @@ def run(spec: TuneSpec) -> dict[str, Any]:
     model = model_on_shards(spec.model, shards.manifest)
     _check_trials(spec, model)
     setup = {"spec": spec, "model": model, "output": out, "shards": shards}
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", STOPPED_TRIAL_GRACE_S)
     init_ray()
     grid = _tuner(spec, setup, out).fit()
     table = results_table([_row(grid[i], spec.max_steps) for i in range(len(grid))])

@@ -50,6 +50,9 @@ def pipeline(
         "eval_batches": 2,
         "workers": WORKERS,
         "precision": "bf16",
+        # half a CPU a worker: a trial fits on the shared 2-CPU test cluster even beside
+        # another job's worker
+        "cpus_per_worker": 0.5,
         # more trials than the CPUs hold: the waiting ones' trainables and Train controllers
         # start (they reserve no CPU) and take the CPUs as they free up
         "max_concurrent_trials": TRIALS,
