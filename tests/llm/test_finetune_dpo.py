@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,16 @@ from tests.shared import DATA, require
 SHAKESPEARE = DATA / "text" / "tinyshakespeare" / "input.txt"
 REUTERS = DATA / "text" / "reuters21578" / "reuters21578.jsonl.gz"
 BLOCK = 96
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """These models are tiny: a second intra-op thread only adds hand-offs, and on a busy
+    machine its spin-waiting made the training tests 20x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --- the loss -----------------------------------------------------------------------------------
