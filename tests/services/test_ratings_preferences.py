@@ -1,5 +1,5 @@
-"""/api/v1/ratings/preferences: stored ratings as DPO preference records, and the finetune
-spec that reads them (method "dpo"), through the in-process API."""
+"""/api/v1/ratings/preferences: stored ratings as DPO preference records, the finetune spec
+that reads them (method "dpo") through the in-process API, and the model it registers."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from llm.finetune.data import DataOptions
 from llm.finetune.preferences import prepare_preferences
 from llm.tokenizer.bpe import eos_id, train_bpe
+from services import job_outputs
 from services.api.app import create_app
 from services.auth import ADMIN_KEY_FILE
 from services.ray_head import free_port
 from services.settings import Settings
+from services.store import crud
+from services.store.models import JobState
 
 Api = tuple[TestClient, dict[str, str], Path]
 
@@ -146,3 +150,15 @@ def test_a_dpo_spec_is_valid_with_its_defaults() -> None:
     tuned = FinetuneSpec.model_validate({**DPO_SPEC, "output": "o", "dpo": {"beta": 0.3}})
     assert tuned.dpo is not None and tuned.dpo.beta == 0.3 and tuned.dpo.label_smoothing == 0
     assert FinetuneSpec.model_validate({**DPO_SPEC, "method": "full", "output": "o"}).dpo is None
+
+
+def test_a_dpo_model_is_registered_with_its_reward_figures(
+    session: Session, tmp_path: Path
+) -> None:
+    figures = {"reward_accuracy": 0.9, "reward_margin": 1.5, "val_reward_accuracy": 0.8}
+    tuned = {"steps": 4, "checkpoint": f"{tmp_path}/dpo/checkpoints/step_00000004", "dpo": figures}
+    spec = {**DPO_SPEC, "checkpoint": "/base", "output": str(tmp_path / "dpo")}
+    job = crud.create_job(session, kind="finetune", spec=spec, state=JobState.succeeded)
+    job.result = tuned
+    [model] = job_outputs.register_outputs(session, job)
+    assert model.kind == "finetuned" and model.stats["dpo"] == figures
