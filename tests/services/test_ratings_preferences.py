@@ -109,6 +109,11 @@ def test_export_outside_the_team_roots_is_refused(api: Api, tmp_path: Path) -> N
         assert r.json()["detail"][0]["loc"] == ["body", "output"]
     r = client.post("/api/v1/ratings/preferences", json={"output": "../up.jsonl"}, headers=red)
     assert r.status_code == 422 and "'..'" in r.text
+    (artifacts / "teams" / "red" / "prefs").mkdir(parents=True)
+    (artifacts / "teams" / "red" / "prefs" / "a.jsonl").write_text("")
+    for folder in ("prefs", ".", "prefs/a.jsonl/b.jsonl"):  # folders, and a file as a folder
+        r = client.post("/api/v1/ratings/preferences", json={"output": folder}, headers=red)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "output"], r.text
     reader = _key(client, admin, "red", role="read_only")
     r = client.post("/api/v1/ratings/preferences", json={"output": "p.jsonl"}, headers=reader)
     assert r.status_code == 403

@@ -37,6 +37,7 @@ from services.api.schemas import (
 )
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
+from services.redact import redact
 from services.store import crud
 from services.store import ratings as store
 from services.store.models import Role
@@ -175,11 +176,20 @@ def export_preferences(
     except RootError as e:
         found = [Violation(("output",), body.output, WRITE, str(e), allowed.allowed(WRITE))]
         raise roots.forbidden(roots.RootsRefused(found), ("body",)) from e
+    if storage.is_dir(output):
+        raise request_error(("body", "output"), f"{output} is a folder: name the file to write")
     rows = store.preference_rows(
         session, team=_team(who, body.team), task=body.task, model=body.model
     )
     records, stats = preferences_from_ratings(rows)
-    storage.write_text(output, "".join(json.dumps(r) + "\n" for r in records))
+    try:
+        storage.write_text(output, "".join(json.dumps(r) + "\n" for r in records))
+    except (storage.StorageError, PermissionError) as e:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, redact(f"cannot write {output}: {e}")
+        ) from e
+    except OSError as e:  # a file where a folder of the path should be, say
+        raise request_error(("body", "output"), f"cannot write {output}: {e}") from e
     audit_event(
         session, request, who, "ratings.export", "ratings", None, status_code=201,
         output=output, records=stats["records"],
