@@ -402,3 +402,12 @@ def test_resume_after_a_crash_is_exact(planted: PreferenceData, base: Path, tmp_
             dropout=0.1,
             options=DPOConfig(beta=0.3),
         )
+
+
+def test_bf16_autocast_trains(planted: PreferenceData, base: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    cfg = dpo_config(steps=2, log_every=1, eval_every=2, precision="bf16")
+    small_val = planted.val.subset(range(4))
+    summary = dpo_finetune(cfg, base, planted.train, small_val, tmp_path, pad_id=0, on_log=rec)
+    assert summary["steps"] == 2 and all(np.isfinite(rec.logs[s]["loss"]) for s in (1, 2))
+    assert np.isfinite(rec.logs[2]["val_reward_margin"])
