@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from contracts.curate import CurateSpec
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
-from llm.finetune.config import finetune_config
+from llm.finetune.config import DPOConfig, finetune_config
 from llm.model.config import ModelConfig
 from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -540,15 +540,44 @@ class TuneSpec(Spec):
 # --- finetune -----------------------------------------------------------------------------------
 
 _SFT = finetune_config()
+_DPO = DPOConfig()
+
+
+class DPOSection(Spec):
+    """Direct Preference Optimization's settings (llm.finetune.dpo), for method "dpo"."""
+
+    beta: float = Field(
+        default=_DPO.beta, gt=0, description="the implicit KL penalty: lower moves further"
+    )
+    label_smoothing: float = Field(
+        default=_DPO.label_smoothing,
+        ge=0,
+        lt=0.5,
+        description="cDPO: the assumed probability that a preference is flipped",
+    )
+    reference_free: bool = Field(
+        default=_DPO.reference_free,
+        description="compare with a uniform reference instead of the starting checkpoint",
+    )
 
 
 class FinetuneSpec(Spec):
-    """Supervised fine-tuning (llm.finetune) of a checkpoint on instruction or chat records."""
+    """Fine-tuning (llm.finetune) of a checkpoint: supervised ("full") on instruction or chat
+    records, or by preference ("dpo") on {prompt, chosen, rejected} records."""
 
     checkpoint: Uri = Field(
         description="a checkpoint folder, or a train or finetune job's output (its latest one)"
     )
-    data: Uri = Field(description="instruction records: a JSON array or a JSONL file")
+    data: Uri = Field(
+        description="instruction records, or preference records for method 'dpo' (e.g. from "
+        "POST /api/v1/ratings/preferences): a JSON array or a JSONL file"
+    )
+    method: Literal["full", "dpo"] = Field(
+        default="full",
+        description="full: supervised fine-tuning of every weight; dpo: Direct Preference "
+        "Optimization of every weight against the checkpoint as frozen reference",
+    )
+    dpo: DPOSection | None = Field(default=None, description="method 'dpo' only; default {}")
     output: OutputUri
     tokenizer: Uri | None = Field(
         default=None,
@@ -573,7 +602,8 @@ class FinetuneSpec(Spec):
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="canonical field -> the file's key, e.g. {'input': 'context', 'output': "
-        "'response'}; canonical: instruction, input, output, messages, role, content",
+        "'response'}; canonical: instruction, input, output, messages, role, content (dpo: "
+        "prompt, input, chosen, rejected, role, content)",
     )
     train_on_prompt: bool = Field(default=False, description="also learn the prompt tokens")
     max_samples: int | None = Field(default=None, gt=0, description="read only the first N")
@@ -588,7 +618,9 @@ class FinetuneSpec(Spec):
     schedule: Literal["cosine", "linear", "wsd"] = _SFT.schedule  # type: ignore[assignment]
     weight_decay: float = Field(default=_SFT.weight_decay, ge=0)
     grad_clip: float = Field(default=_SFT.grad_clip, ge=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1, description="None: the checkpoint's")
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="None: the checkpoint's (dpo: none)"
+    )
     precision: Literal["fp32", "bf16", "fp16"] = _SFT.precision  # type: ignore[assignment]
     workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
@@ -609,6 +641,7 @@ class FinetuneSpec(Spec):
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
         # imported here: only this spec needs the template compiler
+        from llm.finetune.preference_records import preference_field_map
         from llm.finetune.records import field_map
         from llm.finetune.templates import chat_template, instruction_template
 
@@ -616,8 +649,12 @@ class FinetuneSpec(Spec):
             raise ValueError("give steps or epochs, not both")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.dpo is not None and self.method != "dpo":
+            raise ValueError(f"dpo: settings for method 'dpo', but method is {self.method!r}")
+        if self.method == "dpo" and self.train_on_prompt:
+            raise ValueError("train_on_prompt: DPO compares the responses only")
         try:
-            field_map(self.fields)
+            (preference_field_map if self.method == "dpo" else field_map)(self.fields)
         except ValueError as e:
             raise ValueError(f"fields: {e}") from e
         # parse only: a trial render could take the API any time or memory; the job does it
@@ -634,6 +671,7 @@ class FinetuneSpec(Spec):
 
 __all__ = [
     "CurateSpec",
+    "DPOSection",
     "EvaluateSpec",
     "FinetuneSpec",
     "SearchSpace",

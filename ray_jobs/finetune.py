@@ -1,10 +1,13 @@
-"""Fine-tune a checkpoint on instruction records under Ray Train (DDP: gloo on CPUs, nccl on
-GPUs), through the same launcher (``ray_jobs.launcher``) as ``ray_jobs.train``.
+"""Fine-tune a checkpoint on instruction records (or, with method "dpo", on preference pairs)
+under Ray Train (DDP: gloo on CPUs, nccl on GPUs), through the same launcher
+(``ray_jobs.launcher``) as ``ray_jobs.train``.
 
 Before any worker starts, the driver checks the checkpoint, finds its tokenizer, reads and
 tokenizes the records (writing the rejected ones to ``rejected.jsonl`` and the counts to
 ``data_stats.json``) and hands the tokenized train and val sets to the workers. Rank 0 reports
-metrics (loss, val_loss, lr, tokens/s) to the control plane and, once trained, writes
+metrics (loss, val_loss, lr, tokens/s; DPO's rewards and reward accuracy, ``llm.finetune.dpo``;
+each DPO worker loads the base checkpoint a second time, frozen, as the reference) to the
+control plane and, once trained, writes
 ``finetune_summary.json`` with greedy completions of held-out prompts by the base and the tuned
 model. A worker group restarted by ``FailureConfig`` resumes from the latest checkpoint.
 Checkpoint, tokenizer, data and output are local paths or ``s3://`` URIs alike: the driver
@@ -15,6 +18,7 @@ its node's scratch, and the tuned checkpoints are written like a train job's
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -22,11 +26,13 @@ from typing import Any
 import tokenizers
 import torch
 
-from contracts.specs import FinetuneSpec
+from contracts.specs import DPOSection, FinetuneSpec
 from llm import storage
 from llm.finetune.batches import batches_per_epoch
-from llm.finetune.config import finetune_config
+from llm.finetune.config import DPOConfig, finetune_config
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
+from llm.finetune.dpo import STAT_NAMES, dpo_finetune
+from llm.finetune.preferences import PreferenceData, PreferenceSet, prepare_preferences
 from llm.finetune.samples import complete
 from llm.finetune.sft import finetune
 from llm.finetune.templates import chat_template, instruction_template
@@ -112,9 +118,10 @@ def open_tokenizer(path: str, config: ModelConfig) -> tokenizers.Tokenizer:
 
 def _prepare(
     spec: FinetuneSpec, tok: tokenizers.Tokenizer, config: ModelConfig, out: str
-) -> SFTData:
+) -> SFTData | PreferenceData:
+    what = "preference data" if spec.method == "dpo" else "instruction data"
     if not storage.is_file(spec.data):
-        raise JobError(f"instruction data not found: {spec.data}")
+        raise JobError(f"{what} not found: {spec.data}")
     data = local_file(spec.data)
     for name, compile_template in (
         ("template", instruction_template),
@@ -131,10 +138,15 @@ def _prepare(
         val_fraction=spec.val_fraction,
         seed=spec.seed,
     )
+    prepared: SFTData | PreferenceData
+    eos, block = eos_id(tok), config.block_size
     try:
-        prepared = prepare(data, tok, eos_id(tok), block_size=config.block_size, options=options)
+        if spec.method == "dpo":
+            prepared = prepare_preferences(data, tok, eos, block_size=block, options=options)
+        else:
+            prepared = prepare(data, tok, eos, block_size=block, options=options)
     except (ValueError, UnicodeDecodeError) as e:
-        raise JobError(f"instruction data {spec.data}: {e}") from e
+        raise JobError(f"{what} {spec.data}: {e}") from e
     prepared.stats["file"] = spec.data  # not the scratch copy it was read from
     rejected = "".join(json.dumps(r.to_json()) + "\n" for r in prepared.rejected)
     storage.write_text(storage.join(out, REJECTED_FILE), rejected)
@@ -180,8 +192,11 @@ def _worker(config: dict[str, Any]) -> None:
     reporting = WorkerReporting(out)
     nodes = rank_nodes()
     val = config["val"]
+    method: Any = finetune
+    if config["dpo"] is not None:
+        method = functools.partial(dpo_finetune, options=config["dpo"])
     try:
-        summary = finetune(
+        summary = method(
             config["cfg"],
             base,
             config["train"],
@@ -195,7 +210,9 @@ def _worker(config: dict[str, Any]) -> None:
     finally:
         reporting.flush()
     if reporting.rank == 0:
-        summary["samples"] = _samples(config, base, summary["checkpoint"], val)
+        # DPO's samples: the held-out prompts, the chosen response as reference
+        prompts = val.chosen if isinstance(val, PreferenceSet) else val
+        summary["samples"] = _samples(config, base, summary["checkpoint"], prompts)
         summary["nodes"] = nodes
         storage.write_json(storage.join(out, SUMMARY_FILE), summary)
 
@@ -215,11 +232,11 @@ def _samples(
     )
 
 
-def _result(out: str, base: str, prepared: SFTData) -> dict[str, Any]:
+def _result(out: str, base: str, prepared: SFTData | PreferenceData) -> dict[str, Any]:
     summary = read_summary(storage.join(out, SUMMARY_FILE))
     losses = metric_by_step(out, "loss")
     val = metric_by_step(out, "val_loss")
-    return {
+    result = {
         "steps": summary["steps"],
         "epochs": summary["epochs"],
         "tokens_seen": summary["tokens_seen"],
@@ -238,6 +255,10 @@ def _result(out: str, base: str, prepared: SFTData) -> dict[str, Any]:
         "samples": summary["samples"],
         "nodes": summary["nodes"],
     }
+    if isinstance(prepared, PreferenceData):  # the last logged figures, and validation's
+        names = (*STAT_NAMES, "val_reward_accuracy", "val_reward_margin")
+        result["dpo"] = {name: summary["last"].get(name) for name in names}
+    return result
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
@@ -251,9 +272,11 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     if tokenizer != kept:  # so the tuned checkpoints carry their tokenizer
         storage.upload(local_file(tokenizer), kept)
     pad = tok.token_to_id(PAD_TOKEN)
+    dpo = spec.method == "dpo"
     worker_config = {
         "cfg": cfg,
         "dropout": spec.dropout,
+        "dpo": DPOConfig(**(spec.dpo or DPOSection()).model_dump()) if dpo else None,
         "output": out,
         "checkpoint": base,
         "tokenizer": kept,

@@ -154,7 +154,10 @@ def finetune_stats(job: Job) -> dict[str, Any]:
         raise ValueError(f"job {job.id} left no result.json in {job.spec.get('output')}")
     keys = ("steps", "epochs", "tokens_seen", "first_loss", "final_loss", "base_val_loss",
             "val_loss", "checkpoint", "best_checkpoint", "parameters")  # fmt: skip
-    return {key: result.get(key) for key in keys}
+    stats = {key: result.get(key) for key in keys}
+    if "dpo" in result:  # preference tuning: its last reward accuracy and margins
+        stats["dpo"] = result["dpo"]
+    return stats
 
 
 def _finetune(session: Session, job: Job) -> list[Artifact]:

@@ -1,10 +1,12 @@
-"""Fine-tuning's training settings: pretraining's TrainConfig with fine-tuning's defaults.
+"""Fine-tuning's training settings: pretraining's TrainConfig with fine-tuning's defaults, and
+DPO's own settings.
 
 Apart from the trainer (no torch here), so the fine-tune job spec can show these defaults.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from llm.train.config import TrainConfig
@@ -23,3 +25,18 @@ SFT_DEFAULTS: dict[str, Any] = {
 def finetune_config(**fields: Any) -> TrainConfig:
     """A TrainConfig with fine-tuning's defaults under the given fields."""
     return TrainConfig(**{**SFT_DEFAULTS, **fields})
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Direct Preference Optimization's own settings (``llm.finetune.dpo``)."""
+
+    beta: float = 0.1  # the implicit KL penalty: how far the policy may move from the reference
+    label_smoothing: float = 0.0  # cDPO: the assumed probability that a preference is flipped
+    reference_free: bool = False  # no reference model: a uniform one, whose log-probs are 0
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")

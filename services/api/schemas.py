@@ -232,6 +232,48 @@ class Leaderboard(BaseModel):
     models: list[ModelRank]
 
 
+class PreferenceRecord(BaseModel):
+    """A rating as a DPO preference record (``FinetuneSpec`` method "dpo" reads these)."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_model: str
+    rejected_model: str
+    rating: str = Field(description="the rating's id")
+    task: str | None
+
+
+class Preferences(BaseModel):
+    ratings: int = Field(description="matching ratings read")
+    count: int = Field(description="preference records made from them")
+    dropped: dict[str, int] = Field(
+        description="ratings that make no record, by reason: tie, identical_completions, "
+        "empty_completion"
+    )
+    truncated: bool = Field(description="more ratings match than limit")
+    data: list[PreferenceRecord]
+
+
+class PreferenceExport(Strict):
+    output: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="the JSONL file to write: a path, file:// or s3:// URI under one of the "
+        "team's write roots (a relative path: in the team's area)",
+    )
+    task: str | None = Field(default=None, min_length=1, max_length=100)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    team: str | None = Field(default=None, description="admins: one team's ratings only")
+
+
+class PreferenceExportPublic(BaseModel):
+    output: str = Field(description="where the records are: give it as a finetune spec's data")
+    ratings: int
+    count: int
+    dropped: dict[str, int]
+
+
 # --- teams --------------------------------------------------------------------------------------
 
 

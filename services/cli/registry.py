@@ -3,6 +3,7 @@
 llmforge datasets list [--kind token_shards]      llmforge models show ID
 llmforge models lineage ID                        llmforge ratings add FILE
 llmforge ratings leaderboard [--task T]           llmforge teams limit red 8
+llmforge ratings export prefs.jsonl [--task T]    (DPO preference records, for a finetune spec)
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def cmd_ratings_add(args: argparse.Namespace) -> int:
         for rating in ratings:
             status |= print_response(api.post("/api/v1/ratings", json=rating))
     return status
+
+
+def cmd_ratings_export(args: argparse.Namespace) -> int:
+    """The team's ratings as DPO preference records, written by the server under its roots."""
+    body = {"output": args.output, "task": args.task, "model": args.model}
+    with api_client(timeout=300) as api:
+        return print_response(
+            api.post(
+                "/api/v1/ratings/preferences",
+                json={k: v for k, v in body.items() if v is not None},
+            )
+        )
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -118,6 +131,13 @@ def add_registry_commands(sub: Any) -> None:
     board.add_argument("--seed", type=int, default=0)
     board.add_argument("--json", action="store_true", help="print the JSON answer")
     board.set_defaults(fn=cmd_leaderboard)
+    export = rsub.add_parser(
+        "export", help="write the ratings as DPO preference records (JSONL) for a finetune spec"
+    )
+    export.add_argument("output", help="a path or URI under the team's write roots")
+    export.add_argument("--task")
+    export.add_argument("--model", help="only ratings with this model on either side")
+    export.set_defaults(fn=cmd_ratings_export)
     teams = sub.add_parser("teams", help="team job limits (list; `limit TEAM [N]`)")
     tsub = teams.add_subparsers(dest="teams_command", required=True)
     tsub.add_parser("list", help="limits, running and queued jobs").set_defaults(fn=cmd_teams)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
@@ -104,3 +104,24 @@ def games(
     if task is not None:
         query = query.where(Rating.task == task)
     return [(a, b, w) for a, b, w in session.execute(query)]
+
+
+def preference_rows(
+    session: Session,
+    *,
+    team: str | None = None,
+    task: str | None = None,
+    model: str | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every matching rating with what ``llm.finetune.preference_records.preferences_from_ratings``
+    reads, oldest first (then by id: a stable order, so an export is reproducible). Rows are
+    streamed, so an export of many long completions need not hold them all at once."""
+    columns = (Rating.id, Rating.prompt, Rating.model_a, Rating.model_b, Rating.completion_a,
+               Rating.completion_b, Rating.winner, Rating.task)  # fmt: skip
+    ordered = cast("Select[Any]", select(*columns).order_by(Rating.created_at, Rating.id))
+    query = _filtered(ordered, team=team, task=task, model=model, rater=None, winner=None)
+    if limit is not None:
+        query = query.limit(limit)
+    for row in session.execute(query.execution_options(yield_per=500)):
+        yield dict(row._mapping)

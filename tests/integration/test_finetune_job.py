@@ -223,3 +223,20 @@ def test_a_template_is_rendered_first_by_the_job_not_the_api(pretrained, tmp_pat
     with pytest.raises(JobError, match="template: template fails to render: Unknown conversion"):
         run_spec(finetune_spec(shards, base, tmp_path / "out", template="{instruction!z}"))
     assert not (tmp_path / "out" / "ray").exists()
+
+
+def test_a_dpo_file_without_one_valid_pair_is_refused(pretrained, tmp_path: Path) -> None:
+    shards, base = pretrained
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text(
+        '{"prompt": "hi", "chosen": "a"}\n{"prompt": "hi", "chosen": "a", "rejected": "a"}\n'
+        '{"prompt": [{"role": "assistant", "content": "hi"}], "chosen": "a", "rejected": "b"}\n'
+    )
+    out = tmp_path / "out"
+    with pytest.raises(JobError, match=re.escape(f"{bad}: no valid record among 3")):
+        run_spec(finetune_spec(shards, base, out, data=str(bad), method="dpo"))
+    reasons = [
+        json.loads(line)["reason"] for line in (out / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert reasons == ["missing_field", "identical_responses", "prompt_ends_with_assistant"]
+    assert not (out / "ray").exists()

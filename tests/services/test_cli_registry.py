@@ -47,6 +47,10 @@ def test_ratings_registry_and_team_limits_from_the_cli(
     assert table[0].split()[:4] == ["model", "games", "win%", "Elo"]
     assert [line.split()[0] for line in table[1:]] == ["big", "small"]
     assert table[1].split()[1:3] == ["5", "70.0%"]
+    assert main(["ratings", "export", "prefs.jsonl"]) == 0  # DPO records, in the team's area
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["count"] == 4 and exported["dropped"] == {"tie": 1}
+    assert len(Path(exported["output"]).read_text().splitlines()) == 4
 
     assert main(["datasets", "list"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 0
