@@ -158,7 +158,7 @@ def evaluate_classifier(
     if len(data) == 0:
         raise ValueError("the validation set is empty")
     logits = classify_logits(model, data, batch_size=batch_size, pad=pad)
-    gold = torch.from_numpy(data.labels)
+    gold = torch.tensor(data.labels)  # a copy: the array may be read-only (shipped by Ray)
     scores = accuracy_and_f1(data.labels, logits.argmax(-1).numpy(), logits.shape[-1])
     return {
         "val_loss": float(F.cross_entropy(logits, gold)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,16 @@ def data(corpus: tuple[Path, tokenizers.Tokenizer]) -> ClassifyData:
     return prepare_labelled(path, tok, block_size=BLOCK, options=LabelOptions(val_fraction=0.2))
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Models this small train several times faster on one thread than on two threads that
+    wait for each other (and for whatever else the machine runs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def base_checkpoint(folder: Path, arch: str, vocab: int) -> Path:
     """A randomly initialised tiny model saved as an llmforge checkpoint."""
     torch.manual_seed(0)
@@ -167,6 +178,7 @@ def test_metrics_match_their_definitions() -> None:
 
 
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
+@pytest.mark.usefixtures("one_thread")
 def test_a_classifier_learns_news_from_books_and_reloads_the_same(
     arch: str, data: ClassifyData, corpus: tuple[Path, tokenizers.Tokenizer], tmp_path: Path
 ) -> None:
@@ -215,6 +227,7 @@ def test_a_classifier_learns_news_from_books_and_reloads_the_same(
     assert on_news > 0.5 > on_books and on_news - on_books > 0.5, (on_news, on_books)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_a_resume_on_other_data_is_refused(
     data: ClassifyData, corpus: tuple[Path, tokenizers.Tokenizer], tmp_path: Path
 ) -> None:
