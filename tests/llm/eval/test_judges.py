@@ -12,7 +12,7 @@ import tokenizers
 import yaml
 
 from contracts.specs import EvaluateSpec
-from llm.eval.judge import load_judge
+from llm.eval.judge import ClassifierJudge, LoglikJudge, load_judge
 from llm.eval.lm import LlmforgeModel
 from llm.eval.runner import evaluate_tasks
 from llm.eval.task_config import resolve_tasks
@@ -21,8 +21,9 @@ from llm.tokenizer.bpe import save_tokenizer
 from llm.train.checkpoint import save_checkpoint
 from ray_jobs import evaluate as job
 from ray_jobs.entrypoint import JobError
+from services.cli import eval as cli_eval
 from services.cli import main
-from services.cli.eval import parse_judge
+from services.cli.main import build_parser
 from tests.llm.eval.conftest import tiny_gpt
 from tests.llm.test_finetune_classify import classifier_checkpoint
 
@@ -140,18 +141,46 @@ def test_the_job_refuses_judges_it_cannot_use_before_ray_starts(
         job.run(as_model)
 
 
+def test_load_judge_dispatches_on_kind_and_folder(
+    tmp_path: Path, tok: tokenizers.Tokenizer, lm_ckpt: Path
+) -> None:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    loglik = load_judge(lm_ckpt, kind="loglik", mode="yes_probability")
+    assert isinstance(loglik, LoglikJudge) and loglik.name == "lm"
+    [p_yes] = loglik.score(["The king said"], [" that the queen"])
+    assert p_yes is not None and 0.0 < p_yes < 1.0
+    cfg = GPT2Config(
+        vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=16, n_layer=1, n_head=2
+    )
+    cfg.id2label, cfg.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    GPT2ForSequenceClassification(cfg).save_pretrained(tmp_path / "hf")
+    save_tokenizer(tok, tmp_path / "hf" / "tokenizer.json")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(config))
+    hf = load_judge(tmp_path / "hf", labels=["neg"])
+    assert isinstance(hf, ClassifierJudge) and hf.label == 0 and hf.name == "hf"
+    with pytest.raises(ValueError, match="judged by one label's logit: give one label"):
+        load_judge(tmp_path / "hf", labels=["neg", "pos"])
+
+
 def test_llmforge_eval_names_judges(
     tmp_path: Path, gen_task: Path, judge_out: Path, lm_ckpt: Path, monkeypatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert parse_judge("cls") == {"model": str(judge_out)}
-    assert parse_judge("s3://bucket/cls") == {"model": "s3://bucket/cls"}
-    assert parse_judge('{"model": "cls", "labels": ["good"]}') == {
+    assert cli_eval.parse_judge("cls") == {"model": str(judge_out)}
+    assert cli_eval.parse_judge("s3://bucket/cls") == {"model": "s3://bucket/cls"}
+    assert cli_eval.parse_judge('{"model": "cls", "labels": ["good"]}') == {
         "model": str(judge_out),
         "labels": ["good"],
     }
     judge = json.dumps({"model": "cls", "labels": ["fine", "good"], "name": "quality"})
-    argv = ["eval", str(lm_ckpt), "--tasks", str(gen_task), "--output", "out", "--local"]
-    assert main([*argv, "--judge", judge]) == 0
+    argv = ["eval", str(lm_ckpt), "--tasks", str(gen_task), "--output", "out"]
+    args = build_parser().parse_args([*argv, "--judge", "cls", "--judge", judge])
+    assert cli_eval._spec(args)["judges"] == [
+        {"model": str(judge_out)},
+        {"model": str(judge_out), "labels": ["fine", "good"], "name": "quality"},
+    ]
+    assert main([*argv, "--local", "--judge", judge]) == 0
     result = json.loads((tmp_path / "out" / "eval.json").read_text())["tasks"]["results"]["gen"]
     assert 0.0 < result["metrics"]["judge_quality"]["value"] < 1.0
