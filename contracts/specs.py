@@ -16,7 +16,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from contracts.classification import SFT_ONLY, ClassificationSpec
 from contracts.curate import CurateSpec
+from contracts.judges import JudgeSpec, check_judge_names
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
 from llm.finetune.config import DPOConfig, finetune_config
 from llm.model.config import ModelConfig
@@ -407,6 +409,12 @@ class EvaluateSpec(Spec):
     temperature: float = Field(default=0.8, ge=0)
     top_k: int | None = Field(default=40, gt=0)
     seed: int = 0
+    judges: list[JudgeSpec] = Field(
+        default_factory=list,
+        max_length=8,
+        description="models that score each generate_until task's completions "
+        "(llm.eval.judge): the metric judge_<name>",
+    )
 
     @classmethod
     def indirect_reads(cls, spec: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
@@ -444,6 +452,9 @@ class EvaluateSpec(Spec):
     def _something_to_do(self) -> EvaluateSpec:
         if self.data is None and not self.tasks:
             raise ValueError("give tasks to run, or data (token shards) to score, or both")
+        if self.judges and not self.tasks:
+            raise ValueError("judges score the completions of generate_until tasks: give tasks")
+        check_judge_names(self.judges)
         return self
 
 
@@ -563,7 +574,8 @@ class DPOSection(Spec):
 
 class FinetuneSpec(Spec):
     """Fine-tuning (llm.finetune) of a checkpoint: supervised ("full") on instruction or chat
-    records, or by preference ("dpo") on {prompt, chosen, rejected} records."""
+    records, or by preference ("dpo") on {prompt, chosen, rejected} records; with a
+    ``classification`` block, a classification head trained on labelled records."""
 
     checkpoint: Uri = Field(
         description="a checkpoint folder, or a train or finetune job's output (its latest one)"
@@ -637,6 +649,11 @@ class FinetuneSpec(Spec):
     seed: int = Field(default=_SFT.seed, description="the train/val split, data order, dropout")
     samples: int = Field(default=4, ge=0, le=64, description="held-out prompts to complete")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
+    classification: ClassificationSpec | None = Field(
+        default=None,
+        description="train a classification head on an encoder or decoder checkpoint "
+        "(llm.finetune.classify) from labelled records, in place of instruction tuning",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -653,6 +670,23 @@ class FinetuneSpec(Spec):
             raise ValueError(f"dpo: settings for method 'dpo', but method is {self.method!r}")
         if self.method == "dpo" and self.train_on_prompt:
             raise ValueError("train_on_prompt: DPO compares the responses only")
+        if self.classification is not None and self.method != "full":
+            raise ValueError(
+                f"classification: trains a head on labelled records, not with method "
+                f"{self.method!r}"
+            )
+        # by value, not by fields set: a stored spec is dumped whole and validated again
+        fields = type(self).model_fields
+        misplaced = sorted(
+            name
+            for name in SFT_ONLY
+            if getattr(self, name) != fields[name].get_default(call_default_factory=True)
+        )
+        if self.classification is not None and misplaced:
+            raise ValueError(
+                f"{', '.join(misplaced)}: instruction tuning's, not read with classification "
+                "(its fields are in the classification block)"
+            )
         try:
             (preference_field_map if self.method == "dpo" else field_map)(self.fields)
         except ValueError as e:

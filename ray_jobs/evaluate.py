@@ -13,6 +13,11 @@ by the decoder's log-likelihood given the encoded context, span-corruption val l
 completion decoded from the encoded prompt. Each task's result names its ``scoring``, the val
 figures their ``objective``.
 
+Judges (``EvaluateSpec.judges``, ``llm.eval.judge``: a classifier checkpoint, a Hugging Face
+sequence classifier or a language model's log-likelihood) score every generate_until task's
+completions; each worker loads them once beside the model, and each task reports
+``judge_<name>``.
+
 Writes ``eval.json`` (per-task metrics with standard errors, normalised leaderboard scores,
 malformed-row counts, optional per-item records) and ``leaderboard.md`` to the job's output,
 and sends the main metric of each task to the control plane. Checkpoint, data, tokenizer and
@@ -27,6 +32,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ from contracts.roots import READ, RootError, Roots
 from contracts.specs import EvaluateSpec
 from llm import storage
 from llm.eval.data import data_files
+from llm.eval.judge import Judge, good_labels, load_judge, tokenizer_near
 from llm.eval.lm import SCORING, load_eval_model
 from llm.eval.report import leaderboard_markdown
 from llm.eval.runner import (
@@ -47,11 +54,12 @@ from llm.eval.runner import (
     shard_slices,
     task_rows,
 )
-from llm.eval.task_config import TaskConfig, resolve_tasks
+from llm.eval.task_config import GENERATE, TaskConfig, resolve_tasks
+from llm.finetune.classify import ClassifierInfo
 from llm.generate import generate
 from llm.tokenizer.bpe import eos_id, load_tokenizer
 from llm.tokenizer.shards import MANIFEST_FILE
-from llm.train.checkpoint import load_model, read_state
+from llm.train.checkpoint import CLASSIFIER_KEY, STATE_FILE, load_model, read_state
 from llm.train.checkpoint.location import fetch, latest_uri
 from llm.train.pretrain import validation_loss
 from ray_jobs import entrypoint
@@ -102,16 +110,79 @@ def resolve_tokenizer(spec: EvaluateSpec, model: str, checkpoint: str) -> str | 
     return None
 
 
-class _Evaluator:
-    """One worker: fetches and loads the model once, then evaluates item shards of tasks."""
+def resolve_judges(spec: EvaluateSpec) -> list[dict[str, Any]]:
+    """Each judge of the spec with its model folder and tokenizer found (paths or URIs, which
+    each worker fetches), checked before Ray starts; the judge's labels are checked against an
+    llmforge classifier's own."""
+    resolved = []
+    for i, judge in enumerate(spec.judges):
+        where = f"judges[{i}]"
+        if not storage.is_dir(_absolute(judge.model)):
+            raise JobError(f"{where}.model: {judge.model} is not a folder")
+        try:
+            folder = resolve_checkpoint(judge.model)
+        except JobError as e:
+            raise JobError(f"{where}.model: {e}") from e
+        state = storage.join(folder, STATE_FILE)
+        ours = storage.is_file(state)
+        if judge.kind == "classifier" and ours:
+            saved = storage.read_json(state).get(CLASSIFIER_KEY)
+            if saved is None:
+                raise JobError(
+                    f"{where}.model: {folder} is a language model's checkpoint, not a "
+                    "classifier's; a language model judges with kind 'loglik'"
+                )
+            try:
+                good_labels(ClassifierInfo.from_json(saved, folder).labels, judge.labels, folder)
+            except ValueError as e:
+                raise JobError(f"{where}.labels: {e}") from e
+        tokenizer = _absolute(judge.tokenizer) if judge.tokenizer else None
+        if tokenizer is None and ours:
+            tokenizer = tokenizer_near(folder)
+            if tokenizer is None:
+                raise JobError(f"{where}.tokenizer: no {TOKENIZER_FILE} beside {folder}: give it")
+        rest = judge.model_dump(exclude={"model", "tokenizer", "name"})
+        resolved.append(
+            {**rest, "model": folder, "tokenizer": tokenizer, "name": judge.metric_name}
+        )
+    return resolved
 
-    def __init__(self, model: str, tokenizer: str | None, options: dict[str, Any]) -> None:
+
+def build_judge(judge: dict[str, Any]) -> Judge:
+    """A resolved judge (``resolve_judges``) loaded on this worker."""
+    tokenizer = judge["tokenizer"]
+    return load_judge(
+        fetch(judge["model"]),
+        kind=judge["kind"],
+        tokenizer=local_file(tokenizer) if tokenizer is not None else None,
+        labels=judge["labels"],
+        mode=judge["mode"],
+        template=judge["template"],
+        name=judge["name"],
+        batch_size=judge["batch_size"],
+    )
+
+
+class _Evaluator:
+    """One worker: fetches and loads the model (and its judges) once, then evaluates item
+    shards of tasks."""
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None,
+        options: dict[str, Any],
+        judges: Sequence[dict[str, Any]] = (),
+    ) -> None:
         local_tokenizer = str(local_file(tokenizer)) if tokenizer is not None else None
         self.lm = load_eval_model(fetch(model), local_tokenizer)
+        self.judges = [build_judge(j) for j in judges]
         self.options = options
 
     def run(self, task: TaskConfig, items: slice) -> dict[str, Any]:
-        return evaluate_tasks(self.lm, tasks=[task], items=items, **self.options)
+        return evaluate_tasks(
+            self.lm, tasks=[task], items=items, judges=self.judges, **self.options
+        )
 
     def node(self) -> str:
         return node_id()
@@ -154,7 +225,10 @@ def checkpoint_arch(checkpoint: str) -> str:
 
 
 def run_tasks(
-    spec: EvaluateSpec, model: str, tokenizer: str | None
+    spec: EvaluateSpec,
+    model: str,
+    tokenizer: str | None,
+    judges: Sequence[dict[str, Any]] = (),
 ) -> tuple[dict[str, Any], set[str]]:
     """The merged task results, and the nodes whose workers computed them."""
     try:
@@ -175,7 +249,8 @@ def run_tasks(
         "data_root": spec.data_root,
     }
     actors = [
-        Evaluator.remote(model, tokenizer, options) for _ in range(min(spec.workers, len(units)))
+        Evaluator.remote(model, tokenizer, options, judges)
+        for _ in range(min(spec.workers, len(units)))
     ]
     parts = list(ActorPool(actors).map_unordered(lambda a, u: a.run.remote(*u), units))
     nodes = set(ray.get([a.node.remote() for a in actors]))
@@ -276,6 +351,11 @@ def run(spec: EvaluateSpec) -> dict[str, Any]:
     out = open_output(spec.output)
     model = _model_uri(spec)
     checkpoint = resolve_checkpoint(model)
+    state = storage.join(checkpoint, STATE_FILE)
+    if storage.is_file(state) and CLASSIFIER_KEY in storage.read_json(state):
+        raise JobError(
+            f"{checkpoint} is a classifier, not a language model: name it as one of the judges"
+        )
     arch = checkpoint_arch(checkpoint)
     tokenizer = resolve_tokenizer(spec, model, checkpoint)
     data = open_shards(spec.data) if spec.data else None
@@ -285,6 +365,11 @@ def run(spec: EvaluateSpec) -> dict[str, Any]:
             check_generation(SCORING[arch], configs, f"{model} (arch {arch})")
         except ValueError as e:  # TaskError is a ValueError
             raise JobError(str(e)) from e
+        if spec.judges and not any(cfg.output_type == GENERATE for cfg in configs):
+            raise JobError(
+                f"judges score generated completions, but none of the tasks is {GENERATE}"
+            )
+    judges = resolve_judges(spec)
     init_ray()
     result: dict[str, Any] = {"model": model, "arch": arch}
     nodes: set[str] = set()
@@ -295,7 +380,7 @@ def run(spec: EvaluateSpec) -> dict[str, Any]:
         result["checkpoint"] = checkpoint
     metrics: dict[str, float] = {k: result[k] for k in ("val_loss", "val_ppl") if k in result}
     if spec.tasks:
-        tasks, task_nodes = run_tasks(spec, checkpoint, tokenizer)
+        tasks, task_nodes = run_tasks(spec, checkpoint, tokenizer, judges)
         nodes |= task_nodes
         result["tasks"] = tasks
         metrics |= task_metrics(tasks)

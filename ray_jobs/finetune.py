@@ -39,7 +39,15 @@ from llm.finetune.templates import chat_template, instruction_template
 from llm.model.config import ModelConfig
 from llm.tokenizer.bpe import PAD_TOKEN, eos_id, load_tokenizer
 from llm.tokenizer.shards import MANIFEST_FILE
-from llm.train.checkpoint import CONFIG_FILE, DCP_DIR, FORMAT, MODEL_FILE, STATE_FILE, load_model
+from llm.train.checkpoint import (
+    CLASSIFIER_KEY,
+    CONFIG_FILE,
+    DCP_DIR,
+    FORMAT,
+    MODEL_FILE,
+    STATE_FILE,
+    load_model,
+)
 from llm.train.checkpoint.location import fetch
 from llm.train.config import TrainConfig, check_config
 from ray_jobs import entrypoint
@@ -54,8 +62,9 @@ STATS_FILE = "data_stats.json"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-def checkpoint_config(uri: str) -> tuple[str, ModelConfig]:
-    """The checkpoint folder uri names (or the latest under a job's output) and its config."""
+def checkpoint_config(uri: str, archs: tuple[str, ...] = ("decoder",)) -> tuple[str, ModelConfig]:
+    """The checkpoint folder uri names (or the latest under a job's output) and its config,
+    whose arch must be one of archs."""
     path = resolve_checkpoint(uri)
     try:
         config = ModelConfig.from_dict(storage.read_json(storage.join(path, CONFIG_FILE)))
@@ -67,8 +76,13 @@ def checkpoint_config(uri: str) -> tuple[str, ModelConfig]:
             raise FileNotFoundError(f"neither {MODEL_FILE} nor {DCP_DIR}/ is there")
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise JobError(f"{uri} is not an llmforge checkpoint ({path}): {e}") from e
-    if config.arch != "decoder":
-        raise JobError(f"{path}: fine-tuning needs a decoder checkpoint, this one is {config.arch}")
+    if config.arch not in archs:
+        needed = " or ".join(archs)
+        raise JobError(
+            f"{path}: this fine-tuning needs an arch {needed} checkpoint, not {config.arch}"
+        )
+    if CLASSIFIER_KEY in state:
+        raise JobError(f"{path} is a classifier's checkpoint: start from a language model's")
     return path, config
 
 
@@ -262,6 +276,11 @@ def _result(out: str, base: str, prepared: SFTData | PreferenceData) -> dict[str
 
 
 def run(spec: FinetuneSpec) -> dict[str, Any]:
+    if spec.classification is not None:
+        # imported here: that module builds on this one's helpers
+        from ray_jobs.finetune_classify import run_classification
+
+        return run_classification(spec, spec.classification)
     out = open_output(spec.output)
     base, model_config = checkpoint_config(spec.checkpoint)
     tokenizer = find_tokenizer(spec, base)

@@ -1,1 +1,2 @@
-"""Supervised fine-tuning (SFT) of a trained checkpoint on instruction or chat records."""
+"""Fine-tuning a trained checkpoint: supervised (SFT) on instruction or chat records, or a
+classification head on labelled records (``classify``)."""

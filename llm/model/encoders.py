@@ -83,12 +83,20 @@ class EncoderLM(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.hidden_states(idx, attention_mask=attention_mask)
+        h = self.head_norm(nn.functional.gelu(self.head_dense(x)))
+        logits = self.lm_head(h)
+        return logits, None if targets is None else lm_loss(logits, targets)
+
+    def hidden_states(
+        self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """idx (B, T) -> the encoder's output (B, T, n_embd), before the masked-LM head: what
+        a classification head (llm.model.classifier) pools."""
         x, inputs = self.embed(idx, attention_mask, causal=False)
         for block in self.blocks:
             x = block(x, inputs)
-        h = self.head_norm(nn.functional.gelu(self.head_dense(self.ln_f(x))))
-        logits = self.lm_head(h)
-        return logits, None if targets is None else lm_loss(logits, targets)
+        return self.ln_f(x)
 
 
 class EncoderDecoder(nn.Module):

@@ -105,6 +105,19 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab). attention_mask (B, past + T) marks real tokens
         (1) and padding (0); cache holds the keys and values of the past tokens."""
+        x = self.hidden_states(idx, attention_mask=attention_mask, cache=cache)
+        logits = self.lm_head(x)
+        return logits, None if targets is None else lm_loss(logits, targets)
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> the final norm's output (B, T, n_embd): what the LM head reads, and
+        what a classification head (llm.model.classifier) pools."""
         past = cache.length if cache is not None else 0
         seq_len = past + idx.shape[1]
         limit = min(self.config.block_size, cache.max_len if cache is not None else seq_len)
@@ -132,8 +145,7 @@ class GPT(nn.Module):
             x = block(x, inputs)
         if cache is not None:
             cache.length = seq_len
-        logits = self.lm_head(self.ln_f(x))
-        return logits, None if targets is None else lm_loss(logits, targets)
+        return self.ln_f(x)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Count each distinct tensor once, so a tied LM head is not counted twice.

@@ -11,6 +11,27 @@ from typing import Any
 from services.cli.client import api_client, print_response, wait_until_ended
 
 
+def _local_path(value: str) -> str:
+    return value if "://" in value else str(Path(value).resolve())
+
+
+def parse_judge(value: str) -> dict[str, Any]:
+    """A --judge value: a model folder (path or URI), or a JSON object of the evaluate spec's
+    judge fields ({"model": …, "labels": […], "kind": …, "name": …}); local paths absolute."""
+    if not value.lstrip().startswith("{"):
+        return {"model": _local_path(value)}
+    try:
+        judge = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--judge: not a JSON object ({e})") from e
+    if not isinstance(judge, dict):
+        raise argparse.ArgumentTypeError("--judge: give a model folder or a JSON object")
+    for name in ("model", "tokenizer"):
+        if isinstance(judge.get(name), str):
+            judge[name] = _local_path(judge[name])
+    return judge
+
+
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "checkpoint": str(Path(args.model).resolve()),
@@ -26,7 +47,31 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("data", "tokenizer"):
         if getattr(args, name) is not None:
             spec[name] = str(Path(getattr(args, name)).resolve())
+    if args.judges:
+        spec["judges"] = args.judges
     return spec
+
+
+def _local_judges(args: argparse.Namespace) -> list[Any]:
+    """The --judge models loaded here, checked as the evaluate spec checks them."""
+    from contracts.judges import JudgeSpec, check_judge_names
+    from llm.eval.judge import load_judge
+
+    specs = [JudgeSpec.model_validate(j) for j in args.judges or ()]
+    check_judge_names(specs)
+    return [
+        load_judge(
+            j.model,
+            kind=j.kind,
+            tokenizer=j.tokenizer,
+            labels=j.labels,
+            mode=j.mode,
+            template=j.template,
+            name=j.metric_name,
+            batch_size=j.batch_size,
+        )
+        for j in specs
+    ]
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -44,6 +89,7 @@ def _local(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         log_samples=args.log_samples,
+        judges=_local_judges(args),
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +134,16 @@ def add_eval_commands(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray workers for the items")
     p.add_argument("--batch-size", type=int, default=8, dest="batch_size")
     p.add_argument("--log-samples", action="store_true", dest="log_samples")
+    p.add_argument(
+        "--judge",
+        action="append",
+        type=parse_judge,
+        dest="judges",
+        metavar="MODEL|JSON",
+        help="score generated completions with this judge (repeatable): a classifier "
+        'checkpoint or fine-tune output, or a JSON object such as \'{"model": "cls-out", '
+        '"labels": ["good"], "name": "quality"}\' (the evaluate spec\'s judge fields)',
+    )
     p.add_argument("--wait", action="store_true", help="wait and print the leaderboard row")
     p.add_argument("--local", action="store_true", help="run here, without the control plane")
     p.set_defaults(fn=cmd_eval)

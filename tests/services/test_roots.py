@@ -500,6 +500,8 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
         elif path == ("inputs", "*"):  # a tokenize job's corpora by source name
             spec.pop("input")
             spec["inputs"] = {"web": value}
+        elif path[:2] == ("judges", "*"):  # an evaluate job's judge model or its tokenizer
+            spec["judges"] = [{"model": str(plane.shared), path[2]: value}]
         else:
             assert len(path) == 1, f"a new nested URI field: teach this test {path}"
             spec[path[0]] = value

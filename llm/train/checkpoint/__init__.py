@@ -3,6 +3,7 @@ mid-save never leaves a half checkpoint, and kept by one retention policy (``ret
 
 from llm.train.checkpoint.full import load_checkpoint, load_model, save_checkpoint
 from llm.train.checkpoint.layout import (
+    CLASSIFIER_KEY,
     CONFIG_FILE,
     DCP_DIR,
     FORMAT,
@@ -23,6 +24,7 @@ from llm.train.checkpoint.retention import (
 from llm.train.checkpoint.store import Layout, layout_for, restore, save
 
 __all__ = [
+    "CLASSIFIER_KEY",
     "CONFIG_FILE",
     "DCP_DIR",
     "FORMAT",

@@ -22,6 +22,7 @@ from llm.model.config import ModelConfig
 from llm.model.encoders import build_model
 from llm.model.gpt import GPT
 from llm.train.checkpoint.layout import (
+    CLASSIFIER_KEY,
     CONFIG_FILE,
     DCP_DIR,
     DCP_LAYOUT,
@@ -135,6 +136,11 @@ def load_model(directory: str | Path, device: str = "cpu") -> GPT:
     names) from a checkpoint folder, on device and in eval mode, ready for inference."""
     directory = Path(directory)
     config = ModelConfig.load(require(directory / CONFIG_FILE))
+    if (directory / STATE_FILE).is_file() and CLASSIFIER_KEY in read_state(directory):
+        raise ValueError(
+            f"{directory} is a classifier's checkpoint (a {config.arch} under a classification "
+            "head), not a language model: load it with llm.finetune.classify.load_classifier"
+        )
     model = cast(GPT, build_model(config).to(device))
     if (directory / DCP_DIR).is_dir():
         load_sharded_checkpoint(directory, model=model, optimizer=None)

@@ -30,6 +30,9 @@ STATE_FILE = "trainer_state.json"
 DCP_DIR = "dcp"
 DCP_LAYOUT = "dcp"
 RESERVED_KEYS = ("format", "optimizer_file", "layout")
+# the trainer_state section of a classifier's checkpoint (llm.finetune.classify): its weights
+# are a backbone under a classification head, not a language model
+CLASSIFIER_KEY = "classifier"
 STEP_DIR = re.compile(r"step_(\d+)")
 
 
