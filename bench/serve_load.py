@@ -63,7 +63,7 @@ def train_model(docs: list[str], steps: int, out: Path) -> tuple[GPT, Path, list
     block, rng = config.block_size, np.random.default_rng(0)
     t0 = time.perf_counter()
     for step in range(steps):
-        starts = rng.integers(0, len(data) - block - 1, size=16)
+        starts = rng.integers(0, len(data) - block - 1, size=8)
         x = torch.stack([data[s : s + block] for s in starts])
         y = torch.stack([data[s + 1 : s + block + 1] for s in starts])
         _, loss = model(x, y)
@@ -77,12 +77,12 @@ def train_model(docs: list[str], steps: int, out: Path) -> tuple[GPT, Path, list
         out / "ckpt", model=model, config=config, optimizer=None, trainer_state={"step": steps}
     )
     save_tokenizer(tok, ckpt / "tokenizer.json")
-    # prompts: the opening words of documents the model did not see first
+    # prompts: the first 8 to 32 tokens of documents, the ones the model saw least
     prompts = []
     for doc in docs[::-1]:
-        words = doc.split()
-        if len(words) >= 24:
-            prompts.append(" ".join(words[: random.Random(len(prompts)).randint(6, 20)]))
+        ids = tok.encode(doc).ids
+        if len(ids) >= 32:
+            prompts.append(tok.decode(ids[: random.Random(len(prompts)).randint(8, 32)]))
     return model.eval(), ckpt, prompts
 
 
@@ -114,7 +114,8 @@ async def one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> tupl
     t0 = time.perf_counter()
     first, text, tokens = None, [], 0
     async with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {(await r.aread()).decode()}")
         async for line in r.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument("--hf-requests", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(2)

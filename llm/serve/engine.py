@@ -58,13 +58,11 @@ class RequestHandle:
             self._engine.wake()
 
     def _put(self, item: object) -> None:
+        """From the engine thread: now, or with the step's other items for an event loop."""
         if self._async is None or self._loop is None:
             self._sync.put(item)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
-        except RuntimeError:  # the loop closed: nobody is listening any more
-            self.cancelled = True
+        else:
+            self._engine._outbox.setdefault(self._loop, []).append((self, item))
 
     def _unwrap(self, item: object) -> Delta | None:
         if isinstance(item, BaseException):
@@ -97,17 +95,36 @@ class RequestHandle:
         done.usage = self.usage
         return done
 
-    async def __aiter__(self) -> AsyncIterator[Delta]:
+    async def batches(self) -> AsyncIterator[list[Delta]]:
+        """The deltas as they arrive, all those already waiting at once: a stream that fell
+        behind catches up in one write instead of one per token."""
         if self._async is None:
             raise TypeError("this request was submitted without an event loop: iterate it")
         while not self._drained:
-            item = await self._async.get()
-            if isinstance(item, _End):
-                self._drained = True
-                return
-            delta = self._unwrap(item)
-            if delta is not None:
+            items = [await self._async.get()]
+            while not self._async.empty():
+                items.append(self._async.get_nowait())
+            deltas = []
+            for item in items:
+                if isinstance(item, _End):
+                    self._drained = True
+                    break
+                delta = self._unwrap(item)
+                if delta is not None:
+                    deltas.append(delta)
+            if deltas:
+                yield deltas
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        async for deltas in self.batches():
+            for delta in deltas:
                 yield delta
+
+
+def _hand_over(items: list[tuple[RequestHandle, object]]) -> None:
+    for handle, item in items:
+        assert handle._async is not None
+        handle._async.put_nowait(item)
 
 
 @dataclass
@@ -180,6 +197,8 @@ class Engine:
         self._cond = threading.Condition()
         self._closed = False
         self._token_text: dict[int, str] = {}
+        # what the step produced for requests awaited on event loops, handed over once a step
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, object]]] = {}
         self._thread = threading.Thread(target=self._run, name=f"llmforge-engine-{name}")
         self._thread.daemon = True
         self._thread.start()
@@ -284,7 +303,20 @@ class Engine:
             except Exception as e:  # one bad step must not kill the server's engine
                 log.exception("engine step failed")
                 self._fail(EngineError(f"generation failed: {e}"), joining)
+            self._deliver()
         self._fail_all(EngineError("the engine closed"))
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """One call into each event loop per step, not one per token: waking a loop from
+        another thread is the costly part."""
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over, items)
+            except RuntimeError:  # the loop closed: nobody is listening any more
+                for handle, _ in items:
+                    handle.cancelled = True
 
     def _admit(self) -> list[_Sequence]:
         """Waiting requests (in order) whose choices all fit in the free slots."""

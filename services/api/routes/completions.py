@@ -158,10 +158,10 @@ async def _events(
     """SSE lines; a disconnect cancels this generator, and the finally takes the request's
     sequences out of the batch."""
     try:
-        async for delta in handle:
-            chunk = writer.chunk(delta)
-            if chunk is not None:
-                yield chunk
+        async for deltas in handle.batches():
+            chunks = [c for c in map(writer.chunk, deltas) if c is not None]
+            if chunks:
+                yield "".join(chunks)
         if include_usage:
             yield writer.usage(handle.usage)
     except EngineError as e:
