@@ -12,7 +12,8 @@ ignored so every request makes the same number of tokens) are sent
 
 and the first ``--hf-requests`` of them go through Hugging Face ``generate`` (greedy, one at a
 time, same threads) on the model exported to the Hugging Face format. Greedy outputs are
-checked equal across the three. Last line:
+checked equal across the three. The engine alone (in this process, no HTTP) is timed on the
+same prompts too, so the cost of the HTTP layer shows. Last line:
 ``{"batched_vs_sequential_tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "tokens_per_s"}``.
 
 Run from the repository root: .venv/bin/python -m bench.serve_load
@@ -41,6 +42,8 @@ from bench._common import load_corpus
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
 from llm.model.hf import export_hf
+from llm.serve.engine import Engine
+from llm.serve.params import SamplingParams
 from llm.tokenizer.bpe import eos_id, load_tokenizer, save_tokenizer, train_bpe
 from llm.train.checkpoint import save_checkpoint
 from services.ray_head import free_port
@@ -174,6 +177,24 @@ def hf_generate(model: GPT, ckpt: Path, prompts: list[list[int]], new: int) -> t
     return time.perf_counter() - t0, outs
 
 
+def engine_only(model: GPT, prompts: list[list[int]], new: int, clients: int) -> float:
+    """The engine without HTTP, in this process: batched tokens/s over one-at-a-time's."""
+    engine = Engine(model, lambda ids: "", eos_id=None, max_batch=clients, max_queue=len(prompts))
+    params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
+    try:
+        engine.generate(prompts[:1], params)  # warm-up
+        t0 = time.perf_counter()
+        for p in prompts:
+            engine.generate([p], params)
+        sequential = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for handle in [engine.submit([p], params) for p in prompts]:
+            handle.result()
+        return sequential / (time.perf_counter() - t0)
+    finally:
+        engine.close()
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
@@ -212,7 +233,9 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
         tok = load_tokenizer(ckpt / "tokenizer.json")
-        hf_prompts = [tok.encode(b["prompt"]).ids for b in bodies[: args.hf_requests]]
+        all_ids = [tok.encode(b["prompt"]).ids for b in bodies]
+        engine_ratio = engine_only(model, all_ids, args.max_tokens, args.clients)
+        hf_prompts = all_ids[: args.hf_requests]
         hf_s, hf_out = hf_generate(model, ckpt, hf_prompts, args.max_tokens)
     hf_texts = [tok.decode(o) for o in hf_out]
     same = batched_texts == seq_texts and hf_texts == batched_texts[: len(hf_texts)]
@@ -227,6 +250,7 @@ def main() -> None:
         "sequential_tokens_per_s": round(seq_tps, 1),
         "hf_generate_tokens_per_s": round(hf_tps, 1),
         "batched_vs_hf_generate": round(batched_tps / hf_tps, 2),
+        "engine_only_batched_vs_sequential": round(engine_ratio, 2),
         "greedy_outputs_identical": same,
     }
     print(json.dumps(detail))
