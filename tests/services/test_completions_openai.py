@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.cli.main import main
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
@@ -110,3 +111,21 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_batch(served) -> None:
         engine.decode = fast
     assert engine.load == (0, 0)
     assert engine.stats.tokens - before < 30  # it left the batch, far short of 60 tokens
+
+
+def test_llmforge_prompt_streams_the_completion_to_the_terminal(
+    served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, model = served
+    key = (Path(server.settings.home) / "admin.key").read_text().strip()
+    monkeypatch.setenv("LLMFORGE_API_URL", server.url)
+    monkeypatch.setenv("LLMFORGE_API_KEY", key)
+    args = ["prompt", model, "The king", "--max-tokens", "8", "--temperature", "0"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    body = {"prompt": "The king", "max_tokens": 8, "temperature": 0}
+    url = f"{server.url}/api/v1/models/{model}/completions"
+    whole = httpx.post(url, json=body, headers=server.headers).json()
+    assert printed.out == whole["choices"][0]["text"] + "\n"
+    assert "completion tokens" in printed.err
+    assert main(["prompt", "nope", "x"]) == 1
