@@ -47,7 +47,7 @@ class Sampling:
             raise ValueError("stop strings need decode, a function from token ids to text")
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus."""
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k).values[..., -1, None]
@@ -77,7 +77,7 @@ def _next_tokens(
         logits = _penalise(logits, seen, opts.repetition_penalty)
     if opts.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = _filter_logits(logits / opts.temperature, opts.top_k, opts.top_p).softmax(dim=-1)
+    probs = filter_logits(logits / opts.temperature, opts.top_k, opts.top_p).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
 
 

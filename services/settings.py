@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     # readable by every team and given to every job as $LLMFORGE_DATA_ROOT; default: the
     # ``shared/data`` folder beside the checkout, where there is one.
     data_root: str | None = None
+    # Completions (services/serving.py): models served in this process at once (LRU), the
+    # sequences one model runs per step (continuous batching), the requests that may wait for
+    # a slot before a 429, the KV cache's budget per model (it bounds the batch of a large
+    # model), and the device ("cpu", "cuda", "cuda:1").
+    serve_models: int = Field(default=2, ge=1)
+    serve_max_batch: int = Field(default=32, ge=1)
+    serve_max_queue: int = Field(default=64, ge=0)
+    serve_cache_mb: int = Field(default=1024, ge=1)
+    serve_device: str = "cpu"
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:

@@ -16,6 +16,7 @@ from llm.model.layers import (
     AttnInputs,
     Block,
     KVCache,
+    SlotKVCache,
     alibi_slopes,
     init_weights,
     make_norm,
@@ -64,6 +65,29 @@ def attention_inputs(
     return AttnInputs(rope=rope, mask=bias.masked_fill(~allowed, float("-inf")))
 
 
+def slot_attention_inputs(
+    config: ModelConfig,
+    cache: SlotKVCache,
+    new: int,
+    slopes: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, AttnInputs]:
+    """Positions (B, new) and masks for rows that each continue their own sequence: row i's
+    query at position p sees its cached columns 0..p, never another row's longer past."""
+    positions = cache.positions(new)
+    k_idx = torch.arange(int(positions.max()) + 1, device=positions.device)
+    allowed = (k_idx <= positions[..., None])[:, None]  # (B, 1, new, S)
+    rope = rope_tables(config, positions) if config.position == "rope" else None
+    if slopes is None:
+        return positions, AttnInputs(rope=rope, mask=allowed, cache=cache)
+    # a row's columns are its positions, so column distance is ALiBi's token distance
+    distance = (k_idx - positions[..., None])[:, None].to(dtype)
+    bias = slopes.to(positions.device)[:, None, None] * distance
+    return positions, AttnInputs(
+        rope=rope, mask=bias.masked_fill(~allowed, float("-inf")), cache=cache
+    )
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
@@ -95,16 +119,24 @@ class GPT(nn.Module):
         """An empty KV cache for batch sequences of up to max_len (default block_size) tokens."""
         return KVCache(self.config, batch, max_len or self.config.block_size, self.wte.weight)
 
+    def new_slot_cache(self, slots: int, max_len: int | None = None) -> SlotKVCache:
+        """An empty cache of slots independent sequences (see SlotKVCache)."""
+        max_len = max_len or self.config.block_size
+        return SlotKVCache.allocate(self.config, slots, max_len, self.wte.weight)
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, vocab). attention_mask (B, past + T) marks real tokens
-        (1) and padding (0); cache holds the keys and values of the past tokens."""
+        (1) and padding (0); cache holds the keys and values of the past tokens (a SlotKVCache:
+        each row's own past, of its own length)."""
+        if isinstance(cache, SlotKVCache):
+            return self.lm_head(self.slot_hidden(idx, cache)), None
         x = self.hidden_states(idx, attention_mask=attention_mask, cache=cache)
         logits = self.lm_head(x)
         return logits, None if targets is None else lm_loss(logits, targets)
@@ -127,10 +159,6 @@ class GPT(nn.Module):
                 f"({self.config.block_size}) or the KV cache's max_len"
             )
         positions = positions_for(idx.shape[1], past, attention_mask, idx.device)
-        x = self.wte(idx)
-        if self.wpe is not None:
-            x = x + self.wpe(positions)
-        x = self.drop(self.ln_embed(x))
         inputs = attention_inputs(
             self.config,
             positions,
@@ -138,14 +166,41 @@ class GPT(nn.Module):
             causal=True,
             attention_mask=attention_mask,
             slopes=self.slopes,
-            dtype=x.dtype,
+            dtype=self.wte.weight.dtype,
         )
         inputs.cache = cache
-        for block in self.blocks:
-            x = block(x, inputs)
+        x = self._trunk(idx, positions, inputs)
         if cache is not None:
             cache.length = seq_len
+        return x
+
+    def _trunk(
+        self, idx: torch.Tensor, positions: torch.Tensor, inputs: AttnInputs
+    ) -> torch.Tensor:
+        """Embeddings, blocks and the final norm: the hidden states the LM head reads."""
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(self.ln_embed(x))
+        for block in self.blocks:
+            x = block(x, inputs)
         return self.ln_f(x)
+
+    def slot_hidden(self, idx: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
+        """Final hidden states (B, T, n_embd) of rows that each continue their own sequence in
+        cache (continuous batching). A server applies lm_head only where it reads logits."""
+        end = int(cache.lengths.max()) + idx.shape[1]
+        if end > min(self.config.block_size, cache.max_len):
+            raise ValueError(
+                f"sequence length {end} exceeds ModelConfig.block_size "
+                f"({self.config.block_size}) or the KV cache's max_len"
+            )
+        positions, inputs = slot_attention_inputs(
+            self.config, cache, idx.shape[1], self.slopes, self.wte.weight.dtype
+        )
+        x = self._trunk(idx, positions, inputs)
+        cache.advance(idx.shape[1])
+        return x
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Count each distinct tensor once, so a tied LM head is not counted twice.

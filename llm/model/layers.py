@@ -36,12 +36,64 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class SlotKVCache:
+    """Keys and values for rows (slots) that each hold a sequence of its own length.
+
+    Continuous batching runs sequences that joined at different steps in one forward: row i
+    writes its new tokens at lengths[i] and attends to its own first lengths[i] + t + 1
+    columns only, so no row waits for, or pads to, another. ``rows`` gives a view of some slots
+    (sharing storage and lengths), e.g. the slots of sequences that are joining.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> None:
+        self.k, self.v, self.lengths = k, v, lengths  # (layers, B, kv_heads, max_len, head_dim)
+        self.max_len = k.shape[3]
+
+    @classmethod
+    def allocate(
+        cls, config: ModelConfig, slots: int, max_len: int, like: torch.Tensor
+    ) -> SlotKVCache:
+        shape = (config.n_layer, slots, config.kv_heads, max_len, config.head_dim)
+        k = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        lengths = torch.zeros(slots, dtype=torch.long, device=like.device)
+        return cls(k, torch.zeros_like(k), lengths)
+
+    def rows(self, start: int, stop: int) -> SlotKVCache:
+        """Slots start..stop-1 as a cache of their own; writes land in this cache."""
+        return SlotKVCache(self.k[:, start:stop], self.v[:, start:stop], self.lengths[start:stop])
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot src into slot dst (compacting the running rows after one leaves)."""
+        used = int(self.lengths[src])
+        self.k[:, dst, :, :used] = self.k[:, src, :, :used]
+        self.v[:, dst, :, :used] = self.v[:, src, :, :used]
+        self.lengths[dst] = used
+
+    def positions(self, new: int) -> torch.Tensor:
+        """(B, new) position of each row's new tokens: they follow the row's own past."""
+        return self.lengths[:, None] + torch.arange(new, device=self.lengths.device)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        cols = self.positions(k.shape[2])
+        # advanced indices around a slice put their (B, T) dims first: (B, T, kv_heads, dim)
+        self.k[layer][rows, :, cols] = k.transpose(1, 2)
+        self.v[layer][rows, :, cols] = v.transpose(1, 2)
+        end = int(cols.max()) + 1
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, new: int) -> None:
+        self.lengths += new
+
+
 @dataclass
 class AttnInputs:
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin: (B, 1, T, head_dim)
     mask: torch.Tensor | None = None  # bool "may attend" or additive float, (B|1, H|1, T, S)
     is_causal: bool = False  # lets SDPA use its fused causal kernel when mask is None
-    cache: KVCache | None = None
+    cache: KVCache | SlotKVCache | None = None
 
 
 def make_norm(config: ModelConfig, dim: int, enabled: bool = True) -> nn.Module:

@@ -15,6 +15,7 @@ from services.api.ratelimit import AuditThrottle, RateLimiter
 from services.api.request_id import add_request_ids
 from services.api.routes import (
     audit,
+    completions,
     config,
     health,
     ingest,
@@ -32,6 +33,7 @@ from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
 from services.redact import install_log_redaction, mask_url
 from services.scheduler import Scheduler
+from services.serving import Serving
 from services.settings import Settings, get_settings
 from services.store.db import make_engine, make_sessionmaker
 
@@ -97,9 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ray = RayJobs(dashboard, token)
         app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
         app.state.scheduler.start()
+        app.state.serving = Serving(settings)
         try:
             yield
         finally:
+            app.state.serving.close()
             app.state.scheduler.stop()
             if head is not None:
                 head.stop()
@@ -110,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Control plane: submit and watch curate, tokenize, train and "
-        "evaluate jobs on Ray.",
+        "evaluate jobs on Ray; prompt registered models (OpenAI-compatible /v1).",
     )
     api = APIRouter(prefix="/api/v1")
     secured = [Depends(authorize)]
@@ -122,11 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry.models,
         ratings.router,
         teams.router,
+        completions.router,
     ):
         api.include_router(router, dependencies=secured)
     for module in (health, ingest, keys, config, audit):  # no key, a job token, admin per route
         api.include_router(module.router)
     app.include_router(api)
+    app.include_router(completions.openai, dependencies=secured)  # OpenAI clients' paths
     instrument(app)
     limit_request_size(app, settings.max_request_bytes)
     add_request_ids(app)  # the outermost: every answer, a 413 included, carries one

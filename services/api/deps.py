@@ -1,4 +1,5 @@
-"""Dependencies shared by the routes: a store session, the scheduler, the Ray client."""
+"""Dependencies shared by the routes: a store session, the scheduler, the Ray client, the
+models served in this process."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.ray_client import RayJobs
 from services.scheduler import Scheduler
+from services.serving import Serving
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -27,6 +29,12 @@ def get_ray(request: Request) -> RayJobs:
     return ray
 
 
+def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 RayDep = Annotated[RayJobs, Depends(get_ray)]
+ServingDep = Annotated[Serving, Depends(get_serving)]

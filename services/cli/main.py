@@ -12,6 +12,7 @@ from services.cli.audit import add_audit_commands
 from services.cli.download import add_download_commands
 from services.cli.eval import add_eval_commands
 from services.cli.jobs import add_job_commands
+from services.cli.prompt import add_prompt_command
 from services.cli.quality import add_quality_commands
 from services.cli.registry import add_registry_commands
 from services.settings import get_settings
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     add_quality_commands(sub)
     add_eval_commands(sub)
+    add_prompt_command(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llm.generate import _filter_logits, generate
+from llm.generate import filter_logits, generate
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
 
@@ -73,12 +73,12 @@ def test_zero_new_tokens(model):
 
 def test_filter_logits_top_p_keeps_smallest_nucleus():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    kept = torch.isfinite(_filter_logits(logits, None, 0.75))
+    kept = torch.isfinite(filter_logits(logits, None, 0.75))
     assert kept.tolist() == [True, True, False, False]
-    kept = torch.isfinite(_filter_logits(logits, None, 0.85))
+    kept = torch.isfinite(filter_logits(logits, None, 0.85))
     assert kept.tolist() == [True, True, True, False]
     # the most likely token survives any top_p
-    kept = torch.isfinite(_filter_logits(logits, None, 1e-6))
+    kept = torch.isfinite(filter_logits(logits, None, 1e-6))
     assert kept.tolist() == [True, False, False, False]
 
 

@@ -1,0 +1,89 @@
+"""``llmforge prompt MODEL "text"``: complete a prompt with a registered model, streamed to the
+terminal as the tokens arrive (``POST /api/v1/models/{id}/completions`` with ``stream``).
+
+llmforge prompt MODEL "Once upon a time" --max-tokens 64 --temperature 0.8 --seed 1
+llmforge prompt MODEL "Name three colours" --chat      # the model's chat template
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from services.cli.client import api_client
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    optional = {"top_k": args.top_k, "seed": args.seed, "stop": args.stop or None}
+    return body | {k: v for k, v in optional.items() if v is not None}
+
+
+def _events(r: httpx.Response) -> Iterator[dict[str, Any]]:
+    for line in r.iter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line.removeprefix("data: ")
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _print_stream(r: httpx.Response, chat: bool) -> int:
+    usage = None
+    for event in _events(r):
+        if "error" in event:
+            print(f"\nllmforge prompt: {event['error']['message']}", file=sys.stderr)
+            return 1
+        usage = event.get("usage") or usage
+        for choice in event.get("choices", []):
+            text = choice["delta"].get("content") if chat else choice["text"]
+            print(text or "", end="", flush=True)
+    print()
+    if usage:
+        print(
+            f"[{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    body = _body(args)
+    if args.chat:
+        path = "/v1/chat/completions"
+        body |= {"model": args.model, "messages": [{"role": "user", "content": args.text}]}
+    else:
+        path = f"/api/v1/models/{args.model}/completions"
+        body["prompt"] = args.text
+    with api_client(timeout=None) as api, api.stream("POST", path, json=body) as r:
+        if not r.is_success:
+            r.read()
+            print(f"llmforge prompt: {r.status_code} {r.text}", file=sys.stderr)
+            return 1
+        return _print_stream(r, args.chat)
+
+
+def add_prompt_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prompt", help="complete a prompt with a registered model (streamed)")
+    p.add_argument("model", help="a registered model's id (llmforge models list)")
+    p.add_argument("text", help="the prompt (with --chat: your message)")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--seed", type=int, help="the same seed gives the same text")
+    p.add_argument("--stop", action="append", help="a stop string (repeatable, up to 4)")
+    p.add_argument("--chat", action="store_true", help="as a chat message, in the chat template")
+    p.set_defaults(fn=cmd_prompt)
