@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from contracts.curate import CurateSpec
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
-from llm.finetune.config import finetune_config
+from llm.finetune.config import LORA_TARGETS, finetune_config
 from llm.model.config import ModelConfig
 from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -542,6 +542,24 @@ class TuneSpec(Spec):
 _SFT = finetune_config()
 
 
+ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_]\w*$")]
+
+
+class LoraSpec(Spec):
+    """LoRA's adapters (llm.model.lora): low-rank updates of the frozen base's linear layers."""
+
+    r: int = Field(default=8, gt=0, le=4096, description="the rank of each adapter")
+    alpha: float = Field(default=16.0, gt=0, description="updates are scaled by alpha / r")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="on the adapters' input")
+    target_modules: list[ModuleName] = Field(
+        default=list(LORA_TARGETS),
+        min_length=1,
+        description="last names of the blocks' linear layers to adapt: qkv (attention's input), "
+        "proj (attention's and the MLP's output), fc (the MLP's input); checked against the "
+        "model when the job starts",
+    )
+
+
 class FinetuneSpec(Spec):
     """Supervised fine-tuning (llm.finetune) of a checkpoint on instruction or chat records."""
 
@@ -605,6 +623,13 @@ class FinetuneSpec(Spec):
     seed: int = Field(default=_SFT.seed, description="the train/val split, data order, dropout")
     samples: int = Field(default=4, ge=0, le=64, description="held-out prompts to complete")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
+    # the method: every weight (full), or adapters on the frozen base (lora)
+    method: Literal["full", "lora"] = Field(
+        default="full", description="lora: train adapters only; the output is the adapter"
+    )
+    lora: LoraSpec | None = Field(
+        default=None, description="LoRA's settings, with method 'lora' (default: LoraSpec's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -616,6 +641,8 @@ class FinetuneSpec(Spec):
             raise ValueError("give steps or epochs, not both")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.lora is not None and self.method != "lora":
+            raise ValueError(f"lora: settings for method 'lora', but method is {self.method!r}")
         try:
             field_map(self.fields)
         except ValueError as e:
@@ -636,6 +663,7 @@ __all__ = [
     "CurateSpec",
     "EvaluateSpec",
     "FinetuneSpec",
+    "LoraSpec",
     "SearchSpace",
     "TokenizeSpec",
     "TrainSpec",
