@@ -20,7 +20,7 @@ from contracts.classification import SFT_ONLY, ClassificationSpec
 from contracts.curate import CurateSpec
 from contracts.judges import JudgeSpec, check_judge_names
 from contracts.spec_base import OutputUri, Spec, Uri, UriOrName, looks_like_path
-from llm.finetune.config import DPOConfig, finetune_config
+from llm.finetune.config import LORA_TARGETS, DPOConfig, finetune_config
 from llm.model.config import ModelConfig
 from llm.model.sizing import flops_per_token
 from llm.tokenizer.special import BOS_TOKEN, BYTE_ALPHABET_SIZE, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
@@ -572,6 +572,24 @@ class DPOSection(Spec):
     )
 
 
+ModuleName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_]\w*$")]
+
+
+class LoraSpec(Spec):
+    """LoRA's adapters (llm.model.lora): low-rank updates of the frozen base's linear layers."""
+
+    r: int = Field(default=8, gt=0, le=4096, description="the rank of each adapter")
+    alpha: float = Field(default=16.0, gt=0, description="updates are scaled by alpha / r")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="on the adapters' input")
+    target_modules: list[ModuleName] = Field(
+        default=list(LORA_TARGETS),
+        min_length=1,
+        description="last names of the blocks' linear layers to adapt: qkv (attention's input), "
+        "proj (attention's and the MLP's output), fc (the MLP's input); checked against the "
+        "model when the job starts",
+    )
+
+
 class FinetuneSpec(Spec):
     """Fine-tuning (llm.finetune) of a checkpoint: supervised ("full") on instruction or chat
     records, or by preference ("dpo") on {prompt, chosen, rejected} records; with a
@@ -584,10 +602,11 @@ class FinetuneSpec(Spec):
         description="instruction records, or preference records for method 'dpo' (e.g. from "
         "POST /api/v1/ratings/preferences): a JSON array or a JSONL file"
     )
-    method: Literal["full", "dpo"] = Field(
+    method: Literal["full", "lora", "dpo"] = Field(
         default="full",
-        description="full: supervised fine-tuning of every weight; dpo: Direct Preference "
-        "Optimization of every weight against the checkpoint as frozen reference",
+        description="full: supervised fine-tuning of every weight; lora: adapters only on the "
+        "frozen base (the output is the adapter); dpo: Direct Preference Optimization of every "
+        "weight against the checkpoint as frozen reference",
     )
     dpo: DPOSection | None = Field(default=None, description="method 'dpo' only; default {}")
     output: OutputUri
@@ -654,6 +673,9 @@ class FinetuneSpec(Spec):
         description="train a classification head on an encoder or decoder checkpoint "
         "(llm.finetune.classify) from labelled records, in place of instruction tuning",
     )
+    lora: LoraSpec | None = Field(
+        default=None, description="LoRA's settings, with method 'lora' (default: LoraSpec's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -687,6 +709,8 @@ class FinetuneSpec(Spec):
                 f"{', '.join(misplaced)}: instruction tuning's, not read with classification "
                 "(its fields are in the classification block)"
             )
+        if self.lora is not None and self.method != "lora":
+            raise ValueError(f"lora: settings for method 'lora', but method is {self.method!r}")
         try:
             (preference_field_map if self.method == "dpo" else field_map)(self.fields)
         except ValueError as e:
@@ -708,6 +732,7 @@ __all__ = [
     "DPOSection",
     "EvaluateSpec",
     "FinetuneSpec",
+    "LoraSpec",
     "SearchSpace",
     "TokenizeSpec",
     "TrainSpec",

@@ -13,7 +13,8 @@ model. A worker group restarted by ``FailureConfig`` resumes from the latest che
 Checkpoint, tokenizer, data and output are local paths or ``s3://`` URIs alike: the driver
 reads the small files it checks into its scratch, each worker fetches the base checkpoint into
 its node's scratch, and the tuned checkpoints are written like a train job's
-(``llm.train.checkpoint.location``).
+(``llm.train.checkpoint.location``). With method 'lora' they are adapters alone, naming the base
+checkpoint's URI and the sha256 of its weights (``llm.train.checkpoint.adapter``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from contracts.specs import DPOSection, FinetuneSpec
 from llm import storage
 from llm.finetune.batches import batches_per_epoch
-from llm.finetune.config import DPOConfig, finetune_config
+from llm.finetune.config import DPOConfig, LoraSettings, finetune_config
 from llm.finetune.data import DataOptions, SFTData, TokenizedSet, prepare
 from llm.finetune.dpo import STAT_NAMES, dpo_finetune
 from llm.finetune.preferences import PreferenceData, PreferenceSet, prepare_preferences
@@ -37,9 +38,12 @@ from llm.finetune.samples import complete
 from llm.finetune.sft import finetune
 from llm.finetune.templates import chat_template, instruction_template
 from llm.model.config import ModelConfig
+from llm.model.gpt import GPT
+from llm.model.lora import check_targets
 from llm.tokenizer.bpe import PAD_TOKEN, eos_id, load_tokenizer
 from llm.tokenizer.shards import MANIFEST_FILE
 from llm.train.checkpoint import (
+    ADAPTER_FILE,
     CLASSIFIER_KEY,
     CONFIG_FILE,
     DCP_DIR,
@@ -72,6 +76,8 @@ def checkpoint_config(uri: str, archs: tuple[str, ...] = ("decoder",)) -> tuple[
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{STATE_FILE}: format must be {FORMAT!r}")
         weights = storage.join(path, MODEL_FILE)
+        if storage.is_file(storage.join(path, ADAPTER_FILE)):
+            raise ValueError("it is a LoRA adapter: fine-tune its base, or a merge of the two")
         if not (storage.is_file(weights) or storage.is_dir(storage.join(path, DCP_DIR))):
             raise FileNotFoundError(f"neither {MODEL_FILE} nor {DCP_DIR}/ is there")
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -200,13 +206,28 @@ def _config(spec: FinetuneSpec, train_examples: int) -> TrainConfig:
     return cfg
 
 
+def _lora(spec: FinetuneSpec, config: ModelConfig) -> LoraSettings | None:
+    """spec's LoRA settings, their targets checked against the model (built without weights)."""
+    if spec.method != "lora":
+        return None
+    settings = LoraSettings.from_dict(spec.lora.model_dump()) if spec.lora else LoraSettings()
+    with torch.device("meta"):
+        model = GPT(config)
+    try:
+        check_targets(model, settings.target_modules)
+    except ValueError as e:
+        raise JobError(str(e)) from e
+    return settings
+
+
 def _worker(config: dict[str, Any]) -> None:
     out: str = config["output"]
     base = fetch(config["checkpoint"])  # into this node's scratch, once per node
     reporting = WorkerReporting(out)
     nodes = rank_nodes()
     val = config["val"]
-    method: Any = finetune
+    # DPO on every weight, or supervised fine-tuning (of every weight, or LoRA adapters)
+    method: Any = functools.partial(finetune, lora=config["lora"], base_uri=config["checkpoint"])
     if config["dpo"] is not None:
         method = functools.partial(dpo_finetune, options=config["dpo"])
     try:
@@ -262,6 +283,8 @@ def _result(out: str, base: str, prepared: SFTData | PreferenceData) -> dict[str
         "checkpoint": summary["checkpoint"],
         "best_checkpoint": summary["best_checkpoint"],
         "parameters": summary["parameters"],
+        "trainable_parameters": summary["trainable_parameters"],
+        "method": summary["method"],
         "base_checkpoint": base,
         "tokenizer": storage.join(out, TOKENIZER_FILE),
         "data": prepared.stats,
@@ -285,6 +308,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
     base, model_config = checkpoint_config(spec.checkpoint)
     tokenizer = find_tokenizer(spec, base)
     tok = open_tokenizer(tokenizer, model_config)
+    lora = _lora(spec, model_config)
     prepared = _prepare(spec, tok, model_config, out)
     cfg = _config(spec, len(prepared.train))
     kept = storage.join(out, TOKENIZER_FILE)
@@ -296,6 +320,7 @@ def run(spec: FinetuneSpec) -> dict[str, Any]:
         "cfg": cfg,
         "dropout": spec.dropout,
         "dpo": DPOConfig(**(spec.dpo or DPOSection()).model_dump()) if dpo else None,
+        "lora": lora,
         "output": out,
         "checkpoint": base,
         "tokenizer": kept,

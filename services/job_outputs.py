@@ -153,7 +153,8 @@ def finetune_stats(job: Job) -> dict[str, Any]:
     if not result:
         raise ValueError(f"job {job.id} left no result.json in {job.spec.get('output')}")
     keys = ("steps", "epochs", "tokens_seen", "first_loss", "final_loss", "base_val_loss",
-            "val_loss", "checkpoint", "best_checkpoint", "parameters")  # fmt: skip
+            "val_loss", "checkpoint", "best_checkpoint", "parameters", "trainable_parameters",
+            "method")  # fmt: skip
     stats = {key: result.get(key) for key in keys}
     if "dpo" in result:  # preference tuning: its last reward accuracy and margins
         stats["dpo"] = result["dpo"]
@@ -161,10 +162,17 @@ def finetune_stats(job: Job) -> dict[str, Any]:
 
 
 def _finetune(session: Session, job: Job) -> list[Artifact]:
+    """A finetune job's output: a fine-tuned model, or with method 'lora' an adapter, whose
+    parent is its base model and whose stats name the base checkpoint it loads onto."""
     stats = _stats_or_error(lambda: finetune_stats(job))
     base = model_for_checkpoint(session, str(job.spec["checkpoint"]))
     inputs = [str(job.spec["checkpoint"]), str(job.spec["data"])]
-    return [_record(session, job, ArtifactCategory.model, "finetuned", inputs, stats, base)]
+    kind = "finetuned"
+    if job.spec.get("method") == "lora":
+        kind = "adapter"
+        checkpoint = (job.result or {}).get("base_checkpoint") or str(job.spec["checkpoint"])
+        stats["base"] = {"checkpoint": checkpoint, "model_id": base.id if base else None}
+    return [_record(session, job, ArtifactCategory.model, kind, inputs, stats, base)]
 
 
 def _train(session: Session, job: Job) -> list[Artifact]:

@@ -1,5 +1,5 @@
 """Fine-tuning's training settings: pretraining's TrainConfig with fine-tuning's defaults, and
-DPO's own settings.
+DPO's own settings, and LoRA's (``llm.model.lora`` applies them).
 
 Apart from the trainer (no torch here), so the fine-tune job spec can show these defaults.
 """
@@ -40,3 +40,41 @@ class DPOConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+LORA_TARGETS = ("qkv", "proj", "fc")  # every matmul of a block: attention and MLP
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8  # the rank of each update B @ A
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # on the adapter's input only
+    target_modules: tuple[str, ...] = LORA_TARGETS  # last names of the linears to adapt
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("lora.target_modules must name at least one module")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": list(self.target_modules),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraSettings:
+        return cls(
+            r=int(d["r"]),
+            alpha=float(d["alpha"]),
+            dropout=float(d["dropout"]),
+            target_modules=tuple(d["target_modules"]),
+        )

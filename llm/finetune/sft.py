@@ -7,6 +7,10 @@ variable-length examples right-padded per batch (``batches``), and the loss coun
 IGNORE_INDEX-free targets, which masks the prompt. Checkpoints have pretraining's format, so
 evaluate, generate and the HF export read them; their trainer_state also names the base
 checkpoint and fingerprints the data, and a resume on other data is refused.
+
+With LoRA settings, the base is frozen and adapters (``llm.model.lora``) train in its linear
+layers: the optimizer sees only their tensors, and each checkpoint holds the adapter alone,
+bound to the base's weights (``llm.train.checkpoint.adapter``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from llm.finetune.batches import Batch, SFTBatches, batches_per_epoch, in_order
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
-from llm.train.checkpoint import load_model
+from llm.model.lora import LoraSettings, add_lora, trainable_parameters
+from llm.train.checkpoint import load_model, weights_fingerprint
 from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
@@ -91,15 +96,39 @@ def fine_tuning(
     *,
     pad_id: int,
     dropout: float | None,
+    lora: LoraSettings | None = None,
+    base_uri: str | None = None,
 ) -> Task:
-    """The Task that fine-tunes base_checkpoint on train (and validates on val, if not empty)."""
+    """The Task that fine-tunes base_checkpoint on train (and validates on val, if not empty);
+    with lora, only adapters train. base_uri: how the adapter names its base (default: the
+    local base_checkpoint, for a base fetched into scratch give its URI)."""
     fingerprint = train.fingerprint()
+    adapter = lora.to_dict() if lora is not None else None
+    if lora is not None and cfg.parallelism == "fsdp":
+        raise ValueError(
+            "LoRA fine-tuning runs in one process or under DDP, not parallelism 'fsdp'"
+        )
+    base_weights = weights_fingerprint(base_checkpoint) if lora is not None else ""
+
+    def build_model(device: torch.device) -> GPT:
+        model = load_base(base_checkpoint, dropout, device)
+        if lora is None:
+            return model
+        named = base_uri or str(base_checkpoint)
+        return add_lora(model, lora, base=named, base_fingerprint=base_weights)
 
     def check_resume(path: Path, saved: dict[str, Any]) -> None:
-        if saved.get("finetune", {}).get("data") != fingerprint:
+        tuned = saved.get("finetune", {})
+        if tuned.get("data") != fingerprint:
             raise ValueError(
                 f"{path} was fine-tuned on other training data (or another template, seed or "
                 "split); resume with the same data and options, or write to a new output"
+            )
+        if tuned.get("lora") != adapter:
+            raise ValueError(
+                f"{path} was fine-tuned with LoRA settings {tuned.get('lora')} (None: all "
+                f"weights), this run asks for {adapter}; resume with the same, or write to a new "
+                "output"
             )
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -109,7 +138,7 @@ def fine_tuning(
         return {"epoch": step / batches_per_epoch(len(train), cfg.batch_size, world_size)}
 
     return Task(
-        build_model=lambda device: load_base(base_checkpoint, dropout, device),
+        build_model=build_model,
         build_batches=lambda rank, world_size: SFTBatches(
             train,
             batch_size=cfg.batch_size,
@@ -121,7 +150,13 @@ def fine_tuning(
         objective=sft_loss,
         seq_len=None,
         evaluate=evaluate if len(val) else None,
-        state={"finetune": {"base_checkpoint": str(base_checkpoint), "data": fingerprint}},
+        state={
+            "finetune": {
+                "base_checkpoint": str(base_checkpoint),
+                "data": fingerprint,
+                "lora": adapter,
+            }
+        },
         check_resume=check_resume,
         extra_metrics=epoch,
     )
@@ -136,15 +171,28 @@ def finetune(
     *,
     pad_id: int,
     dropout: float | None = None,
+    lora: LoraSettings | None = None,
+    base_uri: str | None = None,
     on_log: LogFn | None = None,
     on_checkpoint: CheckpointFn | None = None,
 ) -> dict[str, Any]:
     """Fine-tune until cfg.steps; on_log gets metrics on rank 0, on_checkpoint on every rank.
 
     A fresh run first logs the base model's val_loss at step 0, the figure tuning improves on.
-    ``dropout`` (None: the checkpoint's) replaces every dropout rate of the base model.
+    ``dropout`` (None: the checkpoint's) replaces every dropout rate of the base model. With
+    ``lora``, adapters train on the frozen base and the checkpoints are adapters naming
+    ``base_uri`` (default: base_checkpoint) as their base.
     """
-    task = fine_tuning(cfg, Path(base_checkpoint), train, val, pad_id=pad_id, dropout=dropout)
+    task = fine_tuning(
+        cfg,
+        Path(base_checkpoint),
+        train,
+        val,
+        pad_id=pad_id,
+        dropout=dropout,
+        lora=lora,
+        base_uri=base_uri,
+    )
     trainer = Trainer(cfg, task, out)
     if trainer.step == 0 and len(val) and trainer.rank == 0 and on_log:
         on_log(0, trainer.evaluate())
@@ -157,5 +205,7 @@ def finetune(
         "checkpoint": trainer.checkpoints.latest_location(),
         "best_checkpoint": best_of(trainer.checkpoints.uri),
         "parameters": trainer.model.num_parameters(),
+        "trainable_parameters": trainable_parameters(trainer.model),
+        "method": "lora" if lora is not None else "full",
         "epochs": trainer.step / batches_per_epoch(len(train), cfg.batch_size, trainer.world_size),
     }

@@ -41,6 +41,7 @@ from llm.model import hf_encoders
 from llm.model.config import ModelConfig
 from llm.model.encoders import build_model
 from llm.model.gpt import GPT
+from llm.model.lora import is_adapted, merged
 from llm.tokenizer.special import BOS_TOKEN, EOS_TOKEN, MASK_TOKEN, PAD_TOKEN
 
 OUR_KEY = "llmforge_config"
@@ -206,10 +207,13 @@ def export_hf(
 ) -> Path:
     """Write model.safetensors, config.json and, given a tokenizer.json, the tokenizer files.
 
-    model is any llmforge model (GPT, EncoderLM, EncoderDecoder) whose config matches a family.
+    model is any llmforge model (GPT, EncoderLM, EncoderDecoder) whose config matches a family;
+    a GPT carrying a LoRA adapter is exported with the adapter merged into its weights.
     pad_id is the masked-LM families' padding id (default: the tokenizer's <|pad|>, else 0);
     the seq2seq families pad with id 0, our decoder's start token.
     """
+    if is_adapted(model):  # a LoRA model is exported merged: HF's GPT-2 and Llama have no LoRA
+        model = merged(cast(GPT, model))
     config = model.config
     if not isinstance(config, ModelConfig):
         raise TypeError(f"export_hf needs an llmforge model with a ModelConfig, got {model!r}")

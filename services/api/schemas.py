@@ -106,6 +106,7 @@ class DatasetKind(StrEnum):
 class ModelKind(StrEnum):
     checkpoint = "checkpoint"  # a train job's output folder with its checkpoints
     finetuned = "finetuned"  # a finetune job's output folder; its parent is the base model
+    adapter = "adapter"  # a LoRA adapter (a finetune job's with method lora); parent: its base
     exported = "exported"  # a model exported elsewhere (e.g. Hugging Face format)
 
 

@@ -119,7 +119,7 @@ def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:
 
 def add_registry_commands(sub: Any) -> None:
     _add_registry(sub, "datasets", ["documents", "token_shards", "raw"])
-    _add_registry(sub, "models", ["checkpoint", "finetuned", "exported"])
+    _add_registry(sub, "models", ["checkpoint", "finetuned", "adapter", "exported"])
     ratings = sub.add_parser("ratings", help="human pairwise ratings and the leaderboard")
     rsub = ratings.add_subparsers(dest="ratings_command", required=True)
     add = rsub.add_parser("add", help="send ratings from a JSON/YAML file (one or a list)")

@@ -19,6 +19,7 @@ from llm.train.checkpoint import load_model
 from llm.train.pretrain import TrainConfig, train
 from ray_jobs import finetune as finetune_job
 from ray_jobs.entrypoint import JobError
+from ray_jobs.reporting import MetricsReporter
 from services.server import BackgroundServer
 from tests.integration.test_train_job import job_body, tiny_shards, wait_for_job
 from tests.shared import DATA
@@ -240,3 +241,54 @@ def test_a_dpo_file_without_one_valid_pair_is_refused(pretrained, tmp_path: Path
     ]
     assert reasons == ["missing_field", "identical_responses", "prompt_ends_with_assistant"]
     assert not (out / "ray").exists()
+
+
+# --- LoRA, with the workers' function run in this process ---------------------------------------
+
+
+class _InProcess:
+    """WorkerReporting without Ray Train: the one rank's metrics go to metrics.jsonl."""
+
+    rank = 0
+
+    def __init__(self, output: str) -> None:
+        self.reporter = MetricsReporter(output, publish_to_ray=False)
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.reporter.log(step, metrics)
+
+    def on_checkpoint(self, step: int, path: object, metrics: dict[str, float]) -> None:
+        self.reporter.flush()
+
+    def flush(self) -> None:
+        self.reporter.flush()
+
+
+def test_a_lora_job_leaves_an_adapter_on_its_base(
+    pretrained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shards, base = pretrained
+    monkeypatch.setattr(finetune_job, "WorkerReporting", _InProcess)
+    monkeypatch.setattr(finetune_job, "rank_nodes", lambda: ["local"])
+    monkeypatch.setattr(finetune_job, "launch", lambda worker, config, job: worker(config))
+    lora = {"method": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["qkv", "fc"]}}
+    spec = finetune_spec(
+        shards, base, tmp_path / "out", **lora, workers=1, steps=6, lr=1e-2, eval_every=6,
+        checkpoint_every=6, max_samples=60, samples=1, max_new_tokens=4,
+    )  # fmt: skip
+    result = finetune_job.run(FinetuneSpec.model_validate(spec))
+    assert result["method"] == "lora" and result["val_loss"] < result["base_val_loss"]
+    assert 0 < result["trainable_parameters"] < 0.1 * result["parameters"]
+    folder = Path(result["checkpoint"])
+    assert (folder / "adapter_model.safetensors").is_file()
+    assert not (folder / "model.safetensors").exists()
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_checkpoint"] == result["base_checkpoint"]
+    assert adapter["target_modules"] == ["fc", "qkv"]
+    assert {"base_completion", "tuned_completion"} <= set(result["samples"][0])
+
+    bad = {"method": "lora", "lora": {"target_modules": ["qkv", "q_proj"]}}
+    message = "lora.target_modules: ['q_proj'] name no linear layer of the model's blocks"
+    with pytest.raises(JobError, match=re.escape(message)):
+        run_spec(finetune_spec(shards, base, tmp_path / "bad", **bad))
+    assert not (tmp_path / "bad" / "rejected.jsonl").exists()  # refused before the data

@@ -126,7 +126,7 @@ DPO_SPEC = {"checkpoint": "ckpt", "data": "prefs/all.jsonl", "method": "dpo"}
 @pytest.mark.parametrize(
     ("change", "loc", "message"),
     [
-        ({"method": "ppo"}, ["body", "spec", "method"], "'full' or 'dpo'"),
+        ({"method": "ppo"}, ["body", "spec", "method"], "'full', 'lora' or 'dpo'"),
         ({"dpo": {"beta": 0}}, ["body", "spec", "dpo", "beta"], "greater than 0"),
         ({"dpo": {"label_smoothing": 0.5}}, ["body", "spec", "dpo", "label_smoothing"], "0.5"),
         ({"dpo": {"betta": 1}}, ["body", "spec", "dpo", "betta"], "Extra inputs"),

@@ -1,8 +1,9 @@
 """Full checkpoints: the whole model in one safetensors file, written by one process.
 
 Single-process and DDP runs write these (rank 0), and so do FSDP runs that gather their state
-(``fsdp_full``). The loaders here also read sharded (DCP) folders, so inference, evaluation and
-export take any checkpoint.
+(``fsdp_full``); a model carrying a LoRA adapter is saved as the adapter alone (``adapter``).
+The loaders here also read sharded (DCP) folders and adapters (onto their base), so inference,
+evaluation and export take any checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from llm.model.config import ModelConfig
 from llm.model.encoders import build_model
 from llm.model.gpt import GPT
+from llm.model.lora import LoraSettings, add_lora, is_adapted
+from llm.train.checkpoint.adapter import (
+    check_base,
+    load_adapter_weights,
+    read_adapter_config,
+    write_adapter,
+)
 from llm.train.checkpoint.layout import (
+    ADAPTER_FILE,
+    ADAPTER_LAYOUT,
     CLASSIFIER_KEY,
     CONFIG_FILE,
     DCP_DIR,
@@ -38,6 +48,7 @@ from llm.train.checkpoint.layout import (
     read_state,
     require,
 )
+from llm.train.checkpoint.location import fetch
 from llm.train.checkpoint.sharded import load_sharded_checkpoint
 
 
@@ -54,14 +65,19 @@ def _write_files(
     optimizer: torch.optim.Optimizer | None,
     trainer_state: dict,
 ) -> None:
+    adapted = is_adapted(_unwrap(model))
     state = {
         **trainer_state,
         "optimizer_file": OPTIMIZER_FILE if optimizer is not None else None,
         "format": FORMAT,
+        **({"layout": ADAPTER_LAYOUT} if adapted else {}),
     }
     # serialise first: a non-JSON trainer_state should fail before the slow weight writes
     state_text = json.dumps(state, indent=2) + "\n"
-    safetensors.torch.save_model(_unwrap(model), str(folder / MODEL_FILE))
+    if adapted:
+        write_adapter(folder, _unwrap(model))
+    else:
+        safetensors.torch.save_model(_unwrap(model), str(folder / MODEL_FILE))
     config.save(folder / CONFIG_FILE)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
@@ -122,7 +138,17 @@ def load_checkpoint(
         target = _unwrap(model)
         check_same_config(getattr(target, "config", None), config, directory / CONFIG_FILE)
         device = next(target.parameters()).device
-        safetensors.torch.load_model(target, require(directory / MODEL_FILE), device=str(device))
+        if state.get("layout") == ADAPTER_LAYOUT:
+            if not is_adapted(target):
+                raise ValueError(
+                    f"{directory} is a LoRA adapter: load it into a model with the adapter "
+                    "added (llm.model.lora.add_lora), or with load_model onto its base"
+                )
+            load_adapter_weights(directory, target)
+        else:
+            safetensors.torch.load_model(
+                target, require(directory / MODEL_FILE), device=str(device)
+            )
     if optimizer is not None:
         if state["optimizer_file"] is None:
             raise FileNotFoundError(f"checkpoint {directory} was saved without {OPTIMIZER_FILE}")
@@ -133,8 +159,11 @@ def load_checkpoint(
 
 def load_model(directory: str | Path, device: str = "cpu") -> GPT:
     """Build the checkpoint's model (a GPT, or the encoder or encoder-decoder its config's arch
-    names) from a checkpoint folder, on device and in eval mode, ready for inference."""
+    names) from a checkpoint folder, on device and in eval mode, ready for inference. A LoRA
+    adapter's folder gives its base with the adapter, unmerged (``load_adapted``)."""
     directory = Path(directory)
+    if (directory / ADAPTER_FILE).is_file():
+        return load_adapted(directory, device=device)
     config = ModelConfig.load(require(directory / CONFIG_FILE))
     if (directory / STATE_FILE).is_file() and CLASSIFIER_KEY in read_state(directory):
         raise ValueError(
@@ -146,4 +175,30 @@ def load_model(directory: str | Path, device: str = "cpu") -> GPT:
         load_sharded_checkpoint(directory, model=model, optimizer=None)
     else:
         safetensors.torch.load_model(model, require(directory / MODEL_FILE), device=device)
+    return model.eval()
+
+
+def load_adapted(adapter: str | Path, base: str | None = None, device: str = "cpu") -> GPT:
+    """The base checkpoint with the adapter at adapter on it (not merged), in eval mode.
+
+    base (a path or URI; default: the one the adapter names) must hold the weights the adapter
+    was trained on, else AdapterBaseMismatch.
+    """
+    adapter = Path(adapter)
+    config = read_adapter_config(adapter)
+    named = base or config.get("base_checkpoint")
+    if not named:
+        raise ValueError(f"{adapter} names no base checkpoint: give base")
+    local = fetch(named)
+    check_base(adapter, local, named)
+    model = load_model(local, device=device)
+    if is_adapted(model):
+        raise ValueError(f"the base {named} is itself an adapter; merge it first")
+    add_lora(
+        model,
+        LoraSettings.from_dict(config),
+        base=named,
+        base_fingerprint=config.get("base_fingerprint", ""),
+    )
+    load_adapter_weights(adapter, model)
     return model.eval()

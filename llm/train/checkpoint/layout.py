@@ -7,8 +7,10 @@ A checkpoint folder holds:
     trainer_state.json   the caller's trainer_state plus "optimizer_file" and "format"
 
 Sharded (FSDP, DCP) checkpoints hold a ``dcp/`` folder in place of the two weight files and
-"layout": "dcp" in trainer_state.json. Every writer builds the folder under a hidden sibling
-name and renames it into place, so readers see either the previous checkpoint or the new one.
+"layout": "dcp" in trainer_state.json; LoRA checkpoints hold the adapter alone in place of
+model.safetensors (``adapter``) and "layout": "adapter". Every writer builds the folder under a
+hidden sibling name and renames it into place, so readers see either the previous checkpoint or
+the new one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 DCP_DIR = "dcp"
 DCP_LAYOUT = "dcp"
+ADAPTER_FILE = "adapter_model.safetensors"  # peft's names for an adapter's files
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_LAYOUT = "adapter"
 RESERVED_KEYS = ("format", "optimizer_file", "layout")
 # the trainer_state section of a classifier's checkpoint (llm.finetune.classify): its weights
 # are a backbone under a classification head, not a language model
@@ -115,6 +120,8 @@ def is_complete(folder: Path) -> bool:
     if state.get("layout") == DCP_LAYOUT:
         return (folder / CONFIG_FILE).is_file() and (folder / DCP_DIR / ".metadata").is_file()
     needed = [CONFIG_FILE, MODEL_FILE]
+    if state.get("layout") == ADAPTER_LAYOUT:
+        needed = [CONFIG_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE]
     if state.get("optimizer_file") is not None:
         needed.append(state["optimizer_file"])
     return all((folder / name).is_file() for name in needed)

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from llm import storage
 from services import job_outputs
+from services.adapters import check_adapter_base
 from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
 from services.api.downloads import (
@@ -87,12 +88,15 @@ def _create(
     reject_non_finite(body.stats, ("body", "stats"))
     for i, uri in enumerate(body.inputs):
         check_uri(uri, ("body", "inputs", i))
+    parent = None
     if body.parent_id is not None:
         parent = store.get_artifact(session, artifact_id=body.parent_id)
         if parent is None or not visible(parent, who):
             raise request_error(
                 ("body", "parent_id"), f"no dataset or model {body.parent_id!r} to derive from"
             )
+    if kind == ModelKind.adapter:
+        _check_adapter(body.uri, parent)
     artifact = store.create_artifact(
         session,
         category=category,
@@ -107,6 +111,18 @@ def _create(
     )
     session.commit()
     return _public(session, [artifact])[0]
+
+
+def _check_adapter(uri: str, base: Artifact | None) -> None:
+    """An adapter is registered with its base as parent, and only onto the base it was made on."""
+    if base is None or base.category != ArtifactCategory.model.value:
+        raise request_error(("body", "parent_id"), "an adapter's parent_id is its base model")
+    try:
+        check_adapter_base(uri, base.uri)
+    except OSError as e:
+        raise request_error(("body", "uri"), redact(f"cannot read the adapter: {e}")) from e
+    except ValueError as e:
+        raise request_error(("body", "uri"), str(e)) from e
 
 
 def _lineage(
