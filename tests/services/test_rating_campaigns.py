@@ -1,0 +1,237 @@
+"""/api/v1/ratings/campaigns: two tiny models complete three prompts through the control
+plane's serving engines, raters get blinded pairs, and their verdicts reach the leaderboard and
+the DPO preferences export. On SQLite and PostgreSQL (the store's two databases)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.api.app import create_app
+from services.auth import ADMIN_KEY_FILE
+from services.ray_head import free_port
+from services.settings import Settings
+from tests.services.tiny_model import tiny_checkpoint
+
+
+@dataclass
+class Api:
+    client: TestClient
+    admin: dict[str, str]
+    red: dict[str, str]
+    blue: dict[str, str]
+    models: list[str]  # red's two models (other weights)
+    tmp: Path
+
+
+def _key(client: TestClient, admin: dict[str, str], team: str) -> dict[str, str]:
+    r = client.post("/api/v1/keys", json={"name": team, "team": team}, headers=admin)
+    return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("campaign-models")
+    # random weights: seeds whose greedy completions of the test's prompts all differ
+    return [tiny_checkpoint(tmp / f"ckpt{seed}", seed=seed) for seed in (0, 4)]
+
+
+@pytest.fixture()
+def api(database_url: str, checkpoints: list[Path], tmp_path: Path) -> Iterator[Api]:
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=database_url,
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        poll_interval_s=60,
+        rate_limit_per_min=0,
+        serve_max_batch=4,
+    )
+    with TestClient(create_app(settings)) as client:
+        admin = {"Authorization": f"Bearer {(tmp_path / 'home' / ADMIN_KEY_FILE).read_text()}"}
+        red, blue = _key(client, admin, "red"), _key(client, admin, "blue")
+        models = [
+            client.post(
+                "/api/v1/models",
+                json={"name": f"tiny{i}", "kind": "checkpoint", "uri": str(ckpt)},
+                headers=red,
+            ).json()["id"]
+            for i, ckpt in enumerate(checkpoints)
+        ]
+        yield Api(client, admin, red, blue, models, tmp_path)
+
+
+def _wait_open(api: Api, campaign: str, who: dict[str, str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        got = api.client.get(f"/api/v1/ratings/campaigns/{campaign}", headers=who).json()
+        if got["state"] != "generating":
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+
+
+def _completion(api: Api, model: str, prompt: str, seed: int) -> str:
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "seed": seed}
+    r = api.client.post(f"/api/v1/models/{model}/completions", json=body, headers=api.red)
+    assert r.status_code == 200, r.text
+    return str(r.json()["choices"][0]["text"])
+
+
+def test_a_campaigns_ratings_reach_the_leaderboard_and_the_preferences(api: Api) -> None:
+    c, red = api.client, api.red
+    first, second = api.models
+    template = {"name": "story", "template": "The {{ who }} said"}
+    assert c.post("/api/v1/prompts", json=template, headers=red).status_code == 201
+    body = {
+        "name": "kings",
+        "models": api.models,
+        "prompts": ["Hello world, the"],
+        "prompt_template": "story",
+        "variables": [{"who": "queen"}, {"who": "man"}],
+        "sampling": {"max_tokens": 8, "temperature": 0},
+        "seed": 3,
+    }
+    r = c.post("/api/v1/ratings/campaigns", json=body, headers=red)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["state"] in ("generating", "open") and made["prompts"] == 3
+    assert made["task"] == f"campaign-{made['id']}" and made["template_version"] == 1
+    campaign = _wait_open(api, made["id"], red)
+    assert campaign["state"] == "open" and campaign["errors"] == [], campaign
+    progress = campaign["progress"]
+    assert progress["completions"] == progress["completions_done"] == 6
+    assert progress["pairs"] == 3 and progress["ratings"] == 0 and progress["left_for_you"] == 3
+
+    # the completions are the serving engine's, as the completions route gives them: prompt i
+    # samples with seed + i
+    prompts = ["Hello world, the", "The queen said", "The man said"]
+    ours = {p: _completion(api, first, p, 3 + i) for i, p in enumerate(prompts)}
+    theirs = {p: _completion(api, second, p, 3 + i) for i, p in enumerate(prompts)}
+    assert all(ours[p] != theirs[p] for p in prompts)
+
+    # blinded pairs: no model named; red prefers the first model's completion every time
+    url = f"/api/v1/ratings/campaigns/{made['id']}"
+    seen, sides = set(), []
+    for _ in range(3):
+        r = c.get(f"{url}/next", headers=red)
+        assert r.status_code == 200, r.text
+        assert first not in r.text and second not in r.text and "tiny" not in r.text
+        pair = r.json()["pair"]
+        assert pair["id"] not in seen and pair["prompt"] in prompts
+        assert {pair["left"], pair["right"]} == {ours[pair["prompt"]], theirs[pair["prompt"]]}
+        assert c.get(f"{url}/next", headers=red).json()["pair"]["id"] == pair["id"]  # until rated
+        verdict = "left" if pair["left"] == ours[pair["prompt"]] else "right"
+        sides.append(verdict)
+        r = c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": verdict}, headers=red)
+        assert r.status_code == 201, r.text
+        assert r.json()["progress"]["yours"] == len(seen) + 1
+        seen.add(pair["id"])
+    done = c.get(f"{url}/next", headers=red).json()
+    assert done["pair"] is None and done["progress"]["left_for_you"] == 0
+    again = c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": "tie"}, headers=red)
+    assert again.status_code == 409  # a rater rates a pair once
+    bogus = c.post(f"{url}/ratings", json={"pair_id": "nope", "verdict": "tie"}, headers=red)
+    assert bogus.status_code == 404
+
+    # another rater of the team gets the pairs afresh; a tie
+    other = _key(c, api.admin, "red")
+    pair = c.get(f"{url}/next", headers=other).json()["pair"]
+    r = c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": "tie"}, headers=other)
+    assert r.status_code == 201
+    progress = c.get(url, headers=red).json()["progress"]
+    assert progress["ratings"] == 4 and progress["pairs_rated"] == 3 and progress["yours"] == 3
+
+    # normal ratings: on the leaderboard under the campaign's task, and as DPO preferences
+    task = {"task": made["task"]}
+    board = c.get("/api/v1/ratings/leaderboard", params=task | {"rounds": 0}, headers=red).json()
+    assert board["ratings"] == 4
+    top = board["models"][0]
+    assert (top["model"], top["wins"], top["losses"], top["ties"]) == (first, 3, 0, 1)
+    prefs = c.get("/api/v1/ratings/preferences", params=task, headers=red).json()
+    assert prefs["count"] == 3 and prefs["dropped"] == {"tie": 1}
+    assert {d["chosen_model"] for d in prefs["data"]} == {first}
+    assert {(d["prompt"], d["chosen"], d["rejected"]) for d in prefs["data"]} == {
+        (p, ours[p], theirs[p]) for p in prompts
+    }
+    ratings = c.get("/api/v1/ratings", params=task, headers=red).json()["data"]
+    assert all(r["tags"] == [f"campaign:{made['id']}"] for r in ratings)
+
+    # another team sees none of it
+    assert c.get(url, headers=api.blue).status_code == 404
+    assert c.get(f"{url}/next", headers=api.blue).status_code == 404
+    r = c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": "tie"}, headers=api.blue)
+    assert r.status_code == 404
+    assert c.get("/api/v1/ratings/campaigns", headers=api.blue).json()["count"] == 0
+    assert c.get("/api/v1/ratings/campaigns", headers=red).json()["data"][0]["id"] == made["id"]
+
+
+def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api) -> None:
+    c, red = api.client, api.red
+    empty = api.tmp / "empty"
+    empty.mkdir()
+    broken = c.post(
+        "/api/v1/models", json={"name": "gone", "kind": "checkpoint", "uri": str(empty)},
+        headers=red,
+    ).json()["id"]  # fmt: skip
+    body = {
+        "models": [*api.models, broken],
+        "prompts": ["The king said", "the king " * 150],  # the second: past the context
+        "sampling": {"max_tokens": 4, "temperature": 0},
+    }
+    r = c.post("/api/v1/ratings/campaigns", json=body, headers=red)
+    assert r.status_code == 201, r.text
+    campaign = _wait_open(api, r.json()["id"], red)
+    assert campaign["state"] == "open"
+    errors = {(e["model"], tuple(e["prompts"] or ())): e["error"] for e in campaign["errors"]}
+    assert "cannot be served" in errors[(broken, ())]
+    for model in api.models:
+        assert "context" in errors[(model, (1,))]
+    progress = campaign["progress"]
+    assert progress["completions_done"] == 2 and progress["completions_failed"] == 4
+    assert progress["pairs"] == 1  # prompt 0, the two models that completed it
+
+    # nothing to pair at all: the campaign fails, saying why
+    body = {"models": [api.models[0], broken], "prompts": ["Hello"]}
+    r = c.post("/api/v1/ratings/campaigns", json=body, headers=red)
+    failed = _wait_open(api, r.json()["id"], red)
+    assert failed["state"] == "failed" and "no prompt was completed by two" in failed["message"]
+    r = c.get(f"/api/v1/ratings/campaigns/{failed['id']}/next", headers=red)
+    assert r.status_code == 200 and r.json()["pair"] is None
+
+
+def test_bad_campaigns_are_refused_naming_what(api: Api) -> None:
+    c, red = api.client, api.red
+    blues = c.post(
+        "/api/v1/models",
+        json={"name": "b", "kind": "checkpoint", "uri": str(api.tmp)},
+        headers=api.blue,
+    ).json()["id"]
+    assert c.post("/api/v1/prompts", json={"name": "t", "template": "{{ who }}"}, headers=red)
+    base = {"models": api.models, "prompts": ["Hello"]}
+    for change, code, where in [
+        ({"models": api.models[:1]}, 422, ["body", "models"]),
+        ({"models": [api.models[0], api.models[0]]}, 422, ["body"]),
+        ({"models": [api.models[0], "nope"]}, 404, "model nope not found"),
+        ({"models": [api.models[0], blues]}, 404, f"model {blues} not found"),
+        ({"prompts": []}, 422, ["body"]),
+        ({"prompt_template": "nope"}, 404, "prompt template nope not found"),
+        ({"prompt_template": "t", "variables": [{"who": "a"}, {}]}, 422,
+         ["body", "variables", 1, "who"]),
+        ({"variables": [{"who": "a"}]}, 422, ["body"]),
+        ({"sampling": {"temperature": 3}}, 422, ["body", "sampling", "temperature"]),
+        ({"prompts": ["x"] * 1001}, 422, ["body", "prompts"]),
+    ]:  # fmt: skip
+        r = c.post("/api/v1/ratings/campaigns", json=base | change, headers=red)
+        assert r.status_code == code, (change, r.text)
+        if isinstance(where, list):
+            assert any(e["loc"] == where for e in r.json()["detail"]), r.text
+        else:
+            assert where in r.json()["detail"]
+    assert c.get("/api/v1/ratings/campaigns", headers=red).json()["count"] == 0
+    assert c.get("/api/v1/ratings/campaigns/nope/next", headers=red).status_code == 404
