@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from services.cli.audit import add_audit_commands
+from services.cli.campaigns import add_prompts_commands
 from services.cli.download import add_download_commands
 from services.cli.eval import add_eval_commands
 from services.cli.jobs import add_job_commands
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quality_commands(sub)
     add_eval_commands(sub)
     add_prompt_command(sub)
+    add_prompts_commands(sub)
     return parser
 
 
