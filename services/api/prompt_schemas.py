@@ -199,7 +199,7 @@ class CampaignPublic(BaseModel):
     name: str | None
     team: str
     owner: str | None
-    state: Literal["generating", "open", "failed", "closed"]
+    state: Literal["generating", "open", "failed"]
     models: list[str]
     prompt_template: str | None
     template_version: int | None

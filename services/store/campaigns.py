@@ -194,22 +194,30 @@ def has_rated(session: Session, *, pair_id: str, rater: str) -> bool:
     return session.get(CampaignRating, (pair_id, rater)) is not None
 
 
-def record_rating(session: Session, *, pair: CampaignPair, rater: str, rating_id: str) -> None:
-    """Who rated the pair; the pair's count goes up in the database (no lost update when two
-    raters rate it at once). A second rating of the pair by the same rater is an
-    IntegrityError at flush."""
+class PairFull(Exception):
+    """The pair got its ratings_per_pair ratings meanwhile."""
+
+
+def record_rating(
+    session: Session, *, pair: CampaignPair, rater: str, rating_id: str, cap: int | None
+) -> None:
+    """Who rated the pair; the pair's count goes up in the database, and only below ``cap``
+    (no lost update, no rating past the cap, when two raters rate it at once: PairFull). A
+    second rating of the pair by the same rater is an IntegrityError at flush."""
     session.add(
         CampaignRating(
             pair_id=pair.id, rater=rater, campaign_id=pair.campaign_id, rating_id=rating_id
         )
     )
     session.flush()
-    session.execute(
-        update(CampaignPair)
-        .where(CampaignPair.id == pair.id)
-        .values(ratings=CampaignPair.ratings + 1)
-        .execution_options(synchronize_session=False)
+    query = update(CampaignPair).where(CampaignPair.id == pair.id)
+    if cap is not None:
+        query = query.where(CampaignPair.ratings < cap)
+    done = session.execute(
+        query.values(ratings=CampaignPair.ratings + 1).execution_options(synchronize_session=False)
     )
+    if getattr(done, "rowcount", 1) == 0:
+        raise PairFull(pair.id)
 
 
 def progress(session: Session, *, campaign: Campaign, rater: str) -> dict[str, int]:

@@ -258,7 +258,6 @@ class CampaignState(StrEnum):
     generating = "generating"  # the models are completing the prompts
     open = "open"  # raters get pairs
     failed = "failed"  # no pair could be made (the reasons are in errors)
-    closed = "closed"  # no more ratings taken
 
 
 class Campaign(Base):

@@ -183,6 +183,7 @@ def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api
         "models": [*api.models, broken],
         "prompts": ["The king said", "the king " * 150],  # the second: past the context
         "sampling": {"max_tokens": 4, "temperature": 0},
+        "ratings_per_pair": 1,
     }
     r = c.post("/api/v1/ratings/campaigns", json=body, headers=red)
     assert r.status_code == 201, r.text
@@ -195,6 +196,17 @@ def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api
     progress = campaign["progress"]
     assert progress["completions_done"] == 2 and progress["completions_failed"] == 4
     assert progress["pairs"] == 1  # prompt 0, the two models that completed it
+
+    # one rating per pair: once red rated it, nobody else gets it
+    url = f"/api/v1/ratings/campaigns/{campaign['id']}"
+    pair = c.get(f"{url}/next", headers=red).json()["pair"]
+    assert pair["prompt"] == "The king said"
+    assert c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": "tie"}, headers=red)
+    other = _key(c, api.admin, "red")
+    assert c.get(f"{url}/next", headers=other).json()["pair"] is None
+    r = c.post(f"{url}/ratings", json={"pair_id": pair["id"], "verdict": "left"}, headers=other)
+    assert r.status_code == 409 and "all its" in r.text
+    assert c.get(url, headers=red).json()["progress"]["pairs_complete"] == 1
 
     # nothing to pair at all: the campaign fails, saying why
     body = {"models": [api.models[0], broken], "prompts": ["Hello"]}
@@ -235,3 +247,43 @@ def test_bad_campaigns_are_refused_naming_what(api: Api) -> None:
             assert where in r.json()["detail"]
     assert c.get("/api/v1/ratings/campaigns", headers=red).json()["count"] == 0
     assert c.get("/api/v1/ratings/campaigns/nope/next", headers=red).status_code == 404
+
+
+def test_a_campaign_left_generating_is_resumed_at_start(
+    database_url: str, checkpoints: list[Path], tmp_path: Path
+) -> None:
+    """A control plane stopped mid-generation leaves the campaign generating with its pending
+    completions; the next start finishes them."""
+    from services.store import campaigns, registry
+    from services.store.db import make_engine, make_sessionmaker
+    from services.store.models import ArtifactCategory
+
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as session:
+        models = [
+            registry.create_artifact(
+                session, category=ArtifactCategory.model, kind="checkpoint", name=f"m{i}",
+                uri=str(ckpt), team="red",
+            ).id
+            for i, ckpt in enumerate(checkpoints)
+        ]  # fmt: skip
+        params = {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "top_k": None, "stop": None}
+        made = campaigns.create_campaign(
+            session, team="red", owner=None, name=None, models=models,
+            prompts=[("The king said", None, None), ("Hello", None, None)], params=params,
+            chat=False, seed=0, task=None, ratings_per_pair=None,
+        )  # fmt: skip
+        session.commit()
+    engine.dispose()
+    settings = Settings(
+        home=tmp_path / "home",
+        database_url=database_url,
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        poll_interval_s=60,
+        rate_limit_per_min=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        admin = {"Authorization": f"Bearer {(tmp_path / 'home' / ADMIN_KEY_FILE).read_text()}"}
+        api = Api(client, admin, admin, admin, models, tmp_path)
+        campaign = _wait_open(api, made.id, admin)
+    assert campaign["state"] == "open" and campaign["progress"]["pairs"] == 2

@@ -243,12 +243,17 @@ def rate_pair(
         tags=[f"campaign:{campaign.id}"],
     )
     try:
-        store.record_rating(session, pair=pair, rater=rater, rating_id=rating.id)
+        store.record_rating(
+            session, pair=pair, rater=rater, rating_id=rating.id, cap=campaign.ratings_per_pair
+        )
     except IntegrityError as e:  # the same key rated it a moment ago, in another request
         session.rollback()
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"this key already rated pair {pair.id}"
         ) from e
+    except store.PairFull as e:  # its last rating came from another rater a moment ago
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, f"pair {pair.id} has all its ratings") from e
     session.commit()
     return CampaignRatingPublic(
         rating=rating.id,
