@@ -122,7 +122,7 @@ def make_pairs(session: Session, *, campaign: Campaign) -> int:
     for c in completions_of(session, campaign_id=campaign.id):
         if c.text is not None:
             done.setdefault(c.prompt_index, set()).add(c.model)
-    rng = random.Random(f"{campaign.seed}:{campaign.id}")
+    rng = random.Random(campaign.seed)  # the same seed, the same sides and order
     pairs = [
         (index, a, b)
         for index in range(campaign.prompts)

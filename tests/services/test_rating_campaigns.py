@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.api.app import create_app
 from services.auth import ADMIN_KEY_FILE
@@ -287,3 +290,72 @@ def test_a_campaign_left_generating_is_resumed_at_start(
         api = Api(client, admin, admin, admin, models, tmp_path)
         campaign = _wait_open(api, made.id, admin)
     assert campaign["state"] == "open" and campaign["progress"]["pairs"] == 2
+
+
+def test_a_chat_campaign_prompts_through_the_chat_template(api: Api) -> None:
+    c, red = api.client, api.red
+    body = {
+        "models": api.models,
+        "prompts": ["Who would come?"],
+        "chat": True,
+        "sampling": {"max_tokens": 6, "temperature": 0},
+    }
+    r = c.post("/api/v1/ratings/campaigns", json=body, headers=red)
+    assert r.status_code == 201, r.text
+    campaign = _wait_open(api, r.json()["id"], red)
+    assert campaign["state"] == "open", campaign
+    pair = c.get(f"/api/v1/ratings/campaigns/{campaign['id']}/next", headers=red).json()["pair"]
+    assert pair["messages"] == [{"role": "user", "content": "Who would come?"}]
+    replies = set()
+    for model in api.models:
+        chat = {"model": model, "messages": pair["messages"], "max_tokens": 6, "temperature": 0}
+        r = c.post("/v1/chat/completions", json=chat, headers=red)
+        replies.add(r.json()["choices"][0]["message"]["content"])
+    assert {pair["left"], pair["right"]} == replies
+
+
+def test_pairs_sides_and_order_follow_the_seed_and_a_rater_rates_a_pair_once(
+    session: Session,
+) -> None:
+    from services.store import campaigns, ratings
+    from services.store.models import CampaignPair
+
+    def made(seed: int) -> Any:
+        campaign = campaigns.create_campaign(
+            session, team="red", owner=None, name=None, models=["a1", "b2", "c3"],
+            prompts=[(f"p{i}", None, None) for i in range(10)], params={}, chat=False,
+            seed=seed, task=None, ratings_per_pair=2,
+        )  # fmt: skip
+        for c in campaigns.completions_of(session, campaign_id=campaign.id):
+            c.text = f"{c.model} on {c.prompt_index}"
+        campaigns.finish_generation(session, campaign=campaign)
+        session.commit()
+        return campaign
+
+    def layout(campaign: Any) -> list[tuple[int, str, str, str, int]]:
+        pairs = session.scalars(select(CampaignPair).where(CampaignPair.campaign_id == campaign.id))
+        return sorted((p.prompt_index, p.model_a, p.model_b, p.left, p.position) for p in pairs)
+
+    first, again, other = made(7), made(7), made(8)
+    assert first.state == "open" and len(layout(first)) == 30  # 10 prompts x 3 model pairs
+    assert layout(first) == layout(again) and layout(first) != layout(other)
+    assert {side for *_, side, _ in layout(first)} == {"a", "b"}
+    assert sorted(p for *_, p in layout(first)) == list(range(30))
+
+    pair = campaigns.next_pair(session, campaign=first, rater="k1")
+    assert pair is not None and pair.position == 0
+    rating = ratings.create_rating(session, prompt="p", model_a=pair.model_a,
+        model_b=pair.model_b, completion_a="x", completion_b="y", winner="a")  # fmt: skip
+    campaigns.record_rating(session, pair=pair, rater="k1", rating_id=rating.id, cap=2)
+    session.commit()
+    following = campaigns.next_pair(session, campaign=first, rater="k1")
+    assert following is not None and following.id != pair.id
+    # another rater starts with the pairs nobody rated yet
+    assert campaigns.next_pair(session, campaign=first, rater="k2").id == following.id
+    with pytest.raises(IntegrityError):  # the same rater, the same pair
+        campaigns.record_rating(session, pair=pair, rater="k1", rating_id=rating.id, cap=2)
+    session.rollback()
+    campaigns.record_rating(session, pair=pair, rater="k2", rating_id=rating.id, cap=2)
+    with pytest.raises(campaigns.PairFull):  # a third rating past ratings_per_pair
+        campaigns.record_rating(session, pair=pair, rater="k3", rating_id=rating.id, cap=2)
+    session.rollback()
