@@ -2,11 +2,12 @@
 own serving engines (``services.serving``), in a background thread, so that creating a
 campaign answers at once (state ``generating``) and raters get pairs once it is ``open``.
 
-One campaign generates at a time, model after model (a model's prompts share its
-continuous-batching engine with the live completions traffic). Each completion is stored as it
-ends, so progress shows while it runs; a completion that cannot be made (a model that cannot be
-loaded, a prompt too long for its context) is recorded with its reason on the campaign. A
-control plane stopped mid-generation leaves the rest pending, and the next start resumes them.
+One campaign generates at a time, model after model; a model's prompts share its
+continuous-batching engine with the live completions traffic, taking at most half its slots.
+Each completion is stored as it ends, so progress shows while it runs; a completion that cannot
+be made (a model that cannot be loaded, a prompt too long for its context) is recorded with its
+reason on the campaign. A control plane stopped mid-generation leaves the rest pending, and the
+next start resumes them.
 """
 
 from __future__ import annotations
@@ -167,9 +168,11 @@ class CampaignRunner:
         prompts: Sequence[CampaignPrompt],
         pending: list[CampaignCompletion],
     ) -> None:
-        """Submit every pending prompt to the model's engine (it batches them), store each
-        completion as it ends; a full queue waits for the oldest request first."""
+        """Submit the pending prompts to the model's engine (it batches them), at most half its
+        slots at once so that live requests still find room and its queue stays free; store
+        each completion as it ends (the oldest first)."""
         engine = loaded.engine
+        at_once = max(1, engine.max_batch // 2)
         running: deque[tuple[CampaignCompletion, RequestHandle]] = deque()
         stored = 0
 
@@ -207,6 +210,8 @@ class CampaignRunner:
                 c.error = reason[:MAX_ERROR]
                 _add_error(campaign, c.model, [c.prompt_index], reason)
                 continue
+            while len(running) >= at_once:
+                collect()
             while True:
                 try:
                     handle = engine.submit([ids], params)
