@@ -218,6 +218,9 @@ def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api
     assert failed["state"] == "failed" and "no prompt was completed by two" in failed["message"]
     r = c.get(f"/api/v1/ratings/campaigns/{failed['id']}/next", headers=red)
     assert r.status_code == 200 and r.json()["pair"] is None
+    elsewhere = {"pair_id": pair["id"], "verdict": "tie"}  # a pair of the other campaign
+    r = c.post(f"/api/v1/ratings/campaigns/{failed['id']}/ratings", json=elsewhere, headers=red)
+    assert r.status_code == 404 and "is not one of campaign" in r.text
 
 
 def test_bad_campaigns_are_refused_naming_what(api: Api) -> None:
