@@ -85,17 +85,15 @@ class Templated(Strict):
         default=None, description="the prompt_template's variables"
     )
 
-    def _one_source(self, field: str, given: bool) -> None:
-        if given == (self.prompt_template is not None):
+    def _one_source(self, field: str) -> None:
+        if (field in self.model_fields_set) == (self.prompt_template is not None):
             raise ValueError(f"give {field} or prompt_template (with variables): one of them")
         if self.variables is not None and self.prompt_template is None:
             raise ValueError("variables: give a prompt_template to render them with")
 
 
 class CompletionFields(SamplingFields, Templated):
-    prompt: Prompt | None = Field(
-        default=None, description="text, token ids, or a list of either (a batch)"
-    )
+    prompt: Prompt = Field(default="", description="text, token ids, or a list of either (a batch)")
     max_tokens: int = Field(default=16, ge=0, description="0 with echo: score the prompt")
     echo: bool = False
     logprobs: int | None = Field(
@@ -104,7 +102,7 @@ class CompletionFields(SamplingFields, Templated):
 
     @model_validator(mode="after")
     def _prompt_or_template(self) -> CompletionFields:
-        self._one_source("prompt", self.prompt is not None)
+        self._one_source("prompt")
         return self
 
 
@@ -134,7 +132,7 @@ class ChatMessage(Strict):
 
 class ChatCompletionCreate(SamplingFields, Templated):
     model: str = Field(max_length=64, description="a registered model's id")
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=1000)
+    messages: list[ChatMessage] = Field(default_factory=list, max_length=1000)
     max_tokens: int | None = Field(default=None, ge=1, description="null: up to the context")
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="max_tokens' new name"
@@ -144,7 +142,9 @@ class ChatCompletionCreate(SamplingFields, Templated):
 
     @model_validator(mode="after")
     def _messages_or_template(self) -> ChatCompletionCreate:
-        self._one_source("messages", self.messages is not None)
+        self._one_source("messages")
+        if "messages" in self.model_fields_set and not self.messages:
+            raise ValueError("messages: give at least one message")
         return self
 
 

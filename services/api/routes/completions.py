@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -36,7 +36,7 @@ from services.api.completion_schemas import (
 )
 from services.api.deps import ServingDep, SessionDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
-from services.api.routes.prompts import rendered
+from services.api.routes.prompts import templated
 from services.api.routes.registry import visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
@@ -181,24 +181,9 @@ def _stream(handle: RequestHandle, writer: ChunkWriter, body: SamplingFields) ->
     )
 
 
-Body = TypeVar("Body", bound=CompletionFields)
-
-
-async def _templated(session: Session, who: Principal, body: Body) -> Body:
-    """A stored prompt template in place of the prompt: rendered with its variables."""
-    if body.prompt_template is None:
-        return body
-    out = await run_in_threadpool(
-        rendered, session, who, body.prompt_template, body.variables or {}
-    )
-    return body.model_copy(update={"prompt": out.text})
-
-
 def _completion_prompts(loaded: Loaded, body: CompletionFields) -> list[list[int]]:
     """The prompt(s) as token ids: text is tokenized, ids are taken as they are."""
     prompt = body.prompt
-    if prompt is None:  # the body's check demands a prompt or a template (rendered by now)
-        raise request_error(("body", "prompt"), "give a prompt or a prompt_template")
     if isinstance(prompt, str):
         return [loaded.served.encode(prompt)]
     prompts: list[list[int]] = []
@@ -240,7 +225,7 @@ async def complete(
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
-    body = await _templated(session, who, body)
+    body = await templated(session, who, body)  # prompt_template: its text as the prompt
     loaded = await _open(session, serving, who, model_id, ("path", "model_id"))
     return await _complete(request, body, loaded, model_id)
 
@@ -254,7 +239,7 @@ async def openai_complete(
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
-    body = await _templated(session, who, body)
+    body = await templated(session, who, body)
     loaded = await _open(session, serving, who, body.model, ("body", "model"))
     return await _complete(request, body, loaded, body.model)
 
@@ -269,17 +254,12 @@ async def openai_chat(
 ) -> StreamingResponse | ChatCompletionPublic:
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
+    body = await templated(session, who, body)  # prompt_template: its messages
     loaded = await _open(session, serving, who, body.model, ("body", "model"))
-    if body.prompt_template is not None:  # a stored template's messages
-        out = await run_in_threadpool(
-            rendered, session, who, body.prompt_template, body.variables or {}
-        )
-        messages = [Message(m["role"], m["content"]) for m in out.messages]
-    else:  # developer is OpenAI's newer name for the system role
-        messages = [
-            Message("system" if m.role == "developer" else m.role, m.text())
-            for m in body.messages or []
-        ]
+    # developer is OpenAI's newer name for the system role
+    messages = [
+        Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
+    ]
     try:
         prompt = loaded.served.chat_ids(messages)
     except ValueError as e:

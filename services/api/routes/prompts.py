@@ -12,14 +12,16 @@ below), and so do rating campaigns.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llm.serve.prompts import Example, PromptError, PromptTemplate, Rendered
 from services.api.auditing import audit_event, refusals
+from services.api.completion_schemas import ChatCompletionCreate, ChatMessage, Templated
 from services.api.deps import SessionDep
 from services.api.prompt_schemas import (
     PromptTemplateCreate,
@@ -72,8 +74,24 @@ def render(record: Record, variables: Mapping[str, Any], loc: Loc) -> Rendered:
 
 
 def rendered(session: Session, who: Principal, ref: str, variables: Mapping[str, Any]) -> Rendered:
-    """For the completions routes: ``prompt_template`` rendered with ``variables``."""
+    """``prompt_template`` rendered with ``variables``, as a request body names them."""
     return render(find(session, who, ref), variables, ("body", "variables"))
+
+
+Body = TypeVar("Body", bound=Templated)
+
+
+async def templated(session: Session, who: Principal, body: Body) -> Body:
+    """A completions body with its ``prompt_template`` rendered in place of the prompt (chat:
+    of the messages); a body without one, as it is."""
+    if body.prompt_template is None:
+        return body
+    ref, variables = body.prompt_template, body.variables or {}
+    out = await run_in_threadpool(rendered, session, who, ref, variables)
+    if isinstance(body, ChatCompletionCreate):
+        messages = [ChatMessage(role=m["role"], content=m["content"]) for m in out.messages]  # type: ignore[arg-type]
+        return body.model_copy(update={"messages": messages})
+    return body.model_copy(update={"prompt": out.text})
 
 
 def _checked(body: PromptTemplateCreate) -> list[str]:
