@@ -137,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(sub)
     add_download_commands(sub)
     add_audit_commands(sub)
+    add_prompts_commands(sub)
     _add_tokenizer_train(sub)
     _add_plan(sub)
     add_quality_commands(sub)
     add_eval_commands(sub)
     add_prompt_command(sub)
-    add_prompts_commands(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ from services.cli.main import main
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
-from tests.services.tiny_model import tiny_checkpoint
+from tests.services.tiny_models import seeded_checkpoint
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def served(
     try:
         models = []
         for seed in (0, 4):
-            ckpt = tiny_checkpoint(tmp_path / f"ckpt{seed}", seed=seed)
+            ckpt = seeded_checkpoint(tmp_path / f"ckpt{seed}", seed)
             body = {"name": f"tiny{seed}", "kind": "checkpoint", "uri": str(ckpt)}
             r = httpx.post(f"{server.url}/api/v1/models", json=body, headers=server.headers)
             models.append(r.json()["id"])

@@ -20,7 +20,7 @@ from services.api.app import create_app
 from services.auth import ADMIN_KEY_FILE
 from services.ray_head import free_port
 from services.settings import Settings
-from tests.services.tiny_model import tiny_checkpoint
+from tests.services.tiny_models import seeded_checkpoint
 
 
 @dataclass
@@ -42,7 +42,7 @@ def _key(client: TestClient, admin: dict[str, str], team: str) -> dict[str, str]
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     tmp = tmp_path_factory.mktemp("campaign-models")
     # random weights: seeds whose greedy completions of the test's prompts all differ
-    return [tiny_checkpoint(tmp / f"ckpt{seed}", seed=seed) for seed in (0, 4)]
+    return [seeded_checkpoint(tmp / f"ckpt{seed}", seed) for seed in (0, 4)]
 
 
 @pytest.fixture()
