@@ -115,7 +115,7 @@ def completions_of(
     return list(session.scalars(query.order_by(CampaignCompletion.prompt_index)))
 
 
-def make_pairs(session: Session, *, campaign: Campaign) -> int:
+def _pairs(session: Session, campaign: Campaign) -> list[CampaignPair]:
     """A pair for each prompt and two models that both completed it. Which model shows on the
     left, and the order raters meet the pairs in, come from the campaign's seed."""
     done: dict[int, set[str]] = {}
@@ -131,7 +131,7 @@ def make_pairs(session: Session, *, campaign: Campaign) -> int:
     ]
     order = list(range(len(pairs)))
     rng.shuffle(order)
-    session.add_all(
+    return [
         CampaignPair(
             id=new_id(),
             campaign_id=campaign.id,
@@ -143,21 +143,32 @@ def make_pairs(session: Session, *, campaign: Campaign) -> int:
             ratings=0,
         )
         for (index, a, b), position in zip(pairs, order, strict=True)
+    ]
+
+
+def finish_generation(session: Session, *, campaign: Campaign) -> bool:
+    """Make the pairs and open the campaign (failed: when there is no pair). The state moves
+    from generating in one conditional UPDATE, so where two control planes finish the same
+    campaign, one makes the pairs and the other (False) leaves them be."""
+    pairs = _pairs(session, campaign)
+    state = CampaignState.open if pairs else CampaignState.failed
+    message = (
+        None
+        if pairs
+        else ("no prompt was completed by two models, so there is no pair to rate: see errors")
     )
+    claimed = session.execute(
+        update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.state == CampaignState.generating.value)
+        .values(state=state.value, message=message, generated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(campaign)
+    if getattr(claimed, "rowcount", 1) == 0:
+        return False
+    session.add_all(pairs)
     session.flush()
-    return len(pairs)
-
-
-def finish_generation(session: Session, *, campaign: Campaign) -> None:
-    pairs = make_pairs(session, campaign=campaign)
-    campaign.generated_at = utcnow()
-    if pairs:
-        campaign.state = CampaignState.open.value
-    else:
-        campaign.state = CampaignState.failed.value
-        campaign.message = (
-            "no prompt was completed by two models, so there is no pair to rate: see errors"
-        )
+    return True
 
 
 def _open_to(query: Select[Any], campaign: Campaign, rater: str) -> Select[Any]:

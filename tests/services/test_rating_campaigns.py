@@ -341,6 +341,8 @@ def test_pairs_sides_and_order_follow_the_seed_and_a_rater_rates_a_pair_once(
 
     first, again, other = made(7), made(7), made(8)
     assert first.state == "open" and len(layout(first)) == 30  # 10 prompts x 3 model pairs
+    assert not campaigns.finish_generation(session, campaign=first)  # finished already
+    assert len(layout(first)) == 30
     assert layout(first) == layout(again) and layout(first) != layout(other)
     assert {side for *_, side, _ in layout(first)} == {"a", "b"}
     assert sorted(p for *_, p in layout(first)) == list(range(30))
