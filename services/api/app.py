@@ -15,6 +15,7 @@ from services.api.ratelimit import AuditThrottle, RateLimiter
 from services.api.request_id import add_request_ids
 from services.api.routes import (
     audit,
+    campaigns,
     completions,
     config,
     health,
@@ -23,11 +24,13 @@ from services.api.routes import (
     keys,
     pipelines,
     plan,
+    prompts,
     ratings,
     registry,
     teams,
 )
 from services.auth import authorize, bootstrap_admin_key
+from services.campaigns import CampaignRunner
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead
@@ -100,9 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
         app.state.scheduler.start()
         app.state.serving = Serving(settings)
+        app.state.campaigns = CampaignRunner(app.state.sessions, app.state.serving)
+        app.state.campaigns.start()  # resumes campaigns a stop left generating
         try:
             yield
         finally:
+            app.state.campaigns.stop()  # before the engines it generates with close
             app.state.serving.close()
             app.state.scheduler.stop()
             if head is not None:
@@ -124,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         plan.router,
         registry.datasets,
         registry.models,
+        campaigns.router,  # before ratings: /ratings/{rating_id} would take /ratings/campaigns
         ratings.router,
+        prompts.router,
         teams.router,
         completions.router,
     ):
