@@ -17,6 +17,7 @@ from services.api.routes import (
     audit,
     completions,
     config,
+    experiments,
     health,
     ingest,
     jobs,
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         jobs.router,
         pipelines.router,
+        experiments.router,
         plan.router,
         registry.datasets,
         registry.models,
