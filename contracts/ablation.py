@@ -51,7 +51,7 @@ DEFAULT_TASKS = ("wikitext2", "blimp", "hellaswag", "arc_easy")
 # settings the experiment owns in every train and evaluate stage
 _CURATE_OWNED = ("input", "output", "steps")
 _TRAIN_OWNED = ("data", "output", "seed")
-_EVAL_OWNED = ("checkpoint", "output", "tasks", "log_samples")
+_EVAL_OWNED = ("checkpoint", "tokenizer", "output", "tasks")
 
 
 class AblationSpec(Spec):
@@ -167,13 +167,15 @@ class AblationSpec(Spec):
                 evaluate = {
                     **self.evaluate,
                     "checkpoint": f"${{train_{run}.output}}",
+                    "tokenizer": f"${{tokenize_{arm}.output}}",
                     "tasks": list(self.tasks),
                     **out(f"evaluate_{run}"),
                 }
                 stages += [
                     {"name": f"train_{run}", "kind": "train", "after": [f"tokenize_{arm}"],
                      "spec": train},
-                    {"name": f"evaluate_{run}", "kind": "evaluate", "after": [f"train_{run}"],
+                    {"name": f"evaluate_{run}", "kind": "evaluate",
+                     "after": [f"train_{run}", f"tokenize_{arm}"],
                      "spec": evaluate},
                 ]  # fmt: skip
                 runs[run] = {
@@ -182,7 +184,11 @@ class AblationSpec(Spec):
                     "train": f"${{train_{run}.output}}",
                     "evaluate": f"${{evaluate_{run}.output}}",
                 }
-        compare = {"baseline": BASELINE, "runs": runs, **out("compare")}
+        # the table's columns in the spec's order: a task named by file has its file's name
+        names = [
+            t.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml") for t in self.tasks
+        ]
+        compare = {"baseline": BASELINE, "runs": runs, "tasks": names, **out("compare")}
         after = [f"{kind}_{run}" for run in runs for kind in ("train", "evaluate")]
         stages.append({"name": "compare", "kind": "compare", "after": after, "spec": compare})
         return {"name": self.name, "stages": stages}

@@ -22,6 +22,10 @@ class CompareSpec(Spec):
     output: OutputUri
     baseline: str = Field(description="the arm every difference is measured against")
     runs: dict[str, CompareRun] = Field(min_length=1, description="run name -> its outputs")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="the table's task columns in this order (then any other task evaluated)",
+    )
 
     @model_validator(mode="after")
     def _baseline_ran(self) -> CompareSpec:

@@ -56,7 +56,7 @@ def run(spec: CompareSpec) -> dict[str, Any]:
     storage.check_access(out, write=True)
     loaded = _load(spec.runs)
     runs = {name: (run.arm, run.seed) for name, run in spec.runs.items()}
-    table = tabulate(runs, loaded, spec.baseline)
+    table = tabulate(runs, loaded, spec.baseline, spec.tasks)
     storage.write_text(storage.join(out, "compare.md"), markdown(table))
     curves = {name: run["curve"] for name, run in loaded.items()}
     png = chart(runs, curves)

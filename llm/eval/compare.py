@@ -48,20 +48,25 @@ def difference(
 
 
 def tabulate(
-    runs: Mapping[str, tuple[str, int]], loaded: Mapping[str, Mapping[str, Any]], baseline: str
+    runs: Mapping[str, tuple[str, int]],
+    loaded: Mapping[str, Mapping[str, Any]],
+    baseline: str,
+    order: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per arm: its seeds, tokens, and per metric column the per-seed values, mean, stderr and
     the difference from the baseline. ``runs``: run name -> (arm, seed); ``loaded``: run name ->
-    {"tasks": an evaluation's tasks section, "train": its train result}."""
+    {"tasks": an evaluation's tasks section, "train": its train result}; the task columns in
+    ``order`` first."""
     by_arm: dict[str, dict[int, str]] = {}
     for name, (arm, seed) in runs.items():
         by_arm.setdefault(arm, {})[seed] = name
     tasks = {name: run["tasks"] for name, run in loaded.items()}
-    columns = task_columns(tasks)
+    found = task_columns(tasks)
+    columns = [t for t in order if t in found] + [t for t in found if t not in order]
     metric_of = {}
     for task in columns:
-        found = next(e for t in tasks.values() if (e := task_entry(t, task)))
-        metric_of[task] = main_metric(found)
+        first = next(e for t in tasks.values() if (e := task_entry(t, task)))
+        metric_of[task] = main_metric(first)
     keys = [f"{task}/{metric_of[task]}" for task in columns]
 
     def cell(run: str, task: str) -> tuple[float | None, float | None]:

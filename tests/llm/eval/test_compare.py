@@ -90,3 +90,12 @@ def test_the_chart_is_a_png_with_every_curve() -> None:
     png = chart(runs, {"raw_s0": [(10, 5.0), (20, 4.0)], "full_s0": [(10, 4.8), (20, 3.9)]})
     assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert chart(runs, {"raw_s0": [], "full_s0": []}) is None
+
+
+def test_the_table_follows_the_given_task_order() -> None:
+    runs = {"raw_s0": ("raw", 0)}
+    loaded = {"raw_s0": {"tasks": _tasks(2.0, 0.3), "train": {}}}
+    assert tabulate(runs, loaded, "raw", ["mc", "held"])["metrics"] == [
+        "mc/acc_norm",
+        "held/bits_per_byte",
+    ]
