@@ -114,7 +114,7 @@ def main() -> None:
     docs = write_corpus(work / "corpus")
     print(f"raw corpus: {docs} web documents in {work / 'corpus'}", flush=True)
     settings = Settings(
-        home=work / "home",
+        home=Path(tempfile.mkdtemp(prefix="llmforge-bench-home-")),  # not under a storage root
         shared_roots=str(DATA),
         shared_write_roots=str(work),
         poll_interval_s=1.0,
