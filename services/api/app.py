@@ -18,6 +18,7 @@ from services.api.routes import (
     campaigns,
     completions,
     config,
+    experiments,
     health,
     ingest,
     jobs,
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         jobs.router,
         pipelines.router,
+        experiments.router,
         plan.router,
         registry.datasets,
         registry.models,

@@ -12,6 +12,7 @@ from services.cli.audit import add_audit_commands
 from services.cli.campaigns import add_prompts_commands
 from services.cli.download import add_download_commands
 from services.cli.eval import add_eval_commands
+from services.cli.experiment import add_experiment_commands
 from services.cli.jobs import add_job_commands
 from services.cli.prompt import add_prompt_command
 from services.cli.quality import add_quality_commands
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(sub)
     add_quality_commands(sub)
     add_eval_commands(sub)
+    add_experiment_commands(sub)
     add_prompt_command(sub)
     return parser
 
