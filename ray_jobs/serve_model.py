@@ -84,6 +84,17 @@ class ModelServer:
     async def __call__(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"error": {"type": "auth", "message": "wrong key"}}, 401)
+        if request.method == "GET":  # this replica's load
+            running, waiting = self.engine.load
+            stats = self.engine.stats
+            return JSONResponse(
+                {
+                    "running": running,
+                    "waiting": waiting,
+                    "steps": stats.steps,
+                    "tokens": stats.tokens,
+                }
+            )
         try:
             body = await request.json()
             if not isinstance(body, dict):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.serving import app_name
+from contracts.serving import KEY_HEADER, app_name
 from services.server import BackgroundServer
 from tests.services.tiny_model import tiny_checkpoint
 
@@ -28,7 +28,8 @@ def api(control_plane: BackgroundServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def model(api: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> str:
-    ckpt = tiny_checkpoint(tmp_path_factory.mktemp("deployed") / "ckpt")
+    # a long context: a request of 2000 tokens runs for seconds, long enough to hang up on
+    ckpt = tiny_checkpoint(tmp_path_factory.mktemp("deployed") / "ckpt", context=2048)
     body = {"name": "tiny-deployed", "kind": "checkpoint", "uri": str(ckpt)}
     r = api.post("/api/v1/models", json=body)
     assert r.status_code == 201, r.text
@@ -80,6 +81,30 @@ def _answers(api: httpx.Client, model: str) -> dict[str, Any]:
     }
 
 
+def _hang_up_mid_stream(api: httpx.Client, model: str, control_plane: BackgroundServer) -> None:
+    """A client that leaves mid-stream: Serve cancels its request, and the replica's engine
+    takes the sequence out of the batch, well short of the tokens it asked for."""
+    deployments = control_plane.app.state.deployments
+    app = app_name(model)
+    key = deployments.key(app)
+    replica = httpx.Client(
+        base_url=f"{deployments.serve_url}/{app}", headers={KEY_HEADER: key} if key else {}
+    )
+    assert httpx.get(f"{deployments.serve_url}/{app}").status_code == 401  # the proxy is open
+    before = replica.get("").raise_for_status().json()
+    body = {"prompt": "The king", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with api.stream("POST", f"/api/v1/models/{model}/completions", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # one chunk, then hang up
+    deadline = time.monotonic() + 10
+    load = replica.get("").raise_for_status().json()
+    while (load["running"], load["waiting"]) != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        load = replica.get("").raise_for_status().json()
+    assert (load["running"], load["waiting"]) == (0, 0)
+    assert load["tokens"] - before["tokens"] < 1000, (before, load)
+
+
 def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
     api: httpx.Client, model: str, control_plane: BackgroundServer
 ) -> None:
@@ -106,11 +131,12 @@ def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
 
         # the replica's refusals come back as the routes' own
         url = f"/api/v1/models/{model}/completions"
-        too_long = api.post(url, json={"prompt": "Hello", "max_tokens": 500})
+        too_long = api.post(url, json={"prompt": "Hello", "max_tokens": 5000})
         assert too_long.status_code == 422, too_long.text
         assert too_long.json()["detail"][0]["loc"] == ["body", "max_tokens"]
         apps = control_plane.app.state.ray.serve_applications()
         assert apps[app_name(model)]["status"] == "RUNNING"
+        _hang_up_mid_stream(api, model, control_plane)
     finally:
         gone = api.delete(path)
     assert gone.status_code == 202, gone.text
