@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator
@@ -62,6 +63,7 @@ _SERVE_STATES = {
     "DELETING": DeploymentState.undeploying,
 }
 RETRY_AFTER_S = 2
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Unavailable(EngineError):
@@ -144,6 +146,23 @@ def _replicas(app: dict[str, Any]) -> int:
         for replica in deployment.get("replicas", [])
         if replica.get("state") == "RUNNING"
     )
+
+
+def _short(message: str) -> str:
+    """A Serve message's first line and, where a traceback follows, its last (the error)."""
+    lines = [line.strip() for line in _ANSI.sub("", message).splitlines() if line.strip()]
+    return " ... ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+
+
+def _message(app: dict[str, Any]) -> str | None:
+    """Serve's word on an application: its own message and those of its deployments that are
+    not healthy (where a replica's constructor error is)."""
+    parts = [_short(str(app.get("message") or ""))]
+    for name, deployment in app.get("deployments", {}).items():
+        if deployment.get("status") not in (None, "HEALTHY") and deployment.get("message"):
+            parts.append(f"{name}: {_short(str(deployment['message']))}")
+    found = "; ".join(p for p in parts if p)
+    return redact(found[:2000]) if found else None
 
 
 class Deployments:
@@ -257,13 +276,12 @@ class Deployments:
         if found is not None:
             seen = _SERVE_STATES.get(str(found.get("status")), DeploymentState.deploying)
             deployment.replicas = _replicas(found)
-            if state == DeploymentState.undeploying and seen != DeploymentState.failed:
+            if state == DeploymentState.undeploying:
                 failure = self._job_failure(deployment)
                 if failure is not None:  # the delete failed: Serve still runs it
                     state, message = seen, f"undeploy failed: {failure}"
             else:
-                state = seen
-                message = str(found.get("message") or "") or None
+                state, message = seen, _message(found)
         else:
             deployment.replicas = 0
             if state == DeploymentState.undeploying:

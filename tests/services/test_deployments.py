@@ -15,6 +15,7 @@ import pytest
 
 from contracts.serving import KEY_HEADER, app_name
 from services.server import BackgroundServer
+from services.store.models import Deployment
 from tests.services.tiny_model import tiny_checkpoint
 
 pytestmark = [pytest.mark.ray]
@@ -148,6 +149,43 @@ def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
     again = api.post(f"/api/v1/models/{model}/completions", json={"prompt": "Hi", "max_tokens": 2})
     assert again.status_code == 200, again.text
     assert engine.stats.tokens > served_here
+
+    # a deployment the store thinks runs, which the cluster lost (a restarted cluster)
+    _set_state(control_plane, model, "RUNNING")
+    lost = api.get(path).json()
+    assert lost["state"] == "FAILED" and "no longer runs" in lost["message"]
+    refused = api.post(f"/api/v1/models/{model}/completions", json={"prompt": "Hi"})
+    assert refused.status_code == 503 and "no longer runs" in refused.json()["detail"]
+    assert refused.headers["Retry-After"]
+    _set_state(control_plane, model, "UNDEPLOYED")
+
+
+def _set_state(control_plane: BackgroundServer, model: str, state: str) -> None:
+    with control_plane.app.state.sessions() as session:
+        session.get(Deployment, model).state = state
+        session.commit()
+
+
+def test_a_restart_gives_up_on_deployments_of_models_no_longer_registered(
+    control_plane: BackgroundServer,
+) -> None:
+    sessions = control_plane.app.state.sessions
+    with sessions() as session:
+        row = Deployment(
+            model_id="unregistered", app=app_name("unregistered"), state="RUNNING", spec={},
+            replicas=1,
+        )  # fmt: skip
+        session.add(row)
+        session.commit()
+    try:
+        control_plane.app.state.deployments.restore(sessions)
+        with sessions() as session:
+            row = session.get(Deployment, "unregistered")
+            assert row.state == "FAILED" and "no longer registered" in row.message
+    finally:
+        with sessions() as session:
+            session.delete(session.get(Deployment, "unregistered"))
+            session.commit()
 
 
 def test_deploy_refuses_unknown_models_and_bad_specs(

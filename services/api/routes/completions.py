@@ -2,12 +2,13 @@
 OpenAI-compatible ``POST /v1/completions``, ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 The model runs in this process (``services.serving``): concurrent requests to one model share
-its continuous-batching engine; a model deployed on the cluster (``services.deployments``) runs
+its continuous-batching engine. A model deployed on the cluster (``services.deployments``) runs
 in its Ray Serve replicas instead, which get the same prepared request and answer the same
-deltas, shaped here alike. While its deployment is not running, a deployed model answers 503
-with ``Retry-After``. Same keys and team scoping as the registry: a model another
-team registered is a 404. A full queue is a 429 with ``Retry-After``; a client that
-disconnects (mid-stream or not) takes its sequences out of the batch.
+deltas, shaped here alike; while its deployment is not running (starting, or failed: with its
+reason) it answers 503 with ``Retry-After``, until it is undeployed. Same keys and team scoping
+as the registry: a model another team registered is a 404. A full queue is a 429 with
+``Retry-After``; a client that disconnects (mid-stream or not) takes its sequences out of the
+batch.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class Remote:
 
 
 Target = Local | Remote
+# a model whose deployment is in these states (or that has none) is served in this process
+_IN_PROCESS = (DeploymentState.undeploying, DeploymentState.undeployed)
 
 
 async def _open(
@@ -108,7 +111,7 @@ async def _open(
         if artifact is None or not visible(artifact, who):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_id} not found")
         deployment = session.get(Deployment, model_id)
-        if deployment is not None and DeploymentState(deployment.state).active:
+        if deployment is not None and deployment.state not in _IN_PROCESS:
             if deployment.state != DeploymentState.running:
                 deployment = deployments.refresh(session, deployment)
             if deployment.state not in (DeploymentState.running, DeploymentState.unhealthy):
