@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from contracts.serving import KEY_HEADER, app_name
+from services.cli.main import main
 from services.server import BackgroundServer
 from services.store.models import Deployment
 from tests.services.tiny_model import tiny_checkpoint
@@ -107,7 +107,11 @@ def _hang_up_mid_stream(api: httpx.Client, model: str, control_plane: Background
 
 
 def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
-    api: httpx.Client, model: str, control_plane: BackgroundServer
+    api: httpx.Client,
+    model: str,
+    control_plane: BackgroundServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = f"/api/v1/models/{model}/deploy"
     local = _answers(api, model)  # before the deploy: the engine in the control plane
@@ -116,15 +120,19 @@ def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
     ].engine
     served_here = engine.stats.tokens
 
-    spec = {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.5, "max_batch": 4}
-    r = api.post(path, json=spec)
-    assert r.status_code == 202, r.text
-    assert r.json()["state"] == "DEPLOYING" and r.json()["app"] == app_name(model)
+    monkeypatch.setenv("LLMFORGE_API_URL", control_plane.url)
+    options = ["--min-replicas", "1", "--max-replicas", "2", "--num-cpus", "0.5"]
+    assert main(["serve-model", model, *options, "--max-batch", "4"]) == 0
+    deploying = json.loads(capsys.readouterr().out)
+    assert deploying["state"] == "DEPLOYING" and deploying["app"] == app_name(model)
     try:
+        spec = {"min_replicas": 1, "max_replicas": 2, "num_cpus": 0.5, "max_batch": 4}
         assert api.post(path, json=spec).status_code == 200  # the same spec: nothing to do
         running = _until(api, path, {"RUNNING", "FAILED"})
         assert running["state"] == "RUNNING", running
         assert running["replicas"] >= 1 and running["spec"]["max_replicas"] == 2
+        assert main(["serve-model", model, "--status"]) == 0
+        assert json.loads(capsys.readouterr().out)["state"] == "RUNNING"
 
         remote = _answers(api, model)
         assert remote == local
@@ -189,9 +197,16 @@ def test_a_restart_gives_up_on_deployments_of_models_no_longer_registered(
 
 
 def test_deploy_refuses_unknown_models_and_bad_specs(
-    api: httpx.Client, model: str, tmp_path: Path
+    api: httpx.Client,
+    model: str,
+    control_plane: BackgroundServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert api.post("/api/v1/models/nope/deploy", json={}).status_code == 404
+    monkeypatch.setenv("LLMFORGE_API_URL", control_plane.url)
+    assert main(["serve-model", "nope", "--undeploy"]) == 1
+    assert "model nope not found" in capsys.readouterr().out
     assert api.get("/api/v1/models/nope/deploy").status_code == 404
     assert api.get(f"/api/v1/models/{model}/deploy").status_code in (200, 404)
     cases = [
