@@ -133,6 +133,7 @@ def test_a_deployed_model_answers_like_the_in_process_engine_and_undeploys(
         assert running["replicas"] >= 1 and running["spec"]["max_replicas"] == 2
         assert main(["serve-model", model, "--status"]) == 0
         assert json.loads(capsys.readouterr().out)["state"] == "RUNNING"
+        assert api.delete(f"/api/v1/models/{model}").status_code == 409  # deployed
 
         remote = _answers(api, model)
         assert remote == local
