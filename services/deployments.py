@@ -309,20 +309,30 @@ class Deployments:
             active = [
                 d for d in session.scalars(select(Deployment)) if DeploymentState(d.state).active
             ]
-            if not active:
+            artifacts = {}
+            for deployment in active:
+                artifact = store.get_artifact(
+                    session, artifact_id=deployment.model_id, category=ArtifactCategory.model
+                )
+                if artifact is None:
+                    deployment.state = DeploymentState.failed.value
+                    deployment.message = (
+                        f"not deployed again after a restart: model {deployment.model_id} is "
+                        "no longer registered"
+                    )
+                else:
+                    artifacts[deployment.model_id] = artifact
+            session.commit()
+            if not artifacts:
                 return
             apps = self.applications()
             if apps is None:
                 return
             for deployment in active:
-                if deployment.app in apps:
+                artifact = artifacts.get(deployment.model_id)
+                if artifact is None or deployment.app in apps:
                     continue
-                artifact = store.get_artifact(
-                    session, artifact_id=deployment.model_id, category=ArtifactCategory.model
-                )
                 try:
-                    if artifact is None:
-                        raise ValueError(f"model {deployment.model_id} is no longer registered")
                     spec = DeploySpec.model_validate(deployment.spec)
                     deployment.state = DeploymentState.undeployed.value  # deploy() submits anew
                     self.deploy(session, artifact, spec, deployment.owner)

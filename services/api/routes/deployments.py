@@ -88,7 +88,7 @@ def deploy(
     spec = spec or DeploySpec()
     try:
         deployment, submitted = deployments.deploy(session, artifact, spec, who.key_id)
-    except (httpx.HTTPError, RuntimeError, ConnectionError) as e:
+    except (httpx.HTTPError, RuntimeError, OSError) as e:  # requests' errors are OSErrors
         raise _ray_unavailable(e) from e
     if not submitted:
         response.status_code = status.HTTP_200_OK
@@ -136,7 +136,7 @@ def undeploy(
         return _public(deployment)
     try:
         deployments.undeploy(session, deployment)
-    except (httpx.HTTPError, RuntimeError, ConnectionError) as e:
+    except (httpx.HTTPError, RuntimeError, OSError) as e:  # requests' errors are OSErrors
         raise _ray_unavailable(e) from e
     audit_event(
         session, request, who, "model.undeploy", "model", model_id, status_code=202,
