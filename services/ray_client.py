@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from services.ray_auth import RayToken
@@ -89,6 +91,15 @@ class RayJobs:
 
     def job_url(self, submission_id: str) -> str:
         return f"{self.dashboard_url}/#/jobs/{submission_id}"
+
+    def serve_applications(self) -> dict[str, Any]:
+        """Ray Serve's applications on the cluster by name (the dashboard's Serve API): each
+        with its status, message and deployments' replicas. Empty while Serve is not running."""
+        headers = self.token.header if self.token else None
+        r = httpx.get(f"{self.dashboard_url}/api/serve/applications/", headers=headers, timeout=10)
+        r.raise_for_status()
+        apps = r.json().get("applications") or {}
+        return dict(apps)
 
     def healthy(self) -> bool:
         try:

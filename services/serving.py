@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -47,23 +46,9 @@ class Loaded:
         self.engine.close()
 
 
-def _local_model(uri: str) -> Path:
-    """The model folder as a local folder: itself, or its latest checkpoint fetched."""
-    from llm.train.checkpoint.location import fetch, latest_uri
-
-    if not storage.is_remote(uri):
-        return Path(uri.removeprefix("file://"))
-    if storage.is_file(storage.join(uri, "config.json")):
-        return fetch(uri)
-    latest = latest_uri(storage.join(uri, "checkpoints")) or latest_uri(uri)
-    if latest is None:
-        raise ValueError(f"no model or checkpoint found at {uri}")
-    return fetch(latest)
-
-
-def _tokenizer(artifact: Artifact, folder: Path) -> Path | None:
-    """A tokenizer.json for a checkpoint without one of its own, local or fetched: beside the
-    artifact's folder, else in the token shards it was made from (their manifest names it)."""
+def tokenizer_uri(artifact: Artifact) -> str | None:
+    """Where a tokenizer.json for a checkpoint without one of its own is: beside the artifact's
+    folder, else in the token shards it was made from (their manifest names it)."""
     candidates = [storage.join(artifact.uri, TOKENIZER_FILE)]
     for source in artifact.inputs:
         manifest = storage.join(source, MANIFEST_FILE)
@@ -71,15 +56,10 @@ def _tokenizer(artifact: Artifact, folder: Path) -> Path | None:
             candidates.append(
                 storage.join(source, storage.read_json(manifest)["tokenizer"]["file"])
             )
-    for uri in candidates:
-        if storage.is_file(uri):
-            if not storage.is_remote(uri):
-                return Path(uri.removeprefix("file://"))
-            return storage.download(uri, folder.parent / f"{folder.name}.{TOKENIZER_FILE}")
-    return None
+    return next((uri for uri in candidates if storage.is_file(uri)), None)
 
 
-def _chat_template(session: Session, artifact: Artifact) -> str | None:
+def chat_template(session: Session, artifact: Artifact) -> str | None:
     job = session.get(Job, artifact.job_id) if artifact.job_id else None
     if artifact.kind == "finetuned" and job is not None:
         template = job.spec.get("chat_template")
@@ -98,20 +78,16 @@ class Serving:
         return f"{artifact.id}:{artifact.uri}"
 
     def engine_for(self, session: Session, artifact: Artifact) -> Loaded:
-        template = _chat_template(session, artifact)
+        template = chat_template(session, artifact)
         return self.pool.get(self.key(artifact), lambda: self._load(artifact, template))
 
     def _load(self, artifact: Artifact, chat_template: str | None) -> Loaded:
         from llm.serve.engine import Engine
-        from llm.serve.model import checkpoint_folder, load_served_model
+        from llm.serve.model import batch_slots, load_registered
 
-        folder = _local_model(artifact.uri)
-        ckpt = checkpoint_folder(folder)
-        beside = ckpt is not None and any((f / TOKENIZER_FILE).is_file() for f in (ckpt, folder))
-        tokenizer = _tokenizer(artifact, folder) if ckpt is not None and not beside else None
-        served = load_served_model(
-            folder,
-            tokenizer=tokenizer,
+        served = load_registered(
+            artifact.uri,
+            tokenizer_uri=tokenizer_uri(artifact),
             chat_template=chat_template,
             device=self.settings.serve_device,
             name=artifact.id,
@@ -120,21 +96,14 @@ class Serving:
             served.model,
             served.decode,
             eos_id=served.eos_id,
-            max_batch=self._slots(served),
+            max_batch=batch_slots(
+                served.model, self.settings.serve_max_batch, self.settings.serve_cache_mb
+            ),
             max_queue=self.settings.serve_max_queue,
             name=artifact.id,
         )
-        log.info("serving model %s from %s (%d slots)", artifact.id, folder, engine.max_batch)
+        log.info("serving model %s from %s (%d slots)", artifact.id, artifact.uri, engine.max_batch)
         return Loaded(served, engine)
-
-    def _slots(self, served: ServedModel) -> int:
-        """serve_max_batch, or fewer where a slot's KV cache (a whole context) would take the
-        model past serve_cache_mb."""
-        c = served.model.config
-        element = next(served.model.parameters()).element_size()
-        per_slot = 2 * c.n_layer * c.kv_heads * c.head_dim * c.block_size * element
-        fits = self.settings.serve_cache_mb * 2**20 // per_slot
-        return max(1, min(self.settings.serve_max_batch, fits))
 
     def close(self) -> None:
         self.pool.close()

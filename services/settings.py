@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     serve_max_queue: int = Field(default=64, ge=0)
     serve_cache_mb: int = Field(default=1024, ge=1)
     serve_device: str = "cpu"
+    # Deployed models (services/deployments.py): Ray Serve's HTTP proxy, which the first deploy
+    # starts on the cluster, binds serve_host:serve_port (default: a free port with the embedded
+    # head, Serve's 8000 on a RAY_ADDRESS cluster; 0.0.0.0 where a Kubernetes Service exposes
+    # it), and this control plane reaches it at serve_url (default: that port on loopback, or on
+    # RAY_ADDRESS's host).
+    serve_host: str = "127.0.0.1"
+    serve_port: int | None = Field(default=None, ge=1, le=65535)
+    serve_url: str | None = None
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:

@@ -15,6 +15,7 @@ import tokenizers
 from llm.model.gpt import GPT
 from llm.model.hf import import_hf
 from llm.serve.chat import ChatFormat, JinjaChat, Message, SegmentChat
+from llm.serve.fetch import local_model, local_tokenizer
 from llm.tokenizer.bpe import BOS_TOKEN, EOS_TOKEN, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_model
 
@@ -133,3 +134,35 @@ def load_served_model(
     else:
         chat = SegmentChat.from_source(chat_template or DEFAULT_CHAT_TEMPLATE, eos)
     return ServedModel(model.eval(), tok, eos, bos, chat, name or str(path))
+
+
+def load_registered(
+    uri: str,
+    *,
+    tokenizer_uri: str | None = None,
+    chat_template: str | None = None,
+    device: str = "cpu",
+    name: str | None = None,
+) -> ServedModel:
+    """A registered model by its URI (a local path or object storage), on whichever node this
+    runs: the folder or latest checkpoint fetched, and ``tokenizer_uri``'s file (the registry's
+    find, ``services.serving.tokenizer_uri``) for a checkpoint without a tokenizer beside it."""
+    folder = local_model(uri)
+    ckpt = checkpoint_folder(folder)
+    beside = ckpt is not None and any((f / TOKENIZER_FILE).is_file() for f in (ckpt, folder))
+    tokenizer = None
+    if ckpt is not None and not beside and tokenizer_uri is not None:
+        tokenizer = local_tokenizer(tokenizer_uri, folder)
+    return load_served_model(
+        folder, tokenizer=tokenizer, chat_template=chat_template, device=device, name=name
+    )
+
+
+def batch_slots(model: GPT, max_batch: int, cache_mb: int) -> int:
+    """max_batch, or fewer where a slot's KV cache (a whole context) would take the model past
+    cache_mb."""
+    c = model.config
+    element = next(model.parameters()).element_size()
+    per_slot = 2 * c.n_layer * c.kv_heads * c.head_dim * c.block_size * element
+    fits = cache_mb * 2**20 // per_slot
+    return max(1, min(max_batch, fits))

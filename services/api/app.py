@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -18,6 +19,7 @@ from services.api.routes import (
     campaigns,
     completions,
     config,
+    deployments,
     experiments,
     health,
     ingest,
@@ -32,9 +34,10 @@ from services.api.routes import (
 )
 from services.auth import authorize, bootstrap_admin_key
 from services.campaigns import CampaignRunner
+from services.deployments import Deployments
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
-from services.ray_head import LocalRayHead
+from services.ray_head import LocalRayHead, free_port
 from services.redact import install_log_redaction, mask_url
 from services.scheduler import Scheduler
 from services.serving import Serving
@@ -77,6 +80,15 @@ def _connect_ray(settings: Settings) -> tuple[str, RayToken | None, LocalRayHead
     return head.dashboard_url, token, head
 
 
+def _serve_proxy(settings: Settings, dashboard: str, embedded: bool) -> tuple[str, int]:
+    """(the URL this process reaches Serve's HTTP proxy at, the port the proxy binds)."""
+    port = settings.serve_port or (free_port() if embedded else 8000)
+    if settings.serve_url:
+        return settings.serve_url, port
+    host = "127.0.0.1" if embedded else (urlparse(dashboard).hostname or "127.0.0.1")
+    return f"http://{host}:{port}", port
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     install_log_redaction(settings.resolved_database_url)
@@ -104,12 +116,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
         app.state.scheduler.start()
         app.state.serving = Serving(settings)
+        serve_url, serve_port = _serve_proxy(settings, dashboard, head is not None)
+        app.state.deployments = Deployments(
+            settings, app.state.ray, serve_url=serve_url, http_port=serve_port
+        )
+        app.state.deployments.restore_in_background(app.state.sessions)
         app.state.campaigns = CampaignRunner(app.state.sessions, app.state.serving)
         app.state.campaigns.start()  # resumes campaigns a stop left generating
         try:
             yield
         finally:
             app.state.campaigns.stop()  # before the engines it generates with close
+            await app.state.deployments.aclose()
             app.state.serving.close()
             app.state.scheduler.stop()
             if head is not None:
@@ -137,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prompts.router,
         teams.router,
         completions.router,
+        deployments.router,
     ):
         api.include_router(router, dependencies=secured)
     for module in (health, ingest, keys, config, audit):  # no key, a job token, admin per route

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from services.deployments import Deployments
 from services.ray_client import RayJobs
 from services.scheduler import Scheduler
 from services.serving import Serving
@@ -34,7 +35,13 @@ def get_serving(request: Request) -> Serving:
     return serving
 
 
+def get_deployments(request: Request) -> Deployments:
+    deployments: Deployments = request.app.state.deployments
+    return deployments
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 RayDep = Annotated[RayJobs, Depends(get_ray)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
+DeploymentsDep = Annotated[Deployments, Depends(get_deployments)]

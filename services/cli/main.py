@@ -17,6 +17,7 @@ from services.cli.jobs import add_job_commands
 from services.cli.prompt import add_prompt_command
 from services.cli.quality import add_quality_commands
 from services.cli.registry import add_registry_commands
+from services.cli.serve_model import add_serve_model_command
 from services.settings import get_settings
 
 
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)
     add_experiment_commands(sub)
     add_prompt_command(sub)
+    add_serve_model_command(sub)
     return parser
 
 

@@ -366,3 +366,40 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DeploymentState(StrEnum):
+    deploying = "DEPLOYING"  # its deploy job is submitted, or Serve starts its replicas
+    running = "RUNNING"
+    unhealthy = "UNHEALTHY"  # Serve runs it, but a replica failed its health check
+    failed = "FAILED"  # the deploy failed (message), or the cluster lost it
+    undeploying = "UNDEPLOYING"
+    undeployed = "UNDEPLOYED"
+
+    @property
+    def active(self) -> bool:
+        """The model is served by its deployment (the completions routes go there)."""
+        return self in (
+            DeploymentState.deploying,
+            DeploymentState.running,
+            DeploymentState.unhealthy,
+        )
+
+
+class Deployment(Base):
+    """A registered model deployed as a Ray Serve application: one row per model, kept after
+    an undeploy (state UNDEPLOYED) and reused by the next deploy."""
+
+    __tablename__ = "deployments"
+
+    model_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # contracts.serving.DeploySpec
+    replicas: Mapped[int] = mapped_column(Integer, default=0)  # running, when last seen
+    message: Mapped[str | None] = mapped_column(Text)
+    ray_submission_id: Mapped[str | None] = mapped_column(String(64))  # the last deploy/delete
+    owner: Mapped[str | None] = mapped_column(String(32))  # the API key that deployed it
+    team: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

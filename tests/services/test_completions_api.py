@@ -192,3 +192,20 @@ def test_an_exported_hugging_face_model_completes_like_its_checkpoint(api: Api) 
     exported = api.client.post(url, json=body, headers=api.red).json()
     assert exported["choices"][0]["text"] == ours["choices"][0]["text"]
     assert exported["usage"] == ours["usage"]
+
+
+def test_deploying_is_scoped_to_the_team_and_503_while_ray_is_away(api: Api) -> None:
+    """No Ray answers this control plane: a deploy that reaches Ray's turn is a 503 that
+    leaves nothing recorded, and the model is still served in this process."""
+    path = f"/api/v1/models/{api.model}/deploy"
+    assert api.client.post(path, json={}, headers=api.blue).status_code == 404
+    assert api.client.get(path, headers=api.blue).status_code == 404
+    assert api.client.delete(path, headers=api.blue).status_code == 404
+    assert api.client.post(path, json={}).status_code == 401
+    bad = api.client.post(path, json={"min_replicas": 2, "max_replicas": 1}, headers=api.red)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "max_replicas"]
+    away = api.client.post(path, json={"max_replicas": 2}, headers=api.red)
+    assert away.status_code == 503, away.text
+    assert api.client.get(path, headers=api.red).status_code == 404  # not deployed
+    r = api.client.post(api.url, json={"prompt": "Hello", "max_tokens": 2}, headers=api.red)
+    assert r.status_code == 200, r.text

@@ -20,12 +20,13 @@ CONTEXT = 128
 EOS_ID = 0  # train_bpe puts its one special token, <|endoftext|>, first
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """A random-weight GPT (context 128) saved as a checkpoint with tokenizer.json beside it."""
+def tiny_checkpoint(folder: Path, context: int = CONTEXT) -> Path:
+    """A random-weight GPT (context 128 unless asked) saved as a checkpoint with tokenizer.json
+    beside it."""
     tok = train_bpe([TEXT], vocab_size=300)
     torch.manual_seed(0)
     config = ModelConfig(
-        vocab_size=tok.get_vocab_size(), block_size=CONTEXT, n_layer=2, n_head=2, n_embd=32
+        vocab_size=tok.get_vocab_size(), block_size=context, n_layer=2, n_head=2, n_embd=32
     )
     model = GPT(config)
     path = save_checkpoint(

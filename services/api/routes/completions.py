@@ -2,17 +2,21 @@
 OpenAI-compatible ``POST /v1/completions``, ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 The model runs in this process (``services.serving``): concurrent requests to one model share
-its continuous-batching engine. Same keys and team scoping as the registry: a model another
-team registered is a 404. A full queue is a 429 with ``Retry-After``; a client that
-disconnects (mid-stream or not) takes its sequences out of the batch.
+its continuous-batching engine. A model deployed on the cluster (``services.deployments``) runs
+in its Ray Serve replicas instead, which get the same prepared request and answer the same
+deltas, shaped here alike; while its deployment is not running (starting, or failed: with its
+reason) it answers 503 with ``Retry-After``, until it is undeployed. Same keys and team scoping
+as the registry: a model another team registered is a 404. A full queue is a 429 with
+``Retry-After``; a client that disconnects (mid-stream or not) takes its sequences out of the
+batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -23,6 +27,8 @@ from llm.serve.chat import Message
 from llm.serve.errors import EngineError, ParamError, QueueFull
 from llm.serve.outputs import Completion
 from llm.serve.params import SamplingParams
+from llm.serve.requests import ChatRequest, CompletionRequest, Prompt, prepare
+from llm.serve.requests import Request as ServeRequest
 from services.api.completion_schemas import (
     ChatCompletionCreate,
     ChatCompletionPublic,
@@ -34,18 +40,22 @@ from services.api.completion_schemas import (
     OpenAICompletionCreate,
     SamplingFields,
 )
-from services.api.deps import ServingDep, SessionDep
+from services.api.deps import DeploymentsDep, ServingDep, SessionDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
 from services.api.routes.prompts import templated
 from services.api.routes.registry import visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
+from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
 from services.serving import Loaded, Serving
 from services.store import registry as store
-from services.store.models import ArtifactCategory, Role
+from services.store.models import ArtifactCategory, Deployment, DeploymentState, Role
 
 if TYPE_CHECKING:
     from llm.serve.engine import RequestHandle
+
+    # what a request's deltas come from: an engine here, or a deployment's stream
+    Stream = RequestHandle | RemoteHandle
 
 router = APIRouter(tags=["completions"])
 openai = APIRouter(prefix="/v1", tags=["openai"])
@@ -55,41 +65,71 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: SSE"},
     404: {"description": "no such model (or another team's)"},
     429: {"description": "the model's queue is full: retry after Retry-After seconds"},
+    503: {"description": "its deployment is not running (yet): retry after Retry-After"},
 }
 
 
-async def _open(
-    session: Session, serving: Serving, who: Principal, model_id: str, loc: Loc
-) -> Loaded:
-    """The caller's model, loaded (once per process) off the event loop."""
+class Local:
+    """A model served by an engine in this process."""
 
-    def lookup() -> Loaded:
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+
+    async def submit(self, request: ServeRequest) -> Stream:
+        prompts, params = prepare(self.loaded.served, request)
+        return self.loaded.engine.submit(prompts, params, loop=asyncio.get_running_loop())
+
+
+class Remote:
+    """A model served by its Ray Serve deployment."""
+
+    def __init__(self, deployments: Deployments, deployment: Deployment) -> None:
+        self.deployments, self.deployment = deployments, deployment
+
+    async def submit(self, request: ServeRequest) -> Stream:
+        return await self.deployments.open(self.deployment, request)
+
+
+Target = Local | Remote
+# a model whose deployment is in these states (or that has none) is served in this process
+_IN_PROCESS = (DeploymentState.undeploying, DeploymentState.undeployed)
+
+
+async def _open(
+    session: Session,
+    serving: Serving,
+    deployments: Deployments,
+    who: Principal,
+    model_id: str,
+    loc: Loc,
+) -> Target:
+    """The caller's model: its deployment, or loaded (once per process) off the event loop."""
+
+    def lookup() -> Target:
         artifact = store.get_artifact(
             session, artifact_id=model_id, category=ArtifactCategory.model
         )
         if artifact is None or not visible(artifact, who):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_id} not found")
+        deployment = session.get(Deployment, model_id)
+        if deployment is not None and deployment.state not in _IN_PROCESS:
+            if deployment.state != DeploymentState.running:
+                deployment = deployments.refresh(session, deployment)
+            if deployment.state not in (DeploymentState.running, DeploymentState.unhealthy):
+                why = f": {deployment.message}" if deployment.message else ""
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    f"model {model_id} is deployed on the cluster, and its deployment is "
+                    f"{deployment.state}{why}",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                )
+            return Remote(deployments, deployment)
         try:
-            return serving.engine_for(session, artifact)
+            return Local(serving.engine_for(session, artifact))
         except (OSError, ValueError) as e:
             raise request_error(loc, f"model {model_id} cannot be served: {e}") from e
 
     return await run_in_threadpool(lookup)
-
-
-def _fit(
-    prompts: list[list[int]], max_tokens: int, context: int, truncate: bool
-) -> list[list[int]]:
-    """With truncate, each prompt keeps its last tokens that leave room for max_tokens."""
-    if not truncate:
-        return prompts
-    room = context - max_tokens
-    if room < 1:
-        raise request_error(
-            ("body", "max_tokens"),
-            f"max_tokens {max_tokens} leaves no room for a prompt in the context of {context}",
-        )
-    return [p[-room:] for p in prompts]
 
 
 def _params(
@@ -111,14 +151,9 @@ def _params(
     )
 
 
-def _submit(
-    loaded: Loaded,
-    prompts: Sequence[Sequence[int]],
-    params: SamplingParams,
-    locs: Mapping[str, Loc],
-) -> RequestHandle:
+async def _submit(target: Target, request: ServeRequest, locs: Mapping[str, Loc]) -> Stream:
     try:
-        return loaded.engine.submit(prompts, params, loop=asyncio.get_running_loop())
+        return await target.submit(request)
     except ParamError as e:
         raise request_error(locs.get(e.field, ("body", e.field)), e.message) from e
     except QueueFull as e:
@@ -127,23 +162,30 @@ def _submit(
             f"the model is busy: {e}; retry in {e.retry_after_s} s",
             headers={"Retry-After": str(e.retry_after_s)},
         ) from e
+    except Unavailable as e:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            str(e),
+            headers={"Retry-After": str(e.retry_after_s)},
+        ) from e
     except EngineError as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
 
 
-async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None:
+async def _cancel_on_disconnect(request: Request, handle: Stream) -> None:
     # the body is read: the next message the server sends is the client's disconnect
     while (await request.receive())["type"] != "http.disconnect":
         continue
     handle.cancel()
 
 
-async def _collect(request: Request, handle: RequestHandle) -> Completion:
+async def _collect(request: Request, handle: Stream) -> Completion:
     done = Completion()
     watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
     try:
-        async for delta in handle:
-            done.add(delta)
+        async for deltas in handle.batches():
+            for delta in deltas:
+                done.add(delta)
     except EngineError as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
     finally:
@@ -153,9 +195,7 @@ async def _collect(request: Request, handle: RequestHandle) -> Completion:
     return done
 
 
-async def _events(
-    handle: RequestHandle, writer: ChunkWriter, include_usage: bool
-) -> AsyncIterator[str]:
+async def _events(handle: Stream, writer: ChunkWriter, include_usage: bool) -> AsyncIterator[str]:
     """SSE lines; a disconnect cancels this generator, and the finally takes the request's
     sequences out of the batch."""
     try:
@@ -172,7 +212,7 @@ async def _events(
     yield DONE
 
 
-def _stream(handle: RequestHandle, writer: ChunkWriter, body: SamplingFields) -> StreamingResponse:
+def _stream(handle: Stream, writer: ChunkWriter, body: SamplingFields) -> StreamingResponse:
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return StreamingResponse(
         _events(handle, writer, include_usage),
@@ -181,29 +221,12 @@ def _stream(handle: RequestHandle, writer: ChunkWriter, body: SamplingFields) ->
     )
 
 
-def _completion_prompts(loaded: Loaded, body: CompletionFields) -> list[list[int]]:
-    """The prompt(s) as token ids: text is tokenized, ids are taken as they are."""
-    prompt = body.prompt
-    if isinstance(prompt, str):
-        return [loaded.served.encode(prompt)]
-    prompts: list[list[int]] = []
-    for item in prompt:
-        if isinstance(item, int):  # one prompt of token ids
-            return [[int(t) for t in prompt if isinstance(t, int)]]
-        prompts.append(loaded.served.encode(item) if isinstance(item, str) else list(item))
-    return prompts
-
-
 async def _complete(
-    request: Request, body: CompletionFields, loaded: Loaded, model_id: str
+    request: Request, body: CompletionFields, target: Target, model_id: str
 ) -> StreamingResponse | CompletionPublic:
-    vocab = loaded.served.model.config.vocab
-    prompts = _completion_prompts(loaded, body)
-    if any(t >= vocab for p in prompts for t in p):
-        raise request_error(("body", "prompt"), f"token ids must be below the vocabulary ({vocab})")
-    prompts = _fit(prompts, body.max_tokens, loaded.served.context, body.truncate)
     params = _params(body, body.max_tokens, body.logprobs, body.echo)
-    handle = _submit(loaded, prompts, params, {})
+    prompt = cast(Prompt, body.prompt)
+    handle = await _submit(target, CompletionRequest(prompt, params, body.truncate), {})
     head = Head(model_id, logprobs=body.logprobs is not None, chat=False)
     if body.stream:
         return _stream(handle, ChunkWriter(head), body)
@@ -222,12 +245,13 @@ async def complete(
     request: Request,
     session: SessionDep,
     serving: ServingDep,
+    deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
     body = await templated(session, who, body)  # prompt_template: its text as the prompt
-    loaded = await _open(session, serving, who, model_id, ("path", "model_id"))
-    return await _complete(request, body, loaded, model_id)
+    target = await _open(session, serving, deployments, who, model_id, ("path", "model_id"))
+    return await _complete(request, body, target, model_id)
 
 
 @openai.post("/completions", response_model=CompletionPublic, responses=RESPONSES)
@@ -236,12 +260,13 @@ async def openai_complete(
     request: Request,
     session: SessionDep,
     serving: ServingDep,
+    deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
     body = await templated(session, who, body)
-    loaded = await _open(session, serving, who, body.model, ("body", "model"))
-    return await _complete(request, body, loaded, body.model)
+    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
+    return await _complete(request, body, target, body.model)
 
 
 @openai.post("/chat/completions", response_model=ChatCompletionPublic, responses=RESPONSES)
@@ -250,34 +275,29 @@ async def openai_chat(
     request: Request,
     session: SessionDep,
     serving: ServingDep,
+    deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | ChatCompletionPublic:
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
     body = await templated(session, who, body)  # prompt_template: its messages
-    loaded = await _open(session, serving, who, body.model, ("body", "model"))
+    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
     # developer is OpenAI's newer name for the system role
-    messages = [
+    messages = tuple(
         Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
-    ]
-    try:
-        prompt = loaded.served.chat_ids(messages)
-    except ValueError as e:
-        raise request_error(("body", "messages"), str(e)) from e
-    context = loaded.served.context
+    )
     asked = body.max_completion_tokens or body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    if body.truncate:
-        prompt = _fit([prompt], asked or 1, context, True)[0]
-    max_tokens = asked if asked is not None else max(context - len(prompt), 1)
     top = body.top_logprobs or 0
-    params = _params(body, max_tokens, top if body.logprobs else None, False)
+    # max_tokens 0 stands in: the request's own (asked, or the room its prompt leaves) replaces it
+    params = _params(body, 0, top if body.logprobs else None, False)
     locs = {
         "prompt": ("body", "messages"),
         "max_tokens": ("body", field),
         "logprobs": ("body", "top_logprobs"),
     }
-    handle = _submit(loaded, [prompt], params, locs)
+    chat = ChatRequest(messages, params, asked, body.truncate)
+    handle = await _submit(target, chat, locs)
     head = Head(body.model, logprobs=body.logprobs, chat=True)
     if body.stream:
         return _stream(handle, ChunkWriter(head), body)

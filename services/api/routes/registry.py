@@ -42,7 +42,7 @@ from services.auth import AdminDep, Principal, PrincipalDep
 from services.redact import redact
 from services.store import crud
 from services.store import registry as store
-from services.store.models import Artifact, ArtifactCategory, Role
+from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -151,6 +151,13 @@ def _delete(
             status.HTTP_409_CONFLICT,
             f"{artifact.category} {artifact.id} is the parent of "
             f"{', '.join(c.id for c in children[:10])}: delete those first",
+        )
+    deployment = session.get(Deployment, artifact.id)
+    if deployment is not None and DeploymentState(deployment.state).active:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"model {artifact.id} is deployed on the cluster: undeploy it first "
+            f"(DELETE /api/v1/models/{artifact.id}/deploy)",
         )
     public = _public(session, [artifact])[0]
     if delete_files:
