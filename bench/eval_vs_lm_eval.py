@@ -512,7 +512,8 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
                 their = other[(n, "none")]
                 resp = their["filtered_resps"]
                 ll, greedy = (resp[0] if isinstance(resp[0], list) else resp)[:2]
-                same = bool(greedy) == sample["is_greedy"]
+                # lm_eval's sample log may hold the pair as strings ("-3.2", "False")
+                same = (str(greedy) == "True") == sample["is_greedy"]
                 kind, lls = "loglikelihood", [(float(ll), sample["loglikelihood"])]
             else:
                 their_raw = other[(n, FILTERS[0]["name"])]["resps"][0]
