@@ -1,14 +1,20 @@
 """A task's items: records rendered through its templates, with few-shot examples prepended.
 
-Prompts are assembled as lm-evaluation-harness assembles them: description, then per example
-``text + target_delimiter + answer + fewshot_delimiter``, then the item's text; each choice is
-scored as the continuation ``target_delimiter + choice``.
+Prompts are assembled as lm-evaluation-harness assembles them: the description (a template
+rendered with the item), then per example ``text + target_delimiter + answer +
+fewshot_delimiter``, then the item's text; each choice is scored as the continuation
+``target_delimiter + choice``, a loglikelihood item's target as it is. When a multiple-choice
+doc_to_text gives an integer (WinoGrande), each choice is a context of its own after the same
+prefix, the integer is the correct one and every context is scored with the shared
+continuation ``target_delimiter + doc_to_target``; a few-shot example then shows its correct
+context.
 
 Few-shot examples come from the few-shot split, or else from the task's other items, never the
-item itself (nor a record equal to it). They are drawn with ``random.Random`` like lm-eval's
-sampler, but seeded per item (seed and row), not from one stream in document order: an item's
-examples then do not depend on which items ran before it, so a shard of the items gets exactly
-the prompts the whole run would.
+item itself (nor a record equal to it). ``fewshot_config: {sampler: first_n}`` takes the first
+n in order (lm-eval's FirstNSampler, MMLU's). Otherwise they are drawn with ``random.Random``
+like lm-eval's sampler, but seeded per item (seed and row), not from one stream in document
+order: an item's examples then do not depend on which items ran before it, so a shard of the
+items gets exactly the prompts the whole run would.
 """
 
 from __future__ import annotations
