@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-RATIO_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+# perplexity (loglikelihood tasks): exp(-mean log-likelihood over items), lm-eval's
+# "perplexity" aggregation, kept as the ratio of summed log-likelihoods to items
+RATIO_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity")
 SACREBLEU_METRICS = ("bleu", "chrf")
 
 
@@ -56,7 +58,13 @@ class MeanStat:
         return math.sqrt(max(self.m2, 0.0) / (self.n - 1)) / math.sqrt(self.n)
 
 
+def base_metric(key: str) -> str:
+    """The metric of a reported key: "exact_match,strict-match" -> "exact_match"."""
+    return key.split(",", 1)[0]
+
+
 def new_stat(metric: str) -> dict[str, Any]:
+    metric = base_metric(metric)
     if metric in RATIO_METRICS:
         # sums over items for the delta-method standard error of the ratio (``_ratio_stderr``)
         return {"kind": "ratio", "num": 0.0, "den": 0, "n": 0, "nn": 0.0, "nd": 0.0, "dd": 0.0}
@@ -122,6 +130,7 @@ def _scaled(se: float | None, factor: float) -> float | None:
 
 def finish(metric: str, stat: dict[str, Any]) -> dict[str, float | None]:
     """{"value", "stderr"} of one metric from its statistic (stderr None where not defined)."""
+    metric = base_metric(metric)
     if stat["kind"] == "mean":
         m = MeanStat(stat["n"], stat["sum"], stat["m2"])
         return {"value": m.mean if m.n else None, "stderr": m.stderr(), "n": m.n}
@@ -194,6 +203,35 @@ def token_f1(prediction: str, reference: str) -> float:
 def exact_match(prediction: str, references: Sequence[str]) -> float:
     """1 when the prediction equals a reference, surrounding whitespace ignored."""
     return float(any(prediction.strip() == r.strip() for r in references))
+
+
+def exact_match_lm_eval(
+    prediction: str,
+    references: Sequence[str],
+    *,
+    ignore_case: bool = False,
+    ignore_punctuation: bool = False,
+    ignore_numbers: bool = False,
+    regexes_to_ignore: Sequence[str] = (),
+) -> float:
+    """lm-eval's exact_match (its port of Hugging Face evaluate's): every regex_to_ignore
+    removed from both sides, then optionally lower case, no punctuation, no digits; the strings
+    must then be equal (no stripping; numpy's string arrays drop trailing NULs only).
+    Several references: 1 when any matches."""
+
+    def clean(text: str) -> str:
+        for pattern in regexes_to_ignore:
+            text = re.sub(pattern, "", text)
+        if ignore_case:
+            text = text.lower()
+        if ignore_punctuation:
+            text = text.translate(str.maketrans("", "", string.punctuation))
+        if ignore_numbers:
+            text = text.translate(str.maketrans("", "", string.digits))
+        return text.rstrip("\x00")
+
+    pred = clean(prediction)
+    return float(any(pred == clean(r) for r in references))
 
 
 def rouge_l(prediction: str, references: Sequence[str]) -> float:

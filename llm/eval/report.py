@@ -46,7 +46,7 @@ def _fmt(cell: Mapping[str, Any] | None, scale: float, digits: int) -> str:
 
 
 def _fmt_raw(metric: str, cell: Mapping[str, Any] | None) -> str:
-    if metric in PERCENT_METRICS:
+    if metric.split(",")[0] in PERCENT_METRICS:  # "exact_match,strict-match": a filter's
         return _fmt(cell, 100.0, 2)
     return _fmt(cell, 1.0, 2 if metric in ("bleu", "chrf") else 4)
 

@@ -22,9 +22,16 @@ from llm.eval.data import Malformed
 from llm.eval.judge import Judge
 from llm.eval.lm import PLL, EvalModel, GenerationUnsupportedError, as_eval_model
 from llm.eval.metrics import finish, leaderboard_normalise, merge_stat, new_stat
-from llm.eval.run_types import run_generate, run_multiple_choice, run_rolling
+from llm.eval.run_types import run_generate, run_loglikelihood, run_multiple_choice, run_rolling
 from llm.eval.task import LoadedTask
-from llm.eval.task_config import GENERATE, MULTIPLE_CHOICE, TaskConfig, TaskGroup, resolve_tasks
+from llm.eval.task_config import (
+    GENERATE,
+    LOGLIKELIHOOD,
+    MULTIPLE_CHOICE,
+    TaskConfig,
+    TaskGroup,
+    resolve_tasks,
+)
 
 NORMALISED = ("acc", "acc_norm", "acc_bytes")
 RESULT_FORMAT = "llmforge.eval/1"
@@ -53,10 +60,12 @@ def _run_task(
     task = LoadedTask.load(cfg, data_root)
     started = time.perf_counter()
     todo, malformed = task.items(num_fewshot=num_fewshot, limit=limit, rows=items)
-    stats: dict[str, dict[str, Any]] = {m: new_stat(m) for m in cfg.metrics}
+    stats: dict[str, dict[str, Any]] = {m: new_stat(m) for m in cfg.metric_keys}
     if cfg.output_type == MULTIPLE_CHOICE:
         stats["random_baseline"] = new_stat("random_baseline")
         samples = run_multiple_choice(lm, task, todo, stats, malformed, batch_size, share_prefix)
+    elif cfg.output_type == LOGLIKELIHOOD:
+        samples = run_loglikelihood(lm, todo, stats, malformed, batch_size, share_prefix)
     elif cfg.output_type == GENERATE:
         stats.update({f"judge_{j.name}": new_stat("judge") for j in judges})
         samples = run_generate(lm, task, todo, stats, judges, batch_size)
@@ -68,6 +77,7 @@ def _run_task(
     result: dict[str, Any] = {
         "task": cfg.task,
         "group": cfg.group,
+        "group_aggregate": [list(a) for a in cfg.group_aggregate],
         "output_type": cfg.output_type,
         "split": cfg.split,
         "scoring": lm.scoring,
@@ -129,24 +139,56 @@ def _normalise(metric: Mapping[str, float | None], baseline: float) -> dict[str,
     }
 
 
+def _pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float | None:
+    """lm-eval's pooled_sample_stderr: the stderr of the size-weighted mean of subtasks."""
+    if sum(sizes) <= len(sizes):
+        return None
+    pooled = sum((n - 1) * e * e * n for n, e in zip(sizes, stderrs, strict=True)) / (
+        sum(sizes) - len(sizes)
+    )
+    return math.sqrt(pooled / sum(sizes))
+
+
+def _aggregate(
+    present: list[dict[str, Any]], section: str, name: str, weighted: bool
+) -> dict[str, float | None] | None:
+    values = [r[section][name]["value"] for r in present]
+    errors = [r[section][name]["stderr"] for r in present]
+    if any(v is None for v in values):
+        return None
+    sizes = [r["n"] for r in present] if weighted else [1] * len(present)
+    if not sum(sizes):
+        return None
+    value = sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
+    stderr = None
+    if all(e is not None for e in errors):
+        if weighted:
+            stderr = _pooled_stderr(errors, sizes)
+        else:
+            stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
+    return {"value": value, "stderr": stderr}
+
+
 def _group_results(results: dict[str, Any], groups: Mapping[str, list[str]]) -> dict[str, Any]:
-    """Unweighted mean over subtasks (lm-eval's blimp: weight_by_size false); the subtasks are
-    independent samples, so the stderr of the mean is sqrt(sum of squared stderrs) / k."""
+    """Group scores from subtask scores. With the group's aggregate_metric_list (lm-eval's):
+    those metrics only, the mean weighted by each subtask's item count when weight_by_size
+    (stderr: lm-eval's pooled_sample_stderr) or else unweighted. Without one: every metric the
+    subtasks share, unweighted (lm-eval's blimp, weight_by_size false). The stderr of an
+    unweighted mean of independent subtasks is sqrt(sum of squared stderrs) / k."""
     out = {}
     for group, members in groups.items():
         present = [results[m] for m in members if m in results]
         entry: dict[str, Any] = {"tasks": members, "metrics": {}, "normalised": {}}
+        spec = next((r["group_aggregate"] for r in present if r.get("group_aggregate")), None)
         for section in ("metrics", "normalised"):
             names = set.intersection(*(set(r.get(section, {})) for r in present))
-            for name in sorted(names):
-                values = [r[section][name]["value"] for r in present]
-                errors = [r[section][name]["stderr"] for r in present]
-                if any(v is None for v in values):
-                    continue
-                stderr = None
-                if all(e is not None for e in errors):
-                    stderr = math.sqrt(sum(e * e for e in errors)) / len(errors)
-                entry[section][name] = {"value": sum(values) / len(values), "stderr": stderr}
+            wanted = {m: bool(w) for m, w in spec} if spec else dict.fromkeys(names, False)
+            for name in sorted(set(wanted) & names):
+                found = _aggregate(present, section, name, wanted[name])
+                if found is not None:
+                    entry[section][name] = found
+        if spec:
+            entry["weight_by_size"] = {m: bool(w) for m, w in spec}
         entry["n"] = sum(r["n"] for r in present)
         scorings = {r["scoring"] for r in present if "scoring" in r}
         if len(scorings) == 1:

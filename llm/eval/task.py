@@ -1,14 +1,20 @@
 """A task's items: records rendered through its templates, with few-shot examples prepended.
 
-Prompts are assembled as lm-evaluation-harness assembles them: description, then per example
-``text + target_delimiter + answer + fewshot_delimiter``, then the item's text; each choice is
-scored as the continuation ``target_delimiter + choice``.
+Prompts are assembled as lm-evaluation-harness assembles them: the description (a template
+rendered with the item), then per example ``text + target_delimiter + answer +
+fewshot_delimiter``, then the item's text; each choice is scored as the continuation
+``target_delimiter + choice``, a loglikelihood item's target as it is. When a multiple-choice
+doc_to_text gives an integer (WinoGrande), each choice is a context of its own after the same
+prefix, the integer is the correct one and every context is scored with the shared
+continuation ``target_delimiter + doc_to_target``; a few-shot example then shows its correct
+context.
 
 Few-shot examples come from the few-shot split, or else from the task's other items, never the
-item itself (nor a record equal to it). They are drawn with ``random.Random`` like lm-eval's
-sampler, but seeded per item (seed and row), not from one stream in document order: an item's
-examples then do not depend on which items ran before it, so a shard of the items gets exactly
-the prompts the whole run would.
+item itself (nor a record equal to it). ``fewshot_config: {sampler: first_n}`` takes the first
+n in order (lm-eval's FirstNSampler, MMLU's). Otherwise they are drawn with ``random.Random``
+like lm-eval's sampler, but seeded per item (seed and row), not from one stream in document
+order: an item's examples then do not depend on which items ran before it, so a shard of the
+items gets exactly the prompts the whole run would.
 """
 
 from __future__ import annotations
@@ -22,10 +28,17 @@ from typing import Any
 import jinja2
 
 from llm.eval.data import Malformed, Record, Records, read_records, resolve
-from llm.eval.task_config import GENERATE, MULTIPLE_CHOICE, ROLLING, TaskConfig, TaskError
+from llm.eval.task_config import (
+    GENERATE,
+    LOGLIKELIHOOD,
+    MULTIPLE_CHOICE,
+    ROLLING,
+    TaskConfig,
+    TaskError,
+)
 from llm.eval.templates import referenced_columns, render_text, render_value
 
-TEMPLATE_FIELDS = ("doc_to_text", "doc_to_choice", "doc_to_target", "doc_to_count")
+TEMPLATE_FIELDS = ("doc_to_text", "doc_to_choice", "doc_to_target", "doc_to_count", "description")
 
 
 class RowError(ValueError):
@@ -40,10 +53,13 @@ class Item:
     row: int
     line: int
     file: str
-    context: str = ""  # the prompt (multiple choice, generation)
+    context: str = ""  # the prompt (multiple choice, generation, loglikelihood)
     choices: tuple[str, ...] = ()
     gold: tuple[int, ...] = ()  # indices of the correct choices
-    references: tuple[str, ...] = ()  # generation targets
+    # generation targets; loglikelihood: the continuation; multiple contexts: the shared one
+    references: tuple[str, ...] = ()
+    # multiple choice with one context per choice (WinoGrande): the contexts, choices in order
+    contexts: tuple[str, ...] = ()
     text: str = ""  # perplexity: the scored text
     words: int = 0
     n_bytes: int = 0
@@ -58,9 +74,17 @@ class _Pieces:
     gold: tuple[int, ...] = ()
     references: tuple[str, ...] = ()
     counted: str = ""  # perplexity: the text whose words and bytes are counted
+    # multiple choice whose choices are contexts and whose target is the shared continuation
+    multi_input: bool = False
+
+    def question(self) -> str:
+        """The prompt of a few-shot example: a multiple-input item's correct context."""
+        return self.choices[self.gold[0]] if self.multi_input else self.text
 
     def answer(self) -> str:
-        return self.choices[self.gold[0]] if self.choices else self.references[0]
+        if self.choices and not self.multi_input:
+            return self.choices[self.gold[0]]
+        return self.references[0]
 
 
 def _gold_indices(target: Any, choices: tuple[str, ...]) -> tuple[int, ...]:
@@ -78,17 +102,48 @@ def _gold_indices(target: Any, choices: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(gold)
 
 
-def _render(cfg: TaskConfig, data: dict[str, Any]) -> _Pieces:
-    text = render_text(cfg.doc_to_text, data)
-    if cfg.output_type == MULTIPLE_CHOICE:
-        choices = render_value(cfg.doc_to_choice, data, digits_as_index=False)
-        if not isinstance(choices, list | tuple) or not choices:
-            raise RowError(f"doc_to_choice gave {type(choices).__name__}, not a non-empty list")
-        if not all(isinstance(c, str) for c in choices):
-            raise RowError("doc_to_choice gave a list with non-string entries")
-        target = render_value(cfg.doc_to_target, data, digits_as_index=True)
+def _choice_text(spec: str, data: dict[str, Any]) -> str | int:
+    """lm-eval's doc_to_text when the task has choices: a column's value as it is, or the
+    rendered template, an integer when it is all digits (then the item has one context per
+    choice and the integer is the correct one)."""
+    if spec in data:
+        value = data[spec]
+        return value if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    text = render_text(spec, data)
+    return int(text) if text.isdigit() else text
+
+
+def _render_multiple_choice(cfg: TaskConfig, data: dict[str, Any]) -> _Pieces:
+    choices = render_value(cfg.doc_to_choice, data, digits_as_index=False)
+    if not isinstance(choices, list | tuple) or not choices:
+        raise RowError(f"doc_to_choice gave {type(choices).__name__}, not a non-empty list")
+    if not all(isinstance(c, str) for c in choices):
+        raise RowError("doc_to_choice gave a list with non-string entries")
+    text = _choice_text(cfg.doc_to_text, data)
+    target = render_value(cfg.doc_to_target, data, digits_as_index=True)
+    if isinstance(text, str):
         return _Pieces(text, tuple(choices), _gold_indices(target, tuple(choices)))
+    # WinoGrande: the choices are the contexts, doc_to_text the correct one's index and
+    # doc_to_target the continuation they share
+    if not 0 <= text < len(choices):
+        raise RowError(f"doc_to_text gave {text}, not a choice index (0..{len(choices) - 1})")
+    if not isinstance(target, str):
+        raise RowError(
+            f"doc_to_target gave {target!r}; with one context per choice it must be the "
+            "shared continuation (a string)"
+        )
+    return _Pieces("", tuple(choices), (text,), references=(target,), multi_input=True)
+
+
+def _render(cfg: TaskConfig, data: dict[str, Any]) -> _Pieces:
+    if cfg.output_type == MULTIPLE_CHOICE:
+        return _render_multiple_choice(cfg, data)
+    text = render_text(cfg.doc_to_text, data)
     target = render_value(cfg.doc_to_target, data, digits_as_index=False)
+    if cfg.output_type == LOGLIKELIHOOD:
+        if not isinstance(target, str | int | float) or isinstance(target, bool):
+            raise RowError(f"doc_to_target gave {target!r}, not one continuation (a string)")
+        return _Pieces(text, references=(str(target),))
     refs = target if isinstance(target, list) else [target]
     if not refs or not all(isinstance(r, str | int | float) for r in refs):
         raise RowError(f"doc_to_target gave {target!r}, not a string or a list of strings")
@@ -190,6 +245,11 @@ class LoadedTask:
         if n == 0:
             return []
         pool = self._pool()
+        if self.config.fewshot_sampler == "first_n":
+            # lm-eval's FirstNSampler: the first n of the split, in order (without the item)
+            if self.fewshot_records is None:
+                pool = [(r, p) for r, p in pool if r.row != record.row and r.data != record.data]
+            return [p for _, p in pool[: self._check_enough(n, len(pool), record)]]
         rnd = random.Random(f"{self.config.fewshot_seed}/{record.row}")
         if self.fewshot_records is not None:
             return [p for _, p in rnd.sample(pool, self._check_enough(n, len(pool), record))]
@@ -213,18 +273,33 @@ class LoadedTask:
             )
         return n
 
-    def context(self, record: Record, pieces: _Pieces, num_fewshot: int) -> str:
+    def prefix(self, record: Record, num_fewshot: int) -> str:
+        """The description (a template, rendered with the item's record) and the few-shot
+        examples, each ``question + target_delimiter + answer + fewshot_delimiter``."""
         cfg = self.config
-        parts = [cfg.description]
+        try:
+            parts = [render_text(cfg.description, record.data)] if cfg.description else []
+        except (jinja2.TemplateError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise RowError(f"description: {type(e).__name__}: {e}") from e
         for example in self.sample_fewshot(record, num_fewshot):
             parts.append(
-                example.text + cfg.target_delimiter + example.answer() + cfg.fewshot_delimiter
+                example.question() + cfg.target_delimiter + example.answer() + cfg.fewshot_delimiter
             )
-        parts.append(pieces.text)
         return "".join(parts)
 
+    def context(self, record: Record, pieces: _Pieces, num_fewshot: int) -> str:
+        return self.prefix(record, num_fewshot) + pieces.text
+
     def continuations(self, item: Item) -> list[str]:
+        """Multiple choice: one continuation per choice; with one context per choice, the
+        shared continuation after each (lm-eval's multiple_input)."""
+        if item.contexts:
+            return [self.config.target_delimiter + item.references[0]] * len(item.contexts)
         return [self.config.target_delimiter + c for c in item.choices]
+
+    def request_contexts(self, item: Item) -> list[str]:
+        """The context of each choice's request."""
+        return list(item.contexts) if item.contexts else [item.context] * len(item.choices)
 
     def _item(self, record: Record, num_fewshot: int) -> Item:
         cfg = self.config
@@ -235,8 +310,18 @@ class LoadedTask:
             words = len(re.split(r"\s+", counted))  # lm-eval's count_words
             n_bytes = len(counted.encode())
             return replace(item, text=pieces.references[0], words=words, n_bytes=n_bytes)
+        if pieces.multi_input:
+            prefix = self.prefix(record, num_fewshot)
+            contexts = tuple(prefix + c for c in pieces.choices)
+            return replace(
+                item,
+                contexts=contexts,
+                choices=pieces.choices,
+                gold=pieces.gold,
+                references=pieces.references,
+            )
         context = self.context(record, pieces, num_fewshot)
-        if cfg.output_type == GENERATE:
+        if cfg.output_type in (GENERATE, LOGLIKELIHOOD):
             return replace(item, context=context, references=pieces.references)
         return replace(item, context=context, choices=pieces.choices, gold=pieces.gold)
 
