@@ -88,9 +88,7 @@ def _manifest_files() -> list[Path]:
     reads as instructions (kustomization.yaml, overlays' patches/); the rendered overlays are
     checked in tests/infra/test_kustomize.py."""
     found = [*K8S_DIR.rglob("*.yaml"), *K8S_DIR.rglob("*.yml")]
-    return sorted(
-        p for p in found if p.name != "kustomization.yaml" and "patches" not in p.parts
-    )
+    return sorted(p for p in found if p.name != "kustomization.yaml" and "patches" not in p.parts)
 
 
 def _load_manifests() -> list[tuple[str, dict[str, Any]]]:
