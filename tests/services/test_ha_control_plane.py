@@ -82,15 +82,30 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayHead]
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
     token = RayToken(token_file.read_text(), str(token_file), token_file)
-    head = LocalRayHead(
-        gcs_port=None,
-        dashboard_port=free_port(),
-        num_cpus=2,
-        object_store_mb=128,
-        log_path=root / "head.log",
-        token=token,
-    )
-    head.start()
+
+    def start() -> LocalRayHead:
+        head = LocalRayHead(
+            gcs_port=None,
+            dashboard_port=free_port(),
+            num_cpus=2,
+            object_store_mb=128,
+            log_path=root / "head.log",
+            token=token,
+        )
+        head.start()
+        # The dashboard answers before the raylet has registered; on a busy machine the node's
+        # start-up can still time out then. Only a node listed ALIVE is a cluster.
+        try:
+            head.wait_node_id(120)
+        except (RuntimeError, httpx.HTTPError):
+            head.stop()
+            raise
+        return head
+
+    try:
+        head = start()
+    except (RuntimeError, httpx.HTTPError):  # one more try, with fresh ports
+        head = start()
     try:
         yield head
     finally:
