@@ -3,8 +3,8 @@ an S3 server over HTTP against the same jobs on local disk, in one run.
 
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/python -m bench.object_store [--docs 6000]
 
-The S3 server is moto's (``ThreadedMotoServer`` on loopback, in this process): a real HTTP
-endpoint, though a slower one than MinIO or S3, so the ratios are a lower bound. The corpus is
+The S3 server is moto's (``python -m moto.server`` on loopback, in a process of its own): a real
+HTTP endpoint, though a slower one than MinIO or S3, so the ratios are a lower bound. The corpus is
 real text from ../shared/data (Gutenberg chunks, the dolma Common Crawl sample, US speeches) in
 8 gzipped JSONL files, uploaded once. Each job runs in this process on one local Ray, through
 its own ``run(spec)`` exactly as its entrypoint calls it: curate (length, Gopher quality,

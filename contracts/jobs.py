@@ -11,8 +11,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from contracts.compare import CompareSpec
 from contracts.curate import CurateSpec
 from contracts.results import (
+    CompareResult,
     CurateResult,
     EvaluateResult,
     FinetuneResult,
@@ -37,6 +39,7 @@ class JobKind(StrEnum):
     evaluate = "evaluate"
     tune = "tune"
     finetune = "finetune"
+    compare = "compare"
 
 
 @dataclass(frozen=True)
@@ -69,4 +72,5 @@ JOB_TYPES: dict[JobKind, JobType] = {
     JobKind.evaluate: JobType(EvaluateSpec, "ray_jobs.evaluate", "evaluation", EvaluateResult),
     JobKind.tune: JobType(TuneSpec, "ray_jobs.tune", "checkpoint", TuneResult),
     JobKind.finetune: JobType(FinetuneSpec, "ray_jobs.finetune", "finetuned", FinetuneResult),
+    JobKind.compare: JobType(CompareSpec, "ray_jobs.compare", None, CompareResult),
 }

@@ -95,6 +95,16 @@ class FinetuneResult(Open):
     checkpoint: str | None
 
 
+class CompareResult(Closed):
+    """Per arm and metric: mean, stderr, seeds, and the difference from the baseline."""
+
+    baseline: str
+    arms: dict[str, Any]
+    metrics: list[str]
+    table: str
+    chart: str | None
+
+
 class EvaluateResult(Open):
     """Validation loss and perplexity when data was scored, one entry per task, a sample:
     what is there depends on the spec."""

@@ -58,7 +58,8 @@ class MeanStat:
 
 def new_stat(metric: str) -> dict[str, Any]:
     if metric in RATIO_METRICS:
-        return {"kind": "ratio", "num": 0.0, "den": 0}
+        # sums over items for the delta-method standard error of the ratio (``_ratio_stderr``)
+        return {"kind": "ratio", "num": 0.0, "den": 0, "n": 0, "nn": 0.0, "nd": 0.0, "dd": 0.0}
     if metric in SACREBLEU_METRICS:
         return {"kind": "sacrebleu", "stats": []}
     return {"kind": "mean", "n": 0, "sum": 0.0, "m2": 0.0}
@@ -73,6 +74,11 @@ def add_mean(stat: dict[str, Any], x: float) -> None:
 def add_ratio(stat: dict[str, Any], num: float, den: float) -> None:
     stat["num"] += num
     stat["den"] += den
+    if "n" in stat:
+        stat["n"] += 1
+        stat["nn"] += num * num
+        stat["nd"] += num * den
+        stat["dd"] += den * den
 
 
 def add_counts(stat: dict[str, Any], counts: Sequence[float]) -> None:
@@ -89,11 +95,29 @@ def merge_stat(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         m.merge(MeanStat(b["n"], b["sum"], b["m2"]))
         return {"kind": "mean", "n": m.n, "sum": m.total, "m2": m.m2}
     if a["kind"] == "ratio":
-        return {"kind": "ratio", "num": a["num"] + b["num"], "den": a["den"] + b["den"]}
+        keys = ("num", "den", "n", "nn", "nd", "dd") if "n" in a and "n" in b else ("num", "den")
+        return {"kind": "ratio", **{k: a[k] + b[k] for k in keys}}
     out = {"kind": "sacrebleu", "stats": list(a["stats"])}
     if b["stats"]:
         add_counts(out, b["stats"])
     return out
+
+
+def _ratio_stderr(stat: dict[str, Any], r: float) -> float | None:
+    """Standard error of r = sum(num) / sum(den) over n items by the delta method (the ratio
+    estimator's): sqrt(sum((num_i - r den_i)^2) / (n - 1) / n) / mean(den). lm-evaluation-
+    harness reports none for its perplexities; this lets a difference in bits per byte be
+    weighed against its noise. None for fewer than two items or a statistic without the sums."""
+    n = stat.get("n", 0)
+    if n < 2:
+        return None
+    squares = stat["nn"] - 2 * r * stat["nd"] + r * r * stat["dd"]
+    mean_den = stat["den"] / n
+    return math.sqrt(max(squares, 0.0) / (n - 1) / n) / mean_den
+
+
+def _scaled(se: float | None, factor: float) -> float | None:
+    return None if se is None else se * abs(factor)
 
 
 def finish(metric: str, stat: dict[str, Any]) -> dict[str, float | None]:
@@ -105,8 +129,11 @@ def finish(metric: str, stat: dict[str, Any]) -> dict[str, float | None]:
         if not stat["den"]:
             return {"value": None, "stderr": None}
         per_unit = stat["num"] / stat["den"]
-        value = -per_unit / math.log(2) if metric == "bits_per_byte" else math.exp(-per_unit)
-        return {"value": value, "stderr": None}
+        se = _ratio_stderr(stat, per_unit)
+        if metric == "bits_per_byte":
+            return {"value": -per_unit / math.log(2), "stderr": _scaled(se, 1 / math.log(2))}
+        value = math.exp(-per_unit)
+        return {"value": value, "stderr": _scaled(se, value)}  # d exp(-r) = exp(-r) dr
     if not stat["stats"]:
         return {"value": None, "stderr": None}
     score = _sacrebleu_metric(metric)._compute_score_from_stats(stat["stats"])

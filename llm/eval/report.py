@@ -14,7 +14,7 @@ from typing import Any
 PERCENT_METRICS = ("acc", "acc_norm", "acc_bytes", "exact_match", "f1", "rouge_l")
 
 
-def _columns(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def task_columns(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Groups, then tasks that belong to no group, in the order they first appear."""
     names: list[str] = []
     for run in runs.values():
@@ -24,11 +24,11 @@ def _columns(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return names
 
 
-def _entry(run: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+def task_entry(run: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
     return run.get("groups", {}).get(name) or run["results"].get(name)
 
 
-def _main_metric(entry: Mapping[str, Any]) -> str:
+def main_metric(entry: Mapping[str, Any]) -> str:
     metrics = entry["metrics"]
     for name in ("acc_norm", "acc", "bits_per_byte"):
         if name in metrics:
@@ -55,13 +55,13 @@ def leaderboard_markdown(
     runs: Mapping[str, Mapping[str, Any]], tasks: Sequence[str] | None = None
 ) -> str:
     """Markdown table of several models' results ({model name: result})."""
-    columns = list(tasks) if tasks is not None else _columns(runs)
+    columns = list(tasks) if tasks is not None else task_columns(runs)
     metric_of = {}
     for name in columns:
-        entry = next((e for run in runs.values() if (e := _entry(run, name))), None)
+        entry = next((e for run in runs.values() if (e := task_entry(run, name))), None)
         if entry is None:
             raise ValueError(f"no result holds task {name!r}")
-        metric_of[name] = _main_metric(entry)
+        metric_of[name] = main_metric(entry)
     header = ["Model", "Average (normalised)"]
     for name in columns:
         header += [f"{name} {metric_of[name]}", f"{name} normalised"]
@@ -69,7 +69,7 @@ def leaderboard_markdown(
     for model, run in runs.items():
         cells, normalised = [], []
         for name in columns:
-            entry = _entry(run, name) or {"metrics": {}}
+            entry = task_entry(run, name) or {"metrics": {}}
             metric = metric_of[name]
             norm = entry.get("normalised", {}).get(metric)
             if norm is not None and norm.get("value") is not None:

@@ -15,19 +15,23 @@ from services.api.ratelimit import AuditThrottle, RateLimiter
 from services.api.request_id import add_request_ids
 from services.api.routes import (
     audit,
+    campaigns,
     completions,
     config,
+    experiments,
     health,
     ingest,
     jobs,
     keys,
     pipelines,
     plan,
+    prompts,
     ratings,
     registry,
     teams,
 )
 from services.auth import authorize, bootstrap_admin_key, provide_admin_key
+from services.campaigns import CampaignRunner
 from services.leader import Leadership
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
@@ -111,9 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.scheduler.start()
         app.state.serving = Serving(settings)
+        app.state.campaigns = CampaignRunner(app.state.sessions, app.state.serving)
+        app.state.campaigns.start()  # resumes campaigns a stop left generating
         try:
             yield
         finally:
+            app.state.campaigns.stop()  # before the engines it generates with close
             app.state.serving.close()
             app.state.scheduler.stop()
             if head is not None:
@@ -132,10 +139,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         jobs.router,
         pipelines.router,
+        experiments.router,
         plan.router,
         registry.datasets,
         registry.models,
+        campaigns.router,  # before ratings: /ratings/{rating_id} would take /ratings/campaigns
         ratings.router,
+        prompts.router,
         teams.router,
         completions.router,
     ):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
 from services.api.schemas import Strict
 
@@ -67,13 +67,43 @@ Prompt = (
 )
 
 
-class CompletionFields(SamplingFields):
-    prompt: Prompt = Field(description="text, token ids, or a list of either (a batch)")
+TemplateVariables = dict[Annotated[str, Field(max_length=100)], JsonValue]
+
+
+class Templated(Strict):
+    """A stored prompt template (``/api/v1/prompts``) and its variables, in place of the
+    prompt (or the messages)."""
+
+    prompt_template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="a stored prompt template's id or name, rendered with variables, "
+        "in place of prompt / messages",
+    )
+    variables: TemplateVariables | None = Field(
+        default=None, description="the prompt_template's variables"
+    )
+
+    def _one_source(self, field: str) -> None:
+        if (field in self.model_fields_set) == (self.prompt_template is not None):
+            raise ValueError(f"give {field} or prompt_template (with variables): one of them")
+        if self.variables is not None and self.prompt_template is None:
+            raise ValueError("variables: give a prompt_template to render them with")
+
+
+class CompletionFields(SamplingFields, Templated):
+    prompt: Prompt = Field(default="", description="text, token ids, or a list of either (a batch)")
     max_tokens: int = Field(default=16, ge=0, description="0 with echo: score the prompt")
     echo: bool = False
     logprobs: int | None = Field(
         default=None, ge=0, le=20, description="each token's logprob and this many alternatives"
     )
+
+    @model_validator(mode="after")
+    def _prompt_or_template(self) -> CompletionFields:
+        self._one_source("prompt")
+        return self
 
 
 class CompletionCreate(CompletionFields):
@@ -100,15 +130,22 @@ class ChatMessage(Strict):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionCreate(SamplingFields):
+class ChatCompletionCreate(SamplingFields, Templated):
     model: str = Field(max_length=64, description="a registered model's id")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    messages: list[ChatMessage] = Field(default_factory=list, max_length=1000)
     max_tokens: int | None = Field(default=None, ge=1, description="null: up to the context")
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="max_tokens' new name"
     )
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _messages_or_template(self) -> ChatCompletionCreate:
+        self._one_source("messages")
+        if "messages" in self.model_fields_set and not self.messages:
+            raise ValueError("messages: give at least one message")
+        return self
 
 
 class UsagePublic(BaseModel):

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from services.cli.audit import add_audit_commands
+from services.cli.campaigns import add_prompts_commands
 from services.cli.download import add_download_commands
 from services.cli.eval import add_eval_commands
+from services.cli.experiment import add_experiment_commands
 from services.cli.jobs import add_job_commands
 from services.cli.prompt import add_prompt_command
 from services.cli.quality import add_quality_commands
@@ -136,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(sub)
     add_download_commands(sub)
     add_audit_commands(sub)
+    add_prompts_commands(sub)
     _add_tokenizer_train(sub)
     _add_plan(sub)
     add_quality_commands(sub)
     add_eval_commands(sub)
+    add_experiment_commands(sub)
     add_prompt_command(sub)
     return parser
 

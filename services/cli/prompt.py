@@ -3,6 +3,7 @@ terminal as the tokens arrive (``POST /api/v1/models/{id}/completions`` with ``s
 
 llmforge prompt MODEL "Once upon a time" --max-tokens 64 --temperature 0.8 --seed 1
 llmforge prompt MODEL "Name three colours" --chat      # the model's chat template
+llmforge prompt MODEL --template qa --var question="Why is the sea deep?"   # a stored template
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from services.cli.campaigns import parse_vars
 from services.cli.client import api_client
 
 
@@ -59,14 +61,30 @@ def _print_stream(r: httpx.Response, chat: bool) -> int:
     return 0
 
 
+def _source(args: argparse.Namespace) -> dict[str, Any]:
+    """The text (as a prompt or a user message), or a stored template and its variables."""
+    if (args.text is None) == (args.template is None):
+        raise argparse.ArgumentTypeError("give the prompt's text or --template NAME, one of them")
+    if args.template is None:
+        if args.var:
+            raise argparse.ArgumentTypeError("--var goes with --template")
+        if args.chat:
+            return {"messages": [{"role": "user", "content": args.text}]}
+        return {"prompt": args.text}
+    return {"prompt_template": args.template, "variables": parse_vars(args.var)}
+
+
 def cmd_prompt(args: argparse.Namespace) -> int:
-    body = _body(args)
+    try:
+        body = _body(args) | _source(args)
+    except argparse.ArgumentTypeError as e:
+        print(f"llmforge prompt: {e}", file=sys.stderr)
+        return 2
     if args.chat:
         path = "/v1/chat/completions"
-        body |= {"model": args.model, "messages": [{"role": "user", "content": args.text}]}
+        body["model"] = args.model
     else:
         path = f"/api/v1/models/{args.model}/completions"
-        body["prompt"] = args.text
     with api_client(timeout=None) as api, api.stream("POST", path, json=body) as r:
         if not r.is_success:
             r.read()
@@ -78,7 +96,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 def add_prompt_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prompt", help="complete a prompt with a registered model (streamed)")
     p.add_argument("model", help="a registered model's id (llmforge models list)")
-    p.add_argument("text", help="the prompt (with --chat: your message)")
+    p.add_argument("text", nargs="?", help="the prompt (with --chat: your message)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -86,4 +104,6 @@ def add_prompt_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="the same seed gives the same text")
     p.add_argument("--stop", action="append", help="a stop string (repeatable, up to 4)")
     p.add_argument("--chat", action="store_true", help="as a chat message, in the chat template")
+    p.add_argument("--template", help="a stored prompt template (id or name) instead of text")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="its variables")
     p.set_defaults(fn=cmd_prompt)

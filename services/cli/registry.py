@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from services.cli.campaigns import add_campaign_commands
 from services.cli.client import api_client, load_file, print_response
 from services.cli.download import add_registry_download
 
@@ -138,6 +139,7 @@ def add_registry_commands(sub: Any) -> None:
     export.add_argument("--task")
     export.add_argument("--model", help="only ratings with this model on either side")
     export.set_defaults(fn=cmd_ratings_export)
+    add_campaign_commands(rsub)
     teams = sub.add_parser("teams", help="team job limits (list; `limit TEAM [N]`)")
     tsub = teams.add_subparsers(dest="teams_command", required=True)
     tsub.add_parser("list", help="limits, running and queued jobs").set_defaults(fn=cmd_teams)

@@ -1,5 +1,6 @@
 """Tables of the control plane: jobs, pipelines, metric points, the team queue limits, the
-registry of datasets and models, and human ratings of model completions."""
+registry of datasets and models, human ratings of model completions, prompt templates and
+rating campaigns."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -213,6 +226,118 @@ class Rating(Base):
     team: Mapped[str | None] = mapped_column(String(100))
     task: Mapped[str | None] = mapped_column(String(100))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromptTemplate(Base):
+    """A team's named prompt: a Jinja2 query, a system message and few-shot examples
+    (``llm.serve.prompts``). A PUT replaces it and bumps its version."""
+
+    __tablename__ = "prompt_templates"
+    __table_args__ = (UniqueConstraint("team", "name", name="uq_prompt_templates_team_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    team: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    description: Mapped[str | None] = mapped_column(Text)
+    template: Mapped[str] = mapped_column(Text)
+    system: Mapped[str | None] = mapped_column(Text)
+    examples: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    variables: Mapped[list[str]] = mapped_column(JSON, default=list)
+    declared: Mapped[bool] = mapped_column(Boolean, default=False)  # else read off the source
+    defaults: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fewshot_delimiter: Mapped[str] = mapped_column(String(100))
+    target_delimiter: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CampaignState(StrEnum):
+    generating = "generating"  # the models are completing the prompts
+    open = "open"  # raters get pairs
+    failed = "failed"  # no pair could be made (the reasons are in errors)
+
+
+class Campaign(Base):
+    """A rating campaign: two or more models complete the same prompts, and raters judge the
+    completions in blinded pairs; each verdict is stored as a normal Rating."""
+
+    __tablename__ = "rating_campaigns"
+    __table_args__ = (Index("ix_rating_campaigns_team_created", "team", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    team: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    models: Mapped[list[str]] = mapped_column(JSON)
+    prompt_template: Mapped[str | None] = mapped_column(String(32))  # its id, when one was used
+    template_version: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # sampling parameters
+    chat: Mapped[bool] = mapped_column(Boolean, default=False)
+    seed: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(String(100))  # the task of its ratings
+    ratings_per_pair: Mapped[int | None] = mapped_column(Integer)  # None: once per rater
+    prompts: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    generated_at: Mapped[datetime | None] = mapped_column()
+
+
+class CampaignPrompt(Base):
+    __tablename__ = "campaign_prompts"
+
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("rating_campaigns.id"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    variables: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CampaignCompletion(Base):
+    """One model's completion of one prompt of a campaign (text, or the error that stopped it)."""
+
+    __tablename__ = "campaign_completions"
+
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("rating_campaigns.id"), primary_key=True)
+    prompt_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(32), primary_key=True)
+    text: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignPair(Base):
+    """Two models' completions of one prompt, shown blinded: ``left`` says which of model_a
+    ("a") or model_b ("b") is on the left; raters get pairs in ``position`` order."""
+
+    __tablename__ = "campaign_pairs"
+    __table_args__ = (Index("ix_campaign_pairs_next", "campaign_id", "ratings", "position"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("rating_campaigns.id"))
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    model_a: Mapped[str] = mapped_column(String(32))
+    model_b: Mapped[str] = mapped_column(String(32))
+    left: Mapped[str] = mapped_column(String(1))
+    position: Mapped[int] = mapped_column(Integer)
+    ratings: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CampaignRating(Base):
+    """Who rated which pair (each rater once per pair), and the Rating it made."""
+
+    __tablename__ = "campaign_ratings"
+    __table_args__ = (Index("ix_campaign_ratings_campaign_rater", "campaign_id", "rater"),)
+
+    pair_id: Mapped[str] = mapped_column(ForeignKey("campaign_pairs.id"), primary_key=True)
+    rater: Mapped[str] = mapped_column(String(32), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("rating_campaigns.id"))
+    rating_id: Mapped[str] = mapped_column(ForeignKey("ratings.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

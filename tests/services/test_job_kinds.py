@@ -28,7 +28,12 @@ def test_uri_fields_come_from_the_specs() -> None:
         "evaluate": {"checkpoint", "data", "output", "tokenizer", "data_root", "tasks"},
         "tune": {"data", "output"},
         "finetune": {"checkpoint", "data", "output", "tokenizer"},
+        "compare": {"output"},  # and runs.*.train, runs.*.evaluate (uri_paths)
     }
+    assert JOB_TYPES[JobKind.compare].uri_paths.read == (
+        ("runs", "*", "evaluate"),
+        ("runs", "*", "train"),
+    )
 
 
 @pytest.mark.parametrize("field", ["data_root", "tokenizer"])

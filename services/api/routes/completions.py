@@ -36,6 +36,7 @@ from services.api.completion_schemas import (
 )
 from services.api.deps import ServingDep, SessionDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
+from services.api.routes.prompts import templated
 from services.api.routes.registry import visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
@@ -224,6 +225,7 @@ async def complete(
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
+    body = await templated(session, who, body)  # prompt_template: its text as the prompt
     loaded = await _open(session, serving, who, model_id, ("path", "model_id"))
     return await _complete(request, body, loaded, model_id)
 
@@ -237,6 +239,7 @@ async def openai_complete(
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
+    body = await templated(session, who, body)
     loaded = await _open(session, serving, who, body.model, ("body", "model"))
     return await _complete(request, body, loaded, body.model)
 
@@ -251,6 +254,7 @@ async def openai_chat(
 ) -> StreamingResponse | ChatCompletionPublic:
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
+    body = await templated(session, who, body)  # prompt_template: its messages
     loaded = await _open(session, serving, who, body.model, ("body", "model"))
     # developer is OpenAI's newer name for the system role
     messages = [
