@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from services.leader import Leadership, holder
+from services.leader import LEADER_LOCK_SPACE, Leadership, holder
 from services.ray_client import AlreadySubmitted
 from services.scheduler import Scheduler, hash_token
 from services.settings import Settings
@@ -46,7 +46,9 @@ def test_one_leader_per_store_and_a_standby_takes_over(pg_engine: Engine, pg_url
     try:
         assert first.lead() and first.is_leader
         assert not second.lead() and not second.is_leader
-        assert Leadership(other_store).lead()
+        elsewhere = Leadership(other_store)
+        assert elsewhere.lead()
+        elsewhere.release()
         assert "llmforge-scheduler" in (holder(pg_engine) or "")
         first.release()
         time.sleep(0.06)
@@ -68,10 +70,15 @@ def test_a_leader_that_loses_its_connection_stops_leading_and_the_lock_passes(
     first.on_change = changes.append
     try:
         assert first.lead() and not second.lead()
-        with pg_engine.begin() as conn:
+        with pg_engine.begin() as conn:  # the session that holds this store's leader lock
             pid = conn.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE application_name LIKE :n"),
-                {"n": "llmforge-scheduler%"},
+                text(
+                    "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND l.objsubid = 2 AND l.classid::bigint = :space AND l.objid::bigint = "
+                    "(hashtext(current_schema())::bigint & 4294967295) AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"space": LEADER_LOCK_SPACE},
             ).scalar_one()
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         deadline = time.monotonic() + 10
