@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ from llm import storage
 METRICS_FILE = "metrics.jsonl"
 REWRITE_EVERY_S = 30.0
 TRIAL_PREFIX = "trials/"
+
+
+_NOT_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_]")
+
+
+def ray_metric_name(name: str, *, trial: bool = False) -> str:
+    """The name under which Ray (and so Prometheus) publishes the job metric ``name``.
+
+    Prometheus names hold letters, digits and ``_`` only (Ray also accepts ``:``, deprecated, and
+    silently discards any other name, with a warning): every other character becomes ``_``, so
+    evaluate's ``hellaswag/acc_norm`` is published as ``llmforge_hellaswag_acc_norm``. The prefix
+    keeps a name from starting with a digit."""
+    return f"llmforge_{'trial_' if trial else ''}{_NOT_IN_METRIC_NAMES.sub('_', name)}"
 
 
 def trial_metric_name(trial: str | None, name: str) -> str:
@@ -124,7 +138,7 @@ class MetricsReporter:
             gauge = self._gauges.get(name)
             if gauge is None:
                 gauge = Gauge(
-                    f"llmforge_{kind}{name}",
+                    ray_metric_name(name, trial=bool(kind)),
                     description=f"llmforge job metric {name}",
                     tag_keys=keys,
                 )

@@ -87,6 +87,40 @@ def bootstrap_admin_key(session: Session, home: Path) -> Path | None:
     return path
 
 
+PROVIDED_KEY_MIN_CHARS = 32
+
+
+def provide_admin_key(session: Session, raw: str) -> bool:
+    """Make ``raw`` (a key a deployment keeps in a Secret) an admin key of the store, unless the
+    store knows it already (a revoked one stays revoked). True when it was added. Idempotent, so
+    every start and every replica may call it: the key survives pod restarts and is never
+    written anywhere but the store, as a hash."""
+    raw = raw.strip()
+    if len(raw) < PROVIDED_KEY_MIN_CHARS:
+        raise ValueError(
+            f"LLMFORGE_BOOTSTRAP_ADMIN_KEY must be at least {PROVIDED_KEY_MIN_CHARS} characters "
+            "(e.g. `lf_` and `openssl rand -hex 32`)"
+        )
+    digest = hash_key(raw)
+    if session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.key_hash == digest)):
+        return False
+    key = ApiKey(
+        id=secrets.token_hex(6),
+        name="bootstrap admin (provided)",
+        key_hash=digest,
+        role=Role.admin.value,
+        team=DEFAULT_TEAM,
+    )
+    session.add(key)
+    try:
+        session.commit()
+    except SQLAlchemyError:  # another replica added it at the same moment
+        session.rollback()
+        return False
+    log.warning("added the provided bootstrap admin key (LLMFORGE_BOOTSTRAP_ADMIN_KEY)")
+    return True
+
+
 def admin_key_file_holds(home: Path, key_hash: str) -> bool:
     """Whether ``home``'s admin.key (the first start's admin key) is the key with this hash."""
     try:

@@ -28,6 +28,10 @@ class LostJob(Exception):
     """Ray has no record of a submission the store thinks is pending or running."""
 
 
+class AlreadySubmitted(Exception):
+    """Ray already has a job under this submission id (submitted before, never recorded)."""
+
+
 class RayJobs:
     def __init__(self, dashboard_url: str, token: RayToken | None) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
@@ -43,7 +47,18 @@ class RayJobs:
             self._client = JobSubmissionClient(self.dashboard_url, headers=headers)
         return self._client
 
-    def submit(self, *, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
+    def submit(
+        self,
+        *,
+        submission_id: str,
+        entrypoint: str,
+        env: dict[str, str],
+        metadata: dict[str, str] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_memory: int | None = None,
+    ) -> str:
+        """Submit; ``metadata`` is shown beside the job in the Ray dashboard, and the driver's
+        own resources (``entrypoint_*``) keep drivers from crowding the node they run on."""
         # A head that has just started can answer before its job agent registers; that refusal
         # is temporary, so it is retried for a while rather than failing the job.
         deadline = time.monotonic() + AGENT_WAIT_S
@@ -53,11 +68,21 @@ class RayJobs:
                     entrypoint=entrypoint,
                     submission_id=submission_id,
                     runtime_env={"env_vars": env},
+                    metadata=metadata,
+                    entrypoint_num_cpus=entrypoint_num_cpus,
+                    entrypoint_memory=entrypoint_memory,
                 )
             except RuntimeError as e:
+                if "already exists" in str(e) and submission_id in str(e):
+                    raise AlreadySubmitted(submission_id) from e
                 if "No available agent" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(1)
+
+    def env_of(self, submission_id: str) -> dict[str, str]:
+        """The environment a submitted job was given."""
+        runtime_env = self.client.get_job_info(submission_id).runtime_env or {}
+        return dict(runtime_env.get("env_vars") or {})
 
     def state(self, submission_id: str) -> JobState:
         try:
@@ -101,9 +126,11 @@ class RayJobs:
         apps = r.json().get("applications") or {}
         return dict(apps)
 
-    def healthy(self) -> bool:
+    def healthy(self, timeout_s: float = 3.0) -> bool:
+        """Whether the Jobs API answers (and accepts our token) within ``timeout_s``."""
+        headers = self.token.header if self.token else None
         try:
-            self.client.list_jobs()
-        except Exception:
+            r = httpx.get(f"{self.dashboard_url}/api/version", headers=headers, timeout=timeout_s)
+        except httpx.HTTPError:
             return False
-        return True
+        return r.status_code == 200

@@ -7,8 +7,13 @@ whose parents succeeded into their team's queue and cancels those whose parents 
 submits queued jobs, each team's in its queue order, while the team has fewer jobs on Ray than
 its limit. The API thread runs the same dispatch at once after a submission.
 
-One scheduler per store: the dispatch counts a team's jobs and submits under a lock of this
-process, so two control planes on one database could both fill the same free slot.
+Exactly one scheduler per store runs at a time: several control-plane processes may share one
+PostgreSQL database, and only the one holding the leader lock (``services.leader``) ticks and
+dispatches; the others serve the API and take over within seconds when the leader dies. Its
+writes hold even if two ran at once for a moment: each queued job is claimed in a transaction of
+its own (``FOR UPDATE SKIP LOCKED``, the job still QUEUED) under an advisory lock of its team
+while the team's slots are counted, and a submission Ray already has under the attempt's
+submission id (a leader that died between Ray's answer and its commit) is adopted, not run again.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from llm.eval.data import DATA_ROOT_ENV
 from services import job_outputs, roots
 from services.api.validation import check_storage, validate_spec
 from services.jsonsafe import finite_record
-from services.ray_client import LostJob, RayJobs
+from services.leader import Leadership
+from services.ray_client import AlreadySubmitted, LostJob, RayJobs
 from services.redact import redact
 from services.settings import Settings
 from services.store import crud, queue
@@ -116,8 +122,16 @@ def resolve_placeholders(
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ray: RayJobs) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        ray: RayJobs,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.settings, self.sessions, self.ray = settings, sessions, ray
+        # None: this process is the only one on its store (tests, SQLite).
+        self.leadership = leadership
         self._stop = threading.Event()
         # The API thread ticks too (to start a new pipeline at once); one tick at a time, or a
         # waiting stage could be submitted twice.
@@ -151,9 +165,24 @@ class Scheduler:
         module = JOB_TYPES[JobKind(job.kind)].entry_module
         entrypoint = f"{self.settings.resolved_job_python} -m {module} --spec {spec_path}"
         attempt = f"-{job.attempts}" if job.attempts else ""
-        job.ray_submission_id = self.ray.submit(
-            submission_id=f"llmforge-{job.id}{attempt}", entrypoint=entrypoint, env=env
-        )
+        submission_id = f"llmforge-{job.id}{attempt}"
+        try:
+            job.ray_submission_id = self.ray.submit(
+                submission_id=submission_id,
+                entrypoint=entrypoint,
+                env=env,
+                metadata=job_metadata(job),
+                entrypoint_num_cpus=self.settings.job_driver_num_cpus,
+                entrypoint_memory=self.settings.job_driver_memory_bytes,
+            )
+        except AlreadySubmitted:
+            # A scheduler (this one before a restart, or a leader that died) had this attempt
+            # accepted by Ray but not recorded: it runs already, so it is adopted, with the token
+            # it was given, rather than failed or started twice.
+            token = self.ray.env_of(submission_id).get(ENV_JOB_TOKEN)
+            job.token_hash = hash_token(token) if token else None
+            job.ray_submission_id = submission_id
+            log.warning("job %s: adopted Ray's existing submission %s", job.id, submission_id)
         job.message = None
         crud.set_state(session, job=job, state=JobState.pending)
 
@@ -166,14 +195,28 @@ class Scheduler:
         job.state, job.message, job.result = JobState.waiting.value, None, None
         job.ended_at = None
 
+    def leads(self) -> bool:
+        """Whether this process runs the scheduler now (see ``services.leader``)."""
+        return self.leadership is None or self.leadership.lead()
+
     def dispatch(self) -> None:
         """Start what can start now: ready stages join their team's queue, and each team's
-        queue is submitted up to its free slots. The API calls this after it committed."""
-        with self._lock, self.sessions() as session:
-            self._advance_and_submit(session)
+        queue is submitted up to its free slots. The API calls this after it committed; on a
+        standby it does nothing (the leader's next tick, within ``poll_interval_s``, does it)."""
+        with self._lock:
+            if not self.leads():
+                return
+            with self.sessions() as session:
+                self._advance_and_submit(session)
 
     def tick(self) -> None:
-        with self._lock, self.sessions() as session:
+        with self._lock:
+            if not self.leads():
+                return
+            self._tick()
+
+    def _tick(self) -> None:
+        with self.sessions() as session:
             for job in crud.jobs_in_states(session, states=[JobState.pending, JobState.running]):
                 self._poll(session, job)
                 session.commit()
@@ -189,26 +232,31 @@ class Scheduler:
         self._submit_queued(session)
 
     def _submit_queued(self, session: Session) -> None:
-        """Each team's queue in order, while the team has fewer jobs on Ray than its limit."""
-        waiting = queue.queued_jobs(session)
-        if not waiting:
+        """Each team's queue in order, while the team has fewer jobs on Ray than its limit.
+
+        Every job is a transaction of its own: the team's slots are counted under the team's
+        lock, the job is claimed only if it is still QUEUED, and the commit that makes it
+        PENDING ends both, so no slot is filled twice and no job starts twice."""
+        listed = [(job.id, queue.team_of(job)) for job in queue.queued_jobs(session)]
+        if not listed:
             return
-        active = queue.active_counts(session)
         limits = queue.team_limits(session)
-        for job in waiting:
-            team = queue.team_of(job)
+        session.commit()
+        for job_id, team in listed:
             limit = limits.get(team, self.settings.team_max_running)
-            running = active.get(team, 0)
+            queue.lock_team(session, team=team)
+            running = queue.active_count(session, team=team)
+            job = queue.claim(session, job_id=job_id)
+            if job is None:  # cancelled meanwhile, or another scheduler has it
+                session.commit()
+                continue
             if running >= limit:
                 note = f"queued: team {team} has {running} of its {limit} job slots in use"
                 if job.message != note:
                     job.message = note
-                continue
-            self.submit_or_fail(session, job)
-            if job.state == JobState.pending.value:
-                active[team] = running + 1
+            else:
+                self.submit_or_fail(session, job)
             session.commit()
-        session.commit()
 
     def _advance_waiting(self, session: Session, job: Job) -> None:
         parents = [crud.get_job(session, job_id=p) for p in job.depends_on]
@@ -308,6 +356,24 @@ class Scheduler:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
+        if self.leadership is not None:
+            self.leadership.release()  # a standby takes over at once, not after a timeout
+
+
+def job_metadata(job: Job) -> dict[str, str]:
+    """What the Ray dashboard shows beside the job (the Jobs API's ``metadata``): which llmforge
+    job, kind, team, pipeline and stage, and the API key (user) that submitted it."""
+    fields = {
+        "llmforge_job_id": job.id,
+        "llmforge_kind": job.kind,
+        "llmforge_team": queue.team_of(job),
+        "llmforge_pipeline": job.pipeline_id,
+        "llmforge_stage": job.stage,
+        "llmforge_user": job.owner,
+        "llmforge_name": job.name,
+        "llmforge_attempt": str(job.attempts),
+    }
+    return {k: str(v)[:256] for k, v in fields.items() if v is not None}
 
 
 _BLOCKING = {JobState.failed.value, JobState.stopped.value, JobState.cancelled.value}

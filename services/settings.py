@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     # the same installed packages. On a cluster the image's `python` is used.
     job_python: str | None = None
     poll_interval_s: float = 0.5
+    # How often a standby control plane on the same PostgreSQL tries to take over the scheduler
+    # (services/leader.py): the longest a dead leader's work waits, after its connection closed.
+    leader_retry_s: float = Field(default=1.0, gt=0)
+    # Resources each job's driver reserves on the node Ray runs it on (the head, on KubeRay): set
+    # on a cluster, so that drivers cannot crowd the head; None reserves nothing (Ray's default).
+    job_driver_num_cpus: float | None = Field(default=None, ge=0)
+    job_driver_memory_mb: int | None = Field(default=None, ge=0)
+    # An admin key that a deployment provides (from a Secret), so none is ever lost: made an
+    # admin key of the store at every start if the store does not hold it yet, and never written
+    # to a file. Without it the first start writes a new key to <home>/admin.key.
+    bootstrap_admin_key: str | None = Field(default=None, repr=False)
     max_request_bytes: int = 8 * 1024 * 1024
     # API keys on every route but health; off only for single-user tests.
     auth: bool = True
@@ -100,7 +111,7 @@ class Settings(BaseSettings):
 
     def public(self) -> dict[str, Any]:
         """The effective settings, safe to show: passwords in URLs are masked."""
-        shown = self.model_dump(mode="json")
+        shown = self.model_dump(mode="json", exclude={"bootstrap_admin_key"})
         for name in ("database_url", "ray_address", "public_url"):
             if shown.get(name):
                 shown[name] = mask_url(shown[name])
@@ -144,6 +155,12 @@ class Settings(BaseSettings):
     @property
     def resolved_public_url(self) -> str:
         return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def job_driver_memory_bytes(self) -> int | None:
+        if self.job_driver_memory_mb is None:
+            return None
+        return self.job_driver_memory_mb * 1024 * 1024
 
     @property
     def resolved_job_python(self) -> str:

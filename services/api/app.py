@@ -32,9 +32,10 @@ from services.api.routes import (
     registry,
     teams,
 )
-from services.auth import authorize, bootstrap_admin_key
+from services.auth import authorize, bootstrap_admin_key, provide_admin_key
 from services.campaigns import CampaignRunner
 from services.deployments import Deployments
+from services.leader import Leadership
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
 from services.ray_head import LocalRayHead, free_port
@@ -43,6 +44,7 @@ from services.scheduler import Scheduler
 from services.serving import Serving
 from services.settings import Settings, get_settings
 from services.store.db import make_engine, make_sessionmaker
+from services.store.migrate import serialize_startup
 
 log = logging.getLogger("llmforge.api")
 
@@ -111,9 +113,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         if settings.auth:
             with app.state.sessions() as session:
-                bootstrap_admin_key(session, settings.home)
+                # Replicas starting at once on an empty store would each make a key.
+                serialize_startup(session.connection())
+                if settings.bootstrap_admin_key:
+                    provide_admin_key(session, settings.bootstrap_admin_key)
+                else:
+                    bootstrap_admin_key(session, settings.home)
+                session.commit()
         app.state.ray = RayJobs(dashboard, token)
-        app.state.scheduler = Scheduler(settings, app.state.sessions, app.state.ray)
+        app.state.leadership = Leadership(engine, retry_s=settings.leader_retry_s)
+        app.state.scheduler = Scheduler(
+            settings, app.state.sessions, app.state.ray, app.state.leadership
+        )
         app.state.scheduler.start()
         app.state.serving = Serving(settings)
         serve_url, serve_port = _serve_proxy(settings, dashboard, head is not None)

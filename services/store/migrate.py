@@ -6,9 +6,22 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Control planes that start at once on one PostgreSQL store (replicas) take turns ("lfmg", and
+# the store's schema: stores in two schemas of a database do not wait for each other).
+STARTUP_LOCK_SPACE = int.from_bytes(b"lfmg", "big")
+
+
+def serialize_startup(conn: Connection) -> None:
+    """Until ``conn``'s transaction ends, no other control plane migrates or bootstraps this
+    PostgreSQL store (a transaction-scoped advisory lock); SQLite has a single writer."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(current_schema()))"),
+            {"space": STARTUP_LOCK_SPACE},
+        )
 
 
 def _config(engine: Engine, connection: object) -> Config:
@@ -20,6 +33,7 @@ def _config(engine: Engine, connection: object) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
+        serialize_startup(conn)  # the second replica waits, then finds the schema at head
         command.upgrade(_config(engine, conn), revision)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from services.store.models import DEFAULT_TEAM, Job, JobState, TeamLimit, utcnow
@@ -40,6 +40,43 @@ def queued_jobs(session: Session) -> list[Job]:
 def active_counts(session: Session) -> dict[str, int]:
     query = select(job_team, func.count()).where(Job.state.in_(ACTIVE)).group_by(job_team)
     return {str(team): int(n) for team, n in session.execute(query)}
+
+
+def active_count(session: Session, *, team: str) -> int:
+    query = select(func.count()).select_from(Job).where(Job.state.in_(ACTIVE), job_team == team)
+    return int(session.scalar(query) or 0)
+
+
+# The first half of the two-number advisory locks that guard a team's slots ("llmf").
+TEAM_LOCK_SPACE = int.from_bytes(b"llmf", "big")
+
+
+def lock_team(session: Session, *, team: str) -> None:
+    """Until this transaction ends, this session alone counts and fills ``team``'s slots.
+
+    On PostgreSQL a transaction-scoped advisory lock of the team, so that two schedulers (a
+    leader and one that has not yet noticed it lost its lead) cannot both see the same free slot;
+    SQLite has a single writer already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(:space, hashtext(current_schema() || '/' || :team))"
+            ),
+            {"space": TEAM_LOCK_SPACE, "team": team},
+        )
+
+
+def claim(session: Session, *, job_id: str) -> Job | None:
+    """The job, re-read and row-locked for this transaction, if it is still QUEUED and no other
+    transaction holds it (``FOR UPDATE SKIP LOCKED``); None when it left the queue meanwhile
+    (cancelled, or taken by another scheduler)."""
+    query = (
+        select(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued.value)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(query).first()
 
 
 def team_limits(session: Session) -> dict[str, int]:

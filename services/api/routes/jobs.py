@@ -207,6 +207,10 @@ def cancel_job(
 ) -> JobPublic:
     job = job_or_404(session, job_id, who)
     _own_or_admin(job, who, "cancel")
+    # Row-locked until the commit, and read again: a scheduler claiming it at this moment (its
+    # QUEUED -> PENDING commit) is waited for, so a job Ray took is stopped there, not marked
+    # cancelled while it runs.
+    session.refresh(job, with_for_update=True)
     if JobState(job.state).terminal:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.state})")
     on_ray = job.state in (JobState.pending.value, JobState.running.value)
