@@ -225,6 +225,11 @@ def _base_spec(kind: JobKind, plane: Plane) -> dict[str, Any]:
         JobKind.evaluate: {"checkpoint": read, "output": write, "tasks": ["arc_easy"]},
         JobKind.tune: {"data": read, "output": write},
         JobKind.finetune: {"checkpoint": read, "data": read, "output": write},
+        JobKind.compare: {
+            "baseline": "raw",
+            "runs": {"raw_s0": {"arm": "raw", "train": read, "evaluate": read}},
+            "output": write,
+        },
     }[kind]
 
 
@@ -502,6 +507,8 @@ def test_property_every_uri_field_of_every_kind_refuses_paths_outside(plane: Pla
             spec["inputs"] = {"web": value}
         elif path[:2] == ("judges", "*"):  # an evaluate job's judge model or its tokenizer
             spec["judges"] = [{"model": str(plane.shared), path[2]: value}]
+        elif path[:2] == ("runs", "*"):  # a compare job's run outputs
+            spec["runs"]["raw_s0"][path[2]] = value
         else:
             assert len(path) == 1, f"a new nested URI field: teach this test {path}"
             spec[path[0]] = value
