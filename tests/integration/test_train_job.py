@@ -88,8 +88,8 @@ def run_with_env(
     ray = control_plane.app.state.ray
     submit = ray.submit
 
-    def submit_with_env(*, submission_id: str, entrypoint: str, env: dict[str, str]) -> str:
-        return submit(submission_id=submission_id, entrypoint=entrypoint, env=env | extra_env)
+    def submit_with_env(*, env: dict[str, str], **kwargs: Any) -> str:
+        return submit(env=env | extra_env, **kwargs)  # type: ignore[no-any-return]
 
     with (
         pytest.MonkeyPatch.context() as patch,
