@@ -71,7 +71,7 @@ from ray_jobs.training_io import Shards, local_file, local_shards, open_output, 
 # below this many items a task is not split further: each shard pays a batch's padding
 MIN_ITEMS_PER_SHARD = 64
 TOKENIZER_FILE = "tokenizer.json"
-MAIN_METRICS = ("acc_norm", "acc", "bits_per_byte", "word_perplexity", "exact_match", "rougeL")
+MAIN_METRICS = ("acc_norm", "acc", "bits_per_byte", "word_perplexity", "exact_match", "rouge_l")
 
 
 def _absolute(uri: str) -> str:
@@ -258,7 +258,10 @@ def run_tasks(
 
 
 def _main_metric(entry: dict[str, Any]) -> tuple[str, float] | None:
-    for name in MAIN_METRICS:
+    """The task's headline figure: the first of MAIN_METRICS it has, else its own primary
+    metric (a generation task with a filter_list reports "exact_match,<filter>" keys only)."""
+    primary = entry.get("primary_metric")
+    for name in (*MAIN_METRICS, *([primary] if primary else [])):
         cell = entry.get("metrics", {}).get(name)
         if cell is not None and cell.get("value") is not None:
             return name, float(cell["value"])

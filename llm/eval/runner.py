@@ -79,6 +79,8 @@ def _run_task(
         "group": cfg.group,
         "group_aggregate": [list(a) for a in cfg.group_aggregate],
         "output_type": cfg.output_type,
+        # the leaderboard column; with a filter_list a "metric,filter" key (exact_match,flexible)
+        "primary_metric": cfg.primary_metric,
         "split": cfg.split,
         "scoring": lm.scoring,
         "num_fewshot": shots,
@@ -190,6 +192,9 @@ def _group_results(results: dict[str, Any], groups: Mapping[str, list[str]]) -> 
         if spec:
             entry["weight_by_size"] = {m: bool(w) for m, w in spec}
         entry["n"] = sum(r["n"] for r in present)
+        primaries = {r.get("primary_metric") for r in present}
+        if len(primaries) == 1 and (primary := primaries.pop()) in entry["metrics"]:
+            entry["primary_metric"] = primary
         scorings = {r["scoring"] for r in present if "scoring" in r}
         if len(scorings) == 1:
             entry["scoring"] = scorings.pop()

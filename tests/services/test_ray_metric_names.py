@@ -23,6 +23,7 @@ REPORTED = [
     "arc-easy/acc",
     "mmlu.stem/acc",
     "0shot/exact",
+    "gsm_mini/exact_match,strict-match",
 ]
 
 

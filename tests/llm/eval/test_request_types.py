@@ -19,6 +19,7 @@ from llm.eval.metrics import exact_match_lm_eval
 from llm.eval.runner import _group_results, evaluate_tasks
 from llm.eval.task import LoadedTask
 from llm.eval.task_config import TaskError, parse_file, parse_task
+from ray_jobs.evaluate import task_metrics
 from tests.llm.eval.test_loglik import by_hand, ids
 
 
@@ -300,6 +301,11 @@ def test_generation_with_filters_scores_each_filter_as_lm_eval(lm, tmp_path):
             assert sample["filtered"][key] == answer
             expected.append(exact_match_lm_eval(answer, [doc["answer"]], **options))
         assert result["metrics"][f"exact_match,{key}"]["value"] == pytest.approx(sum(expected) / 2)
+    # the headline figure the evaluate job reports for the task is the first filter's metric
+    assert result["primary_metric"] == "exact_match,strict-match"
+    value = result["metrics"]["exact_match,strict-match"]["value"]
+    figures = task_metrics({"results": {"gsm_mini": result}, "groups": {}})
+    assert figures == {"gsm_mini/exact_match,strict-match": value}
 
 
 def test_sampled_repeats_give_each_item_its_responses(lm, tmp_path):
