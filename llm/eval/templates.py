@@ -61,7 +61,32 @@ def wikitext_detokenize(text: str) -> str:
     return text.replace(" 's", "'s")
 
 
+_LAST_WORD = re.compile(r"([^\W_]+)\W*$")
+
+
+def _passage(text: str) -> str:
+    """The first paragraph of a text document, its lines joined with spaces, without Project
+    Gutenberg's _italics_ marks."""
+    return " ".join(text.strip().split("\n\n")[0].replace("_", "").split())
+
+
+def lambada_context(text: str) -> str:
+    """LAMBADA's context: the passage up to its last word (the word's trailing punctuation and
+    closing quotes are dropped with it, as LAMBADA's targets are bare words)."""
+    passage = _passage(text)
+    found = _LAST_WORD.search(passage)
+    return passage[: found.start()].rstrip() if found else passage
+
+
+def lambada_target(text: str) -> str:
+    """LAMBADA's target: the passage's last word, without punctuation, after a space."""
+    found = _LAST_WORD.search(_passage(text))
+    return " " + found.group(1) if found else ""
+
+
 FILTERS = {
+    "lambada_context": lambada_context,
+    "lambada_target": lambada_target,
     "regex_replace": regex_replace,
     "hellaswag_preprocess": hellaswag_preprocess,
     "wikitext_detokenize": wikitext_detokenize,

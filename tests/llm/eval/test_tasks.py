@@ -186,6 +186,8 @@ def test_every_builtin_task_file_parses():
         "wikitext2",
         "gutenberg_nltk",
         "alpaca",
+        "lambada_austen",
+        "arc_easy_mmlu",
     ):
         assert name in index
     tasks, groups = resolve_tasks(["blimp"])
@@ -214,3 +216,43 @@ def test_task_data_from_s3(tmp_path, monkeypatch):
         assert len(items) == len(ROWS) and [m.line for m in malformed] == [len(ROWS) + 1]
     finally:
         server.stop()
+
+
+def test_builtin_lambada_task_is_the_last_word_of_each_long_paragraph(shared_data):
+    """lambada_austen (loglikelihood) on Emma: one item per paragraph whose first line has 60+
+    characters; the context is the paragraph up to its last word, the target that word."""
+    task = LoadedTask.load(builtin_tasks()["lambada_austen"])  # type: ignore[arg-type]
+    items, malformed = task.items(limit=400)
+    assert not malformed and len(items) == 400
+    text = (shared_data / "text/gutenberg_nltk/austen-emma.txt").read_text()
+    # the first paragraph of the novel proper, by hand
+    start = text.index("Emma Woodhouse, handsome, clever, and rich")
+    paragraph = " ".join(text[start : text.index("\n\n", start)].split())
+    assert paragraph.endswith("to distress or vex her.")
+    first = next(i for i in items if i.context.startswith("Emma Woodhouse, handsome"))
+    assert first.context == paragraph[: -len("vex her.")] + "vex"
+    assert first.references == (" her",)
+    for item in items:  # every target is one bare word after a space
+        assert len(item.references) == 1 and item.references[0][1:].isalnum(), item
+        assert "\n" not in item.context and item.context == item.context.strip()
+
+
+def test_builtin_mmlu_style_arc_letters_its_choices_with_first_n_shots(shared_data):
+    task = LoadedTask.load(builtin_tasks()["arc_easy_mmlu"])  # type: ignore[arg-type]
+    rows = [json.loads(line) for line in (shared_data / "eval/arc/arc_easy_test.jsonl").open()]
+
+    def block(row: dict) -> str:
+        letters = "".join(f"{'ABCDE'[i]}. {c}\n" for i, c in enumerate(row["choices"]))
+        return f"{row['query'].removeprefix('Question: ').strip()}\n{letters}Answer:"
+
+    items, malformed = task.items(limit=8)
+    assert not malformed
+    item = items[7]  # the first five items are its examples, each with its letter
+    shots = "".join(f"{block(r)} {'ABCDE'[r['gold']]}\n\n" for r in rows[:5])
+    description = "The following are multiple choice questions (with answers) about science.\n\n"
+    assert item.context == description + shots + block(rows[7])
+    assert item.choices == tuple("ABCDE"[: len(rows[7]["choices"])])
+    assert item.gold == (rows[7]["gold"],)
+    # an item among the first five takes the sixth instead of itself
+    assert block(rows[0]) not in items[0].context.removesuffix(block(rows[0]))
+    assert block(rows[5]) in items[0].context
