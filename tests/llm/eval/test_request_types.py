@@ -420,3 +420,21 @@ def test_filters_belong_to_generation_and_groups_name_bad_aggregates(tmp_path):
     )
     with pytest.raises(TaskError, match=r"g\.yaml \(group g\): field 'aggregate_metric_list'"):
         parse_file(path)
+
+
+def test_builtin_tasks_of_each_new_request_type_run_end_to_end(lm, shared_data):
+    """The built-in task files for loglikelihood, lettered choices and filtered generation run
+    on a model and report their metrics, each with its headline metric."""
+    out = evaluate_tasks(lm, tasks=["lambada_austen", "arc_easy_mmlu", "arc_easy_gen"], limit=3)
+    results = out["results"]
+    assert set(results["lambada_austen"]["metrics"]) == {"acc", "perplexity"}
+    assert results["lambada_austen"]["metrics"]["perplexity"]["value"] > 1
+    assert results["arc_easy_mmlu"]["primary_metric"] == "acc"
+    gen = results["arc_easy_gen"]
+    assert set(gen["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert all(r["n"] == 3 for r in results.values())
+    assert set(task_metrics(out)) == {
+        "lambada_austen/acc",
+        "arc_easy_mmlu/acc",
+        "arc_easy_gen/exact_match,strict-match",
+    }

@@ -188,6 +188,7 @@ def test_every_builtin_task_file_parses():
         "alpaca",
         "lambada_austen",
         "arc_easy_mmlu",
+        "arc_easy_gen",
     ):
         assert name in index
     tasks, groups = resolve_tasks(["blimp"])
@@ -256,3 +257,28 @@ def test_builtin_mmlu_style_arc_letters_its_choices_with_first_n_shots(shared_da
     # an item among the first five takes the sixth instead of itself
     assert block(rows[0]) not in items[0].context.removesuffix(block(rows[0]))
     assert block(rows[5]) in items[0].context
+
+
+def test_builtin_generative_arc_extracts_the_letter_it_scores(shared_data):
+    """arc_easy_gen: the lettered prompt, the gold letter as target, and lm-eval's filters
+    pulling the letter out of planted answers."""
+    from llm.eval.filters import apply_filter
+
+    cfg = builtin_tasks()["arc_easy_gen"]
+    task = LoadedTask.load(cfg)  # type: ignore[arg-type]
+    rows = [json.loads(line) for line in (shared_data / "eval/arc/arc_easy_test.jsonl").open()]
+    items, malformed = task.items(limit=7)
+    assert not malformed
+    assert items[6].references == ("ABCDE"[rows[6]["gold"]],)
+    assert items[6].context.endswith("\nAnswer:") and items[6].context.count("Answer: ") == 5
+    strict, flexible = cfg.filter_list  # type: ignore[union-attr]
+    # answer -> (strict-match, flexible-extract); "I" is no choice letter
+    planted = {
+        " B. because": ("B", "B"),
+        " I think C": ("[invalid]", "C"),
+        " so (D)": ("[invalid]", "D"),
+    }
+    for answer, (want_strict, want_flexible) in planted.items():
+        assert apply_filter(strict, [answer]) == want_strict
+        assert apply_filter(flexible, [answer]) == want_flexible
+    assert cfg.primary_metric == "exact_match,strict-match"  # type: ignore[union-attr]
