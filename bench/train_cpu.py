@@ -24,6 +24,9 @@ so that a gap the hardware causes when both cores are busy is told apart from Ra
 (ray_vs_concurrent_plain_per_worker). On 2026-11-30 both plain figures were 12-13k tokens/s and
 Ray ~10.4k per worker: the remaining gap is DDP's all-reduce plus Ray's worker processes.
 
+Also in the same run: the same 2-process DDP started by ``torchrun`` without Ray
+(``ray_vs_torchrun``: Ray Train's tokens/s over torchrun's, what Ray itself adds).
+
 Run from the repository root (about two minutes on 2 cores; the last line is JSON):
     .venv/bin/python -m bench.train_cpu
 """
@@ -34,6 +37,8 @@ import json
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -146,6 +151,37 @@ def ray_run(data: Path, out: Path) -> float:
         ray.shutdown()
 
 
+def torchrun_worker() -> None:
+    """One rank of the same 2-process DDP under ``torchrun`` (no Ray): gloo, one thread."""
+    import torch.distributed as dist
+
+    data, out, result = (Path(a) for a in sys.argv[2:5])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        cfg, model = configs(TokenShards(data, "train", verify=False).vocab_size)
+        logs: list[float] = []
+        train(cfg, model, data, out, on_log=lambda step, m: logs.append(m["tokens_per_s"]))
+        if dist.get_rank() == 0:
+            result.write_text(json.dumps(logs))
+    finally:
+        dist.destroy_process_group()
+
+
+def torchrun_run(data: Path, out: Path) -> float:
+    """What Ray Train adds: the same DDP training started by torchrun, 2 processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "logs.json"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={WORKERS}", "-m", "bench.train_cpu", "--torchrun-worker",
+        str(data), str(out), str(result),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, check=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    return steady_tokens_per_s(json.loads(result.read_text()))
+
+
 def _timed(label: str, run: Callable[[Path, Path], float], data: Path, out: Path) -> float:
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -162,6 +198,7 @@ def main() -> None:
     plain: list[float] = []
     ray_tps: list[float] = []
     both: list[float] = []
+    torchrun: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = build_shard_folder(root / "shards", shakespeare_docs())
@@ -171,13 +208,19 @@ def main() -> None:
             ray_tps.append(_timed(label, ray_run, data, root / f"r{i}"))
             label = "plain, 2 processes at once, each"
             both.append(_timed(label, two_plain_runs, data, root / f"b{i}"))
+            label = f"torchrun, {WORKERS} processes x 1 thread (DDP/gloo, no Ray)"
+            torchrun.append(_timed(label, torchrun_run, data, root / f"t{i}"))
     best_plain, best_ray, best_both = max(plain), max(ray_tps), max(both)
+    best_torchrun = max(torchrun)
     print(
         json.dumps(
             {
                 "ray_vs_plain_per_worker": round(best_ray / WORKERS / best_plain, 3),
                 "ray_tokens_per_s": round(best_ray),
                 "plain_tokens_per_s": round(best_plain),
+                # what Ray adds to the same DDP: Ray Train against torchrun
+                "ray_vs_torchrun": round(best_ray / best_torchrun, 3),
+                "torchrun_tokens_per_s": round(best_torchrun),
                 # diagnostic: per worker against a plain process that shares the machine
                 "ray_vs_concurrent_plain_per_worker": round(best_ray / WORKERS / best_both, 3),
                 "concurrent_plain_tokens_per_s_each": round(best_both),
@@ -188,4 +231,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--torchrun-worker"]:
+        torchrun_worker()
+    else:
+        main()
