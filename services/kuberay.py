@@ -1,0 +1,401 @@
+"""Training-like jobs as KubeRay ``RayJob`` resources, so that Kueue admits them whole.
+
+With ``LLMFORGE_SUBMIT=rayjob`` (services/settings.py) a job of a kind in ``rayjob_kinds`` is not
+handed to the shared cluster's Jobs API: it becomes a ``RayJob`` that brings its own fixed-size
+Ray cluster (a head and the job's workers), is labelled ``kueue.x-k8s.io/queue-name`` and created
+suspended. Kueue admits it when the whole cluster fits the team's quota (gang scheduling: never a
+half-started DDP job holding GPUs), preempts lower PriorityClasses for it, and KubeRay runs the
+entrypoint and tears the cluster down. The job's state is read back from the RayJob's
+``status.jobDeploymentStatus`` / ``status.jobStatus``; cancelling deletes the RayJob (and with it
+its cluster and pods).
+
+The Kubernetes API is spoken directly over HTTPS with the pod's ServiceAccount token: four calls
+on one resource do not need a client library, and the token file is read for every request
+because Kubernetes rotates bound tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import yaml
+from ray.job_submission import JobSubmissionClient
+
+from services.ray_auth import RayToken
+from services.settings import Settings
+from services.store.models import JobState
+
+GROUP_VERSION = "ray.io/v1"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+POD_LABEL = "llmforge.io/rayjob"
+# The prefix of a RayJob's id in the store (``jobs.ray_submission_id``): the scheduler and the
+# routes hand every id to services.ray_client.RayJobs, which sends these here.
+ID_PREFIX = "rayjob:"
+RAY_VERSION = "2.60.0"
+UID, GID = 1000, 100  # the image's non-root user (infra/docker/Dockerfile)
+METRICS_PORT = 8080
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# Deployment states in which the job will not run (again) whatever its Ray job status says.
+_FAILED_DEPLOYMENT = {"Failed", "ValidationFailed"}
+_RAY_STATES = {
+    "PENDING": JobState.pending,
+    "RUNNING": JobState.running,
+    "SUCCEEDED": JobState.succeeded,
+    "FAILED": JobState.failed,
+    "STOPPED": JobState.stopped,
+}
+
+
+class KubeError(RuntimeError):
+    """The Kubernetes API refused a request; the message is its own."""
+
+
+class Conflict(KubeError):
+    """A resource of that name exists already."""
+
+
+def rayjob_state(status: dict[str, Any]) -> JobState:
+    """The llmforge state of a RayJob's status. Suspended (waiting for Kueue's admission),
+    initializing or retrying are PENDING: the job holds its team's slot but no Ray worker yet."""
+    deployment = status.get("jobDeploymentStatus") or ""
+    if deployment in _FAILED_DEPLOYMENT:
+        return JobState.failed
+    ray_state = _RAY_STATES.get(status.get("jobStatus") or "", JobState.pending)
+    if deployment == "Complete" and ray_state not in (JobState.failed, JobState.stopped):
+        return JobState.succeeded
+    return ray_state
+
+
+def workers_of(kind: str, spec: dict[str, Any]) -> tuple[int, bool]:
+    """How many Ray worker pods a job's spec needs at once, and whether each needs a GPU."""
+    workers = int(spec.get("workers") or 1)
+    if kind == "tune":  # every concurrent trial is a group of DDP workers
+        workers *= int(spec.get("max_concurrent_trials") or 1)
+    return workers, bool(spec.get("use_gpu"))
+
+
+def _template(pod: dict[str, Any]) -> dict[str, Any]:
+    # The label that the NetworkPolicy of RayJob pods selects (infra/k8s/base/rayjobs.yaml).
+    return {"metadata": {"labels": {POD_LABEL: "true"}}, "spec": pod}
+
+
+def _pod(settings: Settings, priority_class: str, container: dict[str, Any]) -> dict[str, Any]:
+    """A Ray pod: its own ServiceAccount without an API token, non-root, a read-only root
+    filesystem with Ray's writable places (/tmp, /dev/shm) and node-local scratch as emptyDirs."""
+    container = {
+        **container,
+        "envFrom": [{"configMapRef": {"name": settings.rayjob_storage_configmap}}],
+        "env": [
+            *(
+                {
+                    "name": key,
+                    "valueFrom": {"secretKeyRef": {"name": settings.rayjob_s3_secret, "key": key}},
+                }
+                for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            ),
+            {"name": "LLMFORGE_SCRATCH", "value": "/scratch"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "scratch", "mountPath": "/scratch"},
+        ],
+    }
+    return {
+        "serviceAccountName": settings.rayjob_service_account,
+        "automountServiceAccountToken": False,
+        "priorityClassName": priority_class,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": GID,
+            "fsGroup": GID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": "100Gi"}},
+        ],
+    }
+
+
+def _resources(cpus: float, memory_gb: float, gpus: int = 0) -> dict[str, Any]:
+    amount: dict[str, Any] = {"cpu": str(cpus), "memory": f"{int(memory_gb * 1024)}Mi"}
+    if gpus:
+        amount["nvidia.com/gpu"] = gpus
+    return {"requests": amount, "limits": dict(amount)}
+
+
+def _worker_group(settings: Settings, priority: str, replicas: int, gpu: bool) -> dict[str, Any]:
+    image = (gpu and settings.rayjob_gpu_image) or settings.rayjob_image
+    container = {
+        "name": "ray-worker",
+        "image": image,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "resources": _resources(
+            settings.rayjob_worker_cpus, settings.rayjob_worker_memory_gb, 1 if gpu else 0
+        ),
+    }
+    pod = _pod(settings, priority, container)
+    if gpu:  # Kueue's GPU flavor adds it too; repeated so the pods also schedule without it
+        pod["tolerations"] = [GPU_TOLERATION]
+    return {
+        "groupName": "gpu" if gpu else "cpu",
+        # Fixed size: Kueue admits exactly what the cluster will use.
+        "replicas": replicas,
+        "minReplicas": replicas,
+        "maxReplicas": replicas,
+        "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
+        "template": _template(pod),
+    }
+
+
+def rayjob_manifest(
+    settings: Settings,
+    *,
+    name: str,
+    kind: str,
+    spec: dict[str, Any],
+    entrypoint: str,
+    env: dict[str, str],
+    metadata: dict[str, str],
+    driver_cpus: float | None,
+) -> dict[str, Any]:
+    """The RayJob of one job attempt (``name`` is also its Ray submission id)."""
+    priority = settings.rayjob_kinds[kind]
+    workers, gpu = workers_of(kind, spec)
+    driver = driver_cpus or 1
+    head = _pod(
+        settings,
+        priority,
+        {
+            "name": "ray-head",
+            "image": settings.rayjob_image,
+            "ports": [
+                {"name": "gcs-server", "containerPort": 6379},
+                {"name": "dashboard", "containerPort": 8265},
+                {"name": "client", "containerPort": 10001},
+                {"name": "metrics", "containerPort": METRICS_PORT},
+            ],
+            "resources": _resources(max(driver, 1), 4),
+        },
+    )
+    submitter = _pod(
+        settings,
+        priority,
+        {
+            "name": "ray-job-submitter",
+            "image": settings.rayjob_image,
+            "resources": _resources(0.5, 0.5),
+        },
+    )
+    submitter["restartPolicy"] = "Never"
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "RayJob",
+        "metadata": {
+            "name": name,
+            "namespace": settings.rayjob_namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "llmforge",
+                "llmforge.io/job-id": metadata.get("llmforge_job_id", name),
+                "llmforge.io/kind": kind,
+                QUEUE_LABEL: settings.rayjob_queue,
+            },
+        },
+        "spec": {
+            "entrypoint": entrypoint,
+            "jobId": name,
+            "metadata": metadata,
+            "runtimeEnvYAML": yaml.safe_dump({"env_vars": env}, sort_keys=True),
+            # The driver runs on the job's own head, which runs nothing else.
+            "entrypointNumCpus": driver,
+            "submissionMode": "K8sJobMode",
+            # Created suspended: Kueue un-suspends it once the whole cluster is admitted.
+            "suspend": True,
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": settings.rayjob_ttl_s,
+            # The control plane retries a failed job itself (max_retries), under a new name.
+            "backoffLimit": 0,
+            "submitterPodTemplate": _template(submitter),
+            "rayClusterSpec": {
+                "rayVersion": RAY_VERSION,
+                "authOptions": {"mode": "token", "secretName": settings.rayjob_ray_token_secret},
+                "headGroupSpec": {
+                    "rayStartParams": {
+                        "num-cpus": str(int(max(driver, 1))),
+                        "dashboard-host": "0.0.0.0",
+                        "metrics-export-port": str(METRICS_PORT),
+                    },
+                    "template": _template(head),
+                },
+                "workerGroupSpecs": [_worker_group(settings, priority, workers, gpu)],
+            },
+        },
+    }
+
+
+class KubeApi:
+    """The four calls on one namespaced custom resource that llmforge makes."""
+
+    def __init__(self, settings: Settings, plural: str = "rayjobs", timeout_s: float = 10) -> None:
+        self.settings = settings
+        self.base = (
+            f"{settings.resolved_kube_api_url}/apis/{GROUP_VERSION}"
+            f"/namespaces/{settings.rayjob_namespace}/{plural}"
+        )
+        ca = settings.kube_ca_path
+        verify: Any = str(ca) if self.base.startswith("https:") and ca.is_file() else True
+        self.http = httpx.Client(verify=verify, timeout=timeout_s)
+
+    def _headers(self) -> dict[str, str]:
+        token = self.settings.kube_token_path.read_text().strip()
+        return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    def _check(self, r: httpx.Response) -> dict[str, Any]:
+        if r.status_code == 409:
+            raise Conflict(_message(r))
+        if r.status_code >= 400:
+            raise KubeError(f"Kubernetes API {r.request.method} {r.status_code}: {_message(r)}")
+        return dict(r.json())
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post(self.base, json=body, headers=self._headers()))
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        r = self.http.get(f"{self.base}/{name}", headers=self._headers())
+        return None if r.status_code == 404 else self._check(r)
+
+    def delete(self, name: str) -> bool:
+        """Delete it and, in the background, what it owns (its RayCluster and pods)."""
+        r = self.http.request(
+            "DELETE",
+            f"{self.base}/{name}",
+            json={"propagationPolicy": "Background"},
+            headers=self._headers(),
+        )
+        if r.status_code == 404:
+            return False
+        self._check(r)
+        return True
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("message") or r.text)
+    except ValueError:
+        return r.text
+
+
+class KubeRayJobs:
+    """Jobs as RayJobs: submit, state, logs, stop, as ``services.ray_client.RayJobs`` offers."""
+
+    def __init__(self, settings: Settings, token: RayToken | None) -> None:
+        self.settings, self.token = settings, token
+        self.api = KubeApi(settings)
+
+    def handles(self, kind: str | None) -> bool:
+        return kind in self.settings.rayjob_kinds
+
+    def submit(
+        self,
+        *,
+        submission_id: str,
+        kind: str,
+        spec: dict[str, Any],
+        entrypoint: str,
+        env: dict[str, str],
+        metadata: dict[str, str],
+        driver_cpus: float | None,
+    ) -> str:
+        """Create the RayJob; its id in the store. Raises Conflict when it exists already."""
+        name = rayjob_name(submission_id)
+        body = rayjob_manifest(
+            self.settings,
+            name=name,
+            kind=kind,
+            spec=spec,
+            entrypoint=entrypoint,
+            env=env,
+            metadata=metadata,
+            driver_cpus=driver_cpus,
+        )
+        self.api.create(body)
+        return ID_PREFIX + name
+
+    def _get(self, job_id: str) -> dict[str, Any] | None:
+        return self.api.get(job_id.removeprefix(ID_PREFIX))
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        found = self._get(job_id)
+        return None if found is None else dict(found.get("status") or {})
+
+    def env_of(self, job_id: str) -> dict[str, str]:
+        found = self._get(job_id) or {}
+        runtime_env = yaml.safe_load(found.get("spec", {}).get("runtimeEnvYAML") or "{}") or {}
+        return dict(runtime_env.get("env_vars") or {})
+
+    def _ray(self, status: dict[str, Any]) -> tuple[JobSubmissionClient, str] | None:
+        """The Jobs API of the job's own cluster, while it lives."""
+        if not status.get("dashboardURL") or not status.get("jobId"):
+            return None
+        url = status["dashboardURL"]
+        url = url if "://" in url else f"http://{url}"
+        headers = self.token.header if self.token else None
+        return JobSubmissionClient(url, headers=headers), str(status["jobId"])
+
+    def where(self, job_id: str, status: dict[str, Any] | None) -> str:
+        name = job_id.removeprefix(ID_PREFIX)
+        if status is None:
+            return f"RayJob {name} no longer exists in namespace {self.settings.rayjob_namespace}"
+        state = status.get("jobDeploymentStatus") or "New"
+        waiting = " (waiting for Kueue to admit it)" if state in ("", "New", "Suspended") else ""
+        return f"RayJob {name}: {state}{waiting}; {status.get('message') or ''}".rstrip("; ")
+
+    def logs(self, job_id: str) -> str:
+        status = self.status(job_id)
+        ray = self._ray(status or {})
+        if ray is None:
+            return self.where(job_id, status) + "\n"
+        client, ray_id = ray
+        return str(client.get_job_logs(ray_id))
+
+    async def follow_logs(self, job_id: str) -> AsyncIterator[str]:
+        status = self.status(job_id)
+        ray = self._ray(status or {})
+        if ray is None:
+            yield self.where(job_id, status) + "\n"
+            return
+        client, ray_id = ray
+        async for chunk in client.tail_job_logs(ray_id):
+            yield chunk
+
+    def failure_message(self, job_id: str, error_line: Any) -> str:
+        """The job's own LLMFORGE_ERROR line when its cluster still answers, else KubeRay's."""
+        status = self.status(job_id) or {}
+        try:
+            found = error_line.findall(self.logs(job_id)) if self._ray(status) else []
+        except Exception:  # the cluster is gone or unreachable: KubeRay's message must do
+            found = []
+        if found:
+            return str(found[-1]).strip()
+        return str(status.get("message") or status.get("reason") or self.where(job_id, status))
+
+    def stop(self, job_id: str) -> bool:
+        self.api.delete(job_id.removeprefix(ID_PREFIX))
+        return True
+
+
+def rayjob_name(submission_id: str) -> str:
+    """A DNS-1123 name within KubeRay's limit for RayJob names (47: it derives the cluster's)."""
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in submission_id.lower())
+    return name[:47].strip("-")
