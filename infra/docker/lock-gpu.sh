@@ -22,6 +22,8 @@ import json, re, sys
 report = json.load(open(sys.argv[1]))
 for item in sorted(report["install"], key=lambda i: i["metadata"]["name"].lower()):
     name, version = item["metadata"]["name"].lower(), item["metadata"]["version"]
+    if name == "torch":  # no +cu128: the CPU build installs torch under the same file
+        version = version.split("+")[0]
     if re.match(r"(torch|triton|nvidia-|cuda-)", name):
         print(f"{name}=={version}")
 PY
