@@ -30,6 +30,7 @@ from services.store.models import JobState
 GROUP_VERSION = "ray.io/v1"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POD_LABEL = "llmforge.io/rayjob"
+JOB_LABEL = "llmforge.io/job-id"
 # The prefix of a RayJob's id in the store (``jobs.ray_submission_id``): the scheduler and the
 # routes hand every id to services.ray_client.RayJobs, which sends these here.
 ID_PREFIX = "rayjob:"
@@ -76,9 +77,10 @@ def workers_of(kind: str, spec: dict[str, Any]) -> tuple[int, bool]:
     return workers, bool(spec.get("use_gpu"))
 
 
-def _template(pod: dict[str, Any]) -> dict[str, Any]:
-    # The label that the NetworkPolicy of RayJob pods selects (infra/k8s/base/rayjobs.yaml).
-    return {"metadata": {"labels": {POD_LABEL: "true"}}, "spec": pod}
+def _template(pod: dict[str, Any], job_id: str) -> dict[str, Any]:
+    # What the NetworkPolicy and the PodMonitor of RayJob pods select and record
+    # (infra/k8s/base/rayjobs.yaml).
+    return {"metadata": {"labels": {POD_LABEL: "true", JOB_LABEL: job_id}}, "spec": pod}
 
 
 def _pod(settings: Settings, priority_class: str, container: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +137,9 @@ def _resources(cpus: float, memory_gb: float, gpus: int = 0) -> dict[str, Any]:
     return {"requests": amount, "limits": dict(amount)}
 
 
-def _worker_group(settings: Settings, priority: str, replicas: int, gpu: bool) -> dict[str, Any]:
+def _worker_group(
+    settings: Settings, priority: str, replicas: int, gpu: bool, job_id: str
+) -> dict[str, Any]:
     image = (gpu and settings.rayjob_gpu_image) or settings.rayjob_image
     container = {
         "name": "ray-worker",
@@ -155,7 +159,7 @@ def _worker_group(settings: Settings, priority: str, replicas: int, gpu: bool) -
         "minReplicas": replicas,
         "maxReplicas": replicas,
         "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
-        "template": _template(pod),
+        "template": _template(pod, job_id),
     }
 
 
@@ -172,6 +176,7 @@ def rayjob_manifest(
 ) -> dict[str, Any]:
     """The RayJob of one job attempt (``name`` is also its Ray submission id)."""
     priority = settings.rayjob_kinds[kind]
+    job_id = metadata.get("llmforge_job_id", name)
     workers, gpu = workers_of(kind, spec)
     driver = driver_cpus or 1
     head = _pod(
@@ -207,7 +212,7 @@ def rayjob_manifest(
             "namespace": settings.rayjob_namespace,
             "labels": {
                 "app.kubernetes.io/part-of": "llmforge",
-                "llmforge.io/job-id": metadata.get("llmforge_job_id", name),
+                JOB_LABEL: job_id,
                 "llmforge.io/kind": kind,
                 QUEUE_LABEL: settings.rayjob_queue,
             },
@@ -226,7 +231,7 @@ def rayjob_manifest(
             "ttlSecondsAfterFinished": settings.rayjob_ttl_s,
             # The control plane retries a failed job itself (max_retries), under a new name.
             "backoffLimit": 0,
-            "submitterPodTemplate": _template(submitter),
+            "submitterPodTemplate": _template(submitter, job_id),
             "rayClusterSpec": {
                 "rayVersion": RAY_VERSION,
                 "authOptions": {"mode": "token", "secretName": settings.rayjob_ray_token_secret},
@@ -236,9 +241,9 @@ def rayjob_manifest(
                         "dashboard-host": "0.0.0.0",
                         "metrics-export-port": str(METRICS_PORT),
                     },
-                    "template": _template(head),
+                    "template": _template(head, job_id),
                 },
-                "workerGroupSpecs": [_worker_group(settings, priority, workers, gpu)],
+                "workerGroupSpecs": [_worker_group(settings, priority, workers, gpu, job_id)],
             },
         },
     }

@@ -41,9 +41,15 @@ class AlreadySubmitted(Exception):
 
 class RayJobs:
     def __init__(
-        self, dashboard_url: str, token: RayToken | None, gang: KubeRayJobs | None = None
+        self,
+        dashboard_url: str,
+        token: RayToken | None,
+        gang: KubeRayJobs | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
+        # Where a browser opens the dashboard (job links); the API's own address by default.
+        self.public_url = (public_url or dashboard_url).rstrip("/")
         self.token = token
         # With LLMFORGE_SUBMIT=rayjob: where the kinds Kueue schedules go.
         self.gang = gang
@@ -169,7 +175,7 @@ class RayJobs:
     def job_url(self, submission_id: str) -> str | None:
         if submission_id.startswith(ID_PREFIX):
             return None  # its dashboard is its own short-lived cluster's, inside Kubernetes
-        return f"{self.dashboard_url}/#/jobs/{submission_id}"
+        return f"{self.public_url}/#/jobs/{submission_id}"
 
     def serve_applications(self) -> dict[str, Any]:
         """Ray Serve's applications on the cluster by name (the dashboard's Serve API): each

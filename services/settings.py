@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 256
     ray_dashboard_port: int = 8265
+    # The Ray dashboard as a user's browser reaches it, for the job links the API gives
+    # (dashboard_url); default: the address this control plane uses, which on a cluster is an
+    # in-cluster name no browser resolves.
+    ray_dashboard_public_url: str | None = None
     # None: a free port (6379, Ray's default, is Redis's too, and often taken).
     ray_gcs_port: int | None = None
     api_host: str = "127.0.0.1"

@@ -122,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     bootstrap_admin_key(session, settings.home)
                 session.commit()
         gang = KubeRayJobs(settings, token) if settings.submit == "rayjob" else None
-        app.state.ray = RayJobs(dashboard, token, gang)
+        app.state.ray = RayJobs(dashboard, token, gang, settings.ray_dashboard_public_url)
         app.state.leadership = Leadership(engine, retry_s=settings.leader_retry_s)
         app.state.scheduler = Scheduler(
             settings, app.state.sessions, app.state.ray, app.state.leadership

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from services.kuberay import POD_LABEL, QUEUE_LABEL, rayjob_manifest
+from services.ray_client import RayJobs
 from services.settings import Settings
 from tests.infra.test_kustomize import OVERLAYS, _one, rendered
 from tests.infra.test_manifests import pod_specs, schema_errors
@@ -110,3 +111,32 @@ def test_the_rayjob_built_from_the_overlay_is_valid_and_points_at_real_objects(
 def test_every_priority_class_the_setting_names_exists(monkeypatch: pytest.MonkeyPatch) -> None:
     classes = {d["metadata"]["name"] for d in rendered("prod") if d["kind"] == "PriorityClass"}
     assert set(_settings("prod", monkeypatch).rayjob_kinds.values()) <= classes
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rayjob_pods_are_scraped_like_the_shared_clusters(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered(overlay)
+    monitor = _one(docs, "PodMonitor", "llmforge-rayjobs")
+    worker = _built(_settings(overlay, monkeypatch), "train", False)["spec"]["rayClusterSpec"]
+    template = worker["workerGroupSpecs"][0]["template"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    )
+    ports = {p["name"] for p in template["spec"]["containers"][0]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+    recorded = set(monitor["spec"]["podTargetLabels"]) - {"ray.io/cluster"}  # KubeRay's own
+    assert recorded <= set(template["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_job_links_the_api_gives_open_in_a_browser(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(overlay, monkeypatch)
+    ray = RayJobs(str(settings.ray_address), None, None, settings.ray_dashboard_public_url)
+    link = ray.job_url("llmforge-abc")
+    assert link == "http://127.0.0.1:8265/#/jobs/llmforge-abc", link
+    assert "svc.cluster.local" in ray.dashboard_url  # the API itself talks to the Service
+    assert ray.job_url("rayjob:llmforge-abc") is None  # its cluster is the job's own
