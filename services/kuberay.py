@@ -16,6 +16,9 @@ because Kubernetes rotates bound tokens.
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -307,6 +310,10 @@ class KubeRayJobs:
     def __init__(self, settings: Settings, token: RayToken | None) -> None:
         self.settings, self.token = settings, token
         self.api = KubeApi(settings)
+        # The scheduler polls every active job each tick (poll_interval_s); a RayJob's status is
+        # read from the API server at most once per rayjob_status_ttl_s, to spare it.
+        self._seen: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._seen_lock = threading.Lock()
 
     def handles(self, kind: str | None) -> bool:
         return kind in self.settings.rayjob_kinds
@@ -341,8 +348,19 @@ class KubeRayJobs:
         return self.api.get(job_id.removeprefix(ID_PREFIX))
 
     def status(self, job_id: str) -> dict[str, Any] | None:
+        """The RayJob's status (None: it does not exist), at most rayjob_status_ttl_s old."""
+        now = time.monotonic()
+        with self._seen_lock:
+            seen = self._seen.get(job_id)
+        if seen is not None and now - seen[0] < self.settings.rayjob_status_ttl_s:
+            return seen[1]
         found = self._get(job_id)
-        return None if found is None else dict(found.get("status") or {})
+        status = None if found is None else dict(found.get("status") or {})
+        with self._seen_lock:
+            self._seen[job_id] = (now, status)
+            if status is None or rayjob_state(status).terminal:
+                self._seen.pop(job_id)  # nothing more will be asked about it
+        return status
 
     def env_of(self, job_id: str) -> dict[str, str]:
         found = self._get(job_id) or {}
@@ -366,13 +384,18 @@ class KubeRayJobs:
         waiting = " (waiting for Kueue to admit it)" if state in ("", "New", "Suspended") else ""
         return f"RayJob {name}: {state}{waiting}; {status.get('message') or ''}".rstrip("; ")
 
-    def logs(self, job_id: str) -> str:
-        status = self.status(job_id)
+    def _cluster_logs(self, status: dict[str, Any] | None) -> str | None:
+        """The logs from the job's own cluster; None while it has none (or no longer)."""
         ray = self._ray(status or {})
         if ray is None:
-            return self.where(job_id, status) + "\n"
+            return None
         client, ray_id = ray
         return str(client.get_job_logs(ray_id))
+
+    def logs(self, job_id: str) -> str:
+        status = self.status(job_id)
+        logs = self._cluster_logs(status)
+        return self.where(job_id, status) + "\n" if logs is None else logs
 
     async def follow_logs(self, job_id: str) -> AsyncIterator[str]:
         status = self.status(job_id)
@@ -384,11 +407,11 @@ class KubeRayJobs:
         async for chunk in client.tail_job_logs(ray_id):
             yield chunk
 
-    def failure_message(self, job_id: str, error_line: Any) -> str:
+    def failure_message(self, job_id: str, error_line: re.Pattern[str]) -> str:
         """The job's own LLMFORGE_ERROR line when its cluster still answers, else KubeRay's."""
         status = self.status(job_id) or {}
         try:
-            found = error_line.findall(self.logs(job_id)) if self._ray(status) else []
+            found = error_line.findall(self._cluster_logs(status) or "")
         except Exception:  # the cluster is gone or unreachable: KubeRay's message must do
             found = []
         if found:
@@ -396,6 +419,8 @@ class KubeRayJobs:
         return str(status.get("message") or status.get("reason") or self.where(job_id, status))
 
     def stop(self, job_id: str) -> bool:
+        with self._seen_lock:
+            self._seen.pop(job_id, None)
         self.api.delete(job_id.removeprefix(ID_PREFIX))
         return True
 

@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     rayjob_worker_memory_gb: float = Field(default=16, gt=0)
     # Seconds a finished RayJob's cluster lives on (its logs readable) before KubeRay deletes it.
     rayjob_ttl_s: int = Field(default=3600, ge=0)
+    # The scheduler reads a RayJob's status from the Kubernetes API at most this often.
+    rayjob_status_ttl_s: float = Field(default=5, ge=0)
     # Names of what the RayJobs' pods load: the Ray token Secret (authOptions), the S3
     # credentials Secret and the object-storage ConfigMap (infra/k8s/base/storage.yaml).
     rayjob_ray_token_secret: str = "llmforge-ray-token"

@@ -153,6 +153,7 @@ def _settings(tmp_path: Path, api_url: str = "http://127.0.0.1:1", **extra: Any)
         rayjob_gpu_image="registry.example.com/llmforge:0.1.0-gpu",
         kube_api_url=api_url,
         kube_token_path=token,
+        rayjob_status_ttl_s=0,
         **extra,
     )
 
@@ -361,3 +362,21 @@ def test_a_rayjob_created_before_is_adopted_and_a_deleted_one_is_lost(
     fake.objects.clear()
     with pytest.raises(LostJob, match="no longer exists"):
         ray.state(first)
+
+
+def test_a_rayjobs_status_is_read_at_most_once_per_ttl(
+    tmp_path: Path, kube: tuple[FakeKube, str]
+) -> None:
+    """The scheduler asks every tick; the API server is asked once per rayjob_status_ttl_s."""
+    fake, url = kube
+    settings = _settings(tmp_path, url).model_copy(update={"rayjob_status_ttl_s": 60})
+    ray = RayJobs(str(settings.ray_address), None, KubeRayJobs(settings, None))
+    job = ray.submit(
+        submission_id="llmforge-ttl", entrypoint="e", env={}, kind="train", spec={"workers": 1}
+    )
+    for _ in range(5):
+        assert ray.state(job) == JobState.pending
+    assert [m for m, _, _ in fake.requests].count("GET") == 1
+    ray.stop(job)
+    with pytest.raises(LostJob):
+        ray.state(job)  # a stop forgets what was seen: the next read asks again
