@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.kuberay import POD_LABEL, QUEUE_LABEL, rayjob_manifest
 from services.ray_client import RayJobs
+from services.rayjob_manifest import POD_LABEL, QUEUE_LABEL, rayjob_manifest
 from services.settings import Settings
 from tests.infra.test_kustomize import OVERLAYS, _one, rendered
 from tests.infra.test_manifests import pod_specs, schema_errors

@@ -28,9 +28,10 @@ import yaml
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
-from services.kuberay import QUEUE_LABEL, KubeRayJobs, rayjob_manifest, rayjob_state
+from services.kuberay import KubeRayJobs, rayjob_state
 from services.ray_client import AlreadySubmitted, LostJob, RayJobs
 from services.ray_head import free_port
+from services.rayjob_manifest import QUEUE_LABEL, rayjob_manifest
 from services.settings import Settings
 from services.store.models import JobState
 from tests.infra.test_manifests import pod_problems, pod_specs, schema_errors
