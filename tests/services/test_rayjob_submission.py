@@ -381,3 +381,16 @@ def test_a_rayjobs_status_is_read_at_most_once_per_ttl(
     ray.stop(job)
     with pytest.raises(LostJob):
         ray.state(job)  # a stop forgets what was seen: the next read asks again
+
+
+def test_the_kinds_and_their_priorities_are_set_by_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMFORGE_SUBMIT", "rayjob")
+    monkeypatch.setenv("LLMFORGE_RAYJOB_IMAGE", "registry.example.com/llmforge:0.1.0-cpu")
+    monkeypatch.setenv("LLMFORGE_RAYJOB_KINDS", '{"train": "llmforge-high"}')
+    settings = Settings(home=tmp_path, kube_api_url="http://127.0.0.1:1")
+    gang = KubeRayJobs(settings, None)
+    assert gang.handles("train") and not gang.handles("evaluate") and not gang.handles(None)
+    doc = _manifest(settings)
+    assert {p["priorityClassName"] for _, p in pod_specs(doc)} == {"llmforge-high"}
