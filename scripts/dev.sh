@@ -22,7 +22,19 @@ install_torch() {
   fi
 }
 
+# promtool (Debian package prometheus) checks and unit-tests the alert rules
+# (tests/infra/test_alert_rules.py); without it those tests are skipped outside CI.
+install_promtool() {
+  command -v promtool >/dev/null 2>&1 && return
+  command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: install promtool yourself" >&2; return; }
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || echo "could not install prometheus (promtool); the alert-rule tests will be skipped" >&2
+}
+
 setup() {
+  install_promtool
   [ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
   local want
   want=$(cat pyproject.toml constraints.txt scripts/dev.sh | sha256sum | cut -d' ' -f1)

@@ -174,15 +174,17 @@ class Scheduler:
                 metadata=job_metadata(job),
                 entrypoint_num_cpus=self.settings.job_driver_num_cpus,
                 entrypoint_memory=self.settings.job_driver_memory_bytes,
+                kind=job.kind,
+                spec=job.spec,
             )
-        except AlreadySubmitted:
+        except AlreadySubmitted as e:
             # A scheduler (this one before a restart, or a leader that died) had this attempt
             # accepted by Ray but not recorded: it runs already, so it is adopted, with the token
             # it was given, rather than failed or started twice.
-            token = self.ray.env_of(submission_id).get(ENV_JOB_TOKEN)
+            token = self.ray.env_of(e.submission_id).get(ENV_JOB_TOKEN)
             job.token_hash = hash_token(token) if token else None
-            job.ray_submission_id = submission_id
-            log.warning("job %s: adopted Ray's existing submission %s", job.id, submission_id)
+            job.ray_submission_id = e.submission_id
+            log.warning("job %s: adopted Ray's existing submission %s", job.id, e.submission_id)
         job.message = None
         crud.set_state(session, job=job, state=JobState.pending)
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = None
     ray_object_store_mb: int = 256
     ray_dashboard_port: int = 8265
+    # The Ray dashboard as a user's browser reaches it, for the job links the API gives
+    # (dashboard_url); default: the address this control plane uses, which on a cluster is an
+    # in-cluster name no browser resolves.
+    ray_dashboard_public_url: str | None = None
     # None: a free port (6379, Ray's default, is Redis's too, and often taken).
     ray_gcs_port: int | None = None
     api_host: str = "127.0.0.1"
@@ -94,6 +98,47 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int | None = Field(default=None, ge=1, le=65535)
     serve_url: str | None = None
+    # How jobs reach Ray (services/kuberay.py). "ray": every job through the Ray Jobs API of the
+    # one cluster (the embedded head, or RAY_ADDRESS). "rayjob": on Kubernetes, the kinds named
+    # in rayjob_kinds (multi-worker, GPU-bound: train, tune, finetune, evaluate) become KubeRay
+    # RayJob resources, each with its own fixed-size Ray cluster, labelled for the Kueue queue
+    # rayjob_queue, so Kueue admits every worker at once against the team's quota (gang
+    # scheduling) and preempts by priority; the other kinds (curate, tokenize, compare: elastic
+    # Ray Data work or tiny drivers) stay on the shared cluster through the Jobs API.
+    submit: Literal["ray", "rayjob"] = "ray"
+    rayjob_namespace: str = "llmforge"
+    rayjob_queue: str = "llmforge-team"
+    # The image of the RayJobs' pods (head, submitter, CPU workers) and of their GPU workers
+    # (default: the same); required with submit=rayjob. Exact tags or digests, never :latest.
+    rayjob_image: str | None = None
+    rayjob_gpu_image: str | None = None
+    rayjob_service_account: str = "llmforge-ray"
+    # Which kinds run as RayJobs, each with the PriorityClass of its pods (Kueue preempts a lower
+    # class for a higher one); as JSON in LLMFORGE_RAYJOB_KINDS.
+    rayjob_kinds: dict[str, str] = {
+        "train": "llmforge-normal",
+        "finetune": "llmforge-normal",
+        "evaluate": "llmforge-normal",
+        "tune": "llmforge-low",
+    }
+    # Each Ray worker pod's size; a job gets as many as its spec's workers (times concurrent
+    # trials for tune), plus one GPU each when the spec says use_gpu.
+    rayjob_worker_cpus: float = Field(default=4, gt=0)
+    rayjob_worker_memory_gb: float = Field(default=16, gt=0)
+    # Seconds a finished RayJob's cluster lives on (its logs readable) before KubeRay deletes it.
+    rayjob_ttl_s: int = Field(default=3600, ge=0)
+    # The scheduler reads a RayJob's status from the Kubernetes API at most this often.
+    rayjob_status_ttl_s: float = Field(default=5, ge=0)
+    # Names of what the RayJobs' pods load: the Ray token Secret (authOptions), the S3
+    # credentials Secret and the object-storage ConfigMap (infra/k8s/base/storage.yaml).
+    rayjob_ray_token_secret: str = "llmforge-ray-token"
+    rayjob_s3_secret: str = "llmforge-s3"
+    rayjob_storage_configmap: str = "llmforge-storage"
+    # The Kubernetes API: in a pod, from KUBERNETES_SERVICE_HOST/PORT and the ServiceAccount's
+    # mounted token and CA (read again for every request: bound tokens rotate).
+    kube_api_url: str | None = None
+    kube_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    kube_ca_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 
     @model_validator(mode="after")
     def _one_endpoint_convention(self) -> Settings:
@@ -102,7 +147,22 @@ class Settings(BaseSettings):
                 "LLMFORGE_S3_ENDPOINT_URL is no longer read: set AWS_ENDPOINT_URL (the AWS SDK's "
                 "variable, which the control plane, every job and Ray Data read) instead"
             )
+        if self.submit == "rayjob" and not self.rayjob_image:
+            raise ValueError("LLMFORGE_SUBMIT=rayjob needs LLMFORGE_RAYJOB_IMAGE (the pods' image)")
         return self
+
+    @property
+    def resolved_kube_api_url(self) -> str:
+        if self.kube_api_url:
+            return self.kube_api_url.rstrip("/")
+        host = os.environ.get("KUBERNETES_SERVICE_HOST")
+        if not host:
+            raise RuntimeError(
+                "LLMFORGE_SUBMIT=rayjob outside a pod needs LLMFORGE_KUBE_API_URL "
+                "(no KUBERNETES_SERVICE_HOST)"
+            )
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # Settings end up in logs and tracebacks; a database URL carries its password.

@@ -35,6 +35,7 @@ from services.api.routes import (
 from services.auth import authorize, bootstrap_admin_key, provide_admin_key
 from services.campaigns import CampaignRunner
 from services.deployments import Deployments
+from services.kuberay import KubeRayJobs
 from services.leader import Leadership
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
@@ -120,7 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 else:
                     bootstrap_admin_key(session, settings.home)
                 session.commit()
-        app.state.ray = RayJobs(dashboard, token)
+        gang = KubeRayJobs(settings, token) if settings.submit == "rayjob" else None
+        app.state.ray = RayJobs(dashboard, token, gang, settings.ray_dashboard_public_url)
         app.state.leadership = Leadership(engine, retry_s=settings.leader_retry_s)
         app.state.scheduler = Scheduler(
             settings, app.state.sessions, app.state.ray, app.state.leadership

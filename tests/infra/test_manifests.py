@@ -65,6 +65,8 @@ BUILTIN_KINDS: dict[tuple[str, str], set[str]] = {
     ("policy/v1", "PodDisruptionBudget"): {"spec"},
     ("networking.k8s.io/v1", "NetworkPolicy"): {"spec"},
     ("networking.k8s.io/v1", "Ingress"): {"spec"},
+    ("rbac.authorization.k8s.io/v1", "Role"): {"rules"},
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): {"roleRef", "subjects"},
     ("scheduling.k8s.io/v1", "PriorityClass"): {
         "value",
         "globalDefault",
