@@ -29,7 +29,10 @@ install_promtool() {
   command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: install promtool yourself" >&2; return; }
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+  # a fresh machine may have no package lists yet: update once when the first try fails
+  $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null && \
+      $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
     || echo "could not install prometheus (promtool); the alert-rule tests will be skipped" >&2
 }
 
