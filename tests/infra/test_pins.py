@@ -131,7 +131,7 @@ def _pins(path: Path) -> dict[str, str]:
 def test_torch_and_the_cuda_wheels_are_pinned_for_the_gpu_image() -> None:
     gpu = _pins(DOCKER / "constraints-gpu.txt")
     project = _pins(REPO / "constraints.txt")
-    # One torch everywhere, without a local tag (+cu128 would refuse the CPU build's +cpu wheel).
+    # One torch everywhere, without a local tag (which would refuse the CPU build's +cpu wheel).
     assert gpu["torch"] == project["torch"]
     assert all(re.fullmatch(r"\d+(\.\d+)*(\+\w+)?", v) for v in gpu.values()), gpu
     instructions = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
@@ -139,6 +139,10 @@ def test_torch_and_the_cuda_wheels_are_pinned_for_the_gpu_image() -> None:
     torch_install = next(line for line in installs if re.search(r"\btorch\b", line))
     assert "-c constraints-gpu.txt" in torch_install and "-c constraints.txt" in torch_install
     assert "COPY infra/docker/constraints-gpu.txt" in instructions
+    # the lock holds the CUDA wheels themselves, not torch alone
+    cuda = {name for name in gpu if name.startswith(("nvidia-", "cuda-"))}
+    assert {"nvidia-cudnn-cu13", "nvidia-nccl-cu13", "nvidia-cublas", "cuda-toolkit"} <= cuda
+    assert "triton" in gpu
 
 
 def test_a_broken_lock_line_is_refused(tmp_path: Path) -> None:
