@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from llm.serve.chat import Message
 from llm.serve.errors import EngineError, ParamError, QueueFull
 from llm.serve.params import SamplingParams
-from services.serving import Loaded, Serving
+from services.serving import Loaded, Serving, source_of
 from services.store import campaigns as store
 from services.store import registry
 from services.store.models import (
@@ -145,7 +145,7 @@ class CampaignRunner:
         try:
             if artifact is None:
                 raise ValueError("the model is no longer in the registry")
-            return self.serving.engine_for(session, artifact)
+            return self.serving.engine_for(source_of(session, artifact))
         except Exception as e:  # a missing file, a model that is not a decoder, ...
             reason = f"model {model} cannot be served: {e}"
             for c in pending:

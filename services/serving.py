@@ -5,7 +5,12 @@ engine per model, kept in an LRU pool (``llm.serve``).
 Where the artifact lives on object storage, its checkpoint is fetched once into node-local
 scratch. A model's tokenizer is the tokenizer.json in its checkpoint or output folder, else the
 one of the token shards it was trained on (a train output keeps none of its own); a fine-tune's
-chat template is the one its job was given.
+chat template is the one its job was given. A LoRA adapter (kind ``adapter``, its base the
+parent) is served as its base with the adapter applied, unmerged (``llm.train.checkpoint``
+loads the two); it takes its base's tokenizer when it has none of its own.
+
+What a load needs is read from the store first (``source_of``), so no store session or
+connection is held while a model loads or a completion streams.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ class Loaded:
         self.engine.close()
 
 
-def tokenizer_uri(artifact: Artifact) -> str | None:
-    """Where a tokenizer.json for a checkpoint without one of its own is: beside the artifact's
-    folder, else in the token shards it was made from (their manifest names it)."""
+ADAPTER_KIND = "adapter"
+
+
+def _own_tokenizer_uri(artifact: Artifact) -> str | None:
     candidates = [storage.join(artifact.uri, TOKENIZER_FILE)]
     for source in artifact.inputs:
         manifest = storage.join(source, MANIFEST_FILE)
@@ -59,12 +65,46 @@ def tokenizer_uri(artifact: Artifact) -> str | None:
     return next((uri for uri in candidates if storage.is_file(uri)), None)
 
 
+def tokenizer_uri(session: Session, artifact: Artifact) -> str | None:
+    """Where a tokenizer.json for a checkpoint without one of its own is: beside the artifact's
+    folder, else in the token shards it was made from (their manifest names it); an adapter
+    without one, its base's."""
+    found = _own_tokenizer_uri(artifact)
+    if found is None and artifact.kind == ADAPTER_KIND and artifact.parent_id:
+        base = session.get(Artifact, artifact.parent_id)
+        found = tokenizer_uri(session, base) if base is not None else None
+    return found
+
+
 def chat_template(session: Session, artifact: Artifact) -> str | None:
     job = session.get(Job, artifact.job_id) if artifact.job_id else None
-    if artifact.kind == "finetuned" and job is not None:
+    if artifact.kind in ("finetuned", ADAPTER_KIND) and job is not None:
         template = job.spec.get("chat_template")
         return str(template) if template else None
     return None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What loading a registered model takes, read from the store beforehand."""
+
+    id: str
+    uri: str
+    tokenizer_uri: str | None
+    chat_template: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}:{self.uri}"
+
+
+def source_of(session: Session, artifact: Artifact) -> ModelSource:
+    return ModelSource(
+        artifact.id,
+        artifact.uri,
+        tokenizer_uri(session, artifact),
+        chat_template(session, artifact),
+    )
 
 
 class Serving:
@@ -74,23 +114,19 @@ class Serving:
         self.settings = settings
         self.pool: EnginePool[Loaded] = EnginePool(settings.serve_models)
 
-    def key(self, artifact: Artifact) -> str:
-        return f"{artifact.id}:{artifact.uri}"
+    def engine_for(self, source: ModelSource) -> Loaded:
+        return self.pool.get(source.key, lambda: self._load(source))
 
-    def engine_for(self, session: Session, artifact: Artifact) -> Loaded:
-        template = chat_template(session, artifact)
-        return self.pool.get(self.key(artifact), lambda: self._load(artifact, template))
-
-    def _load(self, artifact: Artifact, chat_template: str | None) -> Loaded:
+    def _load(self, source: ModelSource) -> Loaded:
         from llm.serve.engine import Engine
         from llm.serve.model import batch_slots, load_registered
 
         served = load_registered(
-            artifact.uri,
-            tokenizer_uri=tokenizer_uri(artifact),
-            chat_template=chat_template,
+            source.uri,
+            tokenizer_uri=source.tokenizer_uri,
+            chat_template=source.chat_template,
             device=self.settings.serve_device,
-            name=artifact.id,
+            name=source.id,
         )
         engine = Engine(
             served.model,
@@ -100,9 +136,9 @@ class Serving:
                 served.model, self.settings.serve_max_batch, self.settings.serve_cache_mb
             ),
             max_queue=self.settings.serve_max_queue,
-            name=artifact.id,
+            name=source.id,
         )
-        log.info("serving model %s from %s (%d slots)", artifact.id, artifact.uri, engine.max_batch)
+        log.info("serving model %s from %s (%d slots)", source.id, source.uri, engine.max_batch)
         return Loaded(served, engine)
 
     def close(self) -> None:

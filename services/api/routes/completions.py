@@ -43,13 +43,13 @@ from services.api.completion_schemas import (
 from services.api.deps import DeploymentsDep, ServingDep, SessionDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
 from services.api.routes.prompts import templated
-from services.api.routes.registry import visible
+from services.api.routes.registry import find_visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
 from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
-from services.serving import Loaded, Serving
+from services.serving import ADAPTER_KIND, Loaded, ModelSource, Serving, source_of
 from services.store import registry as store
-from services.store.models import ArtifactCategory, Deployment, DeploymentState, Role
+from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
 if TYPE_CHECKING:
     from llm.serve.engine import RequestHandle
@@ -95,23 +95,45 @@ Target = Local | Remote
 _IN_PROCESS = (DeploymentState.undeploying, DeploymentState.undeployed)
 
 
+def _check_base(session: Session, who: Principal, model: Artifact, base_ref: str | None) -> None:
+    """A request that names a base serves only an adapter made on that base (422 otherwise)."""
+    if base_ref is None:
+        return
+    if model.kind != ADAPTER_KIND:
+        raise request_error(
+            ("body", "base"),
+            f"model {model.id} is a {model.kind}, not a LoRA adapter: leave out base",
+        )
+    base = find_visible(session, who, base_ref, ArtifactCategory.model)
+    if base is None:
+        raise request_error(("body", "base"), f"base model {base_ref} not found")
+    if base.id != model.parent_id:
+        raise request_error(
+            ("body", "base"),
+            f"the adapter {model.id} ({model.name}) was made on the base model "
+            f"{model.parent_id}, not on {base.id} ({base.name}): name its own base, or none",
+        )
+
+
 async def _open(
     session: Session,
     serving: Serving,
     deployments: Deployments,
     who: Principal,
-    model_id: str,
+    model_ref: str,
     loc: Loc,
+    base_ref: str | None = None,
 ) -> Target:
-    """The caller's model: its deployment, or loaded (once per process) off the event loop."""
+    """The caller's model (by id or name): its deployment, or loaded (once per process) off the
+    event loop. The store session is closed before the model loads: neither a load nor the
+    stream that follows holds a connection."""
 
-    def lookup() -> Target:
-        artifact = store.get_artifact(
-            session, artifact_id=model_id, category=ArtifactCategory.model
-        )
-        if artifact is None or not visible(artifact, who):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_id} not found")
-        deployment = session.get(Deployment, model_id)
+    def lookup() -> Target | ModelSource:
+        artifact = find_visible(session, who, model_ref, ArtifactCategory.model)
+        if artifact is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_ref} not found")
+        _check_base(session, who, artifact, base_ref)
+        deployment = session.get(Deployment, artifact.id)
         if deployment is not None and deployment.state not in _IN_PROCESS:
             if deployment.state != DeploymentState.running:
                 deployment = deployments.refresh(session, deployment)
@@ -119,17 +141,26 @@ async def _open(
                 why = f": {deployment.message}" if deployment.message else ""
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,
-                    f"model {model_id} is deployed on the cluster, and its deployment is "
+                    f"model {model_ref} is deployed on the cluster, and its deployment is "
                     f"{deployment.state}{why}",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             return Remote(deployments, deployment)
-        try:
-            return Local(serving.engine_for(session, artifact))
-        except (OSError, ValueError) as e:
-            raise request_error(loc, f"model {model_id} cannot be served: {e}") from e
+        return source_of(session, artifact)
 
-    return await run_in_threadpool(lookup)
+    def load(source: ModelSource) -> Target:
+        try:
+            return Local(serving.engine_for(source))
+        except (OSError, ValueError) as e:
+            raise request_error(loc, f"model {model_ref} cannot be served: {e}") from e
+
+    try:
+        found = await run_in_threadpool(lookup)
+    finally:
+        session.close()  # its connection goes back to the pool before the load and the stream
+    if isinstance(found, ModelSource):
+        return await run_in_threadpool(load, found)
+    return found
 
 
 def _params(
@@ -250,7 +281,9 @@ async def complete(
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
     body = await templated(session, who, body)  # prompt_template: its text as the prompt
-    target = await _open(session, serving, deployments, who, model_id, ("path", "model_id"))
+    target = await _open(
+        session, serving, deployments, who, model_id, ("path", "model_id"), body.base
+    )
     return await _complete(request, body, target, model_id)
 
 
@@ -265,7 +298,9 @@ async def openai_complete(
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
     body = await templated(session, who, body)
-    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
+    target = await _open(
+        session, serving, deployments, who, body.model, ("body", "model"), body.base
+    )
     return await _complete(request, body, target, body.model)
 
 
@@ -281,7 +316,9 @@ async def openai_chat(
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
     body = await templated(session, who, body)  # prompt_template: its messages
-    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
+    target = await _open(
+        session, serving, deployments, who, body.model, ("body", "model"), body.base
+    )
     # developer is OpenAI's newer name for the system role
     messages = tuple(
         Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages
