@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmforge.serving")
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
+ADAPTER_KIND = "adapter"  # a LoRA adapter's registry kind; its parent is its base
 
 
 @dataclass
@@ -51,29 +52,11 @@ class Loaded:
         self.engine.close()
 
 
-ADAPTER_KIND = "adapter"
-
-
-def _own_tokenizer_uri(artifact: Artifact) -> str | None:
-    candidates = [storage.join(artifact.uri, TOKENIZER_FILE)]
-    for source in artifact.inputs:
-        manifest = storage.join(source, MANIFEST_FILE)
-        if storage.is_file(manifest):
-            candidates.append(
-                storage.join(source, storage.read_json(manifest)["tokenizer"]["file"])
-            )
-    return next((uri for uri in candidates if storage.is_file(uri)), None)
-
-
 def tokenizer_uri(session: Session, artifact: Artifact) -> str | None:
     """Where a tokenizer.json for a checkpoint without one of its own is: beside the artifact's
     folder, else in the token shards it was made from (their manifest names it); an adapter
     without one, its base's."""
-    found = _own_tokenizer_uri(artifact)
-    if found is None and artifact.kind == ADAPTER_KIND and artifact.parent_id:
-        base = session.get(Artifact, artifact.parent_id)
-        found = tokenizer_uri(session, base) if base is not None else None
-    return found
+    return source_of(session, artifact).tokenizer_uri()
 
 
 def chat_template(session: Session, artifact: Artifact) -> str | None:
@@ -86,24 +69,44 @@ def chat_template(session: Session, artifact: Artifact) -> str | None:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """What loading a registered model takes, read from the store beforehand."""
+    """What loading a registered model takes, read from the store beforehand (the files it
+    names are looked at only when it loads)."""
 
     id: str
     uri: str
-    tokenizer_uri: str | None
+    inputs: tuple[str, ...]
     chat_template: str | None
+    base: ModelSource | None = None  # an adapter's
 
     @property
     def key(self) -> str:
         return f"{self.id}:{self.uri}"
 
+    def tokenizer_uri(self) -> str | None:
+        candidates = [storage.join(self.uri, TOKENIZER_FILE)]
+        for source in self.inputs:
+            manifest = storage.join(source, MANIFEST_FILE)
+            if storage.is_file(manifest):
+                candidates.append(
+                    storage.join(source, storage.read_json(manifest)["tokenizer"]["file"])
+                )
+        found = next((uri for uri in candidates if storage.is_file(uri)), None)
+        if found is None and self.base is not None:
+            return self.base.tokenizer_uri()
+        return found
+
 
 def source_of(session: Session, artifact: Artifact) -> ModelSource:
+    base = None
+    if artifact.kind == ADAPTER_KIND and artifact.parent_id:
+        parent = session.get(Artifact, artifact.parent_id)
+        base = source_of(session, parent) if parent is not None else None
     return ModelSource(
         artifact.id,
         artifact.uri,
-        tokenizer_uri(session, artifact),
+        tuple(artifact.inputs),
         chat_template(session, artifact),
+        base,
     )
 
 
@@ -123,7 +126,7 @@ class Serving:
 
         served = load_registered(
             source.uri,
-            tokenizer_uri=source.tokenizer_uri,
+            tokenizer_uri=source.tokenizer_uri(),
             chat_template=source.chat_template,
             device=self.settings.serve_device,
             name=source.id,

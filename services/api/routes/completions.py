@@ -47,7 +47,7 @@ from services.api.routes.registry import find_visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
 from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
-from services.serving import ADAPTER_KIND, Loaded, ModelSource, Serving, source_of
+from services.serving import ADAPTER_KIND, Loaded, Serving, source_of
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
@@ -128,7 +128,7 @@ async def _open(
     event loop. The store session is closed before the model loads: neither a load nor the
     stream that follows holds a connection."""
 
-    def lookup() -> Target | ModelSource:
+    def lookup() -> Target:
         artifact = find_visible(session, who, model_ref, ArtifactCategory.model)
         if artifact is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_ref} not found")
@@ -146,21 +146,17 @@ async def _open(
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             return Remote(deployments, deployment)
-        return source_of(session, artifact)
-
-    def load(source: ModelSource) -> Target:
+        source = source_of(session, artifact)
+        session.close()  # its connection goes back to the pool before the load and the stream
         try:
             return Local(serving.engine_for(source))
         except (OSError, ValueError) as e:
             raise request_error(loc, f"model {model_ref} cannot be served: {e}") from e
 
     try:
-        found = await run_in_threadpool(lookup)
+        return await run_in_threadpool(lookup)
     finally:
-        session.close()  # its connection goes back to the pool before the load and the stream
-    if isinstance(found, ModelSource):
-        return await run_in_threadpool(load, found)
-    return found
+        session.close()  # a remote deployment's, or a refusal's
 
 
 def _params(
