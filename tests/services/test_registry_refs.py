@@ -81,6 +81,14 @@ def test_an_evaluate_spec_names_its_model_and_judges_by_registry_id(api: Api) ->
     assert r.json()["spec"]["checkpoint"] == str(api.shared / "base")
 
 
+def test_a_train_spec_names_its_data_by_registry_name(api: Api) -> None:
+    body = {"name": "shards", "kind": "token_shards", "uri": str(api.shared / "base")}
+    assert api.client.post("/api/v1/datasets", json=body, headers=api.red).status_code == 201
+    r = _submit(api, "train", {"data": "registry:shards"}, api.red)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["data"] == str(api.shared / "base")
+
+
 def test_another_teams_entry_or_an_unknown_one_is_422_naming_the_field(api: Api) -> None:
     theirs = _model(api, api.blue, "theirs", "theirs")
     spec = {"checkpoint": str(api.shared / "base"), "tasks": ["arc_easy"],

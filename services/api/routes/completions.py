@@ -6,9 +6,12 @@ its continuous-batching engine. A model deployed on the cluster (``services.depl
 in its Ray Serve replicas instead, which get the same prepared request and answer the same
 deltas, shaped here alike; while its deployment is not running (starting, or failed: with its
 reason) it answers 503 with ``Retry-After``, until it is undeployed. Same keys and team scoping
-as the registry: a model another team registered is a 404. A full queue is a 429 with
-``Retry-After``; a client that disconnects (mid-stream or not) takes its sequences out of the
-batch.
+as the registry: a model another team registered is a 404. A model is named by its id or name
+(its team's newest); a LoRA adapter is served as its base with the adapter applied, and a
+request that names a ``base`` gets it only from an adapter made on that base (422 otherwise).
+A full queue is a 429 with ``Retry-After``; a client that disconnects (mid-stream or not) takes
+its sequences out of the batch. The store session is closed once the model is found: a stream
+holds no database connection.
 """
 
 from __future__ import annotations
