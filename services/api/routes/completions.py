@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from llm.serve.chat import Message
 from llm.serve.errors import EngineError, ParamError, QueueFull
@@ -43,14 +43,14 @@ from services.api.completion_schemas import (
     OpenAICompletionCreate,
     SamplingFields,
 )
-from services.api.deps import DeploymentsDep, ServingDep, SessionDep
+from services.api.deps import DeploymentsDep, ServingDep, SessionDep, SessionsDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
-from services.api.routes.prompts import templated
+from services.api.routes.prompts import Body, templated
 from services.api.routes.registry import find_visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
 from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
-from services.serving import ADAPTER_KIND, Loaded, Serving, source_of
+from services.serving import ADAPTER_KIND, Loaded, ModelSource, Serving, source_of
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
@@ -119,7 +119,7 @@ def _check_base(session: Session, who: Principal, model: Artifact, base_ref: str
 
 
 async def _open(
-    session: Session,
+    sessions: sessionmaker[Session],
     serving: Serving,
     deployments: Deployments,
     who: Principal,
@@ -127,11 +127,21 @@ async def _open(
     loc: Loc,
     base_ref: str | None = None,
 ) -> Target:
-    """The caller's model (by id or name): its deployment, or loaded (once per process) off the
-    event loop. The store session is closed before the model loads: neither a load nor the
-    stream that follows holds a connection."""
+    """The caller's model (by id or name): its deployment, or loaded (once per process), in one
+    hop off the event loop. The store session is closed before the model loads: neither a load
+    nor the stream that follows holds a connection."""
 
     def lookup() -> Target:
+        with sessions() as session:
+            found = find(session)
+        if isinstance(found, ModelSource):
+            try:
+                return Local(serving.engine_for(found))
+            except (OSError, ValueError) as e:
+                raise request_error(loc, f"model {model_ref} cannot be served: {e}") from e
+        return found
+
+    def find(session: Session) -> Target | ModelSource:
         artifact = find_visible(session, who, model_ref, ArtifactCategory.model)
         if artifact is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_ref} not found")
@@ -149,17 +159,16 @@ async def _open(
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             return Remote(deployments, deployment)
-        source = source_of(session, artifact)
-        session.close()  # its connection goes back to the pool before the load and the stream
-        try:
-            return Local(serving.engine_for(source))
-        except (OSError, ValueError) as e:
-            raise request_error(loc, f"model {model_ref} cannot be served: {e}") from e
+        return source_of(session, artifact)
 
-    try:
-        return await run_in_threadpool(lookup)
-    finally:
-        session.close()  # a remote deployment's, or a refusal's
+    return await run_in_threadpool(lookup)
+
+
+async def _templated(sessions: sessionmaker[Session], who: Principal, body: Body) -> Body:
+    if body.prompt_template is None:
+        return body
+    with sessions() as session:
+        return await templated(session, who, body)
 
 
 def _params(
@@ -273,15 +282,15 @@ async def complete(
     model_id: str,
     body: CompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
-    body = await templated(session, who, body)  # prompt_template: its text as the prompt
+    body = await _templated(sessions, who, body)  # prompt_template: its text as the prompt
     target = await _open(
-        session, serving, deployments, who, model_id, ("path", "model_id"), body.base
+        sessions, serving, deployments, who, model_id, ("path", "model_id"), body.base
     )
     return await _complete(request, body, target, model_id)
 
@@ -290,15 +299,15 @@ async def complete(
 async def openai_complete(
     body: OpenAICompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
-    body = await templated(session, who, body)
+    body = await _templated(sessions, who, body)
     target = await _open(
-        session, serving, deployments, who, body.model, ("body", "model"), body.base
+        sessions, serving, deployments, who, body.model, ("body", "model"), body.base
     )
     return await _complete(request, body, target, body.model)
 
@@ -307,16 +316,16 @@ async def openai_complete(
 async def openai_chat(
     body: ChatCompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | ChatCompletionPublic:
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
-    body = await templated(session, who, body)  # prompt_template: its messages
+    body = await _templated(sessions, who, body)  # prompt_template: its messages
     target = await _open(
-        session, serving, deployments, who, body.model, ("body", "model"), body.base
+        sessions, serving, deployments, who, body.model, ("body", "model"), body.base
     )
     # developer is OpenAI's newer name for the system role
     messages = tuple(
