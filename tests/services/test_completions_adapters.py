@@ -47,10 +47,10 @@ def _lora(base: Path, out: Path) -> Path:
         ids = [*prompt, *answer, EOS_ID]
         trained = [False] * len(prompt) + [True] * (len(answer) + 1)
         examples.append(Example(ids, trained, len(prompt), False))
-    data = TokenizedSet.from_examples(examples * 4)
+    data = TokenizedSet.from_examples(examples * 2)
     cfg = finetune_config(
-        steps=8, batch_size=4, lr=5e-2, min_lr=5e-3, warmup_steps=1, log_every=4,
-        eval_every=8, checkpoint_every=8,
+        steps=3, batch_size=4, lr=1e-1, min_lr=1e-2, warmup_steps=1, log_every=3,
+        eval_every=3, checkpoint_every=3,
     )  # fmt: skip
     settings = LoraSettings(r=4, alpha=8.0, target_modules=("qkv", "proj", "fc"))
     return Path(finetune(cfg, base, data, data, out, pad_id=EOS_ID, lora=settings)["checkpoint"])
