@@ -8,6 +8,12 @@ Each completion is stored as it ends, so progress shows while it runs; a complet
 be made (a model that cannot be loaded, a prompt too long for its context) is recorded with its
 reason on the campaign. A control plane stopped mid-generation leaves the rest pending, and the
 next start resumes them.
+
+With several control-plane replicas on one store, only the scheduler's leader
+(``services.leader``) generates: a campaign created on a standby waits for the leader, which
+looks for campaigns left generating at start and every ``poll_s``; a standby that becomes the
+leader resumes them, and a leader that loses the lock stops after the completion in hand,
+leaving the rest pending for the next one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from sqlalchemy.orm import Session
 from llm.serve.chat import Message
 from llm.serve.errors import EngineError, ParamError, QueueFull
 from llm.serve.params import SamplingParams
-from services.serving import Loaded, Serving
+from services.leader import Leadership
+from services.serving import Loaded, Serving, source_of
 from services.store import campaigns as store
 from services.store import registry
 from services.store.models import (
@@ -72,24 +79,72 @@ def _add_error(campaign: Campaign, model: str, prompts: list[int] | None, error:
 
 
 class CampaignRunner:
-    """Generates campaigns in one background thread; ``start`` resumes the ones a stopped
-    control plane left generating, ``stop`` lets the running one leave the rest pending."""
+    """Generates campaigns in one background thread, on the leader only; ``start`` resumes the
+    ones a stopped control plane left generating (and keeps looking every ``poll_s``: for
+    campaigns created on a standby, and for leadership this process gains), ``stop`` lets the
+    running one leave the rest pending."""
 
-    def __init__(self, sessions: Callable[[], Session], serving: Serving) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        serving: Serving,
+        leadership: Leadership | None = None,
+        *,
+        poll_s: float = 5.0,
+    ) -> None:
         self.sessions, self.serving = sessions, serving
+        self.leadership, self.poll_s = leadership, poll_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmforge-campaign")
         self._stopping = threading.Event()
         self._inflight: set[RequestHandle] = set()
         self._lock = threading.Lock()
+        self._active: set[str] = set()  # submitted here and not ended yet
+        self._watcher: threading.Thread | None = None
+
+    def leads(self) -> bool:
+        """Whether this process generates campaigns now (SQLite, or no leadership: always)."""
+        return self.leadership is None or self.leadership.lead()
+
+    def _halted(self) -> bool:
+        """Stopping, or no longer the leader (what the last check found: no round trip)."""
+        lost = self.leadership is not None and not self.leadership.is_leader
+        return self._stopping.is_set() or lost
 
     def start(self) -> None:
+        self.resume()
+        self._watcher = threading.Thread(
+            target=self._watch, name="llmforge-campaign-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.poll_s):
+            try:
+                self.resume()
+            except Exception:  # the store away for a moment: the next look tries again
+                log.exception("could not look for campaigns to generate")
+
+    def resume(self) -> list[str]:
+        """Submit the campaigns left generating that this process is not running yet (on the
+        leader; a standby submits none)."""
+        if not self.leads():
+            return []
         with self.sessions() as session:
             waiting = store.in_state(session, state=CampaignState.generating)
-        for campaign_id in waiting:
+        resumed = [c for c in waiting if self.submit(c) is not None]
+        for campaign_id in resumed:
             log.info("resuming the generation of campaign %s", campaign_id)
-            self.submit(campaign_id)
+        return resumed
 
-    def submit(self, campaign_id: str) -> Future[None]:
+    def submit(self, campaign_id: str) -> Future[None] | None:
+        """Generate the campaign here, when this process leads and is not at it already; else
+        None (the leader picks it up)."""
+        if self._stopping.is_set() or not self.leads():
+            return None
+        with self._lock:
+            if campaign_id in self._active:
+                return None
+            self._active.add(campaign_id)
         return self._executor.submit(self._run, campaign_id)
 
     def stop(self) -> None:
@@ -97,6 +152,8 @@ class CampaignRunner:
         with self._lock:
             for handle in self._inflight:
                 handle.cancel()
+        if self._watcher is not None:
+            self._watcher.join()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, campaign_id: str) -> None:
@@ -110,6 +167,9 @@ class CampaignRunner:
                     campaign.state = CampaignState.failed.value
                     campaign.message = f"generation failed: {e}"[:MAX_ERROR]
                     session.commit()
+        finally:
+            with self._lock:
+                self._active.discard(campaign_id)
 
     def _generate(self, campaign_id: str) -> None:
         with self.sessions() as session:
@@ -118,7 +178,7 @@ class CampaignRunner:
                 return
             prompts = store.prompts_of(session, campaign_id=campaign_id)
             for model in campaign.models:
-                if self._stopping.is_set():
+                if self._halted():
                     return
                 pending = store.completions_of(
                     session, campaign_id=campaign_id, model=model, pending=True
@@ -132,6 +192,8 @@ class CampaignRunner:
                     session.rollback()  # what the cancelled requests returned is not kept
                     return
                 session.commit()
+            if self._halted():
+                return  # the rest is pending: the next leader goes on with it
             store.finish_generation(session, campaign=campaign)
             session.commit()
             log.info("campaign %s: %s", campaign_id, campaign.state)
@@ -145,7 +207,7 @@ class CampaignRunner:
         try:
             if artifact is None:
                 raise ValueError("the model is no longer in the registry")
-            return self.serving.engine_for(session, artifact)
+            return self.serving.engine_for(source_of(session, artifact))
         except Exception as e:  # a missing file, a model that is not a decoder, ...
             reason = f"model {model} cannot be served: {e}"
             for c in pending:
@@ -197,7 +259,7 @@ class CampaignRunner:
                 session.commit()
 
         for c in pending:
-            if self._stopping.is_set():
+            if self._halted():
                 break
             params = sampling(campaign, c.prompt_index)
             try:

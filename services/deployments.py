@@ -190,7 +190,7 @@ class Deployments:
             name=name,
             model_id=artifact.id,
             model_uri=artifact.uri,
-            tokenizer_uri=tokenizer_uri(artifact),
+            tokenizer_uri=tokenizer_uri(session, artifact),
             chat_template=chat_template(session, artifact),
             spec=spec,
             key_sha256=hashlib.sha256(key.encode()).hexdigest() if key else None,

@@ -9,14 +9,16 @@ that passing it changes no real position's logits).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
 from llm.train.data import ShuffledEpochs
+
+B = TypeVar("B")
 
 
 class Batch(NamedTuple):
@@ -51,37 +53,60 @@ def batches_per_epoch(examples: int, batch_size: int, world_size: int) -> int:
     return examples // world_size // batch_size
 
 
-class SFTBatches(ShuffledEpochs):
-    """Shuffled padded batches of examples in ShuffledEpochs' order (the same dealing to ranks
-    as pretraining's token windows); never ends."""
+class ShuffledBatches(ShuffledEpochs, Generic[B]):
+    """Shuffled batches of a training set's items, dealt to ranks as ShuffledEpochs deals
+    pretraining's token windows; ``collate`` makes each batch of item indices into the batch a
+    fine-tuning objective takes (padded examples, chosen/rejected pairs, labelled texts).
+    Never ends."""
 
     def __init__(
         self,
-        data: TokenizedSet,
+        num_items: int,
+        collate: Callable[[list[int]], B],
         *,
         batch_size: int,
-        pad_id: int,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        what: str = "training examples",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.pad_id = data, pad_id
+        self.collate = collate
         super().__init__(
-            len(data),
+            num_items,
             batch_size=batch_size,
             rank=rank,
             world_size=world_size,
             seed=seed,
-            what=f"{len(data)} training examples",
+            what=f"{num_items} {what}",
         )
 
-    def __iter__(self) -> SFTBatches:
+    def __iter__(self) -> ShuffledBatches[B]:
         return self
 
-    def __next__(self) -> Batch:
-        return collate([self.data[int(i)] for i in self.next_indices()], self.pad_id)
+    def __next__(self) -> B:
+        return self.collate([int(i) for i in self.next_indices()])
+
+
+def example_batches(
+    data: TokenizedSet,
+    *,
+    batch_size: int,
+    pad_id: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+) -> ShuffledBatches[Batch]:
+    """SFT's batches: shuffled examples, right-padded."""
+    return ShuffledBatches(
+        len(data),
+        lambda indices: collate([data[i] for i in indices], pad_id),
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+    )
 
 
 def in_order(data: TokenizedSet, batch_size: int, pad_id: int) -> Iterator[Batch]:

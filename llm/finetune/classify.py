@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.finetune.batches import batches_per_epoch
+from llm.finetune.batches import ShuffledBatches, batches_per_epoch
 from llm.finetune.classify_data import ClassifyData, LabelledSet, encode_texts, pad_id
 from llm.finetune.sft import tuned_config
 from llm.model.classifier import SequenceClassifier, pooling_for
@@ -38,7 +38,6 @@ from llm.train.checkpoint import (
 )
 from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
-from llm.train.data import ShuffledEpochs
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
 
 STATE_KEY = CLASSIFIER_KEY  # the trainer_state.json section that makes a checkpoint a classifier
@@ -86,37 +85,6 @@ def collate(rows: Sequence[tuple[np.ndarray | list[int], int]], pad: int) -> Lab
         mask[row, : len(ids)] = 1
     labels = torch.tensor([label for _, label in rows], dtype=torch.int64)
     return LabelBatch(torch.from_numpy(input_ids), torch.from_numpy(mask), labels, int(mask.sum()))
-
-
-class LabelBatches(ShuffledEpochs):
-    """Shuffled padded batches of labelled examples, dealt to ranks as ShuffledEpochs deals
-    pretraining's windows; never ends."""
-
-    def __init__(
-        self,
-        data: LabelledSet,
-        *,
-        batch_size: int,
-        pad: int,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-    ) -> None:
-        self.data, self.pad = data, pad
-        super().__init__(
-            len(data),
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            what=f"{len(data)} training examples",
-        )
-
-    def __iter__(self) -> LabelBatches:
-        return self
-
-    def __next__(self) -> LabelBatch:
-        return collate([self.data[int(i)] for i in self.next_indices()], self.pad)
 
 
 def classification_loss(
@@ -222,10 +190,10 @@ def classification(
 
     return Task(
         build_model=model,
-        build_batches=lambda rank, world_size: LabelBatches(
-            data.train,
+        build_batches=lambda rank, world_size: ShuffledBatches(
+            len(data.train),
+            lambda indices: collate([data.train[i] for i in indices], pad),
             batch_size=cfg.batch_size,
-            pad=pad,
             rank=rank,
             world_size=world_size,
             seed=cfg.seed,

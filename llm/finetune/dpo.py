@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llm.finetune.batches import Batch, collate
+from llm.finetune.batches import Batch, ShuffledBatches, collate
 from llm.finetune.config import DPOConfig
 from llm.finetune.data import IGNORE_INDEX
 from llm.finetune.preferences import PreferenceSet
@@ -44,7 +44,6 @@ from llm.model.gpt import GPT
 from llm.train.checkpoint import load_model
 from llm.train.checkpoint.location import best_of
 from llm.train.config import TrainConfig
-from llm.train.data import ShuffledEpochs
 from llm.train.trainer import CheckpointFn, LogFn, Task, Trainer
 
 STAT_NAMES = (
@@ -65,39 +64,6 @@ class PairBatch(NamedTuple):
 def collate_pairs(data: PreferenceSet, indices: list[int], pad_id: int) -> PairBatch:
     rows = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
     return PairBatch(collate(rows, pad_id), len(indices))
-
-
-class PairBatches(ShuffledEpochs):
-    """Shuffled batches of pairs in ShuffledEpochs' order (as SFTBatches deal examples); never
-    ends. batch_size counts pairs: a batch holds twice as many sequences."""
-
-    def __init__(
-        self,
-        data: PreferenceSet,
-        *,
-        batch_size: int,
-        pad_id: int,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.pad_id = data, pad_id
-        super().__init__(
-            len(data),
-            batch_size=batch_size,
-            rank=rank,
-            world_size=world_size,
-            seed=seed,
-            what=f"{len(data)} training pairs",
-        )
-
-    def __iter__(self) -> PairBatches:
-        return self
-
-    def __next__(self) -> PairBatch:
-        return collate_pairs(self.data, [int(i) for i in self.next_indices()], self.pad_id)
 
 
 def pairs_in_order(data: PreferenceSet, batch_size: int, pad_id: int) -> Iterator[PairBatch]:
@@ -290,13 +256,15 @@ def preference_tuning(
 
     task = Task(
         build_model=build_model,
-        build_batches=lambda rank, world_size: PairBatches(
-            train,
+        # batch_size counts pairs: a batch holds twice as many sequences
+        build_batches=lambda rank, world_size: ShuffledBatches(
+            len(train),
+            lambda indices: collate_pairs(train, indices, pad_id),
             batch_size=cfg.batch_size,
-            pad_id=pad_id,
             rank=rank,
             world_size=world_size,
             seed=cfg.seed,
+            what="training pairs",
         ),
         objective=objective,
         seq_len=None,

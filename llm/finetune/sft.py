@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm.finetune.batches import Batch, SFTBatches, batches_per_epoch, in_order
+from llm.finetune.batches import Batch, batches_per_epoch, example_batches, in_order
 from llm.finetune.data import IGNORE_INDEX, TokenizedSet
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
@@ -139,7 +139,7 @@ def fine_tuning(
 
     return Task(
         build_model=build_model,
-        build_batches=lambda rank, world_size: SFTBatches(
+        build_batches=lambda rank, world_size: example_batches(
             train,
             batch_size=cfg.batch_size,
             pad_id=pad_id,

@@ -1,8 +1,9 @@
 """Continuous batching over a GPT decoder: one forward pass per step for every running choice.
 
 A background thread owns the model and a SlotKVCache of ``max_batch`` slots. Each step it
-admits waiting requests into free slots (prefilling their prompts in one forward), then runs
-one decoding forward over every running row, samples each row with its own parameters and
+admits waiting requests into free slots (prefilling their prompts in one forward, and sending
+their first tokens at once: time to first token is one prefill, not a prefill and a step), then
+runs one decoding forward over every running row, samples each row with its own parameters and
 generator, and retires the rows that finished or whose client left, so their slots are free
 for the next step. Running rows are kept in slots 0..B-1 (the last row moves into a freed
 slot), so a step reads a plain slice of the cache. A bounded queue holds what does not fit;
@@ -298,6 +299,8 @@ class Engine:
                 with torch.inference_mode():
                     if joining:
                         self._prefill(joining)
+                        # first tokens go out now, not after the step's decoding forward
+                        self._deliver()
                     if self._running:
                         self._decode_step()
             except Exception as e:  # one bad step must not kill the server's engine

@@ -1,6 +1,6 @@
 """A decoder ready to serve: an llmforge checkpoint (a train or fine-tune output, or one
-checkpoint folder) or an imported Hugging Face GPT-2 / Llama folder, with its tokenizer, EOS and
-chat format."""
+checkpoint folder), a LoRA adapter's (its base with the adapter applied, unmerged) or an
+imported Hugging Face GPT-2 / Llama folder, with its tokenizer, EOS and chat format."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from llm.serve.chat import ChatFormat, JinjaChat, Message, SegmentChat
 from llm.serve.fetch import local_model, local_tokenizer
 from llm.tokenizer.bpe import BOS_TOKEN, EOS_TOKEN, load_tokenizer
 from llm.train.checkpoint import latest_checkpoint, load_model
+from llm.train.checkpoint.layout import ADAPTER_FILE
 
 TOKENIZER_FILE = "tokenizer.json"
 HF_DECODERS = ("gpt2", "llama")
@@ -52,11 +53,10 @@ class ServedModel:
 
 
 def checkpoint_folder(path: Path) -> Path | None:
-    """path itself when it is a checkpoint, else the latest one under path/checkpoints (a
-    train or fine-tune output) or under path."""
-    if (path / "trainer_state.json").is_file() and (
-        (path / "model.safetensors").is_file() or (path / "dcp").is_dir()
-    ):
+    """path itself when it is a checkpoint (an adapter's included), else the latest one under
+    path/checkpoints (a train or fine-tune output) or under path."""
+    weights = (path / "model.safetensors", path / "dcp", path / ADAPTER_FILE)
+    if (path / "trainer_state.json").is_file() and any(w.exists() for w in weights):
         return path
     return latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
 

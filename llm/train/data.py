@@ -91,7 +91,7 @@ class ShuffledEpochs:
     Each epoch permutes all items with rng (seed, epoch); rank r takes every world_size-th item
     starting at r, and the tail that would leave ranks uneven is dropped, so every rank runs the
     same number of steps. Epochs repeat without end. The position (epoch, batch) is the state a
-    checkpoint saves. TrainBatches (token windows) and llm.finetune's SFTBatches build on it.
+    checkpoint saves. TrainBatches (token windows) and llm.finetune's ShuffledBatches build on it.
     """
 
     def __init__(

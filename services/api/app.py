@@ -134,8 +134,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, app.state.ray, serve_url=serve_url, http_port=serve_port
         )
         app.state.deployments.restore_in_background(app.state.sessions)
-        app.state.campaigns = CampaignRunner(app.state.sessions, app.state.serving)
-        app.state.campaigns.start()  # resumes campaigns a stop left generating
+        app.state.campaigns = CampaignRunner(
+            app.state.sessions,
+            app.state.serving,
+            app.state.leadership,
+            poll_s=settings.poll_interval_s,
+        )
+        app.state.campaigns.start()  # the leader resumes campaigns a stop left generating
         try:
             yield
         finally:

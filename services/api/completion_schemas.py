@@ -92,7 +92,17 @@ class Templated(Strict):
             raise ValueError("variables: give a prompt_template to render them with")
 
 
-class CompletionFields(SamplingFields, Templated):
+class AdapterBase(Strict):
+    base: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="the base model (id or name) the model named must be a LoRA adapter of: "
+        "a 422 when it is not",
+    )
+
+
+class CompletionFields(SamplingFields, Templated, AdapterBase):
     prompt: Prompt = Field(default="", description="text, token ids, or a list of either (a batch)")
     max_tokens: int = Field(default=16, ge=0, description="0 with echo: score the prompt")
     echo: bool = False
@@ -111,7 +121,9 @@ class CompletionCreate(CompletionFields):
 
 
 class OpenAICompletionCreate(CompletionFields):
-    model: str = Field(max_length=64, description="a registered model's id")
+    model: str = Field(
+        max_length=200, description="a registered model's id or name (its team's newest)"
+    )
 
 
 class TextPart(Strict):
@@ -130,8 +142,10 @@ class ChatMessage(Strict):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionCreate(SamplingFields, Templated):
-    model: str = Field(max_length=64, description="a registered model's id")
+class ChatCompletionCreate(SamplingFields, Templated, AdapterBase):
+    model: str = Field(
+        max_length=200, description="a registered model's id or name (its team's newest)"
+    )
     messages: list[ChatMessage] = Field(default_factory=list, max_length=1000)
     max_tokens: int | None = Field(default=None, ge=1, description="null: up to the context")
     max_completion_tokens: int | None = Field(

@@ -1,5 +1,8 @@
 """Dependencies shared by the routes: a store session, the scheduler, the Ray client, the
-models served in this process."""
+models served in this process.
+
+Those that only read ``app.state`` are ``async``: FastAPI runs a plain ``def`` dependency in
+its thread pool, a hop per dependency per request that costs most under load (the GIL)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.deployments import Deployments
 from services.ray_client import RayJobs
@@ -20,27 +23,34 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_scheduler(request: Request) -> Scheduler:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The store's session factory, for a route that opens (and closes) its session itself."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
+
+
+async def get_scheduler(request: Request) -> Scheduler:
     scheduler: Scheduler = request.app.state.scheduler
     return scheduler
 
 
-def get_ray(request: Request) -> RayJobs:
+async def get_ray(request: Request) -> RayJobs:
     ray: RayJobs = request.app.state.ray
     return ray
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     serving: Serving = request.app.state.serving
     return serving
 
 
-def get_deployments(request: Request) -> Deployments:
+async def get_deployments(request: Request) -> Deployments:
     deployments: Deployments = request.app.state.deployments
     return deployments
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SchedulerDep = Annotated[Scheduler, Depends(get_scheduler)]
 RayDep = Annotated[RayJobs, Depends(get_ray)]
 ServingDep = Annotated[Serving, Depends(get_serving)]

@@ -1,17 +1,21 @@
-"""Prometheus ``/metrics`` of the control plane itself: jobs by kind and state, requests, ingest."""
+"""Prometheus ``/metrics`` of the control plane itself: jobs by kind and state, requests, ingest.
+
+Request latency is timed by a pure ASGI middleware (no response buffering): from the request's
+arrival to the end of its answer, a stream's whole length included."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.store.models import Job
 
@@ -33,6 +37,33 @@ class _JobsCollector(Collector):
         yield gauge
 
 
+class RequestTiming:
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
+        self.app = app
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before any answer is a server error
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # the router sets it
+            self.latency.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
 def instrument(app: FastAPI) -> None:
     registry = CollectorRegistry()
     registry.register(_JobsCollector(app))
@@ -46,17 +77,7 @@ def instrument(app: FastAPI) -> None:
         "llmforge_metric_points_ingested", "Metric points ingested from jobs", registry=registry
     )
 
-    @app.middleware("http")
-    async def _time(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        latency.labels(request.method, route, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        return response
+    app.add_middleware(RequestTiming, latency=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

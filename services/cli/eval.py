@@ -10,14 +10,19 @@ from typing import Any
 
 from services.cli.client import api_client, print_response, wait_until_ended
 
+REGISTRY = "registry:"  # services.registry_refs: the control plane resolves it on submit
+
 
 def _local_path(value: str) -> str:
-    return value if "://" in value else str(Path(value).resolve())
+    if "://" in value or value.startswith(REGISTRY):
+        return value
+    return str(Path(value).resolve())
 
 
 def parse_judge(value: str) -> dict[str, Any]:
-    """A --judge value: a model folder (path or URI), or a JSON object of the evaluate spec's
-    judge fields ({"model": …, "labels": […], "kind": …, "name": …}); local paths absolute."""
+    """A --judge value: a model folder (path or URI), ``registry:<model id or name>``, or a JSON
+    object of the evaluate spec's judge fields ({"model": …, "labels": […], "kind": …,
+    "name": …}); local paths absolute."""
     if not value.lstrip().startswith("{"):
         return {"model": _local_path(value)}
     try:
@@ -34,7 +39,7 @@ def parse_judge(value: str) -> dict[str, Any]:
 
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "checkpoint": str(Path(args.model).resolve()),
+        "checkpoint": _local_path(args.model),
         "output": str(Path(args.output).resolve()),
         "tasks": [t for t in args.tasks.split(",") if t] if args.tasks else [],
         "workers": args.workers,
@@ -58,6 +63,12 @@ def _local_judges(args: argparse.Namespace) -> list[Any]:
     from llm.eval.judge import load_judge
 
     specs = [JudgeSpec.model_validate(j) for j in args.judges or ()]
+    named = [j.model for j in specs if j.model.startswith(REGISTRY)]
+    if named:
+        raise SystemExit(
+            f"--judge {named[0]}: registry references are resolved by the control plane; "
+            "drop --local, or give the judge's folder"
+        )
     check_judge_names(specs)
     return [
         load_judge(
@@ -124,7 +135,10 @@ def cmd_eval_table(args: argparse.Namespace) -> int:
 
 def add_eval_commands(sub: Any) -> None:
     p = sub.add_parser("eval", help="evaluate a model on benchmark tasks (an evaluate job)")
-    p.add_argument("model", help="llmforge checkpoint, train output folder or HF model folder")
+    p.add_argument(
+        "model",
+        help="llmforge checkpoint, train output folder, HF model folder, or registry:<model id>",
+    )
     p.add_argument("--tasks", help="comma-separated built-in task names or task YAML files")
     p.add_argument("--output", default="eval-out", help="folder for eval.json, leaderboard.md")
     p.add_argument("--data", help="token shards: also score their val split (loss, ppl)")
@@ -141,7 +155,8 @@ def add_eval_commands(sub: Any) -> None:
         dest="judges",
         metavar="MODEL|JSON",
         help="score generated completions with this judge (repeatable): a classifier "
-        'checkpoint or fine-tune output, or a JSON object such as \'{"model": "cls-out", '
+        "checkpoint or fine-tune output, registry:<model id or name>, or a JSON object such as "
+        '\'{"model": "cls-out", '
         '"labels": ["good"], "name": "quality"}\' (the evaluate spec\'s judge fields)',
     )
     p.add_argument("--wait", action="store_true", help="wait and print the leaderboard row")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from services.store.crud import new_id, newest_first
@@ -61,6 +61,21 @@ def get_artifact(
     if artifact is None or (category is not None and artifact.category != category.value):
         return None
     return artifact
+
+
+def find_artifact(
+    session: Session, *, ref: str, category: ArtifactCategory, team: str | None, every_team: bool
+) -> Artifact | None:
+    """The artifact whose id is ``ref``, else the newest named ``ref``, among those ``team``
+    may see (its own and the shared ones; with ``every_team``, all)."""
+    found = get_artifact(session, artifact_id=ref, category=category)
+    if found is not None and (every_team or found.team in (None, team)):
+        return found
+    query = select(Artifact).where(Artifact.category == category.value, Artifact.name == ref)
+    if not every_team:
+        query = query.where(or_(Artifact.team.is_(None), Artifact.team == team))
+    query = query.order_by(Artifact.created_at.desc(), Artifact.id.desc()).limit(1)
+    return session.scalars(query).first()
 
 
 def list_artifacts(

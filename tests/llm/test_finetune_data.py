@@ -16,7 +16,7 @@ import torch
 from jinja2.exceptions import SecurityError
 from tokenizers import models, pre_tokenizers
 
-from llm.finetune.batches import SFTBatches, collate
+from llm.finetune.batches import collate, example_batches
 from llm.finetune.data import (
     IGNORE_INDEX,
     DataOptions,
@@ -307,21 +307,23 @@ def toy_set(n: int) -> TokenizedSet:
 
 def test_batches_shard_across_ranks_and_resume_in_place() -> None:
     data = toy_set(21)
-    ranks = [SFTBatches(data, batch_size=2, pad_id=0, rank=r, world_size=2, seed=1) for r in (0, 1)]
+    ranks = [
+        example_batches(data, batch_size=2, pad_id=0, rank=r, world_size=2, seed=1) for r in (0, 1)
+    ]
     assert ranks[0].batches_per_epoch == 5  # 21 // 2 ranks // 2, the uneven tail dropped
     epoch = [[next(b).input_ids[:, 0].tolist() for _ in range(5)] for b in ranks]
     seen = [{first for batch in batches for first in batch} for batches in epoch]
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 20
 
-    a = SFTBatches(data, batch_size=2, pad_id=0, seed=1)
+    a = example_batches(data, batch_size=2, pad_id=0, seed=1)
     for _ in range(13):  # into the second epoch
         next(a)
-    b = SFTBatches(data, batch_size=2, pad_id=0, seed=1)
+    b = example_batches(data, batch_size=2, pad_id=0, seed=1)
     b.load_state_dict(a.state_dict())
     for _ in range(12):
         assert torch.equal(next(a).input_ids, next(b).input_ids)
     with pytest.raises(ValueError, match="seed=1, but this loader has seed=2"):
-        SFTBatches(data, batch_size=2, pad_id=0, seed=2).load_state_dict(a.state_dict())
+        example_batches(data, batch_size=2, pad_id=0, seed=2).load_state_dict(a.state_dict())
 
 
 # --- the real Alpaca file -----------------------------------------------------------------------

@@ -3,6 +3,7 @@ seeded sampling independent of the batch, stop strings, echo/logprobs, cancellat
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -233,3 +234,23 @@ def test_requests_it_can_never_run_name_the_field(prompts, params, field, engine
     with pytest.raises(ParamError) as bad:
         engine.submit(prompts, params)
     assert bad.value.field == field
+
+
+def test_the_first_token_is_delivered_right_after_prefill(engines) -> None:
+    """Time to first token is one prefill: the first delta reaches an awaiting event loop
+    while the engine is still inside its next decoding step (held here by the gate)."""
+    model = build()
+    gate = Gate(at=2)  # the decoding step's sample (each choice's second token) blocks
+    engine = engines(model, gate, max_batch=2)
+
+    async def first_delta() -> str:
+        handle = engine.submit([PROMPTS[0]], GREEDY, loop=asyncio.get_running_loop())
+        batches = handle.batches()
+        first = await asyncio.wait_for(anext(batches), timeout=5)
+        gate.open()
+        async for _ in batches:
+            pass
+        return first[0].text
+
+    assert asyncio.run(first_delta()) == letters(engine.generate([PROMPTS[0]], GREEDY)[0][:1])
+    wait_idle(engine)

@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from services.campaigns import CampaignRunner
 from services.leader import LEADER_LOCK_SPACE, Leadership, holder
 from services.ray_client import AlreadySubmitted
 from services.scheduler import Scheduler, hash_token
+from services.serving import Serving
 from services.settings import Settings
+from services.store import campaigns as campaign_store
 from services.store import crud, queue
 from services.store.db import make_engine, make_sessionmaker
-from services.store.models import Job, JobState
+from services.store.models import CampaignState, Job, JobState
 from tests.services.conftest import postgres_schema_url
 
 
@@ -281,3 +284,47 @@ def test_every_ray_job_carries_its_llmforge_metadata(pg_url: str, tmp_path: Path
     }
     assert sent["entrypoint_num_cpus"] == 0.5
     assert sent["entrypoint_memory"] == 512 * 1024 * 1024
+
+
+def test_only_the_leader_generates_rating_campaigns(pg_engine: Engine, tmp_path: Path) -> None:
+    """A campaign left generating is resumed by the leader only: a standby neither resumes nor
+    takes one submitted to it, until it becomes the leader (models no longer registered keep
+    it cheap: the generation records why each cannot be served, and ends)."""
+    sessions = make_sessionmaker(pg_engine)
+    with sessions() as s:
+        campaign = campaign_store.create_campaign(
+            s, team="red", owner=None, name=None, models=["gone-a", "gone-b"],
+            prompts=[("hi", None, None)], params={"max_tokens": 2, "temperature": 0, "top_p": 1},
+            chat=False, seed=0, task=None, ratings_per_pair=None,
+        )  # fmt: skip
+        s.commit()
+        campaign_id = campaign.id
+
+    def state() -> tuple[str, list[dict[str, Any]]]:
+        with sessions() as s:
+            found = campaign_store.get_campaign(s, campaign_id=campaign_id)
+            assert found is not None
+            return found.state, found.errors
+
+    leader, standby = Leadership(pg_engine, retry_s=0.05), Leadership(pg_engine, retry_s=0.05)
+    serving = Serving(Settings(home=tmp_path))
+    runner = CampaignRunner(sessions, serving, standby, poll_s=0.05)
+    try:
+        assert leader.lead()
+        runner.start()
+        assert runner.submit(campaign_id) is None
+        time.sleep(0.3)
+        assert state() == (CampaignState.generating.value, [])
+        leader.release()
+        deadline = time.monotonic() + 10
+        while state()[0] == CampaignState.generating.value and time.monotonic() < deadline:
+            time.sleep(0.05)
+        now, errors = state()
+        assert now != CampaignState.generating.value and standby.is_leader
+        assert {e["model"] for e in errors} == {"gone-a", "gone-b"}
+        assert all("no longer in the registry" in e["error"] for e in errors)
+    finally:
+        runner.stop()
+        serving.close()
+        leader.release()
+        standby.release()

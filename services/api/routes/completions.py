@@ -6,9 +6,12 @@ its continuous-batching engine. A model deployed on the cluster (``services.depl
 in its Ray Serve replicas instead, which get the same prepared request and answer the same
 deltas, shaped here alike; while its deployment is not running (starting, or failed: with its
 reason) it answers 503 with ``Retry-After``, until it is undeployed. Same keys and team scoping
-as the registry: a model another team registered is a 404. A full queue is a 429 with
-``Retry-After``; a client that disconnects (mid-stream or not) takes its sequences out of the
-batch.
+as the registry: a model another team registered is a 404. A model is named by its id or name
+(its team's newest); a LoRA adapter is served as its base with the adapter applied, and a
+request that names a ``base`` gets it only from an adapter made on that base (422 otherwise).
+A full queue is a 429 with ``Retry-After``; a client that disconnects (mid-stream or not) takes
+its sequences out of the batch. The store session is closed once the model is found: a stream
+holds no database connection.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from llm.serve.chat import Message
 from llm.serve.errors import EngineError, ParamError, QueueFull
@@ -40,16 +43,16 @@ from services.api.completion_schemas import (
     OpenAICompletionCreate,
     SamplingFields,
 )
-from services.api.deps import DeploymentsDep, ServingDep, SessionDep
+from services.api.deps import DeploymentsDep, ServingDep, SessionDep, SessionsDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
-from services.api.routes.prompts import templated
-from services.api.routes.registry import visible
+from services.api.routes.prompts import Body, templated
+from services.api.routes.registry import find_visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
 from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
-from services.serving import Loaded, Serving
+from services.serving import ADAPTER_KIND, Loaded, ModelSource, Serving, source_of
 from services.store import registry as store
-from services.store.models import ArtifactCategory, Deployment, DeploymentState, Role
+from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
 if TYPE_CHECKING:
     from llm.serve.engine import RequestHandle
@@ -95,23 +98,55 @@ Target = Local | Remote
 _IN_PROCESS = (DeploymentState.undeploying, DeploymentState.undeployed)
 
 
+def _check_base(session: Session, who: Principal, model: Artifact, base_ref: str | None) -> None:
+    """A request that names a base serves only an adapter made on that base (422 otherwise)."""
+    if base_ref is None:
+        return
+    if model.kind != ADAPTER_KIND:
+        raise request_error(
+            ("body", "base"),
+            f"model {model.id} is a {model.kind}, not a LoRA adapter: leave out base",
+        )
+    base = find_visible(session, who, base_ref, ArtifactCategory.model)
+    if base is None:
+        raise request_error(("body", "base"), f"base model {base_ref} not found")
+    if base.id != model.parent_id:
+        raise request_error(
+            ("body", "base"),
+            f"the adapter {model.id} ({model.name}) was made on the base model "
+            f"{model.parent_id}, not on {base.id} ({base.name}): name its own base, or none",
+        )
+
+
 async def _open(
-    session: Session,
+    sessions: sessionmaker[Session],
     serving: Serving,
     deployments: Deployments,
     who: Principal,
-    model_id: str,
+    model_ref: str,
     loc: Loc,
+    base_ref: str | None = None,
 ) -> Target:
-    """The caller's model: its deployment, or loaded (once per process) off the event loop."""
+    """The caller's model (by id or name): its deployment, or loaded (once per process), in one
+    hop off the event loop. The store session is closed before the model loads: neither a load
+    nor the stream that follows holds a connection."""
 
     def lookup() -> Target:
-        artifact = store.get_artifact(
-            session, artifact_id=model_id, category=ArtifactCategory.model
-        )
-        if artifact is None or not visible(artifact, who):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_id} not found")
-        deployment = session.get(Deployment, model_id)
+        with sessions() as session:
+            found = find(session)
+        if isinstance(found, ModelSource):
+            try:
+                return Local(serving.engine_for(found))
+            except (OSError, ValueError) as e:
+                raise request_error(loc, f"model {model_ref} cannot be served: {e}") from e
+        return found
+
+    def find(session: Session) -> Target | ModelSource:
+        artifact = find_visible(session, who, model_ref, ArtifactCategory.model)
+        if artifact is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_ref} not found")
+        _check_base(session, who, artifact, base_ref)
+        deployment = session.get(Deployment, artifact.id)
         if deployment is not None and deployment.state not in _IN_PROCESS:
             if deployment.state != DeploymentState.running:
                 deployment = deployments.refresh(session, deployment)
@@ -119,17 +154,21 @@ async def _open(
                 why = f": {deployment.message}" if deployment.message else ""
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,
-                    f"model {model_id} is deployed on the cluster, and its deployment is "
+                    f"model {model_ref} is deployed on the cluster, and its deployment is "
                     f"{deployment.state}{why}",
                     headers={"Retry-After": str(RETRY_AFTER_S)},
                 )
             return Remote(deployments, deployment)
-        try:
-            return Local(serving.engine_for(session, artifact))
-        except (OSError, ValueError) as e:
-            raise request_error(loc, f"model {model_id} cannot be served: {e}") from e
+        return source_of(session, artifact)
 
     return await run_in_threadpool(lookup)
+
+
+async def _templated(sessions: sessionmaker[Session], who: Principal, body: Body) -> Body:
+    if body.prompt_template is None:
+        return body
+    with sessions() as session:
+        return await templated(session, who, body)
 
 
 def _params(
@@ -243,14 +282,16 @@ async def complete(
     model_id: str,
     body: CompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """Complete a prompt with a registered model (OpenAI's completions body and answer)."""
-    body = await templated(session, who, body)  # prompt_template: its text as the prompt
-    target = await _open(session, serving, deployments, who, model_id, ("path", "model_id"))
+    body = await _templated(sessions, who, body)  # prompt_template: its text as the prompt
+    target = await _open(
+        sessions, serving, deployments, who, model_id, ("path", "model_id"), body.base
+    )
     return await _complete(request, body, target, model_id)
 
 
@@ -258,14 +299,16 @@ async def complete(
 async def openai_complete(
     body: OpenAICompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | CompletionPublic:
     """OpenAI's ``/v1/completions``; ``model`` is a registered model's id."""
-    body = await templated(session, who, body)
-    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
+    body = await _templated(sessions, who, body)
+    target = await _open(
+        sessions, serving, deployments, who, body.model, ("body", "model"), body.base
+    )
     return await _complete(request, body, target, body.model)
 
 
@@ -273,15 +316,17 @@ async def openai_complete(
 async def openai_chat(
     body: ChatCompletionCreate,
     request: Request,
-    session: SessionDep,
+    sessions: SessionsDep,
     serving: ServingDep,
     deployments: DeploymentsDep,
     who: PrincipalDep,
 ) -> StreamingResponse | ChatCompletionPublic:
     """OpenAI's ``/v1/chat/completions``: the messages in the model's chat template (its
     fine-tune's, or the tokenizer's, else the fine-tunes' default) and the reply."""
-    body = await templated(session, who, body)  # prompt_template: its messages
-    target = await _open(session, serving, deployments, who, body.model, ("body", "model"))
+    body = await _templated(sessions, who, body)  # prompt_template: its messages
+    target = await _open(
+        sessions, serving, deployments, who, body.model, ("body", "model"), body.base
+    )
     # developer is OpenAI's newer name for the system role
     messages = tuple(
         Message("system" if m.role == "developer" else m.role, m.text()) for m in body.messages

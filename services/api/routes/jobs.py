@@ -26,6 +26,7 @@ from services.api.validation import check_storage, request_error, validate_spec
 from services.auth import Principal, PrincipalDep
 from services.ray_client import RayJobs
 from services.redact import redact
+from services.registry_refs import resolve_refs
 from services.scheduler import RETRYABLE
 from services.store import crud, queue
 from services.store.models import Job, JobState, Role
@@ -100,6 +101,7 @@ def submit_job(
         default = storage.join(settings.team_area(who.team), body.kind.value, job_id)
         given["output"] = earlier.spec["output"] if earlier is not None and mine else default
     spec = validate_spec(body.kind, given, ("body", "spec"))
+    spec = resolve_refs(session, who, body.kind, spec, ("body", "spec"))
     spec = roots.anchor(body.kind, spec, settings.team_area(who.team))
     roots.enforce(settings, session, who.team, body.kind, spec, ("body", "spec"))
     if idempotency_key:

@@ -20,6 +20,7 @@ from services.api.routes.jobs import public_page
 from services.api.schemas import PipelineCreate, PipelinePublic
 from services.api.validation import check_storage, request_error, validate_spec
 from services.auth import Principal, PrincipalDep
+from services.registry_refs import resolve_refs
 from services.scheduler import PLACEHOLDER, RETRYABLE
 from services.store import crud
 from services.store.models import Job, JobState, Pipeline, Role
@@ -181,7 +182,12 @@ def create_pipeline(
         for i, s in enumerate(body.stages)
     ]
     own = settings.team_area(who.team)
-    specs = [roots.anchor(s.kind, spec, own) for s, spec in zip(body.stages, specs, strict=True)]
+    specs = [
+        roots.anchor(
+            s.kind, resolve_refs(session, who, s.kind, spec, ("body", "stages", i, "spec")), own
+        )
+        for i, (s, spec) in enumerate(zip(body.stages, specs, strict=True))
+    ]
     for i, (stage, spec) in enumerate(zip(body.stages, specs, strict=True)):
         loc = ("body", "stages", i, "spec")
         roots.enforce(settings, session, who.team, stage.kind, spec, loc)

@@ -13,6 +13,7 @@ from typing import Annotated
 import pyarrow.fs as pafs
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from llm import storage
 from services import job_outputs
@@ -50,6 +51,15 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 def visible(artifact: Artifact, who: Principal) -> bool:
     return who.allowed(Role.admin) or artifact.team in (None, who.team)
+
+
+def find_visible(
+    session: Session, who: Principal, ref: str, category: ArtifactCategory
+) -> Artifact | None:
+    """The registry entry ``ref`` (an id, or the newest of that name) the caller may see."""
+    return store.find_artifact(
+        session, ref=ref, category=category, team=who.team, every_team=who.allowed(Role.admin)
+    )
 
 
 def _public(session: SessionDep, artifacts: list[Artifact]) -> list[ArtifactPublic]:
