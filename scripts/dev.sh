@@ -33,7 +33,7 @@ apt_install() {
 # The console's front-end packages, as package-lock.json pins them (served by the app itself).
 install_console_assets() {
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
-  (cd "$CONSOLE" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$CONSOLE" && npm ci --no-audit --no-fund --update-notifier=false --loglevel=error >/dev/null)
 }
 
 # The console's browser tests drive Debian's Chromium (Playwright's own download does not work

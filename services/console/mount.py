@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -11,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.console import data, pages
+from services.console.settings import ConsoleSettings
 
 log = logging.getLogger("llmforge.console")
 HERE = Path(__file__).parent
@@ -21,7 +21,7 @@ VENDOR_FILES = {"uplot": ("uPlot.iife.min.js", "uPlot.min.css")}
 def vendor_dir() -> Path:
     """Where ``npm ci`` put the console's packages: ``LLMFORGE_CONSOLE_VENDOR`` (the image sets
     it), else ``node_modules`` beside this file (a checkout after ``scripts/dev.sh``)."""
-    return Path(os.environ.get("LLMFORGE_CONSOLE_VENDOR") or HERE / "node_modules")
+    return Path(ConsoleSettings().vendor or HERE / "node_modules")
 
 
 def missing_vendor_files(root: Path) -> list[str]:
@@ -34,6 +34,7 @@ def missing_vendor_files(root: Path) -> list[str]:
 
 
 def mount_console(app: FastAPI) -> None:
+    app.state.console = ConsoleSettings()
     root = vendor_dir()
     missing = missing_vendor_files(root)
     if missing:  # the pages still work; their charts say what is missing

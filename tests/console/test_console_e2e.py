@@ -102,7 +102,7 @@ def test_a_rating_changes_the_leaderboard(member: Any, world: World) -> None:
 
 def test_the_curation_funnel_and_rejected_samples(member: Any, world: World) -> None:
     expect = _expect()
-    world.wait_job(world.curate["id"], {"SUCCEEDED"})
+    world.wait_job(world.curate["id"], {"SUCCEEDED"}, timeout_s=300)
     member.goto(f"{world.url}/console/jobs/{world.curate['id']}")
     funnel = member.locator("#funnel-table")
     expect(funnel).to_be_visible()

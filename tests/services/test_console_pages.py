@@ -22,6 +22,8 @@ from services.settings import Settings
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("console-pages")
+    env = pytest.MonkeyPatch()
+    env.setenv("LLMFORGE_CONSOLE_RAY_DASHBOARD_URL", "https://ray.example.org/")
     settings = Settings(
         home=tmp / "home",
         database_url=f"sqlite:///{tmp / 'store.db'}",
@@ -32,6 +34,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     with TestClient(create_app(settings)) as c:
         admin = {"Authorization": f"Bearer {(tmp / 'home' / ADMIN_KEY_FILE).read_text().strip()}"}
         yield c, admin
+    env.undo()
 
 
 def _key(c: TestClient, admin: dict[str, str], role: str, team: str) -> dict[str, str]:
@@ -68,11 +71,16 @@ def test_whoami_needs_a_key_and_tells_its_role(client: tuple[TestClient, dict[st
     r = c.get("/console/api/whoami")
     assert r.status_code == 401 and "API key" in r.json()["detail"]
     reader = _key(c, admin, "read_only", "red")
-    assert c.get("/console/api/whoami", headers=reader).json() | {"key_id": None} == {
+    me = c.get("/console/api/whoami", headers=reader).json()
+    assert me | {"key_id": None} == {
         "key_id": None,
         "role": "read_only",
         "team": "red",
         "auth": True,
+        "ray_dashboard": {  # job links go to the external URL users' browsers reach
+            "url": c.app.state.ray.dashboard_url,  # type: ignore[attr-defined]
+            "external": "https://ray.example.org/",
+        },
     }
 
 

@@ -115,7 +115,16 @@ export function every(ms, fn) {
   return () => clearTimeout(timer);
 }
 
+let dashboard = null;
+
+// A job's Ray dashboard link, pointed at the dashboard's external URL where one is configured.
+export function dashboardLink(url) {
+  if (!url || !dashboard?.external || !url.startsWith(dashboard.url)) return url;
+  return dashboard.external.replace(/\/$/, "") + url.slice(dashboard.url.replace(/\/$/, "").length);
+}
+
 function showFor(me) {
+  dashboard = me.ray_dashboard ?? null;
   const writer = me.role !== "read_only";
   for (const node of document.querySelectorAll("[data-writer-only]")) node.hidden = !writer;
   for (const node of document.querySelectorAll("[data-admin-only]")) node.hidden = me.role !== "admin";

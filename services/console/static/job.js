@@ -1,4 +1,4 @@
-import { ApiError, api, el, every, factList, me, number, seconds, setStatus, when } from "./console.js";
+import { ApiError, api, dashboardLink, el, every, factList, me, number, seconds, setStatus, when } from "./console.js";
 import { LineChart } from "./charts.js";
 import { funnel, rejected } from "./funnel.js";
 
@@ -25,7 +25,7 @@ function summary() {
   document.getElementById("spec").textContent = JSON.stringify(job.spec, null, 2);
   const link = document.getElementById("ray-link");
   link.hidden = !job.dashboard_url;
-  if (job.dashboard_url) link.href = job.dashboard_url;
+  if (job.dashboard_url) link.href = dashboardLink(job.dashboard_url);
   const cancel = document.getElementById("cancel");
   cancel.disabled = TERMINAL.has(job.state);
 }

@@ -1,4 +1,4 @@
-import { api, el, every, me, seconds, setStatus } from "./console.js";
+import { api, dashboardLink, el, every, me, seconds, setStatus } from "./console.js";
 
 const body = document.querySelector("#jobs tbody");
 const search = document.getElementById("search");
@@ -25,7 +25,7 @@ function row(job) {
     el("td", { text: seconds(job.started_at, job.ended_at) }),
     el("td", { text: job.queue_position ?? "" }),
     el("td", {}, job.dashboard_url
-      ? el("a", { href: job.dashboard_url, target: "_blank", rel: "noopener noreferrer",
+      ? el("a", { href: dashboardLink(job.dashboard_url), target: "_blank", rel: "noopener noreferrer",
         "aria-label": `Job ${job.id} in the Ray dashboard`, text: "dashboard" })
       : ""),
   );
