@@ -11,6 +11,7 @@ The tests share one module's world and run in file order. Screenshots go to the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,37 @@ def test_usable_at_phone_width(browser: Any, world: World) -> None:
     assert width <= 390, f"the page scrolls sideways at phone width ({width} px)"
     shot(page, world, "phone-curate-job")
     page.context.close()
+
+
+def test_an_admin_makes_a_key_and_sets_a_team_limit(browser: Any, world: World) -> None:
+    expect = _expect()
+    page = sign_in(browser, world, "admin")
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_label("Key name").fill("carol")
+    page.get_by_label("Key team").fill("blue")
+    page.get_by_label("Key role").select_option("read_only")
+    page.get_by_role("button", name="Create key").click()
+    made = page.locator("#new-key-value")
+    expect(made).to_have_text(re.compile(r"^lf_"))
+    r = world.http.get(
+        "/console/api/whoami", headers={"Authorization": f"Bearer {made.text_content()}"}
+    )
+    assert r.json()["role"] == "read_only" and r.json()["team"] == "blue"
+    page.get_by_label("Team", exact=True).fill("blue")
+    page.get_by_label("Max running jobs").fill("3")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#teams tbody tr", has_text="blue")).to_contain_text("3")
+    shot(page, world, "admin")
+    page.context.close()
+
+
+def test_members_see_no_admin_page_and_the_keyboard_reaches_the_content(
+    member: Any, world: World
+) -> None:
+    expect = _expect()
+    member.goto(f"{world.url}/console/")
+    expect(member.get_by_role("link", name="Admin")).to_have_count(0)
+    member.keyboard.press("Tab")
+    expect(member.get_by_role("link", name="Skip to content")).to_be_focused()
+    member.keyboard.press("Enter")
+    expect(member.locator("#main")).to_be_focused()
