@@ -255,3 +255,32 @@ def test_members_see_no_admin_page_and_the_keyboard_reaches_the_content(
     expect(member.get_by_role("link", name="Skip to content")).to_be_focused()
     member.keyboard.press("Enter")
     expect(member.locator("#main")).to_be_focused()
+
+
+def test_a_pipelines_stages_and_queue_positions(browser: Any, world: World) -> None:
+    """A team whose limit is 0 keeps its pipeline queued: no Ray work, a queue to look at."""
+    expect = _expect()
+    admin = world.as_("admin")
+    r = world.http.post("/api/v1/keys", json={"name": "g", "team": "green"}, headers=admin)
+    green = {"Authorization": f"Bearer {r.json()['key']}"}
+    limit = world.http.put("/api/v1/teams/green/limit", json={"max_running": 0}, headers=admin)
+    assert limit.status_code == 200, limit.text
+    work = Path(world.curate["spec"]["output"]).parent / "green"
+    body = {"name": "paused", "stages": [
+        {"name": "curate", "kind": "curate",
+         "spec": {"input": world.curate["spec"]["input"], "output": str(work / "curated")}},
+        {"name": "tokenize", "kind": "tokenize", "after": ["curate"],
+         "spec": {"input": "${curate.output}", "output": str(work / "tokens"), "vocab_size": 512}},
+    ]}  # fmt: skip
+    r = world.http.post("/api/v1/pipelines", json=body, headers=green)
+    assert r.status_code == 201, r.text
+    pipeline = r.json()
+    page = sign_in(browser, world, "admin")
+    page.locator(f'a[href="/console/?pipeline={pipeline["id"]}"]').first.click()
+    expect(page.locator("#pipeline")).to_contain_text(f"Pipeline paused ({pipeline['id']})")
+    rows = page.locator("#jobs tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="QUEUED")).to_contain_text("green")
+    expect(rows.filter(has_text="WAITING")).to_have_count(1)
+    shot(page, world, "pipeline")
+    page.context.close()

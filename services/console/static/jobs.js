@@ -5,6 +5,7 @@ const search = document.getElementById("search");
 const state = document.getElementById("state");
 const kind = document.getElementById("kind");
 const live = document.getElementById("live");
+const pipeline = new URLSearchParams(location.search).get("pipeline");
 let jobs = [];
 
 function matches(job, text) {
@@ -19,7 +20,10 @@ function row(job) {
     el("td", {}, el("a", { href: `/console/jobs/${job.id}`, text: name })),
     el("td", { text: job.kind }),
     el("td", {}, el("span", { class: `state state-${job.state.toLowerCase()}`, text: job.state })),
-    el("td", { text: job.pipeline_id ? `${job.pipeline_id} · ${job.stage ?? ""}` : "" }),
+    el("td", {}, job.pipeline_id
+      ? el("a", { href: `/console/?pipeline=${encodeURIComponent(job.pipeline_id)}`,
+        "aria-label": `Pipeline ${job.pipeline_id}'s jobs`, text: `${job.pipeline_id} · ${job.stage ?? ""}` })
+      : ""),
     el("td", { text: job.owner ?? "" }),
     el("td", { text: job.team ?? "" }),
     el("td", { text: seconds(job.started_at, job.ended_at) }),
@@ -29,6 +33,18 @@ function row(job) {
         "aria-label": `Job ${job.id} in the Ray dashboard`, text: "dashboard" })
       : ""),
   );
+}
+
+// Only one pipeline's stages: its name and state above the table, and a way back to all jobs.
+async function showPipeline() {
+  const p = await api(`/api/v1/pipelines/${encodeURIComponent(pipeline)}`);
+  let banner = document.getElementById("pipeline");
+  if (!banner) {
+    banner = el("p", { id: "pipeline", class: "notice" });
+    document.getElementById("filters").after(banner);
+  }
+  banner.replaceChildren(`Pipeline ${p.name} (${p.id}): ${p.state}, ${p.jobs.length} stages. `,
+    el("a", { href: "/console/", text: "Show every job" }));
 }
 
 function render() {
@@ -41,7 +57,9 @@ async function load() {
   const query = new URLSearchParams({ limit: "200" });
   if (state.value) query.set("state", state.value);
   if (kind.value) query.set("kind", kind.value);
+  if (pipeline) query.set("pipeline_id", pipeline);
   jobs = (await api(`/api/v1/jobs?${query}`)).data;
+  if (pipeline) await showPipeline();
   render();
 }
 
