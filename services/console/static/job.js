@@ -26,8 +26,9 @@ function summary() {
   const link = document.getElementById("ray-link");
   link.hidden = !job.dashboard_url;
   if (job.dashboard_url) link.href = dashboardLink(job.dashboard_url);
-  const cancel = document.getElementById("cancel");
-  cancel.disabled = TERMINAL.has(job.state);
+  // Only while the job may still be cancelled, and never for a read-only key (the API says 403).
+  document.getElementById("cancel").hidden =
+    TERMINAL.has(job.state) || document.body.dataset.role === "read_only";
 }
 
 async function metrics() {

@@ -15,7 +15,7 @@ function svg(tag, attrs = {}, ...children) {
 
 function text(x, y, value, cls) {
   const t = svg("text", { x, y, class: cls });
-  t.textContent = value.length > 28 ? `${value.slice(0, 27)}…` : value;
+  t.textContent = value.length > 24 ? `${value.slice(0, 23)}…` : value;
   return t;
 }
 
@@ -51,7 +51,8 @@ export function lineage(parent, { chain, artifact_id: current }) {
     graph.append(node(x, y, a, a.id === current));
     extras[i].forEach((input, j) => {
       const ix = x + j * 20, iy = y + H + 70;
-      graph.append(edge(ix + W / 2, iy, x + W / 2, y + H), node(ix, iy, { id: input, name: input }, false));
+      const name = input.includes("/") ? `…/${input.split("/").filter(Boolean).at(-1)}` : input;
+      graph.append(edge(ix + W / 2, iy, x + W / 2, y + H), node(ix, iy, { id: input, name }, false));
     });
   });
   const list = el("ol", { class: "lineage-list" }, ordered.map((a) => el("li", {},
