@@ -34,6 +34,7 @@ from services.api.routes import (
 )
 from services.auth import authorize, bootstrap_admin_key, provide_admin_key
 from services.campaigns import CampaignRunner
+from services.console import mount_console
 from services.deployments import Deployments
 from services.kuberay import KubeRayJobs
 from services.leader import Leadership
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(completions.openai, dependencies=secured)  # OpenAI clients' paths
+    mount_console(app)  # the web console: pages under /console over this same API
     instrument(app)
     limit_request_size(app, settings.max_request_bytes)
     add_request_ids(app)  # the outermost: every answer, a 413 included, carries one
