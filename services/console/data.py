@@ -22,8 +22,8 @@ SAMPLE_CHARS = 400  # enough of a document to see why it went
 @router.get("/whoami")
 def whoami(request: Request, who: PrincipalDep) -> dict[str, Any]:
     """The key's role and team, for the console to show only the controls the key may use, and
-    where users' browsers reach the Ray dashboard (``LLMFORGE_CONSOLE_RAY_DASHBOARD_URL``), if
-    not where the control plane does."""
+    where users' browsers reach the Ray dashboard (``LLMFORGE_RAY_DASHBOARD_PUBLIC_URL``), if
+    not where the control plane does (the API's job links point there already)."""
     return {
         "key_id": who.key_id,
         "role": who.role.value,
@@ -31,7 +31,7 @@ def whoami(request: Request, who: PrincipalDep) -> dict[str, Any]:
         "auth": bool(request.app.state.settings.auth),
         "ray_dashboard": {
             "url": request.app.state.ray.dashboard_url,
-            "external": request.app.state.console.ray_dashboard_url,
+            "external": request.app.state.settings.ray_dashboard_public_url,
         },
     }
 

@@ -22,19 +22,17 @@ from services.settings import Settings
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("console-pages")
-    env = pytest.MonkeyPatch()
-    env.setenv("LLMFORGE_CONSOLE_RAY_DASHBOARD_URL", "https://ray.example.org/")
     settings = Settings(
         home=tmp / "home",
         database_url=f"sqlite:///{tmp / 'store.db'}",
         ray_address=f"http://127.0.0.1:{free_port()}",  # no Ray: pages and keys only
         poll_interval_s=60,
         rate_limit_per_min=0,
+        ray_dashboard_public_url="https://ray.example.org/",
     )
     with TestClient(create_app(settings)) as c:
         admin = {"Authorization": f"Bearer {(tmp / 'home' / ADMIN_KEY_FILE).read_text().strip()}"}
         yield c, admin
-    env.undo()
 
 
 def _key(c: TestClient, admin: dict[str, str], role: str, team: str) -> dict[str, str]:
