@@ -1,4 +1,4 @@
-"""MinHash near-duplicate detection: llmforge's pipeline against a plain datasketch loop.
+"""MinHash near-duplicate detection: llmforge's pipeline against datasketch and rensa loops.
 
     .venv/bin/python -m bench.minhash [--originals 3000 --copies 1000]
 
@@ -26,6 +26,12 @@ and LSH buckets are identical (the "llmforge" and "datasketch" rows agree pair f
   ``MinHash`` instead (the strongest per-document datasketch loop found here; the last line
   has both ratios). "datasketch+sha1" is datasketch as its documentation shows it (shingle
   strings, sha1_hash32), for scale: other hash values, so other pairs.
+- rensa (the fastest CPU MinHash found: Rust, SIMD, with Python bindings): its full-set R-MinHash
+  over the same shingles (the strings of ``shingles``: rensa hashes tokens itself and has no
+  shingler, so their making is counted, as for datasketch+sha1), the batch of sketches made in
+  one ``RMinHash.from_token_sets`` call, then ``RMinHashLSH`` ``query`` and ``insert`` per
+  document. rensa needs the band count to divide the permutations: 126 = 14 bands × 9 rows.
+  Other hash values, so other pairs; scored against the same truth.
 
 Times: wall clock, and CPU seconds of this process (steadier when others share the machine).
 llmforge's include building its Arrow input table from the Python strings.
@@ -54,6 +60,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
+from rensa import RMinHash, RMinHashLSH
 from scipy import sparse
 
 from bench._common import load_corpus
@@ -77,6 +84,7 @@ from llm.data.minhash_verify import verify_pairs_exact
 from llm.data.schema import DOC_SCHEMA
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+RENSA_BANDS, RENSA_ROWS = 14, 9  # rensa's band count must divide its permutations
 Pair = tuple[int, int]
 Seconds = tuple[float, float]  # wall clock, CPU time
 T = TypeVar("T")
@@ -230,6 +238,19 @@ def datasketch_sha1_clusters(ids: list[str], texts: list[str]) -> Result:
     return _datasketch_loop(ids, texts, _sha1_minhash)
 
 
+def rensa_clusters(ids: list[str], texts: list[str]) -> Result:
+    """rensa's R-MinHash of each document's shingle strings, then its LSH: query, insert."""
+    sketches = RMinHash.from_token_sets(
+        [list(shingles(text)) for text in texts], RENSA_BANDS * RENSA_ROWS, SEED
+    )
+    lsh = RMinHashLSH(THRESHOLD, RENSA_BANDS * RENSA_ROWS, RENSA_BANDS)
+    pairs: list[tuple[str, str]] = []
+    for key, (doc, sketch) in enumerate(zip(ids, sketches, strict=True)):
+        pairs.extend((ids[other], doc) for other in lsh.query(sketch))
+        lsh.insert(key, sketch)
+    return cluster_documents(ids, pairs), pairs
+
+
 def timed(run: Callable[[], T]) -> tuple[T, Seconds]:
     """(what ``run`` returns, (wall-clock seconds, CPU seconds of this process) it took).
 
@@ -282,10 +303,12 @@ def main() -> None:
     few = ["a b c d e f g", "a b c d e f h", "warm up, “once”"]
     llmforge_clusters(["w0", "w1", "w2"], few)
     datasketch_clusters(["w0", "w1", "w2"], few)
+    rensa_clusters(["w0", "w1", "w2"], few)
     results = llmforge_clusters(ids, texts)
     results["datasketch"] = timed(lambda: datasketch_clusters(ids, texts))
     results["datasketch,reused-perms"] = timed(lambda: datasketch_reused_clusters(ids, texts))
     results["datasketch+sha1"] = timed(lambda: datasketch_sha1_clusters(ids, texts))
+    results["rensa"] = timed(lambda: rensa_clusters(ids, texts))
     runs: dict[str, Any] = {
         name: {
             "seconds": seconds[0],
@@ -325,8 +348,9 @@ def _figures(run: dict[str, Any]) -> dict[str, float]:
 
 
 def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
-    """The last line: llmforge+exact's pairs against datasketch's speed, then the rest."""
-    final, reference = runs["llmforge+exact"], runs["datasketch"]
+    """The last line: llmforge+exact's pairs against datasketch's and rensa's speed, then the
+    rest."""
+    final, reference, rensa = runs["llmforge+exact"], runs["datasketch"], runs["rensa"]
     return {
         "speedup_vs_datasketch": round(reference["seconds"] / final["seconds"], 2),
         "speedup_vs_datasketch_cpu": round(reference["cpu_seconds"] / final["cpu_seconds"], 2),
@@ -336,9 +360,17 @@ def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
         "speedup_vs_datasketch_sha1": round(
             runs["datasketch+sha1"]["seconds"] / final["seconds"], 2
         ),
+        "speedup_vs_rensa": round(rensa["seconds"] / final["seconds"], 2),
+        "speedup_vs_rensa_cpu": round(rensa["cpu_seconds"] / final["cpu_seconds"], 2),
         "precision": round(final["edges"]["precision"], 4),
         "recall": round(final["edges"]["recall"], 4),
         **_figures(final),
+        "rensa_edge_precision": round(rensa["edges"]["precision"], 4),
+        "rensa_edge_recall": round(rensa["edges"]["recall"], 4),
+        "seconds": round(final["seconds"], 3),
+        "cpu_seconds": round(final["cpu_seconds"], 3),
+        "rensa_seconds": round(rensa["seconds"], 3),
+        "rensa_cpu_seconds": round(rensa["cpu_seconds"], 3),
         "variants": {
             name: {"speedup_vs_datasketch": round(reference["seconds"] / run["seconds"], 2)}
             | _figures(run)
