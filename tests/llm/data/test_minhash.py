@@ -162,6 +162,8 @@ TRICKY = [
     "tabs\tand\x1cseparators\x1fhere\x85next line " + "x" * 40 + " " + "y" * 17,
     "e\u0301 composed by NFC; Å vs \u212b; Greek question mark\u037e then more words here",
     "nul\x00inside words $+<=>^`|~ are symbols, not punctuation",
+    "Only “CURLY” quotes — and ASCII CAPITALS, café: no cased character beyond ASCII",
+    "Äpfel first: a cased character at the very start of a text",
 ]
 
 
