@@ -7,8 +7,9 @@ random word substitutions at a rate aiming at one of ``LEVELS`` of Jaccard simil
 original (5-gram shingles survive an edit rate r with probability (1 - r)^5).
 
 Both sides run in this one process on the same shingles (word 5-grams of ``normalized_words``),
-the same shingle hashes, 128 permutations, 14 bands × 9 rows, threshold 0.8; so their signatures
-and LSH buckets are identical (the "llmforge" and "datasketch" rows agree pair for pair):
+the same shingle hashes, 128 permutations, llmforge's bands and rows (18 × 7), threshold 0.8; so
+their signatures and LSH buckets are identical (the "llmforge" and "datasketch" rows agree pair
+for pair):
 - llmforge: ``signatures`` (the whole batch shingled, hashed and permuted with numpy: datasketch's
   values) → ``band_keys`` → ``candidate_pairs`` → ``cluster_documents``. Variants: star edges, no
   check ("llmforge", the job with ``verify: false``); every candidate pair checked by the
@@ -34,7 +35,12 @@ and LSH buckets are identical (the "llmforge" and "datasketch" rows agree pair f
   Other hash values, so other pairs; scored against the same truth.
 
 Times: wall clock, and CPU seconds of this process (steadier when others share the machine).
-llmforge's include building its Arrow input table from the Python strings.
+llmforge's include building its Arrow input table from the Python strings. Against rensa, both
+are run a second time, alternated, after everything else, and each side's faster run counts
+(``speedup_vs_rensa``): the first run in a fresh process pays the kernel for the memory it is
+the first to touch (0.4 CPU-seconds of system time for llmforge here, none on a second run), and
+llmforge runs first while rensa runs after datasketch's loops. The first runs' ratio is kept
+beside it (``speedup_vs_rensa_first_runs``).
 
 Truth: every pair of documents whose exact shingle-set Jaccard is ≥ 0.8 (all pairs, through a
 sparse document × shingle product). Scored: the pairs each method calls near-duplicates (the
@@ -182,6 +188,13 @@ def llmforge_clusters(ids: list[str], texts: list[str]) -> dict[str, tuple[Resul
     return results
 
 
+def llmforge_exact(ids: list[str], texts: list[str]) -> Result:
+    """The "llmforge+exact" variant alone: signatures, bands, all pairs checked, clusters."""
+    batch = _signed_batch(ids, texts)
+    keys = band_keys(batch)
+    return _cluster(ids, lambda: verify_pairs_exact(candidate_pairs(keys, None), batch))
+
+
 def _signed_batch(ids: list[str], texts: list[str]) -> pa.Table:
     batch = pa.table(
         {
@@ -309,6 +322,10 @@ def main() -> None:
     results["datasketch,reused-perms"] = timed(lambda: datasketch_reused_clusters(ids, texts))
     results["datasketch+sha1"] = timed(lambda: datasketch_sha1_clusters(ids, texts))
     results["rensa"] = timed(lambda: rensa_clusters(ids, texts))
+    again = {
+        "llmforge+exact": timed(lambda: llmforge_exact(ids, texts))[1],
+        "rensa": timed(lambda: rensa_clusters(ids, texts))[1],
+    }
     runs: dict[str, Any] = {
         name: {
             "seconds": seconds[0],
@@ -335,6 +352,9 @@ def main() -> None:
     print(f"{'':24}" + "".join(f"{level:>6}" for level in LEVELS))
     for name, run in runs.items():
         print(f"{name:24}" + "".join(f"{share:6.2f}" for share in run["planted"].values()))
+    for name, seconds in again.items():
+        print(f"{name + ', again':24}{seconds[0]:8.2f}{seconds[1]:7.2f}")
+        runs[name]["again"] = {"seconds": round(seconds[0], 3), "cpu_seconds": round(seconds[1], 3)}
     print(json.dumps(summary(runs, len(texts), len(truth))))
 
 
@@ -345,6 +365,11 @@ def _figures(run: dict[str, Any]) -> dict[str, float]:
         "cluster_precision": round(run["precision"], 4),
         "cluster_recall": round(run["recall"], 4),
     }
+
+
+def _best(run: dict[str, Any], figure: str) -> float:
+    """The faster of a run and its second run."""
+    return float(min(run[figure], run["again"][figure]))
 
 
 def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
@@ -360,8 +385,10 @@ def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
         "speedup_vs_datasketch_sha1": round(
             runs["datasketch+sha1"]["seconds"] / final["seconds"], 2
         ),
-        "speedup_vs_rensa": round(rensa["seconds"] / final["seconds"], 2),
-        "speedup_vs_rensa_cpu": round(rensa["cpu_seconds"] / final["cpu_seconds"], 2),
+        "speedup_vs_rensa": round(_best(rensa, "seconds") / _best(final, "seconds"), 2),
+        "speedup_vs_rensa_cpu": round(_best(rensa, "cpu_seconds") / _best(final, "cpu_seconds"), 2),
+        "speedup_vs_rensa_first_runs": round(rensa["seconds"] / final["seconds"], 2),
+        "speedup_vs_rensa_first_runs_cpu": round(rensa["cpu_seconds"] / final["cpu_seconds"], 2),
         "precision": round(final["edges"]["precision"], 4),
         "recall": round(final["edges"]["recall"], 4),
         **_figures(final),
@@ -371,6 +398,7 @@ def summary(runs: dict[str, Any], docs: int, true_pairs: int) -> dict[str, Any]:
         "cpu_seconds": round(final["cpu_seconds"], 3),
         "rensa_seconds": round(rensa["seconds"], 3),
         "rensa_cpu_seconds": round(rensa["cpu_seconds"], 3),
+        "again": {name: runs[name]["again"] for name in ("llmforge+exact", "rensa")},
         "variants": {
             name: {"speedup_vs_datasketch": round(reference["seconds"] / run["seconds"], 2)}
             | _figures(run)
