@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -100,7 +101,9 @@ class RayJobs:
         return self.client.get_job_logs(submission_id)
 
     async def follow_logs(self, submission_id: str) -> AsyncIterator[str]:
-        async for chunk in self.client.tail_job_logs(submission_id):
+        # Making the client connects to Ray, blocking: never on the event loop.
+        client = await asyncio.to_thread(lambda: self.client)
+        async for chunk in client.tail_job_logs(submission_id):
             yield chunk
 
     def failure_message(self, submission_id: str) -> str:

@@ -357,7 +357,7 @@ class PreferenceExportPublic(BaseModel):
 
 
 class TeamLimitSet(Strict):
-    max_running: int = Field(ge=0, le=10_000, description="0 pauses the team's queue")
+    max_running: int = Field(strict=True, ge=0, le=10_000, description="0 pauses the team's queue")
 
 
 class TeamPublic(BaseModel):
