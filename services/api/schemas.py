@@ -356,8 +356,18 @@ class PreferenceExportPublic(BaseModel):
 # --- teams --------------------------------------------------------------------------------------
 
 
+def _not_a_boolean(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would take them as 1 and 0); 444.0 is
+    an integer to JSON Schema, and is taken."""
+    if isinstance(value, bool):
+        raise ValueError("give a whole number, not true or false")
+    return value
+
+
 class TeamLimitSet(Strict):
-    max_running: int = Field(strict=True, ge=0, le=10_000, description="0 pauses the team's queue")
+    max_running: Annotated[int, BeforeValidator(_not_a_boolean)] = Field(
+        ge=0, le=10_000, description="0 pauses the team's queue"
+    )
 
 
 class TeamPublic(BaseModel):

@@ -53,6 +53,12 @@ def test_every_error_has_one_body_with_a_stable_code(api: Client) -> None:
         client.post("/api/v1/ratings", content=b"x" * 2000, headers=admin), 413
     )
     assert _error(client.get("/no/such/path"), 404)
+    limit = "/api/v1/teams/red/limit"
+    assert (
+        "not true or false"
+        in _error(client.put(limit, json={"max_running": False}, headers=admin), 422)[0]["msg"]
+    )
+    assert client.put(limit, json={"max_running": 3.0}, headers=admin).json()["max_running"] == 3
     r = client.patch("/api/v1/teams/red/limit", headers=admin)
     _error(r, 405)
     assert r.headers["allow"] == "PUT, DELETE"  # every route of the path, not only the first
