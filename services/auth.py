@@ -183,7 +183,7 @@ def principal(
         _record_refusal(request, 401, "auth.refused", "the key expired", key)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            f"this API key ({key.id}) expired at {key.expires_at.isoformat()}Z: ask an admin "
+            f"this API key ({key.id}) expired at {key.expires_at.isoformat()}: ask an admin "
             "for a new one (`llmforge keys create` or `llmforge keys rotate`)",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
@@ -252,7 +252,7 @@ def require_admin(request: Request, who: Annotated[Principal, Depends(principal)
 
 
 def revoke(key: ApiKey, at: datetime | None = None) -> None:
-    """Revoke now, or at ``at`` (naive UTC): until then the key still works."""
+    """Revoke now, or at ``at``: until then the key still works."""
     key.revoked_at = at or utcnow()
 
 

@@ -4,6 +4,7 @@ goes through ``RayJobs``, which sends a RayJob's id (``rayjob:<name>``) there.""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -154,7 +155,9 @@ class RayJobs:
             async for chunk in gang.follow_logs(submission_id):
                 yield chunk
             return
-        async for chunk in self.client.tail_job_logs(submission_id):
+        # Making the client connects to Ray, blocking: never on the event loop.
+        client = await asyncio.to_thread(lambda: self.client)
+        async for chunk in client.tail_job_logs(submission_id):
             yield chunk
 
     def failure_message(self, submission_id: str) -> str:

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Depends, FastAPI
 
 from services import roots
+from services.api.errors import install_error_handlers
 from services.api.limits import limit_request_size
 from services.api.observability import instrument
 from services.api.ratelimit import AuditThrottle, RateLimiter
@@ -182,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(completions.openai, dependencies=secured)  # OpenAI clients' paths
     mount_console(app)  # the web console: pages under /console over this same API
+    install_error_handlers(app)
     instrument(app)
     limit_request_size(app, settings.max_request_bytes)
     add_request_ids(app)  # the outermost: every answer, a 413 included, carries one

@@ -7,9 +7,10 @@ up to the limit, and replayed."""
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.api.errors import error_response
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
@@ -61,7 +62,7 @@ class RequestSizeLimit:
                 "; send metrics in smaller batches, or put large inputs in the artifact store "
                 "and pass their URI"
             )
-        await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
+        await error_response(413, detail)(scope, receive, send)
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

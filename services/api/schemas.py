@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from contracts.jobs import JobKind
+from contracts.roots import RootError, normalise
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value: object) -> object:
+    """Only an RFC 3339 date-time with its offset: no bare dates, numbers or local times."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError(
+            "give an RFC 3339 date-time with a time zone offset, e.g. 2026-01-31T12:00:00Z"
+        )
+    return value
+
+
+# A time a client sends: timezone-aware (``Z`` or an offset), turned into UTC.
+UtcTimestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(lambda t: t.astimezone(UTC))
+]
+
+
+# Ids the store makes: 12 hexadecimal digits (older records: up to 32).
+ID_PATTERN = r"^[0-9a-f]{1,32}$"
 
 
 class Strict(BaseModel):
@@ -56,6 +89,11 @@ class JobsPublic(BaseModel):
     data: list[JobPublic]
     count: int
     next_cursor: str | None = None
+
+
+class JobLogs(BaseModel):
+    job_id: str
+    logs: str = Field(description="the driver's output (the last ``tail`` lines if given)")
 
 
 class MetricRecord(Strict):
@@ -110,13 +148,53 @@ class ModelKind(StrEnum):
     exported = "exported"  # a model exported elsewhere (e.g. Hugging Face format)
 
 
+# A path segment: never '.' or '..', only characters that mean the same everywhere.
+_SEGMENT = r"\.?[A-Za-z0-9_~+=,-][A-Za-z0-9_.~+=, -]*"
+REGISTRY_URI = (
+    rf"^((file://)?(/{_SEGMENT})+|s3://[a-z0-9][a-z0-9-]{{1,61}}[a-z0-9](/{_SEGMENT})*)/?$"
+)
+
+
+def _registry_uri(value: str) -> str:
+    """Where a registered dataset or model is: the rules of a job spec's URIs, and the pattern
+    published in the schema (so a schema-valid URI is an accepted one)."""
+    if value.startswith("s3://") and "@" in value.removeprefix("s3://").split("/", 1)[0]:
+        raise ValueError("credentials are not allowed in URIs: give s3://bucket/prefix")
+    try:
+        normalise(value)
+    except RootError as e:
+        raise ValueError(str(e)) from e
+    if not re.match(REGISTRY_URI, value):
+        raise ValueError(
+            "an absolute path, file:///path or s3://bucket/key, with names of letters, digits, "
+            "spaces and _ . ~ + = , - only (S3 buckets without dots)"
+        )
+    return value
+
+
+RegistryUri = Annotated[
+    str,
+    AfterValidator(_registry_uri),
+    Field(
+        min_length=1,
+        max_length=2000,
+        json_schema_extra={"pattern": REGISTRY_URI},
+        description="an absolute path, file:///path or s3://bucket/key; no '.' or '..' segments",
+    ),
+]
+
+
 class ArtifactCreate(Strict):
     """Registering an artifact by hand (jobs register theirs when they succeed)."""
 
     name: str = Field(min_length=1, max_length=200)
-    uri: str = Field(min_length=1, max_length=2000)
-    parent_id: str | None = Field(default=None, max_length=32)
-    inputs: list[str] = Field(default_factory=list, max_length=100)
+    uri: RegistryUri
+    parent_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="the id of a dataset or model this team sees (else a 422)",
+    )
+    inputs: list[RegistryUri] = Field(default_factory=list, max_length=100)
     stats: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -278,8 +356,18 @@ class PreferenceExportPublic(BaseModel):
 # --- teams --------------------------------------------------------------------------------------
 
 
+def _not_a_boolean(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would take them as 1 and 0); 444.0 is
+    an integer to JSON Schema, and is taken."""
+    if isinstance(value, bool):
+        raise ValueError("give a whole number, not true or false")
+    return value
+
+
 class TeamLimitSet(Strict):
-    max_running: int = Field(ge=0, le=10_000, description="0 pauses the team's queue")
+    max_running: Annotated[int, BeforeValidator(_not_a_boolean)] = Field(
+        ge=0, le=10_000, description="0 pauses the team's queue"
+    )
 
 
 class TeamPublic(BaseModel):

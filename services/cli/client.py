@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+from pydantic import BaseModel
 from rich.console import Console
 
 from services.auth import ADMIN_KEY_FILE
+from services.cli.api import ApiError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
 console = Console(stderr=True)
@@ -63,3 +66,22 @@ def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:
                 status.update(line)
                 last = line
             time.sleep(1)
+
+
+def print_result(call: Callable[[], BaseModel]) -> int:
+    """Print what a typed call (``services.cli.api``) answered, or its error body: 0 or 1."""
+    try:
+        result = call()
+    except ApiError as e:
+        return print_error(e)
+    print(json.dumps(result.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def print_error(e: ApiError) -> int:
+    print(json.dumps(e.error.model_dump(mode="json"), indent=2))
+    return 1
+
+
+def show_state(line: str) -> None:
+    console.print(line, highlight=False)

@@ -7,36 +7,46 @@ import sys
 from typing import Any
 
 from contracts.jobs import JobKind
-from services.cli.client import api_client, load_file, print_response, wait_until_ended
+from services.api.schemas import JobPublic, PipelinePublic
+from services.cli.api import Api, ApiError
+from services.cli.client import (
+    api_client,
+    load_file,
+    print_error,
+    print_response,
+    print_result,
+    show_state,
+)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.post("/api/v1/jobs", json={"kind": args.kind, "spec": load_file(args.spec)})
-        if args.wait and r.is_success:
-            r = wait_until_ended(api, f"/api/v1/jobs/{r.json()['id']}")
-        return print_response(r)
+    def submit() -> JobPublic:
+        job = api.submit_job({"kind": args.kind, "spec": load_file(args.spec)})
+        return api.wait(job, show_state) if args.wait else job
+
+    with api_client() as http:
+        api = Api(http)
+        return print_result(submit)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/jobs/{args.job}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).job(args.job))
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.post(f"/api/v1/jobs/{args.job}/cancel"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).cancel_job(args.job))
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.post(f"/api/v1/jobs/{args.job}/retry"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).retry_job(args.job))
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    params = {"name": args.name} if args.name else {}
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/jobs/{args.job}/metrics", params=params))
+    with api_client() as http:
+        return print_result(lambda: Api(http).job_metrics(args.job, args.name))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -50,24 +60,26 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     sys.stdout.write(chunk)
                     sys.stdout.flush()
             return 0
-        r = api.get(f"/api/v1/jobs/{args.job}/logs")
-        if not r.is_success:
-            return print_response(r)
-        print(r.json()["logs"])
+        try:
+            print(Api(api).job_logs(args.job).logs)
+        except ApiError as e:
+            return print_error(e)
     return 0
 
 
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.post("/api/v1/pipelines", json=load_file(args.file))
-        if args.wait and r.is_success:
-            r = wait_until_ended(api, f"/api/v1/pipelines/{r.json()['id']}")
-        return print_response(r)
+    def run() -> PipelinePublic:
+        pipeline = api.run_pipeline(load_file(args.file))
+        return api.wait(pipeline, show_state) if args.wait else pipeline
+
+    with api_client() as http:
+        api = Api(http)
+        return print_result(run)
 
 
 def cmd_pipeline_resume(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.post(f"/api/v1/pipelines/{args.pipeline}/resume"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).resume_pipeline(args.pipeline))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:

@@ -9,33 +9,37 @@ llmforge ratings export prefs.jsonl [--task T]    (DPO preference records, for a
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
+from services.cli.api import Api, ApiError
 from services.cli.campaigns import add_campaign_commands
-from services.cli.client import api_client, load_file, print_response
+from services.cli.client import api_client, load_file, print_error, print_response, print_result
 from services.cli.download import add_registry_download
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in {"kind": args.kind, "limit": args.limit}.items() if v}
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/{args.category}", params=params))
+    with api_client() as http:
+        return print_result(
+            lambda: Api(http).artifacts(args.category, kind=args.kind, limit=args.limit or None)
+        )
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/{args.category}/{args.id}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).artifact(args.category, args.id))
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/{args.category}/{args.id}/lineage"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).lineage(args.category, args.id))
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    params = {"delete_files": True} if args.delete_files else {}
-    with api_client() as api:
-        return print_response(api.delete(f"/api/v1/{args.category}/{args.id}", params=params))
+    with api_client() as http:
+        return print_result(
+            lambda: Api(http).delete_artifact(args.category, args.id, args.delete_files)
+        )
 
 
 def cmd_ratings_add(args: argparse.Namespace) -> int:
@@ -43,9 +47,10 @@ def cmd_ratings_add(args: argparse.Namespace) -> int:
     loaded = load_file(args.file)
     ratings = loaded if isinstance(loaded, list) else [loaded]
     status = 0
-    with api_client() as api:
+    with api_client() as http:
+        api = Api(http)
         for rating in ratings:
-            status |= print_response(api.post("/api/v1/ratings", json=rating))
+            status |= print_result(partial(api.add_rating, rating))
     return status
 
 
@@ -67,19 +72,22 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         "seed": args.seed,
         **({"task": args.task} if args.task else {}),
     }
-    with api_client(timeout=300) as api:
-        r = api.get("/api/v1/ratings/leaderboard", params=params)
-    if not r.is_success or args.json:
-        return print_response(r)
+    with api_client(timeout=300) as http:
+        try:
+            board = Api(http).leaderboard(**params)
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: board)
     print(
         f"{'model':30} {'games':>6} {'win%':>6} {'Elo':>7} {'95% CI':>15} {'BT':>7} {'95% CI':>15}"
     )
-    for m in r.json()["models"]:
-        elo_ci, bt_ci = m["elo_ci"], m["bt_ci"]
+    for m in board.models:
+        elo_ci, bt_ci = m.elo_ci, m.bt_ci
         print(
-            f"{m['model'][:30]:30} {m['games']:>6} {100 * m['win_rate']:>5.1f}% "
-            f"{m['elo']:>7.0f} {elo_ci[0]:>7.0f}–{elo_ci[1]:<7.0f} "
-            f"{m['bt']:>7.0f} {bt_ci[0]:>7.0f}–{bt_ci[1]:<7.0f}"
+            f"{m.model[:30]:30} {m.games:>6} {100 * m.win_rate:>5.1f}% "
+            f"{m.elo:>7.0f} {elo_ci[0]:>7.0f}–{elo_ci[1]:<7.0f} "
+            f"{m.bt:>7.0f} {bt_ci[0]:>7.0f}–{bt_ci[1]:<7.0f}"
         )
     return 0
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, insert, select, tuple_
+from sqlalchemy import Select, insert, literal, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from services.store.models import Job, JobState, Metric, Pipeline, utcnow
@@ -99,7 +99,10 @@ def newest_first(
     """Newest first; ``after`` (created_at, id) continues a previous page (keyset pagination)."""
     query = query.order_by(created.desc(), row_id.desc()).limit(limit)
     if after:
-        query = query.where(tuple_(created, row_id) < tuple_(*after))
+        # Typed like the column: SQLite compares the strings it stores (``UTCDateTime``).
+        query = query.where(
+            tuple_(created, row_id) < tuple_(literal(after[0], created.type), after[1])
+        )
     return query
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -23,10 +22,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.store.types import UTCDateTime
+
 
 def utcnow() -> datetime:
-    """Naive UTC: SQLite drops offsets, so both stores hold the same kind of value."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Now, timezone-aware UTC: what every timestamp column holds (``UTCDateTime``)."""
+    return datetime.now(UTC)
 
 
 # Jobs and keys without a team (made before teams existed, or by tools) count as this team's.
@@ -52,7 +53,7 @@ TERMINAL_STATES = {JobState.succeeded, JobState.failed, JobState.stopped, JobSta
 
 
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: UTCDateTime}  # noqa: RUF012 (SQLAlchemy reads it here)
 
 
 class Role(StrEnum):
@@ -354,9 +355,7 @@ class AuditEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: datetime.now(UTC)
-    )
+    time: Mapped[datetime] = mapped_column(default=utcnow)
     key_id: Mapped[str | None] = mapped_column(String(32))
     team: Mapped[str | None] = mapped_column(String(100))
     role: Mapped[str | None] = mapped_column(String(16))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text, tuple_
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from services.store.models import DEFAULT_TEAM, Job, JobState, TeamLimit, utcnow
@@ -110,7 +110,9 @@ def clear_team_limit(session: Session, *, team: str) -> bool:
 
 def _ahead_of(job: Job) -> ColumnElement[bool]:
     """Queued jobs of the job's team that the queue runs before it."""
-    earlier = tuple_(Job.queued_at, Job.id) < tuple_(job.queued_at, job.id)
+    earlier = tuple_(Job.queued_at, Job.id) < tuple_(
+        literal(job.queued_at, Job.queued_at.type), job.id
+    )
     return and_(
         Job.state == JobState.queued.value,
         job_team == team_of(job),

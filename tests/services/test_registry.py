@@ -161,7 +161,7 @@ def test_register_list_and_walk_lineage_over_rest(
     raw = client.post("/api/v1/datasets", json=corpus, headers=red)
     assert raw.status_code == 201, raw.text
     assert raw.json()["evaluations"] is None and raw.json()["job_id"] is None
-    body = {"name": "hf", "kind": "exported", "uri": "s3://b/m", "parent_id": raw.json()["id"]}
+    body = {"name": "hf", "kind": "exported", "uri": "s3://models/m", "parent_id": raw.json()["id"]}
     model = client.post("/api/v1/models", json=body, headers=red).json()
     assert model["evaluations"] == [] and model["team"] == "red"
     lineage = client.get(f"/api/v1/models/{model['id']}/lineage", headers=red).json()

@@ -3,6 +3,8 @@ conftest.py: PostgreSQL cases skip where none answers, and must run under ``CI=t
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -106,5 +108,53 @@ def test_migration_0003_keeps_existing_jobs_and_goes_back(database_url: str) -> 
         with engine.connect() as conn:
             state = conn.execute(text("SELECT state FROM jobs WHERE id = 'j1'")).scalar()
         assert state == "RUNNING"
+    finally:
+        engine.dispose()
+
+
+def test_migration_0008_makes_every_timestamp_utc_and_goes_back(database_url: str) -> None:
+    """Naive UTC rows from before 0008 read back aware and unchanged; new rows are stored with
+    their offset (timestamptz, or an RFC 3339 string in SQLite); the downgrade restores them."""
+    engine = make_engine(database_url)
+    insert = text(
+        "INSERT INTO jobs (id, kind, state, spec, depends_on, attempts, max_retries, priority,"
+        " created_at, started_at) VALUES (:id, 'curate', 'RUNNING', '{}', '[]', 0, 0, 0, :c, :s)"
+    )
+    try:
+        downgrade(engine, "0007")
+        with engine.begin() as conn:
+            conn.execute(insert, {"id": "j1", "c": "2024-01-02 03:04:05.000006", "s": None})
+            conn.execute(
+                insert, {"id": "j2", "c": "2024-01-02 03:04:06", "s": "2024-01-02 04:00:00"}
+            )
+        upgrade(engine)
+        with make_sessionmaker(engine)() as s:
+            old = crud.get_job(s, job_id="j1")
+            later = crud.get_job(s, job_id="j2")
+            assert old is not None and later is not None
+            assert old.created_at == datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+            assert later.started_at == datetime(2024, 1, 2, 4, tzinfo=UTC)
+            new = crud.create_job(s, kind="curate", spec={})
+            s.commit()
+            newest = crud.list_jobs(s)  # newest first: the order holds across old and new rows
+            assert [j.id for j in newest] == [new.id, "j2", "j1"]
+            assert new.created_at.tzinfo is not None
+            assert (new.created_at - datetime.now(UTC)).total_seconds() < 60
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT created_at FROM jobs WHERE id = 'j1'")).scalar()
+        if engine.dialect.name == "sqlite":
+            assert stored == "2024-01-02T03:04:05.000006+00:00"
+        else:
+            assert stored == datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+            columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("jobs")}
+            assert getattr(columns["started_at"], "timezone", False)
+        downgrade(engine, "0007")
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT created_at FROM jobs WHERE id = 'j2'")).scalar()
+        expected = datetime(2024, 1, 2, 3, 4, 6)
+        assert stored == (
+            str(expected) + ".000000" if engine.dialect.name == "sqlite" else expected
+        )
+        upgrade(engine)
     finally:
         engine.dispose()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from services.api.deps import SessionDep
+from services.api.schemas import UtcTimestamp
 from services.api.validation import request_error
 from services.auth import AdminDep
 from services.store import audit
@@ -52,8 +53,8 @@ def list_audit(
     key_id: Annotated[str | None, Query(max_length=32, description="the acting key")] = None,
     resource_type: Annotated[str | None, Query(max_length=32)] = None,
     resource_id: Annotated[str | None, Query(max_length=200)] = None,
-    since: Annotated[datetime | None, Query(description="from this time (UTC)")] = None,
-    until: Annotated[datetime | None, Query(description="before this time")] = None,
+    since: Annotated[UtcTimestamp | None, Query(description="from this time (RFC 3339)")] = None,
+    until: Annotated[UtcTimestamp | None, Query(description="before this time (RFC 3339)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> AuditPage:

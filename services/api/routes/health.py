@@ -25,7 +25,12 @@ def live() -> dict[str, str]:
 
 @router.get(
     "/ready",
-    responses={503: {"description": "the store does not answer; `checks` says why"}},
+    responses={
+        503: {
+            "description": "the store does not answer; `checks` says why",
+            "content": {"application/json": {"schema": {"type": "object"}}},  # as 200's
+        }
+    },
 )
 def ready(
     session: SessionDep, ray: RayDep, request: Request, response: Response

@@ -17,6 +17,7 @@ from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, RangeHeader, file_response, locate
 from services.api.schemas import (
     JobCreate,
+    JobLogs,
     JobPublic,
     JobsPublic,
     MetricRecord,
@@ -256,7 +257,16 @@ def retry_job(
     return public_one(session, job, ray)
 
 
-@router.get("/{job_id}/logs", response_model=None)
+@router.get(
+    "/{job_id}/logs",
+    response_model=JobLogs,
+    responses={
+        200: {
+            "description": "the driver's log: JSON, or with follow=true the lines as they come",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def job_logs(
     job_id: str,
     session: SessionDep,
@@ -264,11 +274,16 @@ def job_logs(
     who: PrincipalDep,
     tail: Annotated[int | None, Query(ge=1)] = None,
     follow: Annotated[bool, Query(description="stream new lines until the job ends")] = False,
-) -> dict[str, str] | StreamingResponse:
+) -> JobLogs | StreamingResponse:
+    """The job's log; ``follow`` streams it as ``text/plain`` until the job ends."""
     job = job_or_404(session, job_id, who)
     if not job.ray_submission_id:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
     if follow:
+        try:
+            ray.client  # noqa: B018 (connects to Ray: a 503 now rather than a broken stream)
+        except Exception as e:
+            raise ray_unavailable(ray, e) from e
         chunks = (redact(c) async for c in ray.follow_logs(job.ray_submission_id))
         return StreamingResponse(chunks, media_type="text/plain")
     try:
@@ -277,7 +292,7 @@ def job_logs(
         raise ray_unavailable(ray, e) from e
     if tail:
         logs = "\n".join(logs.splitlines()[-tail:])
-    return {"job_id": job_id, "logs": logs}
+    return JobLogs(job_id=job_id, logs=logs)
 
 
 @router.get("/{job_id}/artifacts")

@@ -7,7 +7,7 @@ revokes the old one now or after ``grace_seconds``; a key that expired is rotate
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request, status
@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from services.api.auditing import audit_event, refusals
 from services.api.deps import SessionDep
-from services.api.schemas import Strict
+from services.api.schemas import Strict, UtcTimestamp
 from services.api.validation import request_error
 from services.auth import (
     AdminDep,
@@ -45,8 +45,8 @@ class KeyCreate(Strict):
     expires_in_days: int | None = Field(
         default=None, ge=1, le=MAX_DAYS, description="the key stops working after this many days"
     )
-    expires_at: datetime | None = Field(
-        default=None, description="or at this time (UTC unless an offset is given)"
+    expires_at: UtcTimestamp | None = Field(
+        default=None, description="or at this time (RFC 3339, with its offset)"
     )
     rate_limit_per_min: int | None = Field(
         default=None,
@@ -97,16 +97,12 @@ def _public(key: ApiKey) -> dict[str, object]:
     return {c: getattr(key, c) for c in KeyPublic.model_fields}
 
 
-def _naive_utc(when: datetime) -> datetime:
-    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
-
-
 def _expiry(body: KeyCreate) -> datetime | None:
     if body.expires_in_days is not None:
         return utcnow() + timedelta(days=body.expires_in_days)
     if body.expires_at is None:
         return None
-    when = _naive_utc(body.expires_at)
+    when = body.expires_at
     if when <= utcnow():
         raise request_error(("body", "expires_at"), "expires_at must be in the future")
     if when > utcnow() + timedelta(days=MAX_DAYS):
