@@ -29,6 +29,9 @@ class BackgroundServer:
             host=settings.api_host,
             port=settings.api_port,
             log_level="warning",
+            # the host process (the demo, a test) owns logging: uvicorn's dictConfig would close
+            # every handler the process made, a library's handler on a captured stream included
+            log_config=None,
         )
         self.app = config.app
         self.server = uvicorn.Server(config)
