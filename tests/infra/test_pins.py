@@ -107,7 +107,8 @@ def _dockerfile_bases() -> list[str]:
 
 def test_the_dockerfile_bases_and_its_examples_are_exact_versions() -> None:
     bases = _dockerfile_bases()
-    assert bases == ["rayproject/ray:2.60.0-py311-gpu"], bases
+    # the console's asset stage (node), then the image itself
+    assert bases == ["node:20.20.2-bookworm-slim", "rayproject/ray:2.60.0-py311-gpu"], bases
     assert [p for b in bases if (p := image_problem(b))] == []
     # The other bases the Dockerfile's usage documents (CPU, slim) are exact too.
     documented = re.findall(r"--build-arg BASE_IMAGE=(\S+)", (DOCKER / "Dockerfile").read_text())
