@@ -386,7 +386,8 @@ class EvaluateSpec(Spec):
     tasks: list[UriOrName] = Field(
         default_factory=list,
         description="built-in task names (hellaswag, arc_easy, arc_challenge, blimp, "
-        "wikitext2, gutenberg_nltk, alpaca) or task YAML files",
+        "blimp_two_prefix, wikitext2, gutenberg_nltk, alpaca, lambada_austen, arc_easy_mmlu, "
+        "arc_easy_gen) or task YAML files",
     )
     num_fewshot: int | None = Field(default=None, ge=0, description="None: each task's own")
     limit: int | None = Field(default=None, gt=0, description="first N items of each task")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,53 @@ def print_response(r: httpx.Response) -> int:
     return 0 if r.is_success else 1
 
 
-def load_file(path: str) -> Any:
-    return yaml.safe_load(Path(path).read_text())
+# ``${NAME}`` or ``${NAME:-default}``: a variable of the file. A pipeline's own placeholders
+# (``${stage.field}``) always hold a dot, so the two never meet.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class MissingVariableError(ValueError):
+    """A spec file names a variable that neither ``--var`` nor the environment sets."""
+
+
+def expand_variables(value: Any, variables: Mapping[str, str]) -> Any:
+    """``value`` (a parsed spec file) with every ``${NAME}`` / ``${NAME:-default}`` in its strings
+    replaced by ``variables[NAME]``, else the environment's ``NAME``, else the default. Expanded
+    after parsing, so a value cannot change the file's structure."""
+    if isinstance(value, dict):
+        return {k: expand_variables(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_variables(v, variables) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = variables.get(name, os.environ.get(name, default))
+        if found is None:
+            raise MissingVariableError(
+                f"the file uses ${{{name}}}: give it with --var {name}=VALUE (or set {name} in "
+                "the environment)"
+            )
+        return found
+
+    return _VARIABLE.sub(one, value)
+
+
+def parse_variables(pairs: Sequence[str]) -> dict[str, str]:
+    """``--var NAME=VALUE`` options as a mapping; a malformed one is an error naming it."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise MissingVariableError(f"--var {pair!r}: write it as NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def load_file(path: str, variables: Sequence[str] = ()) -> Any:
+    """A JSON/YAML spec file, its ``${NAME}`` variables expanded (``variables``: NAME=VALUE)."""
+    return expand_variables(yaml.safe_load(Path(path).read_text()), parse_variables(variables))
 
 
 def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:

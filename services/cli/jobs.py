@@ -10,6 +10,7 @@ from contracts.jobs import JobKind
 from services.api.schemas import JobPublic, PipelinePublic
 from services.cli.api import Api, ApiError
 from services.cli.client import (
+    MissingVariableError,
     api_client,
     load_file,
     print_error,
@@ -19,9 +20,19 @@ from services.cli.client import (
 )
 
 
+def _spec_file(path: str, variables: list[str]) -> Any:
+    """The file's content, its ``${NAME}`` variables expanded; a missing one ends the command."""
+    try:
+        return load_file(path, variables)
+    except MissingVariableError as e:
+        raise SystemExit(f"{path}: {e}") from None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    spec = _spec_file(args.spec, args.var)
+
     def submit() -> JobPublic:
-        job = api.submit_job({"kind": args.kind, "spec": load_file(args.spec)})
+        job = api.submit_job({"kind": args.kind, "spec": spec})
         return api.wait(job, show_state) if args.wait else job
 
     with api_client() as http:
@@ -68,8 +79,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    body = _spec_file(args.file, args.var)
+
     def run() -> PipelinePublic:
-        pipeline = api.run_pipeline(load_file(args.file))
+        pipeline = api.run_pipeline(body)
         return api.wait(pipeline, show_state) if args.wait else pipeline
 
     with api_client() as http:
@@ -143,6 +156,13 @@ def add_job_commands(sub: Any) -> None:
     submit.add_argument("kind", choices=[k.value for k in JobKind])
     submit.add_argument("spec")
     submit.add_argument("--wait", action="store_true", help="wait for the job to end")
+    submit.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for ${NAME} in the file (else the environment's, else ${NAME:-default})",
+    )
     submit.set_defaults(fn=cmd_submit)
     for name, fn, text in (
         ("status", cmd_status, "a job's state and result"),
@@ -165,6 +185,13 @@ def add_job_commands(sub: Any) -> None:
     run = psub.add_parser("run", help="submit a pipeline from a JSON/YAML file")
     run.add_argument("file")
     run.add_argument("--wait", action="store_true", help="wait for the pipeline to end")
+    run.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for ${NAME} in the file (else the environment's, else ${NAME:-default})",
+    )
     run.set_defaults(fn=cmd_pipeline_run)
     resume = psub.add_parser("resume", help="rerun a failed pipeline from its failed stage")
     resume.add_argument("pipeline")

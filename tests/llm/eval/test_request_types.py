@@ -438,3 +438,42 @@ def test_builtin_tasks_of_each_new_request_type_run_end_to_end(lm, shared_data):
         "arc_easy_mmlu/acc",
         "arc_easy_gen/exact_match,strict-match",
     }
+
+
+# ---- built-in multi-context task: BLiMP's two-prefix method --------------------------------
+
+
+def test_builtin_blimp_two_prefix_scores_the_shared_word_after_each_prefix(lm, shared_data):
+    """blimp_two_prefix: the paradigms flagged two_prefix_method, each item the good and the bad
+    prefix as contexts and the word they share as the continuation; acc by hand from the
+    logits, and the group as the unweighted mean of its paradigms."""
+    import gzip
+
+    from llm.eval.task_config import resolve_tasks
+
+    tasks, groups = resolve_tasks(["blimp_two_prefix"])
+    flagged = []
+    for path in sorted((shared_data / "blimp").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as f:
+            if json.loads(f.readline())["two_prefix_method"]:
+                flagged.append("blimp_two_prefix_" + path.name.removesuffix(".jsonl.gz"))
+    assert sorted(groups["blimp_two_prefix"]) == flagged and len(flagged) == 20
+    assert sorted(t.task for t in tasks) == flagged
+
+    paradigm = "blimp_two_prefix_determiner_noun_agreement_2"
+    run = evaluate_tasks(lm, tasks=["blimp_two_prefix"], limit=4, log_samples=True)
+    out = run["results"]
+    with gzip.open(shared_data / "blimp/determiner_noun_agreement_2.jsonl.gz", "rt") as f:
+        rows = [json.loads(next(f)) for _ in range(4)]
+    result = out[paradigm]
+    accs = []
+    for row, sample in zip(rows, result["samples"], strict=True):
+        prefixes = [row["two_prefix_prefix_good"], row["two_prefix_prefix_bad"]]
+        assert sample["contexts"] == prefixes and sample["gold"] == [0]
+        lls = [scored(lm, p, " " + row["two_prefix_word"])[0] for p in prefixes]
+        assert sample["loglikelihoods"] == pytest.approx(lls, abs=1e-4)
+        accs.append(float(lls[0] > lls[1]))
+    assert result["metrics"]["acc"]["value"] == pytest.approx(sum(accs) / 4)
+    means = [out[t]["metrics"]["acc"]["value"] for t in flagged]
+    group = run["groups"]["blimp_two_prefix"]
+    assert group["metrics"]["acc"]["value"] == pytest.approx(sum(means) / 20)

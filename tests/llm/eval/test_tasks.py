@@ -189,6 +189,7 @@ def test_every_builtin_task_file_parses():
         "lambada_austen",
         "arc_easy_mmlu",
         "arc_easy_gen",
+        "blimp_two_prefix",
     ):
         assert name in index
     tasks, groups = resolve_tasks(["blimp"])
