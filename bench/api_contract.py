@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.contract_hooks import ADMIN_ID, KEY_FILE
+from bench.contract_hooks import ADMIN_ID, AREA, KEY_FILE
 from services.auth import ADMIN_KEY_FILE
 from services.ray_head import free_port
 from services.server import BackgroundServer
@@ -129,6 +129,7 @@ def run_schemathesis(
         "SCHEMATHESIS_HOOKS": "bench.contract_hooks",
         KEY_FILE: str(server.settings.home / ADMIN_KEY_FILE),
         ADMIN_ID: keys[0]["id"],
+        AREA: server.settings.team_area(keys[0]["team"]),
         "NO_COLOR": "1",
     }
     command = [

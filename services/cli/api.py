@@ -10,12 +10,15 @@ Request bodies are sent as given: the control plane validates them and says what
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from services.api.errors import ErrorBody
+from services.api.log_stream import MEDIA_TYPE as NDJSON
+from services.api.log_stream import LogEnd, LogLine
 from services.api.schemas import (
     ArtifactPublic,
     ArtifactsPublic,
@@ -74,6 +77,25 @@ class Api:
 
     def job_logs(self, job_id: str) -> JobLogs:
         return self._call(JobLogs, "GET", f"/api/v1/jobs/{job_id}/logs")
+
+    def follow_logs(self, job_id: str) -> Iterator[LogLine | LogEnd]:
+        """The job's log as it is written (``?follow=true``, NDJSON): each line, then how the
+        job ended. The request has no read timeout (a quiet job may write nothing for long)."""
+        path, params = f"/api/v1/jobs/{job_id}/logs", {"follow": True}
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        with self.http.stream("GET", path, params=params, timeout=timeout) as r:
+            if not r.is_success:
+                r.read()
+                raise ApiError(r.status_code, _error_body(r))
+            kind = r.headers.get("content-type", "").split(";")[0].strip()
+            if kind != NDJSON:
+                raise ApiError(r.status_code, _unexpected(f"a {kind or 'untyped'} log stream"))
+            for text in r.iter_lines():
+                if text:
+                    item = _log_item(text)
+                    yield item
+                    if isinstance(item, LogEnd):
+                        return
 
     def run_pipeline(self, body: dict[str, Any]) -> PipelinePublic:
         return self._call(PipelinePublic, "POST", "/api/v1/pipelines", json=body)
@@ -137,6 +159,18 @@ class Api:
                 on_change(line)
                 last = line
             time.sleep(1)
+
+
+def _log_item(text: str) -> LogLine | LogEnd:
+    """One NDJSON line of a followed log, parsed against the document's LogLine or LogEnd."""
+    try:
+        return LogLine.model_validate_json(text)
+    except ValueError:
+        return LogEnd.model_validate_json(text)
+
+
+def _unexpected(what: str) -> ErrorBody:
+    return ErrorBody(detail=f"the control plane sent {what}, not {NDJSON}", code="unexpected")
 
 
 def _error_body(r: httpx.Response) -> ErrorBody:

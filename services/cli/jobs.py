@@ -7,10 +7,12 @@ import sys
 from typing import Any
 
 from contracts.jobs import JobKind
+from services.api.log_stream import LogLine
 from services.api.schemas import JobPublic, PipelinePublic
 from services.cli.api import Api, ApiError
 from services.cli.client import (
     api_client,
+    console,
     load_file,
     print_error,
     print_response,
@@ -50,20 +52,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    with api_client(timeout=None if args.follow else 30) as api:
-        if args.follow:
-            with api.stream("GET", f"/api/v1/jobs/{args.job}/logs", params={"follow": True}) as r:
-                if not r.is_success:
-                    r.read()
-                    return print_response(r)
-                for chunk in r.iter_text():
-                    sys.stdout.write(chunk)
-                    sys.stdout.flush()
-            return 0
+    with api_client() as http:
+        api = Api(http)
         try:
-            print(Api(api).job_logs(args.job).logs)
+            if not args.follow:
+                print(api.job_logs(args.job).logs)
+                return 0
+            return _follow(api, args.job)
         except ApiError as e:
             return print_error(e)
+
+
+def _follow(api: Api, job_id: str) -> int:
+    """Print each line as the job writes it; then its state (stderr): 0 unless the stream
+    ended early."""
+    for item in api.follow_logs(job_id):
+        if isinstance(item, LogLine):
+            sys.stdout.write(item.line + "\n")
+            sys.stdout.flush()
+        elif item.error:
+            console.print(f"log stream ended early: {item.error}", highlight=False)
+            return 1
+        else:
+            console.print(f"job {job_id}: {item.status}", highlight=False)
     return 0
 
 
