@@ -68,13 +68,17 @@ def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:
             time.sleep(1)
 
 
-def print_result(call: Callable[[], BaseModel]) -> int:
-    """Print what a typed call (``services.cli.api``) answered, or its error body: 0 or 1."""
+def print_result(call: Callable[[], BaseModel | list[Any]]) -> int:
+    """Print what a typed call (``services.cli.api``) answered (a model, or a list of them),
+    or its error body: 0 or 1."""
     try:
         result = call()
     except ApiError as e:
         return print_error(e)
-    print(json.dumps(result.model_dump(mode="json"), indent=2))
+    if isinstance(result, list):
+        print(json.dumps([item.model_dump(mode="json") for item in result], indent=2))
+    else:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
     return 0
 
 

@@ -15,7 +15,6 @@ from services.cli.client import (
     console,
     load_file,
     print_error,
-    print_response,
     print_result,
     show_state,
 )
@@ -99,26 +98,26 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         body["expires_in_days"] = args.expires_in_days
     if args.rate_limit is not None:
         body["rate_limit_per_min"] = args.rate_limit
-    with api_client() as api:
-        return print_response(api.post("/api/v1/keys", json=body))
+    with api_client() as http:
+        return print_result(lambda: Api(http).create_key(body))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get("/api/v1/keys"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).keys())
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).revoke_key(args.key_id))
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     body: dict[str, int] = {"grace_seconds": args.grace_seconds}
     if args.expires_in_days is not None:
         body["expires_in_days"] = args.expires_in_days
-    with api_client() as api:
-        return print_response(api.post(f"/api/v1/keys/{args.key_id}/rotate", json=body))
+    with api_client() as http:
+        return print_result(lambda: Api(http).rotate_key(args.key_id, body))
 
 
 def _add_keys(sub: Any) -> None:
