@@ -31,6 +31,7 @@ from services.api.prompt_schemas import (
     PromptTemplatesPublic,
     RenderedPublic,
 )
+from services.api.routes.audit import AuditPage
 from services.api.routes.keys import KeyCreated, KeyPublic, KeyRotated
 from services.api.schemas import (
     ArtifactPublic,
@@ -126,6 +127,9 @@ class Api:
     def pipeline(self, pipeline_id: str) -> PipelinePublic:
         return self._call(PipelinePublic, "GET", f"/api/v1/pipelines/{pipeline_id}")
 
+    def run_ablation(self, body: Any) -> PipelinePublic:
+        return self._call(PipelinePublic, "POST", "/api/v1/experiments/ablation", json=body)
+
     def resume_pipeline(self, pipeline_id: str) -> PipelinePublic:
         return self._call(PipelinePublic, "POST", f"/api/v1/pipelines/{pipeline_id}/resume")
 
@@ -220,6 +224,10 @@ class Api:
 
     def rotate_key(self, key_id: str, body: dict[str, Any]) -> KeyRotated:
         return self._call(KeyRotated, "POST", f"/api/v1/keys/{key_id}/rotate", json=body)
+
+    def audit(self, **params: Any) -> AuditPage:
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._call(AuditPage, "GET", "/api/v1/audit", params=params)
 
     def teams(self) -> list[TeamPublic]:
         return self._call_list(TeamPublic, "GET", "/api/v1/teams")

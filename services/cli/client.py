@@ -1,4 +1,4 @@
-"""The control plane's REST API as the CLI reaches it: URL, key, answers, waiting.
+"""The control plane's REST API as the CLI reaches it: URL, key, and printing its answers.
 
 The API's URL comes from ``LLMFORGE_API_URL`` (default http://127.0.0.1:8000), the key from
 ``LLMFORGE_API_KEY`` or the admin key a local control plane wrote at its first start.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from rich.console import Console
 from services.auth import ADMIN_KEY_FILE
 from services.cli.api import ApiError
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
 console = Console(stderr=True)
 
 
@@ -49,23 +47,6 @@ def print_response(r: httpx.Response) -> int:
 
 def load_file(path: str) -> Any:
     return yaml.safe_load(Path(path).read_text())
-
-
-def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:
-    """Poll until the job or pipeline ends, showing its state (and stages) as it changes."""
-    last = ""
-    with console.status("waiting…") as status:
-        while True:
-            r = api.get(path)
-            body = r.json()
-            if not r.is_success or body["state"] in TERMINAL | {"SUCCEEDED", "FAILED"}:
-                return r
-            stages = " ".join(f"{j['stage']}:{j['state']}" for j in body.get("jobs", []))
-            line = f"{body['state']} {stages}".strip()
-            if line != last:
-                status.update(line)
-                last = line
-            time.sleep(1)
 
 
 def print_result(call: Callable[[], BaseModel | list[Any]]) -> int:
