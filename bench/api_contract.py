@@ -138,7 +138,7 @@ def run_schemathesis(
 ) -> subprocess.CompletedProcess[str]:
     """``schemathesis run`` with every check and phase against ``server``, in a scratch folder
     (its cassettes and caches stay out of the checkout), less ``exclusions``; the stateful
-    phase runs ``scenarios`` sequences (default: ``examples`` x 10)."""
+    phase runs up to about ``scenarios`` sequences (default: ``examples`` x 2)."""
     keys = httpx.get(f"{server.url}/api/v1/keys", headers=server.headers, timeout=30).json()
     root = Path(__file__).resolve().parent.parent
     env = {
@@ -166,7 +166,7 @@ def run_schemathesis(
             Path(scratch),
             EXCLUSIONS if exclusions is None else exclusions,
             examples,
-            examples * 10 if scenarios is None else scenarios,
+            examples * 2 if scenarios is None else scenarios,
         )
         command[1] = command[1].format(config=config)
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=scratch)
@@ -205,7 +205,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--scenarios", type=int, help="stateful sequences (default examples x 10)")
+    parser.add_argument("--scenarios", type=int, help="stateful sequences (default examples x 2)")
     parser.add_argument("--max-time", type=int, default=0, help="seconds; 0: no budget")
     parser.add_argument("--all", action="store_true", help="no exclusions (EXCLUSIONS)")
     args = parser.parse_args()
