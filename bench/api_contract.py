@@ -140,6 +140,9 @@ def run_schemathesis(
     (its cassettes and caches stay out of the checkout), less ``exclusions``; the stateful
     phase runs up to about ``scenarios`` sequences (default: ``examples`` x 2)."""
     keys = httpx.get(f"{server.url}/api/v1/keys", headers=server.headers, timeout=30).json()
+    # The first request for the document builds it (seconds on a loaded machine); schemathesis
+    # waits 10 s for it, so build it now: the app keeps it.
+    httpx.get(f"{server.url}/openapi.json", timeout=300).raise_for_status()
     root = Path(__file__).resolve().parent.parent
     env = {
         **os.environ,
