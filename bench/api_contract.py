@@ -25,12 +25,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.contract_hooks import ADMIN_ID, KEY_FILE
+from bench.contract_hooks import ADMIN_ID, AREA, KEY_FILE
 from services.auth import ADMIN_KEY_FILE
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
 
+MAX_STEPS = 10  # calls in one stateful sequence
 CURSOR = "cursor: an opaque token the server made (next_cursor); any other string is a 422"
 CROSS_FIELD = "a rule across fields that the schema documents but OpenAPI cannot express"
 # Checks left out of the run, by operation, each with the reason: (operation, check) -> why.
@@ -96,9 +97,24 @@ EXCLUSIONS: dict[tuple[str, str], str] = {
 }
 
 
-def config_file(folder: Path, exclusions: dict[tuple[str, str], str]) -> Path:
-    """A schemathesis.toml that turns each excluded check off for its operation."""
-    lines = ["[checks]", "enabled = true  # all of them (`-c all`)", ""]
+def config_file(
+    folder: Path, exclusions: dict[tuple[str, str], str], examples: int, scenarios: int
+) -> Path:
+    """A schemathesis.toml: ``examples`` per operation and phase, ``scenarios`` sequences of up
+    to ``MAX_STEPS`` linked calls in the stateful phase, every check on but each excluded one
+    for its operation. (The examples are set here, not with ``--max-examples``: an option on
+    the command line would override the stateful phase's own.)"""
+    lines = [
+        f"generation.max-examples = {examples}",
+        "",
+        "[phases.stateful]",
+        f"generation.max-examples = {scenarios}",
+        f"max-steps = {MAX_STEPS}",
+        "",
+        "[checks]",
+        "enabled = true  # all of them (`-c all`)",
+        "",
+    ]
     for (operation, check), why in sorted(exclusions.items()):
         lines += [
             f"# {why}",
@@ -118,10 +134,15 @@ def run_schemathesis(
     seed: int,
     extra: list[str] | None = None,
     exclusions: dict[tuple[str, str], str] | None = None,
+    scenarios: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``schemathesis run`` with every check and phase against ``server``, in a scratch folder
-    (its cassettes and caches stay out of the checkout), less ``exclusions``."""
+    (its cassettes and caches stay out of the checkout), less ``exclusions``; the stateful
+    phase runs up to about ``scenarios`` sequences (default: ``examples`` x 2)."""
     keys = httpx.get(f"{server.url}/api/v1/keys", headers=server.headers, timeout=30).json()
+    # The first request for the document builds it (seconds on a loaded machine); schemathesis
+    # waits 10 s for it, so build it now: the app keeps it.
+    httpx.get(f"{server.url}/openapi.json", timeout=300).raise_for_status()
     root = Path(__file__).resolve().parent.parent
     env = {
         **os.environ,
@@ -129,6 +150,7 @@ def run_schemathesis(
         "SCHEMATHESIS_HOOKS": "bench.contract_hooks",
         KEY_FILE: str(server.settings.home / ADMIN_KEY_FILE),
         ADMIN_ID: keys[0]["id"],
+        AREA: server.settings.team_area(keys[0]["team"]),
         "NO_COLOR": "1",
     }
     command = [
@@ -136,7 +158,6 @@ def run_schemathesis(
         "--config-file={config}",
         "run",
         f"{server.url}/openapi.json",
-        f"--max-examples={examples}",
         f"--seed={seed}",
         "--workers=1",
         "--suppress-health-check=all",
@@ -144,9 +165,37 @@ def run_schemathesis(
         *(extra or []),
     ]
     with tempfile.TemporaryDirectory() as scratch:
-        config = config_file(Path(scratch), EXCLUSIONS if exclusions is None else exclusions)
+        config = config_file(
+            Path(scratch),
+            EXCLUSIONS if exclusions is None else exclusions,
+            examples,
+            examples * 2 if scenarios is None else scenarios,
+        )
         command[1] = command[1].format(config=config)
         return subprocess.run(command, capture_output=True, text=True, env=env, cwd=scratch)
+
+
+def stateful(output: str) -> dict[str, int | bool]:
+    """What the report says of the stateful phase: whether it passed, its scenarios, and the
+    links it followed (covered) of those it chose from (selected; total, inferred ones among
+    them: the rest are the document's own)."""
+    phase = re.search(r"(\S+)\s+Stateful \(in [^)]*\)\s+Scenarios:\s+(\d+)", output)
+    links = re.search(
+        r"API Links:\s+(\d+) covered / (\d+) selected / (\d+) total(?: \((\d+) inferred\))?",
+        output,
+    )
+    if phase is None or links is None:
+        return {"ran": False}
+    covered, selected, total, inferred = (int(g or 0) for g in links.groups())
+    return {
+        "ran": True,
+        "passed": phase.group(1) == "\u2705",
+        "scenarios": int(phase.group(2)),
+        "links_covered": covered,
+        "links_selected": selected,
+        "links_total": total,
+        "links_documented": total - inferred,
+    }
 
 
 def failures(output: str) -> int:
@@ -159,6 +208,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=25)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scenarios", type=int, help="stateful sequences (default examples x 2)")
     parser.add_argument("--max-time", type=int, default=0, help="seconds; 0: no budget")
     parser.add_argument("--all", action="store_true", help="no exclusions (EXCLUSIONS)")
     args = parser.parse_args()
@@ -167,13 +217,15 @@ def main() -> int:
     server.start()
     try:
         extra = [f"--max-time={args.max_time}"] if args.max_time else []
-        run = run_schemathesis(server, args.examples, args.seed, extra, {} if args.all else None)
+        exclusions = {} if args.all else None
+        run = run_schemathesis(server, args.examples, args.seed, extra, exclusions, args.scenarios)
     finally:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
     print(run.stdout)
     print(run.stderr, file=sys.stderr)
-    print(json.dumps({"failures": failures(run.stdout), "exit": run.returncode}))
+    summary = {"failures": failures(run.stdout), "exit": run.returncode}
+    print(json.dumps(summary | {"stateful": stateful(run.stdout)}))
     return run.returncode
 
 

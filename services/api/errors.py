@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from services.api.links import add_links
+from services.api.log_stream import LogEnd, LogLine
+
 log = logging.getLogger("llmforge.api")
 
 # Stable, machine-readable: a client branches on these, never on the wording of ``detail``.
@@ -180,7 +183,7 @@ def _generic(response: dict[str, Any]) -> bool:
 
 def _document(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ValidationIssue, ErrorBody):
+    for model in (ValidationIssue, ErrorBody, LogLine, LogEnd):
         found = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(found.pop("$defs", {}))
         components[model.__name__] = found
@@ -206,7 +209,7 @@ def document_errors(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _document(generate())
+            app.openapi_schema = add_links(_document(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -188,13 +188,24 @@ class ArtifactCreate(Strict):
     """Registering an artifact by hand (jobs register theirs when they succeed)."""
 
     name: str = Field(min_length=1, max_length=200)
-    uri: RegistryUri
+    uri: RegistryUri = Field(
+        description="where the files are: an absolute path, file:///path or s3://bucket/key (no "
+        "'.' or '..' segments). It must lie under the caller's team's read roots (GET "
+        "/api/v1/teams/{team}/roots: its area, the shared roots and its grants; symlinks "
+        "resolved) and exist (a local file or folder, an S3 object or a prefix holding one); "
+        "else a 422 at body.uri saying which rule failed and the team's roots."
+    )
     parent_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
         description="the id of a dataset or model this team sees (else a 422)",
     )
-    inputs: list[RegistryUri] = Field(default_factory=list, max_length=100)
+    inputs: list[RegistryUri] = Field(
+        default_factory=list,
+        max_length=100,
+        description="what it was made from, for lineage only: checked like uri's form, but "
+        "neither for roots nor existence (inputs may since have been deleted)",
+    )
     stats: dict[str, Any] = Field(default_factory=dict)
 
 

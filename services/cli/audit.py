@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.cli.client import api_client, print_response
+from services.cli.api import Api
+from services.cli.client import api_client, print_result
 
 FILTERS = ("action", "team", "key_id", "resource_type", "resource_id", "since", "until", "cursor")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     params = {name: getattr(args, name) for name in FILTERS if getattr(args, name) is not None}
-    with api_client() as api:
-        return print_response(api.get("/api/v1/audit", params={**params, "limit": args.limit}))
+    with api_client() as http:
+        return print_result(lambda: Api(http).audit(**params, limit=args.limit))
 
 
 def add_audit_commands(sub: Any) -> None:

@@ -1,5 +1,6 @@
 """``llmforge prompts …`` (stored prompt templates) and ``llmforge ratings campaign …`` (rating
-campaigns), REST clients of ``/api/v1/prompts`` and ``/api/v1/ratings/campaigns``.
+campaigns), on the typed client (``services.cli.api``) of ``/api/v1/prompts`` and
+``/api/v1/ratings/campaigns``.
 
 llmforge prompts create qa.yaml                  llmforge prompts render qa --var question=Why?
 llmforge prompts list | show REF | delete REF    llmforge prompts update REF qa.yaml
@@ -17,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cli.client import api_client, console, load_file, print_response
+from services.cli.api import Api, ApiError
+from services.cli.client import api_client, console, load_file, print_error, print_result
 
 
 def parse_vars(pairs: list[str] | None) -> dict[str, str]:
@@ -43,46 +45,54 @@ def _vars_or_exit(args: argparse.Namespace, command: str) -> dict[str, str] | No
 
 
 def cmd_prompts_list(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.get("/api/v1/prompts")
-    if not r.is_success or args.json:
-        return print_response(r)
-    for t in r.json()["data"]:
-        print(f"{t['id']}  {t['name']:<24} v{t['version']:<3} {', '.join(t['variables'])}")
+    with api_client() as http:
+        try:
+            templates = Api(http).templates()
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: templates)
+    for t in templates.data:
+        print(f"{t.id}  {t.name:<24} v{t.version:<3} {', '.join(t.variables)}")
     return 0
 
 
 def cmd_prompts_show(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/prompts/{args.ref}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).template(args.ref))
 
 
 def cmd_prompts_create(args: argparse.Namespace) -> int:
     body = load_file(args.file)
-    with api_client() as api:
+    with api_client() as http:
+        api = Api(http)
         if args.ref:
-            return print_response(api.put(f"/api/v1/prompts/{args.ref}", json=body))
-        return print_response(api.post("/api/v1/prompts", json=body))
+            return print_result(lambda: api.replace_template(args.ref, body))
+        return print_result(lambda: api.create_template(body))
 
 
 def cmd_prompts_delete(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.delete(f"/api/v1/prompts/{args.ref}")
-    if r.status_code == 204:
-        print(f"deleted {args.ref}")
-        return 0
-    return print_response(r)
+    with api_client() as http:
+        try:
+            Api(http).delete_template(args.ref)
+        except ApiError as e:
+            return print_error(e)
+    print(f"deleted {args.ref}")
+    return 0
 
 
 def cmd_prompts_render(args: argparse.Namespace) -> int:
     variables = _vars_or_exit(args, "prompts render")
     if variables is None:
         return 2
-    with api_client() as api:
-        r = api.post(f"/api/v1/prompts/{args.ref}/render", json={"variables": variables})
-    if not r.is_success or args.json:
-        return print_response(r)
-    print(r.json()["text"])
+    with api_client() as http:
+        try:
+            rendered = Api(http).render_template(args.ref, variables)
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: rendered)
+    print(rendered.text)
     return 0
 
 
@@ -159,70 +169,74 @@ def cmd_campaign_create(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"llmforge ratings campaign create: {e}", file=sys.stderr)
         return 1
-    with api_client() as api:
-        r = api.post("/api/v1/ratings/campaigns", json=body)
-        if not r.is_success or not args.wait:
-            return print_response(r)
-        path = f"/api/v1/ratings/campaigns/{r.json()['id']}"
-        with console.status("generating the completions…"):
-            while r.is_success and r.json()["state"] == "generating":
-                time.sleep(1)
-                r = api.get(path)
-        code = print_response(r)
-        return code if r.json().get("state") == "open" else 1
+    with api_client() as http:
+        api = Api(http)
+        try:
+            campaign = api.create_campaign(body)
+            if args.wait:
+                with console.status("generating the completions…"):
+                    while campaign.state == "generating":
+                        time.sleep(1)
+                        campaign = api.campaign(campaign.id)
+        except ApiError as e:
+            return print_error(e)
+    print_result(lambda: campaign)
+    return 0 if not args.wait or campaign.state == "open" else 1
 
 
 def cmd_campaign_show(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get(f"/api/v1/ratings/campaigns/{args.id}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).campaign(args.id))
 
 
 def cmd_campaign_list(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.get("/api/v1/ratings/campaigns")
-    if not r.is_success or args.json:
-        return print_response(r)
-    for c in r.json()["data"]:
-        p = c["progress"]
+    with api_client() as http:
+        try:
+            campaigns = Api(http).campaigns()
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: campaigns)
+    for c in campaigns.data:
+        p = c.progress
         print(
-            f"{c['id']}  {c['state']:<10} {len(c['models'])} models  {c['prompts']} prompts  "
-            f"{p['ratings']} ratings of {p['pairs']} pairs  {c['name'] or ''}"
+            f"{c.id}  {c.state:<10} {len(c.models)} models  {c.prompts} prompts  "
+            f"{p.ratings} ratings of {p.pairs} pairs  {c.name or ''}"
         )
     return 0
 
 
 def cmd_campaign_next(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.get(f"/api/v1/ratings/campaigns/{args.id}/next")
-    if not r.is_success or args.json:
-        return print_response(r)
-    got = r.json()
-    pair = got["pair"]
+    with api_client() as http:
+        try:
+            got = Api(http).next_pair(args.id)
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: got)
+    pair = got.pair
     if pair is None:
-        print(f"nothing left for you to rate in campaign {args.id} ({got['state']})")
+        print(f"nothing left for you to rate in campaign {args.id} ({got.state})")
         return 0
-    for title, text in (
-        ("prompt", pair["prompt"]),
-        ("left", pair["left"]),
-        ("right", pair["right"]),
-    ):
+    for title, text in (("prompt", pair.prompt), ("left", pair.left), ("right", pair.right)):
         print(f"──── {title} " + "─" * 40)
         print(text)
-    left = got["progress"]["left_for_you"]
     print("─" * 48)
-    print(f"pair {pair['id']} ({left} left for you); rate it with:")
-    print(f"  llmforge ratings campaign rate {args.id} {pair['id']} left|right|tie")
+    print(f"pair {pair.id} ({got.progress.left_for_you} left for you); rate it with:")
+    print(f"  llmforge ratings campaign rate {args.id} {pair.id} left|right|tie")
     return 0
 
 
 def cmd_campaign_rate(args: argparse.Namespace) -> int:
     body = {"pair_id": args.pair, "verdict": args.verdict}
-    with api_client() as api:
-        r = api.post(f"/api/v1/ratings/campaigns/{args.id}/ratings", json=body)
-    if not r.is_success or args.json:
-        return print_response(r)
-    progress = r.json()["progress"]
-    print(f"rated: {args.verdict} ({progress['left_for_you']} left for you)")
+    with api_client() as http:
+        try:
+            rated = Api(http).rate_pair(args.id, body)
+        except ApiError as e:
+            return print_error(e)
+    if args.json:
+        return print_result(lambda: rated)
+    print(f"rated: {args.verdict} ({rated.progress.left_for_you} left for you)")
     return 0
 
 

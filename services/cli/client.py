@@ -1,4 +1,4 @@
-"""The control plane's REST API as the CLI reaches it: URL, key, answers, waiting.
+"""The control plane's REST API as the CLI reaches it: URL, key, and printing its answers.
 
 The API's URL comes from ``LLMFORGE_API_URL`` (default http://127.0.0.1:8000), the key from
 ``LLMFORGE_API_KEY`` or the admin key a local control plane wrote at its first start.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from rich.console import Console
 from services.auth import ADMIN_KEY_FILE
 from services.cli.api import ApiError
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
 console = Console(stderr=True)
 
 
@@ -97,30 +95,17 @@ def load_file(path: str, variables: Sequence[str] = ()) -> Any:
     return expand_variables(yaml.safe_load(Path(path).read_text()), parse_variables(variables))
 
 
-def wait_until_ended(api: httpx.Client, path: str) -> httpx.Response:
-    """Poll until the job or pipeline ends, showing its state (and stages) as it changes."""
-    last = ""
-    with console.status("waiting…") as status:
-        while True:
-            r = api.get(path)
-            body = r.json()
-            if not r.is_success or body["state"] in TERMINAL | {"SUCCEEDED", "FAILED"}:
-                return r
-            stages = " ".join(f"{j['stage']}:{j['state']}" for j in body.get("jobs", []))
-            line = f"{body['state']} {stages}".strip()
-            if line != last:
-                status.update(line)
-                last = line
-            time.sleep(1)
-
-
-def print_result(call: Callable[[], BaseModel]) -> int:
-    """Print what a typed call (``services.cli.api``) answered, or its error body: 0 or 1."""
+def print_result(call: Callable[[], BaseModel | list[Any]]) -> int:
+    """Print what a typed call (``services.cli.api``) answered (a model, or a list of them),
+    or its error body: 0 or 1."""
     try:
         result = call()
     except ApiError as e:
         return print_error(e)
-    print(json.dumps(result.model_dump(mode="json"), indent=2))
+    if isinstance(result, list):
+        print(json.dumps([item.model_dump(mode="json") for item in result], indent=2))
+    else:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
     return 0
 
 

@@ -12,62 +12,52 @@ import argparse
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
-
+from services.cli.api import Api, ApiError
 from services.cli.client import api_client, console
 
 
-def _error(r: httpx.Response) -> str:
-    r.read()
-    try:
-        return str(r.json().get("detail", r.text))
-    except ValueError:
-        return r.text
-
-
-def fetch(api: httpx.Client, url: str, target: Path, resume: bool) -> bool:
-    """Stream ``url`` into ``target``; with ``resume``, ask only for the bytes it lacks."""
+def fetch(api: Api, path: str, target: Path, resume: bool) -> bool:
+    """Stream the file at ``path`` (``Api.job_file``/``artifact_file``) into ``target``; with
+    ``resume``, ask only for the bytes it lacks."""
     have = target.stat().st_size if resume and target.is_file() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with api.stream("GET", url, headers=headers) as r:
-        if r.status_code == 416 and have:
-            total = re.fullmatch(r"bytes \*/(\d+)", r.headers.get("content-range", ""))
+    try:
+        with api.open_file(path, start=have) as r:
+            if r.status_code == 206 and not r.headers.get("content-range", "").startswith(
+                f"bytes {have}-"
+            ):
+                console.print("llmforge download: the server sent another range than asked for")
+                return False
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "ab" if r.status_code == 206 else "wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+    except ApiError as e:
+        if e.status == 416 and have:
+            total = re.fullmatch(r"bytes \*/(\d+)", e.headers.get("content-range", ""))
             if total and int(total.group(1)) == have:
                 console.print(f"{target} is already complete ({have} bytes)")
                 return True
-            console.print(f"llmforge download: {target} is larger than the file: {_error(r)}")
+            console.print(f"llmforge download: {target} is larger than the file: {e.error.detail}")
             return False
-        if r.status_code not in (200, 206):
-            console.print(f"llmforge download: {r.status_code}: {_error(r)}")
-            return False
-        if r.status_code == 206 and not r.headers.get("content-range", "").startswith(
-            f"bytes {have}-"
-        ):
-            console.print("llmforge download: the server sent another range than asked for")
-            return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "ab" if r.status_code == 206 else "wb") as f:
-            for chunk in r.iter_bytes():
-                f.write(chunk)
+        console.print(f"llmforge download: {e.status}: {e.error.detail}")
+        return False
     console.print(f"{target}: {target.stat().st_size} bytes")
     return True
 
 
-def _download(args: argparse.Namespace, base: str) -> int:
+def _download(args: argparse.Namespace, path: str) -> int:
     target = Path(args.output or args.path.rstrip("/").rsplit("/", 1)[-1])
-    url = f"{base}/{quote(args.path)}"
-    with api_client(timeout=None) as api:
-        return 0 if fetch(api, url, target, args.resume) else 1
+    with api_client() as http:
+        return 0 if fetch(Api(http), path, target, args.resume) else 1
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    return _download(args, f"/api/v1/jobs/{args.job}/artifacts")
+    return _download(args, Api.job_file(args.job, args.path))
 
 
 def cmd_registry_download(args: argparse.Namespace) -> int:
-    return _download(args, f"/api/v1/{args.category}/{args.id}/files")
+    return _download(args, Api.artifact_file(args.category, args.id, args.path))
 
 
 def _file_options(p: argparse.ArgumentParser) -> None:

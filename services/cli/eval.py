@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.cli.client import api_client, print_response, wait_until_ended
+from services.cli.api import Api, ApiError
+from services.cli.client import api_client, print_error, print_result, show_state
 
 REGISTRY = "registry:"  # services.registry_refs: the control plane resolves it on submit
 
@@ -112,14 +113,18 @@ def _local(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.local:
         return _local(args)
-    with api_client() as api:
-        r = api.post("/api/v1/jobs", json={"kind": "evaluate", "spec": _spec(args)})
-        if args.wait and r.is_success:
-            r = wait_until_ended(api, f"/api/v1/jobs/{r.json()['id']}")
-            table = Path(args.output) / "leaderboard.md"
-            if r.json().get("state") == "SUCCEEDED" and table.is_file():
-                print(table.read_text())
-        return print_response(r)
+    with api_client() as http:
+        api = Api(http)
+        try:
+            job = api.submit_job({"kind": "evaluate", "spec": _spec(args)})
+            if args.wait:
+                job = api.wait(job, show_state)
+        except ApiError as e:
+            return print_error(e)
+    table = Path(args.output) / "leaderboard.md"
+    if args.wait and job.state == "SUCCEEDED" and table.is_file():
+        print(table.read_text())
+    return print_result(lambda: job)
 
 
 def cmd_eval_table(args: argparse.Namespace) -> int:

@@ -8,22 +8,27 @@ import json
 from typing import Any
 
 from llm.eval.compare import markdown
-from services.cli.client import api_client, load_file, print_response, wait_until_ended
+from services.cli.api import Api, ApiError
+from services.cli.client import api_client, load_file, print_error, print_result, show_state
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        r = api.post("/api/v1/experiments/ablation", json=load_file(args.spec))
-        if not (args.wait and r.is_success):
-            return print_response(r)
-        pipeline_id = r.json()["id"]
-        print(f"pipeline {pipeline_id}: {len(r.json()['jobs'])} jobs", flush=True)
-        r = wait_until_ended(api, f"/api/v1/pipelines/{pipeline_id}")
-        body = r.json()
-        if not r.is_success or body["state"] != "SUCCEEDED":
-            return print_response(r) or 1
-        compare = next(j for j in body["jobs"] if j["stage"] == "compare")
-        result = compare["result"]
+    with api_client() as http:
+        api = Api(http)
+        try:
+            pipeline = api.run_ablation(load_file(args.spec))
+            if not args.wait:
+                return print_result(lambda: pipeline)
+            print(f"pipeline {pipeline.id}: {len(pipeline.jobs)} jobs", flush=True)
+            pipeline = api.wait(pipeline, show_state)
+        except ApiError as e:
+            return print_error(e)
+        if pipeline.state != "SUCCEEDED":
+            print_result(lambda: pipeline)
+            return 1
+        compare = next(j for j in pipeline.jobs if j.stage == "compare")
+        result = compare.result or {}
+        pipeline_id = pipeline.id
         print(markdown(result))
         print(json.dumps({"pipeline": pipeline_id, "table": result["table"],
                           "chart": result["chart"]}))  # fmt: skip

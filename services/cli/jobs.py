@@ -7,14 +7,15 @@ import sys
 from typing import Any
 
 from contracts.jobs import JobKind
+from services.api.log_stream import LogLine
 from services.api.schemas import JobPublic, PipelinePublic
 from services.cli.api import Api, ApiError
 from services.cli.client import (
     MissingVariableError,
     api_client,
+    console,
     load_file,
     print_error,
-    print_response,
     print_result,
     show_state,
 )
@@ -61,20 +62,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    with api_client(timeout=None if args.follow else 30) as api:
-        if args.follow:
-            with api.stream("GET", f"/api/v1/jobs/{args.job}/logs", params={"follow": True}) as r:
-                if not r.is_success:
-                    r.read()
-                    return print_response(r)
-                for chunk in r.iter_text():
-                    sys.stdout.write(chunk)
-                    sys.stdout.flush()
-            return 0
+    with api_client() as http:
+        api = Api(http)
         try:
-            print(Api(api).job_logs(args.job).logs)
+            if not args.follow:
+                print(api.job_logs(args.job).logs)
+                return 0
+            return _follow(api, args.job)
         except ApiError as e:
             return print_error(e)
+
+
+def _follow(api: Api, job_id: str) -> int:
+    """Print each line as the job writes it; then its state (stderr): 0 unless the stream
+    ended early."""
+    for item in api.follow_logs(job_id):
+        if isinstance(item, LogLine):
+            sys.stdout.write(item.line + "\n")
+            sys.stdout.flush()
+        elif item.error:
+            console.print(f"log stream ended early: {item.error}", highlight=False)
+            return 1
+        else:
+            console.print(f"job {job_id}: {item.status}", highlight=False)
     return 0
 
 
@@ -101,26 +111,26 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         body["expires_in_days"] = args.expires_in_days
     if args.rate_limit is not None:
         body["rate_limit_per_min"] = args.rate_limit
-    with api_client() as api:
-        return print_response(api.post("/api/v1/keys", json=body))
+    with api_client() as http:
+        return print_result(lambda: Api(http).create_key(body))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get("/api/v1/keys"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).keys())
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.delete(f"/api/v1/keys/{args.key_id}"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).revoke_key(args.key_id))
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     body: dict[str, int] = {"grace_seconds": args.grace_seconds}
     if args.expires_in_days is not None:
         body["expires_in_days"] = args.expires_in_days
-    with api_client() as api:
-        return print_response(api.post(f"/api/v1/keys/{args.key_id}/rotate", json=body))
+    with api_client() as http:
+        return print_result(lambda: Api(http).rotate_key(args.key_id, body))
 
 
 def _add_keys(sub: Any) -> None:

@@ -92,10 +92,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if "data" not in spec:
             print("llmforge plan: --submit needs --data (the token shards)", file=sys.stderr)
             return 1
-        from services.cli.client import api_client, print_response
+        from services.cli.api import Api
+        from services.cli.client import api_client, print_result
 
-        with api_client() as api:
-            return print_response(api.post("/api/v1/jobs", json={"kind": "train", "spec": spec}))
+        with api_client() as http:
+            return print_result(lambda: Api(http).submit_job({"kind": "train", "spec": spec}))
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from services.cli.api import Api, ApiError
 from services.cli.campaigns import add_campaign_commands
-from services.cli.client import api_client, load_file, print_error, print_response, print_result
+from services.cli.client import api_client, load_file, print_error, print_result
 from services.cli.download import add_registry_download
 
 
@@ -57,13 +57,9 @@ def cmd_ratings_add(args: argparse.Namespace) -> int:
 def cmd_ratings_export(args: argparse.Namespace) -> int:
     """The team's ratings as DPO preference records, written by the server under its roots."""
     body = {"output": args.output, "task": args.task, "model": args.model}
-    with api_client(timeout=300) as api:
-        return print_response(
-            api.post(
-                "/api/v1/ratings/preferences",
-                json={k: v for k, v in body.items() if v is not None},
-            )
-        )
+    given = {k: v for k, v in body.items() if v is not None}
+    with api_client(timeout=300) as http:
+        return print_result(lambda: Api(http).export_preferences(given))
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -93,16 +89,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_teams(args: argparse.Namespace) -> int:
-    with api_client() as api:
-        return print_response(api.get("/api/v1/teams"))
+    with api_client() as http:
+        return print_result(lambda: Api(http).teams())
 
 
 def cmd_team_limit(args: argparse.Namespace) -> int:
-    path = f"/api/v1/teams/{args.team}/limit"
-    with api_client() as api:
+    with api_client() as http:
+        api = Api(http)
         if args.max_running is None:
-            return print_response(api.delete(path))
-        return print_response(api.put(path, json={"max_running": args.max_running}))
+            return print_result(lambda: api.clear_team_limit(args.team))
+        return print_result(lambda: api.set_team_limit(args.team, args.max_running))
 
 
 def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:

@@ -106,6 +106,36 @@ def test_cli_submits_waits_and_reads_logs(
     assert main(["status", job["id"]]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == job["id"]
     assert main(["logs", "--follow", job["id"]]) == 0
-    assert '"documents": 20' in capsys.readouterr().out
+    followed = capsys.readouterr()
+    assert '"documents": 20' in followed.out and f"job {job['id']}: SUCCEEDED" in followed.err
     assert main(["cancel", job["id"]]) == 1  # it already ended: 409
     assert "already ended" in capsys.readouterr().out
+
+
+def test_following_a_running_jobs_log_streams_ndjson_lines_then_its_state(
+    control_plane: BackgroundServer, shared_data: Path, tmp_path: Path
+) -> None:
+    """``?follow=true`` on a job Ray is running: application/x-ndjson, each object one line of
+    the log in order (offsets 0, 1, …), the same lines the JSON answer has once it ended, and
+    a last object with the job's state."""
+    corpus = tmp_path / "in.jsonl.gz"
+    _corpus(shared_data, corpus, docs=20)
+    spec = {"input": str(corpus), "output": str(tmp_path / "out"), "steps": [{"kind": "length"}]}
+    api = httpx.Client(base_url=control_plane.url, timeout=30)
+    job = api.post("/api/v1/jobs", json={"kind": "curate", "spec": spec}).json()
+    deadline = time.monotonic() + 120
+    while not api.get(f"/api/v1/jobs/{job['id']}").json()["ray_submission_id"]:
+        assert time.monotonic() < deadline, "the job never reached Ray"
+        time.sleep(0.2)
+    params = {"follow": True}
+    with api.stream("GET", f"/api/v1/jobs/{job['id']}/logs", params=params, timeout=300) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        items = [json.loads(line) for line in r.iter_lines() if line]
+    *lines, end = items
+    assert end == {"status": "SUCCEEDED", "error": None}
+    assert [item["offset"] for item in lines] == list(range(len(lines))) and lines
+    logged = api.get(f"/api/v1/jobs/{job['id']}/logs").json()["logs"]
+    assert [item["line"] for item in lines] == [
+        line.removesuffix("\r") for line in logged.removesuffix("\n").split("\n")
+    ]

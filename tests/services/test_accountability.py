@@ -80,8 +80,10 @@ def test_the_audit_log_records_who_did_what(app_db: Client) -> None:
     assert client.post("/api/v1/pipelines", json=pipeline, headers=alice).status_code == 201
     assert client.put("/api/v1/teams/red/limit", json={"max_running": 2}, headers=admin).is_success
     assert client.delete("/api/v1/teams/red/limit", headers=admin).is_success
+    corpus = Path(client.app.state.scheduler.settings.team_area("red")) / "d"  # type: ignore[attr-defined]
+    corpus.mkdir(parents=True)
     dataset = client.post(
-        "/api/v1/datasets", json={"name": "d", "kind": "raw", "uri": "/tmp/none"}, headers=alice
+        "/api/v1/datasets", json={"name": "d", "kind": "raw", "uri": str(corpus)}, headers=alice
     ).json()
     assert client.delete(f"/api/v1/datasets/{dataset['id']}", headers=admin).is_success
     assert client.delete(f"/api/v1/keys/{reader_id}", headers=admin).is_success

@@ -108,17 +108,20 @@ def test_an_adapter_is_registered_only_onto_its_base(client: TestClient, tmp_pat
     def register(body: dict[str, Any]) -> Any:
         return client.post("/api/v1/models", json={"name": "m", **body})
 
-    base = register({"kind": "checkpoint", "uri": str(tmp_path / "base")}).json()
-    other = register({"kind": "checkpoint", "uri": str(tmp_path / "other")}).json()
-    adapter = _adapter(tmp_path / "sft", f"{tmp_path}/base/checkpoints/step_00000010")
+    area = tmp_path / "artifacts" / "teams" / "default"  # the team's own area
+    for name in ("base", "other", "nothing"):
+        (area / name).mkdir(parents=True)
+    base = register({"kind": "checkpoint", "uri": str(area / "base")}).json()
+    other = register({"kind": "checkpoint", "uri": str(area / "other")}).json()
+    adapter = _adapter(area / "sft", f"{area}/base/checkpoints/step_00000010")
     body = {"kind": "adapter", "uri": str(adapter)}
     r = register({**body, "parent_id": other["id"]})
     assert r.status_code == 422, r.text
     assert ["body", "uri"] in [e["loc"] for e in r.json()["detail"]]
-    assert f"was trained on the base {tmp_path}/base/checkpoints/step_00000010" in r.text
+    assert f"was trained on the base {area}/base/checkpoints/step_00000010" in r.text
     r = register(body)
     assert r.status_code == 422 and "an adapter's parent_id is its base model" in r.text
-    r = register({**body, "uri": str(tmp_path / "nothing"), "parent_id": base["id"]})
+    r = register({**body, "uri": str(area / "nothing"), "parent_id": base["id"]})
     assert r.status_code == 422 and "holds no LoRA adapter" in r.text
     r = register({**body, "parent_id": base["id"]})
     assert r.status_code == 201, r.text

@@ -30,13 +30,14 @@ def served(
             ray_address=f"http://127.0.0.1:{free_port()}",
             poll_interval_s=60,
             rate_limit_per_min=0,
+            shared_roots=str(tmp_path / "models"),  # every team reads it
         )
     )
     server.start()
     try:
         models = []
         for seed in (0, 4):
-            ckpt = seeded_checkpoint(tmp_path / f"ckpt{seed}", seed)
+            ckpt = seeded_checkpoint(tmp_path / "models" / f"ckpt{seed}", seed)
             body = {"name": f"tiny{seed}", "kind": "checkpoint", "uri": str(ckpt)}
             r = httpx.post(f"{server.url}/api/v1/models", json=body, headers=server.headers)
             models.append(r.json()["id"])

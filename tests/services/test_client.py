@@ -79,9 +79,12 @@ def test_core_resources_round_trip(api: Api, tmp_path: Path) -> None:
     pipeline = api.run_pipeline({"name": "p", "stages": stages})
     assert api.pipeline(pipeline.id).jobs[0].stage == "c"
 
-    corpus = api.register("datasets", {"name": "web", "kind": "raw", "uri": str(tmp_path / "w")})
+    area = tmp_path / "home" / "artifacts" / "teams" / "default"  # the admin's team's area
+    (area / "w").mkdir(parents=True)
+    (area / "m").mkdir()
+    corpus = api.register("datasets", {"name": "web", "kind": "raw", "uri": str(area / "w")})
     model = api.register(
-        "models", {"name": "m", "kind": "exported", "uri": "s3://models/m", "parent_id": corpus.id}
+        "models", {"name": "m", "kind": "exported", "uri": str(area / "m"), "parent_id": corpus.id}
     )
     assert [a.id for a in api.lineage("models", model.id).chain] == [model.id, corpus.id]
     assert api.artifacts("datasets", kind="raw").count == 1

@@ -59,17 +59,18 @@ def _lora(base: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("adapters")
-    base = tiny_checkpoint(tmp / "base")
-    other = seeded_checkpoint(tmp / "other", seed=3)
-    adapter = _lora(base, tmp / "lora")
+    models = tmp / "models"  # a shared root: every team reads it
+    base = tiny_checkpoint(models / "base")
+    other = seeded_checkpoint(models / "other", seed=3)
+    adapter = _lora(base, models / "lora")
     merged_path = save_checkpoint(
-        tmp / "merged", model=merged(load_model(adapter)), config=load_model(base).config,
+        models / "merged", model=merged(load_model(adapter)), config=load_model(base).config,
         optimizer=None, trainer_state={"step": 1},
     )  # fmt: skip
     (merged_path / "tokenizer.json").write_bytes((base / "tokenizer.json").read_bytes())
     settings = Settings(
         home=tmp / "home", ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=60,
-        rate_limit_per_min=0, auth=False,
+        rate_limit_per_min=0, auth=False, shared_roots=str(models),
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         ids: dict[str, str] = {}
@@ -77,7 +78,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             ("base", "checkpoint", base, None),
             ("other", "checkpoint", other, None),
             ("merged", "checkpoint", merged_path, None),
-            ("sea-lora", "adapter", tmp / "lora", "base"),
+            ("sea-lora", "adapter", models / "lora", "base"),
         ):
             body = {"name": name, "kind": kind, "uri": str(uri)}
             if parent:

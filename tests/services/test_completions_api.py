@@ -42,14 +42,15 @@ def _key(client: TestClient, admin: dict[str, str], team: str) -> dict[str, str]
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("completions")
-    ckpt = tiny_checkpoint(tmp / "ckpt")
-    export_hf(load_model(ckpt), tmp / "hf", ckpt / "tokenizer.json", eos_id=EOS_ID)
+    ckpt = tiny_checkpoint(tmp / "models" / "ckpt")  # a shared root: every team reads it
+    export_hf(load_model(ckpt), tmp / "models" / "hf", ckpt / "tokenizer.json", eos_id=EOS_ID)
     settings = Settings(
         home=tmp / "home",
         ray_address=f"http://127.0.0.1:{free_port()}",
         poll_interval_s=60,
         rate_limit_per_min=0,
         serve_max_batch=8,
+        shared_roots=str(tmp / "models"),
     )
     with TestClient(create_app(settings)) as client:
         admin = {"Authorization": f"Bearer {(tmp / 'home' / ADMIN_KEY_FILE).read_text().strip()}"}
@@ -58,7 +59,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
             client.post("/api/v1/models", json=body, headers=red).json()["id"]
             for body in (
                 {"name": "tiny", "kind": "checkpoint", "uri": str(ckpt)},
-                {"name": "tiny-hf", "kind": "exported", "uri": str(tmp / "hf")},
+                {"name": "tiny-hf", "kind": "exported", "uri": str(tmp / "models" / "hf")},
             )
         ]
         yield Api(client, red, blue, *models)

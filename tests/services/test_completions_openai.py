@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackgroundServer, str]]:
     tmp = tmp_path_factory.mktemp("openai")
-    ckpt = tiny_checkpoint(tmp / "ckpt")
+    ckpt = tiny_checkpoint(tmp / "models" / "ckpt")  # a shared root: every team reads it
     server = BackgroundServer(
         Settings(
             home=tmp / "home",
@@ -31,6 +31,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Backgroun
             ray_address=f"http://127.0.0.1:{free_port()}",
             poll_interval_s=60,
             rate_limit_per_min=0,
+            shared_roots=str(tmp / "models"),
         )
     )
     server.start()

@@ -83,12 +83,45 @@ def test_every_operation_documents_its_errors_with_the_error_body(api: Client) -
                     schema = response["content"]["application/json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/ErrorBody"}, label
     logs = document["paths"]["/api/v1/jobs/{job_id}/logs"]["get"]["responses"]["200"]["content"]
-    assert set(logs) == {"application/json", "text/plain"}
+    assert set(logs) == {"application/json", "application/x-ndjson"}
+    lines = logs["application/x-ndjson"]["schema"]["oneOf"]
+    assert lines == [{"$ref": f"#/components/schemas/{m}"} for m in ("LogLine", "LogEnd")]
+
+
+def test_create_operations_link_to_what_they_made(api: Client) -> None:
+    """Links from each create operation to the operations on the id it answers (what
+    schemathesis's stateful phase and generated clients follow), each to a real operation
+    whose one path parameter is that id."""
+    client, _ = api
+    document = client.get("/openapi.json").json()
+    operations = {
+        o["operationId"]: (m, p) for p, ops in document["paths"].items() for m, o in ops.items()
+    }
+    created = document["paths"]["/api/v1/jobs"]["post"]["responses"]["201"]["links"]
+    assert {operations[link["operationId"]] for link in created.values()} >= {
+        ("get", "/api/v1/jobs/{job_id}"),
+        ("post", "/api/v1/jobs/{job_id}/cancel"),
+        ("post", "/api/v1/jobs/{job_id}/retry"),
+    }
+    linked = set()
+    for path, ops in document["paths"].items():
+        for method, operation in ops.items():
+            for link in operation["responses"].get("201", {}).get("links", {}).values():
+                [(param, expression)] = link["parameters"].items()
+                target = operations[link["operationId"]]
+                assert expression == "$response.body#/id" and f"{{{param}}}" in target[1]
+                linked.add((method, path))
+    assert linked == {
+        ("post", f"/api/v1/{p}")
+        for p in ("jobs", "pipelines", "datasets", "models", "prompts", "ratings", "keys")
+    } | {("post", "/api/v1/ratings/campaigns")}
 
 
 def test_timestamps_are_rfc3339_utc_both_ways(api: Client, tmp_path: Path) -> None:
     client, admin = api
-    body = {"name": "web", "kind": "raw", "uri": str(tmp_path / "corpus")}
+    corpus = tmp_path / "artifacts" / "teams" / "default" / "corpus"  # the admin's team's area
+    corpus.mkdir(parents=True)
+    body = {"name": "web", "kind": "raw", "uri": str(corpus)}
     created = client.post("/api/v1/datasets", json=body, headers=admin).json()["created_at"]
     assert created.endswith("Z")
     assert abs((datetime.fromisoformat(created) - datetime.now(UTC)).total_seconds()) < 60

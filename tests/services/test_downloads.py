@@ -201,20 +201,22 @@ def test_an_output_on_s3_downloads_with_ranges(
 def test_cli_download_resumes(app_home: Client, output: Path, tmp_path: Path) -> None:
     """``llmforge download`` against the app (its HTTP client swapped for the TestClient)."""
     from services.cli import download
+    from services.cli.api import Api
 
     client, admin = app_home
     job = _job(client, str(output))
     target = tmp_path / "part.bin"
     target.write_bytes(BIG[:1000])
     client.headers.update(admin)
-    assert download.fetch(client, f"/api/v1/jobs/{job}/artifacts/data/part-0.bin", target, True)
+    api = Api(client)
+    assert download.fetch(api, Api.job_file(job, "data/part-0.bin"), target, True)
     assert target.read_bytes() == BIG
     assert os.path.getsize(target) == len(BIG)
     # already complete: the server answers 416 and the file stays as it is
-    assert download.fetch(client, f"/api/v1/jobs/{job}/artifacts/data/part-0.bin", target, True)
+    assert download.fetch(api, Api.job_file(job, "data/part-0.bin"), target, True)
     assert target.read_bytes() == BIG
     other = tmp_path / "stats.json"
-    assert download.fetch(client, f"/api/v1/jobs/{job}/artifacts/stats.json", other, False)
+    assert download.fetch(api, Api.job_file(job, "stats.json"), other, False)
     assert other.read_text() == '{"kept": 3}'
-    assert not download.fetch(client, f"/api/v1/jobs/{job}/artifacts/none", tmp_path / "n", False)
+    assert not download.fetch(api, Api.job_file(job, "none"), tmp_path / "n", False)
     assert not (tmp_path / "n").exists()

@@ -76,7 +76,7 @@ def _model(name: str) -> Any:
     return getattr(importlib.import_module(f"{PACKAGE}.models"), name)
 
 
-def test_a_generated_client_round_trips_the_core_resources(client: Any) -> None:
+def test_a_generated_client_round_trips_the_core_resources(client: Any, tmp_path: Path) -> None:
     spec = {"input": "in", "output": "curated"}
     body = _model("JobCreate").from_dict({"kind": "curate", "spec": spec})
     job = _op("jobs", "submit_job_api_v1_jobs_post").sync(client=client, body=body)
@@ -96,7 +96,10 @@ def test_a_generated_client_round_trips_the_core_resources(client: Any) -> None:
     )
     assert again.jobs[0].stage == "c"
 
-    raw = {"name": "web", "kind": "raw", "uri": "/srv/corpus"}
+    area = tmp_path / "home" / "artifacts" / "teams" / "default"  # the admin's team's area
+    (area / "corpus").mkdir(parents=True)
+    (area / "m").mkdir()
+    raw = {"name": "web", "kind": "raw", "uri": str(area / "corpus")}
     dataset = _op("datasets", "register_dataset_api_v1_datasets_post").sync(
         client=client, body=_model("DatasetCreate").from_dict(raw)
     )
@@ -104,7 +107,7 @@ def test_a_generated_client_round_trips_the_core_resources(client: Any) -> None:
         client=client, body=_model("DatasetCreate").from_dict({**raw, "uri": "0"})
     )
     assert refused.code == "validation_error"
-    exported = {"name": "m", "kind": "exported", "uri": "s3://models/m", "parent_id": dataset.id}
+    exported = {"name": "m", "kind": "exported", "uri": str(area / "m"), "parent_id": dataset.id}
     model = _op("models", "register_model_api_v1_models_post").sync(
         client=client, body=_model("ModelCreate").from_dict(exported)
     )

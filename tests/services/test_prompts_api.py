@@ -36,13 +36,14 @@ def _key(client: TestClient, admin: dict[str, str], team: str, role: str = "memb
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("prompts")
-    ckpt = tiny_checkpoint(tmp / "ckpt")
+    ckpt = tiny_checkpoint(tmp / "models" / "ckpt")  # a shared root: every team reads it
     settings = Settings(
         home=tmp / "home",
         ray_address=f"http://127.0.0.1:{free_port()}",
         poll_interval_s=60,
         rate_limit_per_min=0,
         serve_max_batch=8,
+        shared_roots=str(tmp / "models"),
     )
     with TestClient(create_app(settings)) as client:
         admin = {"Authorization": f"Bearer {(tmp / 'home' / ADMIN_KEY_FILE).read_text().strip()}"}

@@ -54,6 +54,7 @@ def api(database_url: str, checkpoints: list[Path], tmp_path: Path) -> Iterator[
         poll_interval_s=60,
         rate_limit_per_min=0,
         serve_max_batch=4,
+        shared_roots=str(checkpoints[0].parent),  # every team reads it
     )
     with TestClient(create_app(settings)) as client:
         admin = {"Authorization": f"Bearer {(tmp_path / 'home' / ADMIN_KEY_FILE).read_text()}"}
@@ -176,8 +177,8 @@ def test_a_campaigns_ratings_reach_the_leaderboard_and_the_preferences(api: Api)
 
 def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api) -> None:
     c, red = api.client, api.red
-    empty = api.tmp / "empty"
-    empty.mkdir()
+    empty = api.tmp / "home" / "artifacts" / "teams" / "red" / "empty"  # red's area
+    empty.mkdir(parents=True)
     broken = c.post(
         "/api/v1/models", json={"name": "gone", "kind": "checkpoint", "uri": str(empty)},
         headers=red,
@@ -225,9 +226,11 @@ def test_completions_that_cannot_be_made_are_recorded_with_their_reason(api: Api
 
 def test_bad_campaigns_are_refused_naming_what(api: Api) -> None:
     c, red = api.client, api.red
+    blue_model = api.tmp / "home" / "artifacts" / "teams" / "blue" / "b"  # blue's area
+    blue_model.mkdir(parents=True)
     blues = c.post(
         "/api/v1/models",
-        json={"name": "b", "kind": "checkpoint", "uri": str(api.tmp)},
+        json={"name": "b", "kind": "checkpoint", "uri": str(blue_model)},
         headers=api.blue,
     ).json()["id"]
     assert c.post("/api/v1/prompts", json={"name": "t", "template": "{{ who }}"}, headers=red)

@@ -7,6 +7,7 @@ token-shard writer); the end-to-end run through Ray is in test_control_plane_ray
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,14 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
         yield client, admin
 
 
+def _made(home: Path, team: str, *parts: str) -> str:
+    """A folder with a file in it, in ``team``'s area (where its registrations may point)."""
+    folder = home / "artifacts" / "teams" / team / Path(*parts)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "part-0.parquet").write_bytes(b"x")
+    return str(folder)
+
+
 def _key(client: TestClient, admin: dict[str, str], team: str) -> dict[str, str]:
     r = client.post("/api/v1/keys", json={"name": team, "team": team}, headers=admin)
     return {"X-API-Key": r.json()["key"]}
@@ -157,11 +166,17 @@ def test_register_list_and_walk_lineage_over_rest(
 ) -> None:
     client, admin = api
     red, blue = _key(client, admin, "red"), _key(client, admin, "blue")
-    corpus = {"name": "web", "kind": "raw", "uri": str(tmp_path / "corpus"), "stats": {"docs": 9}}
+    corpus = {
+        "name": "web",
+        "kind": "raw",
+        "uri": _made(tmp_path, "red", "corpus"),
+        "stats": {"docs": 9},
+    }
     raw = client.post("/api/v1/datasets", json=corpus, headers=red)
     assert raw.status_code == 201, raw.text
     assert raw.json()["evaluations"] is None and raw.json()["job_id"] is None
-    body = {"name": "hf", "kind": "exported", "uri": "s3://models/m", "parent_id": raw.json()["id"]}
+    model_uri = _made(tmp_path, "red", "models", "m")
+    body = {"name": "hf", "kind": "exported", "uri": model_uri, "parent_id": raw.json()["id"]}
     model = client.post("/api/v1/models", json=body, headers=red).json()
     assert model["evaluations"] == [] and model["team"] == "red"
     lineage = client.get(f"/api/v1/models/{model['id']}/lineage", headers=red).json()
@@ -184,12 +199,14 @@ def test_register_list_and_walk_lineage_over_rest(
     )
 
 
-def test_registry_pages_with_a_cursor(api: tuple[TestClient, dict[str, str]]) -> None:
+def test_registry_pages_with_a_cursor(
+    api: tuple[TestClient, dict[str, str]], tmp_path: Path
+) -> None:
     client, admin = api
     made = {
         client.post(
             "/api/v1/datasets",
-            json={"name": f"d{i}", "kind": "raw", "uri": f"/d/{i}"},
+            json={"name": f"d{i}", "kind": "raw", "uri": _made(tmp_path, "default", "d", str(i))},
             headers=admin,
         ).json()["id"]
         for i in range(5)
@@ -211,19 +228,57 @@ def test_registry_pages_with_a_cursor(api: tuple[TestClient, dict[str, str]]) ->
         ({"kind": "raw", "uri": "s3://AKIA:secret@bucket/x"}, ["body", "uri"], "credentials"),
         ({"kind": "raw", "uri": "/data/../etc"}, ["body", "uri"], "'..'"),
         ({"kind": "raw", "uri": "http://host/x"}, ["body", "uri"], "s3://"),
-        ({"kind": "raw", "uri": "/x", "parent_id": "nope"}, ["body", "parent_id"], "nope"),
-        ({"kind": "checkpoint", "uri": "/x"}, ["body", "kind"], "documents"),
-        ({"kind": "raw", "uri": "/x", "size": 3}, ["body", "size"], "Extra inputs"),
+        ({"kind": "raw", "uri": "{area}", "parent_id": "nope"}, ["body", "parent_id"], "nope"),
+        ({"kind": "checkpoint", "uri": "{area}"}, ["body", "kind"], "documents"),
+        ({"kind": "raw", "uri": "{area}", "size": 3}, ["body", "size"], "Extra inputs"),
+        ({"kind": "raw", "uri": "/etc"}, ["body", "uri"], "outside every read root"),
+        ({"kind": "raw", "uri": "{home}"}, ["body", "uri"], "teams/default"),
+        ({"kind": "raw", "uri": "{area}/none"}, ["body", "uri"], "does not exist"),
+        ({"kind": "raw", "uri": "{area}/link"}, ["body", "uri"], "resolves to /etc"),
+        ({"kind": "raw", "uri": "s3://bucket/x"}, ["body", "uri"], "outside every read root"),
     ],
 )
 def test_bad_registrations_are_422_naming_the_field(
-    api: tuple[TestClient, dict[str, str]], body: dict[str, Any], loc: list[str], says: str
+    api: tuple[TestClient, dict[str, str]],
+    tmp_path: Path,
+    body: dict[str, Any],
+    loc: list[str],
+    says: str,
 ) -> None:
+    """The URI's form, then the team's read roots (symlinks resolved), then its existence."""
     client, admin = api
+    area = _made(tmp_path, "default", "corpus")
+    (Path(area) / "link").symlink_to("/etc")
+    body = {
+        k: v.replace("{area}", area).replace("{home}", str(tmp_path)) if k == "uri" else v
+        for k, v in body.items()
+    }
     r = client.post("/api/v1/datasets", json={"name": "d", **body}, headers=admin)
-    assert r.status_code == 422
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "validation_error"
     assert loc in [e["loc"] for e in r.json()["detail"]] and says in r.text
     assert "secret" not in r.text
+    assert client.get("/api/v1/datasets", headers=admin).json()["count"] == 0
+
+
+def test_registrations_may_point_at_shared_and_granted_roots(
+    api: tuple[TestClient, dict[str, str]], tmp_path: Path
+) -> None:
+    """A team registers what it may read: its area, a root an admin granted it (read-only is
+    enough), not another team's area."""
+    client, admin = api
+    red = _key(client, admin, "red")
+    blue_area = _made(tmp_path, "blue", "corpus")
+    corpus = {"name": "c", "kind": "raw", "uri": blue_area}
+    refused = client.post("/api/v1/datasets", json=corpus, headers=red)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["type"] == "storage_root"
+    assert refused.json()["detail"][0]["allowed"][0] == str(tmp_path / "artifacts/teams/red")
+    grant = {"uri": blue_area, "mode": "read"}
+    assert client.put("/api/v1/teams/red/roots", json=grant, headers=admin).status_code == 200
+    r = client.post("/api/v1/datasets", json=corpus, headers=red)
+    assert r.status_code == 201, r.text
+    single = {**corpus, "uri": f"file://{blue_area}/part-0.parquet"}
+    assert client.post("/api/v1/datasets", json=single, headers=red).status_code == 201
 
 
 def test_delete_keeps_files_unless_asked_and_refuses_a_parent(
@@ -231,9 +286,7 @@ def test_delete_keeps_files_unless_asked_and_refuses_a_parent(
 ) -> None:
     client, admin = api
     red = _key(client, admin, "red")
-    folder = tmp_path / "datasets" / "web"
-    folder.mkdir(parents=True)
-    (folder / "part-0.parquet").write_bytes(b"x")
+    folder = Path(_made(tmp_path, "red", "datasets", "web"))
     parent = client.post(
         "/api/v1/datasets", json={"name": "web", "kind": "raw", "uri": str(folder)}, headers=red
     ).json()
@@ -242,7 +295,7 @@ def test_delete_keeps_files_unless_asked_and_refuses_a_parent(
         json={
             "name": "c",
             "kind": "documents",
-            "uri": str(tmp_path / "c"),
+            "uri": _made(tmp_path, "red", "c"),
             "parent_id": parent["id"],
         },
         headers=red,
@@ -256,19 +309,22 @@ def test_delete_keeps_files_unless_asked_and_refuses_a_parent(
     )
     assert gone.status_code == 200 and not folder.exists()
     assert client.get(f"/api/v1/datasets/{parent['id']}", headers=admin).status_code == 404
+    # a root an admin granted: registering it is allowed, deleting its files is not
+    grant = {"uri": "/srv", "mode": "read"}
+    assert client.put("/api/v1/teams/default/roots", json=grant, headers=admin).status_code == 200
     root = client.post(
-        "/api/v1/datasets", json={"name": "r", "kind": "raw", "uri": "/tmp"}, headers=admin
+        "/api/v1/datasets", json={"name": "r", "kind": "raw", "uri": "/srv"}, headers=admin
     )
     r = client.delete(
         f"/api/v1/datasets/{root.json()['id']}", params={"delete_files": True}, headers=admin
     )
     assert r.status_code == 422 and "too close to a filesystem root" in r.text
     # files someone already removed: the record still goes
+    gone_folder = _made(tmp_path, "default", "removed-later")
     missing = client.post(
-        "/api/v1/datasets",
-        json={"name": "m", "kind": "raw", "uri": str(tmp_path / "never-written")},
-        headers=admin,
+        "/api/v1/datasets", json={"name": "m", "kind": "raw", "uri": gone_folder}, headers=admin
     ).json()
+    shutil.rmtree(gone_folder)
     r = client.delete(
         f"/api/v1/datasets/{missing['id']}", params={"delete_files": True}, headers=admin
     )

@@ -143,3 +143,34 @@ def test_the_old_endpoint_variable_is_refused_naming_the_new_one(
     monkeypatch.setenv("LLMFORGE_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
     with pytest.raises(ValueError, match="set AWS_ENDPOINT_URL"):
         Settings(home=tmp_path)
+
+
+def test_registering_an_s3_uri_checks_roots_and_that_it_exists(s3: object, tmp_path: Path) -> None:
+    """An object, or a prefix holding objects, under the team's roots registers; a prefix with
+    nothing under it, a missing bucket or another team's area is a 422 at body.uri."""
+    settings = Settings(
+        home=tmp_path,
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        poll_interval_s=60,
+        auth=False,
+        artifact_root=f"s3://{BUCKET}/llmforge",
+        shared_roots=f"s3://{BUCKET}/corpus,s3://no-such-bucket/corpus",
+    )
+    storage.write_text(f"s3://{BUCKET}/corpus/web/part-0.jsonl", '{"text": "a"}\n')
+    with TestClient(create_app(settings)) as client:
+
+        def register(uri: str) -> tuple[int, str]:
+            body = {"name": "web", "kind": "raw", "uri": uri}
+            r = client.post("/api/v1/datasets", json=body)
+            return r.status_code, r.text
+
+        assert register(f"s3://{BUCKET}/corpus/web")[0] == 201
+        assert register(f"s3://{BUCKET}/corpus/web/part-0.jsonl")[0] == 201
+        for uri, says in [
+            (f"s3://{BUCKET}/corpus/empty", "does not exist"),
+            (f"s3://{BUCKET}/corpus/we", "does not exist"),  # a prefix of a name is not a folder
+            ("s3://no-such-bucket/corpus/web", "does not exist"),
+            (f"s3://{BUCKET}/llmforge/teams/red/x", "outside every read root"),
+        ]:
+            code, text = register(uri)
+            assert code == 422 and says in text and '"loc":["body","uri"]' in text, (uri, text)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from contracts.jobs import JOB_TYPES
 from llm import storage
 from services import roots
+from services.api import log_stream
 from services.api.auditing import audit_event, refusals
 from services.api.deps import RayDep, SchedulerDep, SessionDep
 from services.api.downloads import DOWNLOAD_RESPONSES, RangeHeader, file_response, locate
@@ -257,25 +258,22 @@ def retry_job(
     return public_one(session, job, ray)
 
 
-@router.get(
-    "/{job_id}/logs",
-    response_model=JobLogs,
-    responses={
-        200: {
-            "description": "the driver's log: JSON, or with follow=true the lines as they come",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-)
+@router.get("/{job_id}/logs", response_model=JobLogs, responses=log_stream.responses())
 def job_logs(
     job_id: str,
     session: SessionDep,
     ray: RayDep,
     who: PrincipalDep,
     tail: Annotated[int | None, Query(ge=1)] = None,
-    follow: Annotated[bool, Query(description="stream new lines until the job ends")] = False,
+    follow: Annotated[
+        bool,
+        Query(
+            description="stream the log as NDJSON (application/x-ndjson: LogLine objects, then "
+            "one LogEnd with the job's state) until the job ends; tail is then ignored"
+        ),
+    ] = False,
 ) -> JobLogs | StreamingResponse:
-    """The job's log; ``follow`` streams it as ``text/plain`` until the job ends."""
+    """The job's log as JSON; ``follow`` streams it as NDJSON until the job ends."""
     job = job_or_404(session, job_id, who)
     if not job.ray_submission_id:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has not started ({job.state})")
@@ -284,8 +282,8 @@ def job_logs(
             ray.client  # noqa: B018 (connects to Ray: a 503 now rather than a broken stream)
         except Exception as e:
             raise ray_unavailable(ray, e) from e
-        chunks = (redact(c) async for c in ray.follow_logs(job.ray_submission_id))
-        return StreamingResponse(chunks, media_type="text/plain")
+        lines = log_stream.follow(ray, job.ray_submission_id)
+        return StreamingResponse(lines, media_type=log_stream.MEDIA_TYPE)
     try:
         logs = redact(ray.logs(job.ray_submission_id))
     except Exception as e:

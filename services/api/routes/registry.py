@@ -12,14 +12,16 @@ from typing import Annotated
 
 import pyarrow.fs as pafs
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from contracts.roots import READ, RootError
 from llm import storage
-from services import job_outputs
+from services import job_outputs, roots
 from services.adapters import check_adapter_base
 from services.api.auditing import audit_event, refusals
-from services.api.deps import SessionDep
+from services.api.deps import SchedulerDep, SessionDep
 from services.api.downloads import (
     DOWNLOAD_RESPONSES,
     RangeHeader,
@@ -41,6 +43,7 @@ from services.api.schemas import (
 from services.api.validation import check_uri, reject_non_finite, request_error
 from services.auth import AdminDep, Principal, PrincipalDep
 from services.redact import redact
+from services.settings import Settings
 from services.store import crud
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
@@ -92,12 +95,18 @@ def _one_or_404(
 
 
 def _create(
-    session: SessionDep, category: ArtifactCategory, body: ArtifactCreate, kind: str, who: Principal
+    session: SessionDep,
+    settings: Settings,
+    category: ArtifactCategory,
+    body: ArtifactCreate,
+    kind: str,
+    who: Principal,
 ) -> ArtifactPublic:
     check_uri(body.uri, ("body", "uri"))
     reject_non_finite(body.stats, ("body", "stats"))
     for i, uri in enumerate(body.inputs):
         check_uri(uri, ("body", "inputs", i))
+    check_location(session, settings, who, body.uri, ("body", "uri"))
     parent = None
     if body.parent_id is not None:
         parent = store.get_artifact(session, artifact_id=body.parent_id)
@@ -121,6 +130,40 @@ def _create(
     )
     session.commit()
     return _public(session, [artifact])[0]
+
+
+def check_location(
+    session: Session, settings: Settings, who: Principal, uri: str, loc: tuple[str | int, ...]
+) -> None:
+    """A 422 naming ``loc`` unless ``uri`` lies under the team's read roots (the confinement a
+    job spec's URIs get: registering a URI lets the team download its files) and exists (a
+    local file or folder, an S3 object or a prefix holding one)."""
+    allowed = roots.team_roots(settings, session, who.team).allowed(READ)
+    try:
+        roots.Roots(read=allowed, write=()).check(uri, READ)
+    except RootError as e:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "storage_root",
+                    "loc": loc,
+                    "msg": f"{uri!r} may not be registered by team {who.team}: {e}; register a "
+                    f"URI under one of the team's read roots: {', '.join(allowed) or 'none'}",
+                    "input": uri,
+                    "allowed": list(allowed),
+                }
+            ]
+        ) from e
+    try:
+        found = storage.exists(uri) or storage.is_dir(uri)
+    except OSError as e:
+        raise request_error(loc, redact(f"cannot check that {uri!r} exists: {e}")) from e
+    if not found:
+        raise request_error(
+            loc,
+            f"{uri!r} does not exist: write the files there first (a local file or folder, an "
+            "S3 object or a prefix holding objects), then register it",
+        )
 
 
 def _check_adapter(uri: str, base: Artifact | None) -> None:
@@ -247,9 +290,13 @@ def build_router(
     def register(
         body: body_type,  # type: ignore[valid-type]
         session: SessionDep,
+        scheduler: SchedulerDep,
         who: PrincipalDep,
     ) -> ArtifactPublic:
-        return _create(session, category, body, str(body.kind), who)  # type: ignore[attr-defined]
+        """Register files a job did not make. ``uri`` must lie under the caller's team's read
+        roots and exist (else a 422 at ``body.uri``); see ``ArtifactCreate.uri``."""
+        kind = str(body.kind)  # type: ignore[attr-defined]
+        return _create(session, scheduler.settings, category, body, kind, who)
 
     @router.get("/{artifact_id}", name=f"get_{category.value}")
     def get(artifact_id: str, session: SessionDep, who: PrincipalDep) -> ArtifactPublic:
