@@ -16,6 +16,7 @@ from services.cli.api import Api, ApiError
 from services.cli.campaigns import add_campaign_commands
 from services.cli.client import api_client, load_file, print_error, print_result
 from services.cli.download import add_registry_download
+from services.cli.export_hf import add_export_hf
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -120,6 +121,8 @@ def _add_registry(sub: Any, category: str, kinds: list[str]) -> None:
     delete.add_argument("--delete-files", action="store_true", help="also delete its files")
     delete.set_defaults(fn=cmd_delete, category=category)
     add_registry_download(actions, category)
+    if category == "models":
+        add_export_hf(actions)
 
 
 def add_registry_commands(sub: Any) -> None:

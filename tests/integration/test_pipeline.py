@@ -194,6 +194,54 @@ def test_the_pipeline_registers_its_datasets_and_model_with_lineage(
     _registered_with_lineage(control_plane.url, _jobs(pipeline), str(pipeline[1] / "train"))
 
 
+def _exports_to_hugging_face(url: str, jobs: dict[str, dict[str, Any]], out: Path) -> None:
+    """``models export-hf``'s work: the registered model as a transformers folder whose logits
+    equal the checkpoint's."""
+    import torch
+    import transformers
+
+    from llm.train.checkpoint.full import load_model
+    from llm.train.checkpoint.location import fetch
+    from services.cli.api import Api
+    from services.cli.export_hf import export_model
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        [model] = http.get("/api/v1/models", params={"job_id": jobs["train"]["id"]}).json()["data"]
+        report = export_model(Api(http), model["id"], out)
+    assert report["files"] == [
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
+    ]  # fmt: skip
+    assert report["checkpoint"] == model["stats"]["checkpoint"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = torch.tensor([tokenizer("The cat sat on the mat.")["input_ids"]])
+    ours = load_model(fetch(model["stats"]["checkpoint"]))
+    with torch.no_grad():
+        theirs, mine = hf(ids).logits, ours(ids)[0]
+    torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=1e-4)
+
+
+def test_the_registered_model_exports_to_hugging_face_from_the_cli(
+    pipeline: tuple[dict[str, Any], Path],
+    control_plane: BackgroundServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from services.cli import main
+
+    jobs = _jobs(pipeline)
+    _exports_to_hugging_face(control_plane.url, jobs, tmp_path / "hf")
+    monkeypatch.setenv("LLMFORGE_API_URL", control_plane.url)
+    with httpx.Client(base_url=control_plane.url, timeout=60) as http:
+        [model] = http.get("/api/v1/models", params={"job_id": jobs["train"]["id"]}).json()["data"]
+    capsys.readouterr()
+    assert main(["models", "export-hf", model["id"], "-o", str(tmp_path / "cli")]) == 0
+    assert json.loads(capsys.readouterr().out)["output"] == str(tmp_path / "cli")
+    assert main(["models", "export-hf", "no-such-model", "-o", str(tmp_path / "x")]) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "not_found"
+
+
 def test_missing_input_fails_the_job_naming_the_path(
     control_plane: BackgroundServer, tmp_path: Path
 ) -> None:
@@ -326,8 +374,9 @@ def test_two_nodes_give_the_local_run_s_results(
     )
 
 
-def test_the_registry_reads_the_runs_records_from_s3(team: TeamCluster) -> None:
+def test_the_registry_reads_the_runs_records_from_s3(team: TeamCluster, tmp_path: Path) -> None:
     _registered_with_lineage(team.url, team.jobs, storage.join(team.work, "train"))
+    _exports_to_hugging_face(team.url, team.jobs, tmp_path / "hf")  # files from S3, via the API
 
 
 def test_the_work_ran_on_both_nodes(team: TeamCluster) -> None:
