@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from services.cli.api import Api, ApiError
 from services.cli.client import api_client, print_error
@@ -63,17 +62,16 @@ def export_model(api: Api, model_id: str, output: Path) -> dict[str, Any]:
     shards = next((a for a in chain if a.category == "datasets" and a.kind == "token_shards"), None)
     if shards is None:
         raise ExportError(f"model {model_id}'s lineage holds no token_shards dataset (tokenizer)")
-    http = api.http
     with tempfile.TemporaryDirectory(prefix="llmforge-export-") as scratch:
         local = Path(scratch)
         for name in CHECKPOINT_FILES:
             path = f"{folder}/{name}" if folder else name
-            url = f"/api/v1/models/{model_id}/files/{quote(path)}"
-            if not fetch(http, url, local / "checkpoint" / name, resume=False):
+            url = Api.artifact_file("models", model_id, path)
+            if not fetch(api, url, local / "checkpoint" / name, resume=False):
                 raise ExportError(f"could not download {path} of model {model_id}")
         tokenizer = local / TOKENIZER_FILE
-        url = f"/api/v1/datasets/{shards.id}/files/{TOKENIZER_FILE}"
-        if not fetch(http, url, tokenizer, resume=False):
+        url = Api.artifact_file("datasets", shards.id, TOKENIZER_FILE)
+        if not fetch(api, url, tokenizer, resume=False):
             raise ExportError(f"could not download {TOKENIZER_FILE} of dataset {shards.id}")
         model = load_model(local / "checkpoint")
         eos = eos_id(load_tokenizer(str(tokenizer)))
