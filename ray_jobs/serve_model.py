@@ -83,30 +83,25 @@ class ModelServer:
             if not torch.cuda.is_available():
                 raise RuntimeError("the deployment asks for cuda, but this replica has no GPU")
             self.device = "cuda"
-        model = self._load(
-            wire.AdapterRef(
-                self.app.model_id,
-                self.app.model_uri,
-                self.app.tokenizer_uri,
-                self.app.chat_template,
-            )
-        )
+        app = self.app
+        model = self._load(app.model_id, app.model_uri, app.tokenizer_uri, app.chat_template)
         self.served, self.engine = model.served, model.engine
         self.adapters: EnginePool[_Served] = EnginePool(ADAPTERS_PER_REPLICA)
-        self._base_fingerprint: str | None = None
         log.info("replica of %s ready on %s", self.app.model_id, self.device)
 
-    def _load(self, ref: wire.AdapterRef) -> _Served:
+    def _load(
+        self, name: str, uri: str, tokenizer_uri: str | None, chat_template: str | None
+    ) -> _Served:
         from llm.serve.engine import Engine
         from llm.serve.model import batch_slots, load_registered
 
         spec = self.app.spec
         served = load_registered(
-            ref.uri,
-            tokenizer_uri=ref.tokenizer_uri,
-            chat_template=ref.chat_template,
+            uri,
+            tokenizer_uri=tokenizer_uri,
+            chat_template=chat_template,
             device=self.device,
-            name=ref.id,
+            name=name,
         )
         engine = Engine(
             served.model,
@@ -114,7 +109,7 @@ class ModelServer:
             eos_id=served.eos_id,
             max_batch=batch_slots(served.model, spec.max_batch, spec.cache_mb),
             max_queue=spec.max_queue,
-            name=ref.id,
+            name=name,
         )
         return _Served(served, engine)
 
@@ -136,7 +131,7 @@ class ModelServer:
         except ValueError as e:
             raise ParamError("adapter", str(e)) from e
         log.info("loading adapter %s on %s", ref.id, self.app.model_id)
-        return self._load(ref)
+        return self._load(ref.id, ref.uri, ref.tokenizer_uri, ref.chat_template)
 
     async def _model_for(self, ref: wire.AdapterRef | None) -> tuple[ServedModel, Engine]:
         """The deployed model, or the adapter the request names (loaded off the event loop)."""
