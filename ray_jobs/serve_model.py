@@ -83,8 +83,9 @@ class ModelServer:
             if not torch.cuda.is_available():
                 raise RuntimeError("the deployment asks for cuda, but this replica has no GPU")
             self.device = "cuda"
-        app = self.app
-        model = self._load(app.model_id, app.model_uri, app.tokenizer_uri, app.chat_template)
+        model = self._load(
+            self.app.model_id, self.app.model_uri, self.app.tokenizer_uri, self.app.chat_template
+        )
         self.served, self.engine = model.served, model.engine
         self.adapters: EnginePool[_Served] = EnginePool(ADAPTERS_PER_REPLICA)
         log.info("replica of %s ready on %s", self.app.model_id, self.device)
