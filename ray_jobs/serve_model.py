@@ -14,6 +14,12 @@ are prepared exactly as the control plane prepares them for an engine of its own
 (``llm.serve.requests``), and stream back as the engine produces them. A client that leaves
 (the control plane closes the stream) makes Serve cancel the request, which takes its
 sequences out of the batch.
+
+A request may name a LoRA adapter of the deployed model (``wire.AdapterRef``, sent by the control
+plane for a registered adapter whose base this is): the replica loads it as the control plane
+would in its own process (its base with the adapter applied, unmerged, the adapter's tokenizer
+and chat template), after checking that the adapter was trained on these very weights, and runs
+it in an engine of its own; the last ``ADAPTERS_PER_REPLICA`` adapters used stay loaded.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 from starlette.requests import Request
@@ -36,10 +43,32 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from contracts.serving import APP_ENV, KEY_HEADER, ServeApp
 from llm.serve import wire
 from llm.serve.errors import EngineError, ParamError, QueueFull
+from llm.serve.pool import EnginePool
 from llm.serve.requests import prepare
+
+if TYPE_CHECKING:
+    from llm.serve.engine import Engine
+    from llm.serve.model import ServedModel
 
 log = logging.getLogger("llmforge.serve")
 ERROR_PREFIX = "LLMFORGE_ERROR: "
+# adapters a replica keeps loaded (each is its base with the adapter on it, in its own engine)
+ADAPTERS_PER_REPLICA = 4
+
+
+@dataclass
+class _Served:
+    """A model a replica serves, with its engine: the deployed one, or an adapter of it."""
+
+    served: ServedModel
+    engine: Engine
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.busy
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 class ModelServer:
@@ -48,32 +77,76 @@ class ModelServer:
     def __init__(self, app: dict[str, Any]) -> None:
         import torch
 
+        self.app = ServeApp.model_validate(app)
+        self.device = "cpu"
+        if self.app.spec.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("the deployment asks for cuda, but this replica has no GPU")
+            self.device = "cuda"
+        model = self._load(
+            self.app.model_id, self.app.model_uri, self.app.tokenizer_uri, self.app.chat_template
+        )
+        self.served, self.engine = model.served, model.engine
+        self.adapters: EnginePool[_Served] = EnginePool(ADAPTERS_PER_REPLICA)
+        log.info("replica of %s ready on %s", self.app.model_id, self.device)
+
+    def _load(
+        self, name: str, uri: str, tokenizer_uri: str | None, chat_template: str | None
+    ) -> _Served:
         from llm.serve.engine import Engine
         from llm.serve.model import batch_slots, load_registered
 
-        self.app = ServeApp.model_validate(app)
         spec = self.app.spec
-        device = "cpu"
-        if spec.device == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError("the deployment asks for cuda, but this replica has no GPU")
-            device = "cuda"
-        self.served = load_registered(
-            self.app.model_uri,
-            tokenizer_uri=self.app.tokenizer_uri,
-            chat_template=self.app.chat_template,
-            device=device,
-            name=self.app.model_id,
+        served = load_registered(
+            uri,
+            tokenizer_uri=tokenizer_uri,
+            chat_template=chat_template,
+            device=self.device,
+            name=name,
         )
-        self.engine = Engine(
-            self.served.model,
-            self.served.decode,
-            eos_id=self.served.eos_id,
-            max_batch=batch_slots(self.served.model, spec.max_batch, spec.cache_mb),
+        engine = Engine(
+            served.model,
+            served.decode,
+            eos_id=served.eos_id,
+            max_batch=batch_slots(served.model, spec.max_batch, spec.cache_mb),
             max_queue=spec.max_queue,
-            name=self.app.model_id,
+            name=name,
         )
-        log.info("replica of %s ready on %s", self.app.model_id, device)
+        return _Served(served, engine)
+
+    def _load_adapter(self, ref: wire.AdapterRef) -> _Served:
+        """The adapter on this replica's base: refused (ParamError) unless it was trained on
+        the deployed weights."""
+        from llm.serve.fetch import local_model
+        from llm.serve.model import checkpoint_folder
+        from llm.train.checkpoint import ADAPTER_FILE, check_base
+
+        adapter = checkpoint_folder(local_model(ref.uri))
+        if adapter is None or not (adapter / ADAPTER_FILE).is_file():
+            raise ParamError("adapter", f"{ref.id} ({ref.uri}) is not a LoRA adapter")
+        base = checkpoint_folder(local_model(self.app.model_uri))
+        if base is None:
+            raise EngineError(f"no checkpoint of the deployed model at {self.app.model_uri}")
+        try:
+            check_base(adapter, base, self.app.model_uri)
+        except ValueError as e:
+            raise ParamError("adapter", str(e)) from e
+        log.info("loading adapter %s on %s", ref.id, self.app.model_id)
+        return self._load(ref.id, ref.uri, ref.tokenizer_uri, ref.chat_template)
+
+    async def _model_for(self, ref: wire.AdapterRef | None) -> tuple[ServedModel, Engine]:
+        """The deployed model, or the adapter the request names (loaded off the event loop)."""
+        if ref is None:
+            return self.served, self.engine
+        try:
+            found = await asyncio.to_thread(
+                self.adapters.get, ref.key, lambda: self._load_adapter(ref)
+            )
+        except (OSError, ValueError) as e:  # an adapter that cannot be loaded
+            if isinstance(e, ParamError):
+                raise
+            raise ParamError("adapter", f"adapter {ref.id} cannot be served: {e}") from e
+        return found.served, found.engine
 
     def _authorized(self, request: Request) -> bool:
         if self.app.key_sha256 is None:
@@ -93,14 +166,20 @@ class ModelServer:
                     "waiting": waiting,
                     "steps": stats.steps,
                     "tokens": stats.tokens,
+                    # tokens each loaded adapter generated, by its id
+                    "adapters": {
+                        key.split(":", 1)[0]: found.engine.stats.tokens
+                        for key, found in self.adapters.items()
+                    },
                 }
             )
         try:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ParamError("body", "not a JSON object")
-            prompts, params = prepare(self.served, wire.parse_request(body))
-            handle = self.engine.submit(prompts, params, loop=asyncio.get_running_loop())
+            served, engine = await self._model_for(wire.parse_adapter(body))
+            prompts, params = prepare(served, wire.parse_request(body))
+            handle = engine.submit(prompts, params, loop=asyncio.get_running_loop())
         except (ParamError, QueueFull, EngineError) as e:
             return JSONResponse(wire.error_json(e), wire.error_status(e))
         except ValueError as e:  # a body that is not JSON
@@ -126,6 +205,9 @@ class ModelServer:
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
+        adapters = getattr(self, "adapters", None)
+        if adapters is not None:
+            adapters.close()
 
 
 def application(app: ServeApp) -> serve.Application:

@@ -361,13 +361,19 @@ class Deployments:
             )
         return self._client
 
-    async def open(self, deployment: Deployment, request: Request) -> RemoteHandle:
-        """Send the request to the deployment; its refusals raise as an engine's would
-        (ParamError, QueueFull, EngineError), and one that cannot be reached Unavailable."""
+    async def open(
+        self, deployment: Deployment, request: Request, adapter: wire.AdapterRef | None = None
+    ) -> RemoteHandle:
+        """Send the request to the deployment (for ``adapter``, a LoRA adapter of the deployed
+        model, where given); its refusals raise as an engine's would (ParamError, QueueFull,
+        EngineError), and one that cannot be reached Unavailable."""
         url = f"{self.serve_url}/{deployment.app}"
         key = self.key(deployment.app)
         sent = self.client.build_request(
-            "POST", url, json=wire.request_json(request), headers={KEY_HEADER: key} if key else {}
+            "POST",
+            url,
+            json=wire.request_json(request, adapter),
+            headers={KEY_HEADER: key} if key else {},
         )
         try:
             response = await self.client.send(sent, stream=True)

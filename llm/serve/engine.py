@@ -1,8 +1,9 @@
 """Continuous batching over a GPT decoder: one forward pass per step for every running choice.
 
 A background thread owns the model and a SlotKVCache of ``max_batch`` slots. Each step it
-admits waiting requests into free slots (prefilling their prompts in one forward, and sending
-their first tokens at once: time to first token is one prefill, not a prefill and a step), then
+admits waiting requests into free slots (prefilling all their prompts in one padded forward, and
+sending their first tokens at once: time to first token is one prefill, not a prefill and a
+step; requests that arrived during that prefill are prefilled next, still before the step), then
 runs one decoding forward over every running row, samples each row with its own parameters and
 generator, and retires the rows that finished or whose client left, so their slots are free
 for the next step. Running rows are kept in slots 0..B-1 (the last row moves into a freed
@@ -297,10 +298,14 @@ class Engine:
                 joining = self._admit()
             try:
                 with torch.inference_mode():
-                    if joining:
+                    while joining:
                         self._prefill(joining)
                         # first tokens go out now, not after the step's decoding forward
                         self._deliver()
+                        # those that arrived during the prefill join before the decoding step
+                        # too (at most max_batch rounds: each one fills a slot)
+                        with self._cond:
+                            joining = self._admit()
                     if self._running:
                         self._decode_step()
             except Exception as e:  # one bad step must not kill the server's engine

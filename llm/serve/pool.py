@@ -65,6 +65,10 @@ class EnginePool(Generic[T]):
         with self._lock:
             return list(self._engines)
 
+    def items(self) -> list[tuple[str, T]]:
+        with self._lock:
+            return list(self._engines.items())
+
     def close(self) -> None:
         with self._lock:
             engines = list(self._engines.values())

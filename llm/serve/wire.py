@@ -1,12 +1,13 @@
 """The JSON between the control plane and a Ray Serve replica of a deployed model.
 
-The control plane posts a request (``request_json``); the replica answers either an error
-(a non-200 status with ``{"error": {...}}``: a ParamError naming its field, QueueFull with its
-retry delay, or an EngineError), or 200 with newline-delimited JSON as the engine produces it:
-``{"d": [delta, ...]}`` per engine step, ``{"usage": [prompt, completion]}`` at the end, or
-``{"error": {...}}`` where generation failed midway. The deltas are the engine's own
-(``llm.serve.outputs``), so the routes shape them into OpenAI's bodies and chunks exactly as
-they do for an engine in their own process.
+The control plane posts a request (``request_json``), naming a LoRA adapter of the deployed base
+where the request is for one (``AdapterRef``: the replica serves it on its base); the replica
+answers either an error (a non-200 status with ``{"error": {...}}``: a ParamError naming its
+field, QueueFull with its retry delay, or an EngineError), or 200 with newline-delimited JSON as
+the engine produces it: ``{"d": [delta, ...]}`` per engine step, ``{"usage": [prompt,
+completion]}`` at the end, or ``{"error": {...}}`` where generation failed midway. The deltas are
+the engine's own (``llm.serve.outputs``), so the routes shape them into OpenAI's bodies and
+chunks exactly as they do for an engine in their own process.
 
 No torch here: the control plane imports it.
 """
@@ -14,7 +15,7 @@ No torch here: the control plane imports it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llm.serve.chat import Message
@@ -26,16 +27,54 @@ from llm.serve.requests import ChatRequest, CompletionRequest, Request
 CONTENT_TYPE = "application/x-ndjson"
 
 
-def request_json(request: Request) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AdapterRef:
+    """A registered LoRA adapter of a deployed base model, to be served by the base's replicas:
+    what the control plane would load it with in its own process."""
+
+    id: str
+    uri: str
+    tokenizer_uri: str | None = None
+    chat_template: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}:{self.uri}"
+
+
+def request_json(request: Request, adapter: AdapterRef | None = None) -> dict[str, Any]:
     params = asdict(request.params) | {"stop": list(request.params.stop)}
+    found: dict[str, Any]
     if isinstance(request, CompletionRequest):
-        return {"prompt": request.prompt, "params": params, "truncate": request.truncate}
-    return {
-        "messages": [[m.role, m.content] for m in request.messages],
-        "params": params,
-        "max_tokens": request.max_tokens,
-        "truncate": request.truncate,
-    }
+        found = {"prompt": request.prompt, "params": params, "truncate": request.truncate}
+    else:
+        found = {
+            "messages": [[m.role, m.content] for m in request.messages],
+            "params": params,
+            "max_tokens": request.max_tokens,
+            "truncate": request.truncate,
+        }
+    if adapter is not None:
+        found["adapter"] = asdict(adapter)
+    return found
+
+
+def parse_adapter(body: dict[str, Any]) -> AdapterRef | None:
+    """The adapter a request is for (None: the deployed model itself)."""
+    found = body.get("adapter")
+    if found is None:
+        return None
+    try:
+        if not isinstance(found, dict) or not found.get("id") or not found.get("uri"):
+            raise ValueError("needs an id and a uri")
+        return AdapterRef(
+            str(found["id"]),
+            str(found["uri"]),
+            str(found["tokenizer_uri"]) if found.get("tokenizer_uri") else None,
+            str(found["chat_template"]) if found.get("chat_template") else None,
+        )
+    except ValueError as e:
+        raise ParamError("adapter", f"not an adapter reference: {e}") from e
 
 
 def parse_request(body: dict[str, Any]) -> Request:

@@ -15,7 +15,7 @@ import torch
 from llm.generate import generate
 from llm.model.config import ModelConfig
 from llm.model.gpt import GPT
-from llm.serve.engine import Engine
+from llm.serve.engine import Engine, RequestHandle
 from llm.serve.errors import ParamError, QueueFull
 from llm.serve.params import SamplingParams
 from llm.serve.text import StopText
@@ -112,6 +112,50 @@ def test_batched_greedy_equals_one_at_a_time_with_joins_mid_flight(variant, engi
     assert outputs == alone
     # the later ones joined the first one's batch: more rows than one per step
     assert engine.stats.mean_batch > 1.5 and engine.stats.prefills == 2
+
+
+def _tokens(handle: RequestHandle) -> list[int]:
+    return [t.id for d in handle for t in d.tokens]
+
+
+def test_simultaneous_arrivals_are_prefilled_in_one_forward(engines) -> None:
+    """16 requests that arrive together share one prefill forward, and their first tokens come
+    out of it before any decoding step (time to first token is one batched prefill, not 16);
+    then they decode together, each one's tokens those it makes alone."""
+    model = build(**VARIANTS["llama_gqa"])
+    engine = engines(model, max_batch=16)
+    prompts = [[(7 * i + j) % 60 for j in range(1 + i % 9)] for i in range(16)]  # 1 to 9 long
+    one = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    # the engine thread takes its lock to admit: holding it, all 16 are waiting when it looks
+    with engine._cond:
+        handles = [engine.submit([p], one) for p in prompts]
+    firsts = [_tokens(h) for h in handles]
+    assert (engine.stats.prefills, engine.stats.steps) == (1, 0)
+    with engine._cond:
+        handles = [engine.submit([p], replace(GREEDY, max_tokens=8)) for p in prompts]
+    outputs = [_tokens(h) for h in handles]
+    assert (engine.stats.prefills, engine.stats.steps, engine.stats.mean_batch) == (2, 7, 16)
+    assert outputs == [generate(model, p, 8, temperature=0) for p in prompts]
+    assert firsts == [out[:1] for out in outputs]
+
+
+def test_arrivals_during_a_prefill_are_prefilled_before_the_next_step(engines) -> None:
+    """Requests that arrive while a prefill runs get their own prefill before the decoding step,
+    so their first tokens wait for no step, and every row decodes together from the first."""
+    model = build()
+    gate = Gate(at=1)  # the engine stops at the first request's first token (in its prefill)
+    engine = engines(model, gate, max_batch=4)
+    params = replace(GREEDY, max_tokens=6)
+    first = engine.submit([PROMPTS[0]], params)
+    deadline = time.monotonic() + 10
+    while engine.load != (1, 0) and time.monotonic() < deadline:  # the first one is admitted
+        time.sleep(0.001)
+    later = [engine.submit([p], params) for p in PROMPTS[1:]]
+    gate.open()
+    outputs = [_tokens(h) for h in (first, *later)]
+    assert outputs == [generate(model, p, 6, temperature=0) for p in PROMPTS]
+    # two prefills, then 5 steps of all four rows (a step before the second prefill makes 6)
+    assert (engine.stats.prefills, engine.stats.steps, engine.stats.rows_stepped) == (2, 5, 20)
 
 
 def test_seeded_sampling_gives_the_same_tokens_batched_or_alone(engines) -> None:

@@ -9,23 +9,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from llm.finetune.config import LoraSettings, finetune_config
-from llm.finetune.data import Example, TokenizedSet
-from llm.finetune.sft import finetune
 from llm.model.lora import merged
-from llm.tokenizer.bpe import load_tokenizer
 from llm.train.checkpoint import load_model, save_checkpoint
 from services.api.app import create_app
 from services.ray_head import free_port
 from services.settings import Settings
-from tests.services.tiny_model import EOS_ID, tiny_checkpoint
+from tests.services.tiny_model import tiny_checkpoint, tiny_lora
 from tests.services.tiny_models import seeded_checkpoint
 
 PROMPT = "The king said"
@@ -37,32 +32,13 @@ class Api:
     ids: dict[str, str]  # name -> registry id
 
 
-def _lora(base: Path, out: Path) -> Path:
-    """A few LoRA steps teaching the base to answer any prompt with 'the sea is deep'."""
-    tok = load_tokenizer(base / "tokenizer.json")
-    answer = tok.encode(" the sea is deep").ids
-    examples = []
-    for text in ("The king said", "Hello world", "A man is", "the queen"):
-        prompt = tok.encode(text).ids
-        ids = [*prompt, *answer, EOS_ID]
-        trained = [False] * len(prompt) + [True] * (len(answer) + 1)
-        examples.append(Example(ids, trained, len(prompt), False))
-    data = TokenizedSet.from_examples(examples * 2)
-    cfg = finetune_config(
-        steps=3, batch_size=4, lr=1e-1, min_lr=1e-2, warmup_steps=1, log_every=3,
-        eval_every=3, checkpoint_every=3,
-    )  # fmt: skip
-    settings = LoraSettings(r=4, alpha=8.0, target_modules=("qkv", "proj", "fc"))
-    return Path(finetune(cfg, base, data, data, out, pad_id=EOS_ID, lora=settings)["checkpoint"])
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("adapters")
     models = tmp / "models"  # a shared root: every team reads it
     base = tiny_checkpoint(models / "base")
     other = seeded_checkpoint(models / "other", seed=3)
-    adapter = _lora(base, models / "lora")
+    adapter = tiny_lora(base, models / "lora")
     merged_path = save_checkpoint(
         models / "merged", model=merged(load_model(adapter)), config=load_model(base).config,
         optimizer=None, trainer_state={"step": 1},

@@ -7,8 +7,9 @@ in its Ray Serve replicas instead, which get the same prepared request and answe
 deltas, shaped here alike; while its deployment is not running (starting, or failed: with its
 reason) it answers 503 with ``Retry-After``, until it is undeployed. Same keys and team scoping
 as the registry: a model another team registered is a 404. A model is named by its id or name
-(its team's newest); a LoRA adapter is served as its base with the adapter applied, and a
-request that names a ``base`` gets it only from an adapter made on that base (422 otherwise).
+(its team's newest); a LoRA adapter is served as its base with the adapter applied (by the
+replicas of its base's deployment where its base is deployed and it is not), and a request that
+names a ``base`` gets it only from an adapter made on that base (422 otherwise).
 A full queue is a 429 with ``Retry-After``; a client that disconnects (mid-stream or not) takes
 its sequences out of the batch. The store session is closed once the model is found: a stream
 holds no database connection.
@@ -32,6 +33,7 @@ from llm.serve.outputs import Completion
 from llm.serve.params import SamplingParams
 from llm.serve.requests import ChatRequest, CompletionRequest, Prompt, prepare
 from llm.serve.requests import Request as ServeRequest
+from llm.serve.wire import AdapterRef
 from services.api.completion_schemas import (
     ChatCompletionCreate,
     ChatCompletionPublic,
@@ -50,7 +52,15 @@ from services.api.routes.registry import find_visible
 from services.api.validation import request_error
 from services.auth import Principal, PrincipalDep
 from services.deployments import RETRY_AFTER_S, Deployments, RemoteHandle, Unavailable
-from services.serving import ADAPTER_KIND, Loaded, ModelSource, Serving, source_of
+from services.serving import (
+    ADAPTER_KIND,
+    Loaded,
+    ModelSource,
+    Serving,
+    chat_template,
+    source_of,
+    tokenizer_uri,
+)
 from services.store import registry as store
 from services.store.models import Artifact, ArtifactCategory, Deployment, DeploymentState, Role
 
@@ -84,18 +94,33 @@ class Local:
 
 
 class Remote:
-    """A model served by its Ray Serve deployment."""
+    """A model served by its Ray Serve deployment, or an adapter by its base's."""
 
-    def __init__(self, deployments: Deployments, deployment: Deployment) -> None:
+    def __init__(
+        self,
+        deployments: Deployments,
+        deployment: Deployment,
+        adapter: AdapterRef | None = None,
+        loc: Loc = ("body", "model"),
+    ) -> None:
         self.deployments, self.deployment = deployments, deployment
+        self.adapter, self.loc = adapter, loc
 
     async def submit(self, request: ServeRequest) -> Stream:
-        return await self.deployments.open(self.deployment, request)
+        return await self.deployments.open(self.deployment, request, self.adapter)
 
 
 Target = Local | Remote
 # a model whose deployment is in these states (or that has none) is served in this process
 _IN_PROCESS = (DeploymentState.undeploying, DeploymentState.undeployed)
+
+
+def _deployed(session: Session, model_id: str) -> Deployment | None:
+    """The model's deployment where requests go to the cluster (None: served here)."""
+    deployment = session.get(Deployment, model_id)
+    if deployment is None or deployment.state in _IN_PROCESS:
+        return None
+    return deployment
 
 
 def _check_base(session: Session, who: Principal, model: Artifact, base_ref: str | None) -> None:
@@ -146,20 +171,35 @@ async def _open(
         if artifact is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {model_ref} not found")
         _check_base(session, who, artifact, base_ref)
-        deployment = session.get(Deployment, artifact.id)
-        if deployment is not None and deployment.state not in _IN_PROCESS:
-            if deployment.state != DeploymentState.running:
-                deployment = deployments.refresh(session, deployment)
-            if deployment.state not in (DeploymentState.running, DeploymentState.unhealthy):
-                why = f": {deployment.message}" if deployment.message else ""
-                raise HTTPException(
-                    status.HTTP_503_SERVICE_UNAVAILABLE,
-                    f"model {model_ref} is deployed on the cluster, and its deployment is "
-                    f"{deployment.state}{why}",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
+        deployment = _deployed(session, artifact.id)
+        if deployment is not None:
+            return remote(session, deployment, None)
+        if artifact.kind == ADAPTER_KIND and artifact.parent_id:
+            # an adapter without a deployment of its own runs on its base's replicas
+            deployment = _deployed(session, artifact.parent_id)
+            if deployment is not None:
+                adapter = AdapterRef(
+                    artifact.id,
+                    artifact.uri,
+                    tokenizer_uri(session, artifact),
+                    chat_template(session, artifact),
                 )
-            return Remote(deployments, deployment)
+                return remote(session, deployment, adapter)
         return source_of(session, artifact)
+
+    def remote(session: Session, deployment: Deployment, adapter: AdapterRef | None) -> Remote:
+        if deployment.state != DeploymentState.running:
+            deployment = deployments.refresh(session, deployment)
+        if deployment.state not in (DeploymentState.running, DeploymentState.unhealthy):
+            why = f": {deployment.message}" if deployment.message else ""
+            whose = f"its base model {deployment.model_id}" if adapter else f"model {model_ref}"
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"{whose} is deployed on the cluster, and its deployment is "
+                f"{deployment.state}{why}",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return Remote(deployments, deployment, adapter, loc)
 
     return await run_in_threadpool(lookup)
 
@@ -191,6 +231,8 @@ def _params(
 
 
 async def _submit(target: Target, request: ServeRequest, locs: Mapping[str, Loc]) -> Stream:
+    if isinstance(target, Remote):  # a replica that refuses the adapter refuses the model named
+        locs = {"adapter": target.loc, **locs}
     try:
         return await target.submit(request)
     except ParamError as e:
