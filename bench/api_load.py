@@ -101,6 +101,7 @@ def start_server(schema: str, port: int, workers: int, cpus: str) -> subprocess.
         + f"?options=-csearch_path%3D{schema}",
         "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",
         "LLMFORGE_POLL_INTERVAL_S": "3600",
+        "LLMFORGE_API_WORKERS": str(workers),
     }
     cmd = ["taskset", "-c", cpus] if cpus else []
     cmd += [

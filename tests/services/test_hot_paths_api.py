@@ -145,3 +145,13 @@ def test_list_pages_newest_first_by_state_and_get_answers_one(client: TestClient
     assert client.get("/api/v1/jobs/ffffffffffff").status_code == 404
     bad = client.get("/api/v1/jobs", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422
+
+
+def test_several_api_workers_need_postgresql_and_a_ray_cluster(tmp_path: Path) -> None:
+    pg = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ray = "http://127.0.0.1:8265"
+    with pytest.raises(ValueError, match="LLMFORGE_API_WORKERS > 1 needs PostgreSQL"):
+        Settings(home=tmp_path, api_workers=2, ray_address=ray)  # SQLite
+    with pytest.raises(ValueError, match="RAY_ADDRESS"):
+        Settings(home=tmp_path, api_workers=2, database_url=pg)  # a local head each
+    assert Settings(home=tmp_path, api_workers=2, database_url=pg, ray_address=ray).api_workers == 2
