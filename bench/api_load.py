@@ -35,6 +35,7 @@ from datetime import datetime
 
 import aiohttp
 import httpx
+import psutil
 import psycopg
 
 from bench import mlflow_peer
@@ -197,14 +198,34 @@ def mlflow_calls(runs: list[str]) -> dict[str, Call]:
     return {"get_history": get_history, "log_batch": log_batch}
 
 
-def closed(url: str, call: Call, label: str, clients: int, seconds: float) -> Outcome:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and its children (uvicorn's workers); 0 for None."""
+    if pid is None:
+        return 0.0
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def closed(
+    url: str, call: Call, label: str, clients: int, seconds: float, server: int | None = None
+) -> Outcome:
+    before = cpu_seconds(server)
     out = asyncio.run(closed_loop(url, call, clients=clients, seconds=seconds))
+    out.server_cpu_s = cpu_seconds(server) - before
     n = len(out.latencies.get("call", []))
     print(
         f"{label:>22} x{clients:<3}: p50 {out.p(['call'], 50):7.1f} ms  "
         f"p99 {out.p(['call'], 99):7.1f} ms  {n / out.seconds:7.1f} req/s  "
         f"{out.units.get('call', 0) / out.seconds:9.0f} units/s  "
-        f"errors {out.error_count(['call'])}  client CPU {out.client_cpu_share:.2f}",
+        f"errors {out.error_count(['call'])}  client CPU {out.client_cpu_share:.2f}  "
+        f"server CPU {out.server_cpu_ms_per_call(['call']):.2f} ms/call",
         flush=True,
     )
     return out
@@ -255,13 +276,13 @@ def step_rates(url: str, ids: list[str], tokens: dict[str, str], seconds: float)
 
 
 def run_mlflow(clients: int, seconds: float) -> dict[str, Outcome]:
-    with mlflow_peer.mlflow_server(PG) as (url, database):
+    with mlflow_peer.mlflow_server(PG) as (url, database, server):
         t = time.perf_counter()
         runs = mlflow_peer.seed(url, database)
         print(f"mlflow: seeded {len(runs):,} runs in {time.perf_counter() - t:.1f}s", flush=True)
         calls = mlflow_calls(runs)
-        history = closed(url, calls["get_history"], "mlflow get-history", clients, seconds)
-        batch = closed(url, calls["log_batch"], "mlflow log-batch", INGEST_CLIENTS, seconds)
+        history = closed(url, calls["get_history"], "mlflow get-history", clients, seconds, server)
+        batch = closed(url, calls["log_batch"], "mlflow log-batch", INGEST_CLIENTS, seconds, server)
         return {"get_history": history, "log_batch": batch}
 
 
@@ -289,11 +310,13 @@ def main() -> None:
         server = start_server(schema, port, args.workers, args.server_cpus)
         calls = scenarios(ids, tokens)
         results = {
-            name: closed(url, call, name, args.clients, args.seconds)
+            name: closed(url, call, name, args.clients, args.seconds, server.pid)
             for name, call in calls.items()
         }
         load.append(os.getloadavg()[0])
-        ingest_few = closed(url, calls["ingest"], "ingest", INGEST_CLIENTS, args.seconds)
+        ingest_few = closed(
+            url, calls["ingest"], "ingest", INGEST_CLIENTS, args.seconds, server.pid
+        )
         # Rising rates first, then 300/s: past its limit a server keeps a backlog to drain.
         max_rate = step_rates(url, ids, tokens, args.step_seconds)
         load.append(os.getloadavg()[0])
@@ -321,7 +344,7 @@ def summary(
     max_rate: int,
     peer: dict[str, Outcome],
     load: Sequence[float],
-) -> dict[str, float | int | list[float] | None]:
+) -> dict[str, object]:
     def p99(out: Outcome) -> float:
         return round(out.p(["call"], 99), 1)
 
@@ -345,6 +368,13 @@ def summary(
         "metrics_query_p99_vs_mlflow": round(query_p99 / mlflow_p99, 3) if mlflow_p99 else None,
         "ingest_vs_mlflow": round(ingest_rate / mlflow_ingest, 2) if mlflow_ingest else None,
         "client_cpu_share_at_300rps": round(at_300.client_cpu_share, 2),
+        # CPU per answered request of the server's processes (ingest: per 500-point batch).
+        "server_cpu_ms_per_request": {
+            name: round(out.server_cpu_ms_per_call(["call"]), 2) for name, out in results.items()
+        },
+        "mlflow_server_cpu_ms_per_request": {
+            name: round(out.server_cpu_ms_per_call(["call"]), 2) for name, out in peer.items()
+        },
         "load_avg_1m": [round(x, 1) for x in load],
     }
 

@@ -34,6 +34,7 @@ class Outcome:
     units: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0  # filled in by a caller that can see the server's processes
 
     def add(self, name: str, latency: float, units: int, ok: bool) -> None:
         self.latencies.setdefault(name, []).append(latency)
@@ -50,6 +51,12 @@ class Outcome:
 
     def error_count(self, names: Sequence[str]) -> int:
         return sum(self.errors.get(n, 0) for n in names)
+
+    def server_cpu_ms_per_call(self, names: Sequence[str]) -> float:
+        """The server's CPU time per answered call: what a request costs, whatever share of the
+        cores the server got while others loaded the machine."""
+        answered = sum(len(self.latencies.get(n, [])) - self.errors.get(n, 0) for n in names)
+        return self.server_cpu_s * 1e3 / answered if answered else float("nan")
 
     @property
     def client_cpu_share(self) -> float:

@@ -46,9 +46,9 @@ def ensure_venv() -> Path:
 
 
 @contextmanager
-def mlflow_server(pg_url: str) -> Iterator[tuple[str, str]]:
+def mlflow_server(pg_url: str) -> Iterator[tuple[str, str, int]]:
     """A one-worker MLflow tracking server on a fresh database; yields (its base URL, the
-    database's URL)."""
+    database's URL, the server's pid)."""
     database = f"mlflow_bench_{secrets.token_hex(4)}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {database}")
@@ -72,7 +72,7 @@ def mlflow_server(pg_url: str) -> Iterator[tuple[str, str]]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_up(url, proc)
-        yield url, store
+        yield url, store, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
