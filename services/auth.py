@@ -25,6 +25,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from services.api.request_id import request_id_of
 from services.store import audit
@@ -161,14 +162,21 @@ bearer_key = HTTPBearer(
 header_key = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyHeader", auto_error=False)
 
 
-def principal(
+async def principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_key)],
     x_api_key: Annotated[str | None, Depends(header_key)],
 ) -> Principal:
+    """``async``, with the store lookup in a worker thread only when there is a key to look up:
+    a plain ``def`` dependency costs a thread-pool hop on every request, which under load is
+    a wait for the GIL and the event loop each way."""
     if not request.app.state.settings.auth:
         return Principal(key_id=None, role=Role.admin, team=DEFAULT_TEAM)
     raw = x_api_key or (bearer.credentials.strip() if bearer else "")
+    return await run_in_threadpool(_principal_of_key, request, raw)
+
+
+def _principal_of_key(request: Request, raw: str) -> Principal:
     with request.app.state.sessions() as session:
         key = _lookup(session, raw) if raw else None
     if key is None:
@@ -231,11 +239,13 @@ def _record_refusal(
         log.exception("could not record a refused request in the audit log")
 
 
-def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+async def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
     """Reads need read_only, anything else member."""
     needed = Role.read_only if request.method in ("GET", "HEAD") else Role.member
     if not who.allowed(needed):
-        _record_refusal(request, 403, "access.refused", f"needs {needed}", who)
+        await run_in_threadpool(
+            _record_refusal, request, 403, "access.refused", f"needs {needed}", who
+        )
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"this key's role ({who.role}) may not {request.method} here; "
@@ -244,9 +254,11 @@ def authorize(request: Request, who: Annotated[Principal, Depends(principal)]) -
     return who
 
 
-def require_admin(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+async def require_admin(
+    request: Request, who: Annotated[Principal, Depends(principal)]
+) -> Principal:
     if not who.allowed(Role.admin):
-        _record_refusal(request, 403, "access.refused", "needs admin", who)
+        await run_in_threadpool(_record_refusal, request, 403, "access.refused", "needs admin", who)
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"admin role needed (this key: {who.role})")
     return who
 

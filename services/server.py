@@ -14,6 +14,18 @@ from services.settings import Settings
 
 
 def serve(settings: Settings) -> None:
+    if settings.api_workers > 1:
+        # Processes of their own (a factory each builds its app from the same environment), so
+        # requests use every core rather than one interpreter's GIL.
+        uvicorn.run(
+            "services.api.app:create_app",
+            factory=True,
+            workers=settings.api_workers,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+        )
+        return
     uvicorn.run(
         create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info"
     )

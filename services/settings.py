@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     ray_gcs_port: int | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Control-plane processes behind the one port (`llmforge serve`), one per core: each serves
+    # the API and only the leader among them runs the scheduler (services/leader.py). More than
+    # one needs PostgreSQL (one leader per store) and RAY_ADDRESS (a local head per process
+    # would be several clusters). API keys' rate limits count in each process.
+    api_workers: int = Field(default=1, ge=1)
     # The URL that Ray jobs use to reach this control plane (metrics ingestion).
     public_url: str | None = None
     # The interpreter that runs job entrypoints; on the embedded head it is this one, so jobs see
@@ -146,6 +151,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LLMFORGE_S3_ENDPOINT_URL is no longer read: set AWS_ENDPOINT_URL (the AWS SDK's "
                 "variable, which the control plane, every job and Ray Data read) instead"
+            )
+        if self.api_workers > 1 and not (
+            self.resolved_database_url.startswith("postgresql") and self.ray_address
+        ):
+            raise ValueError(
+                "LLMFORGE_API_WORKERS > 1 needs PostgreSQL (LLMFORGE_DATABASE_URL) and an "
+                "existing Ray cluster (RAY_ADDRESS): processes on one SQLite file would each run "
+                "the scheduler, and each would start a Ray head of its own"
             )
         if self.submit == "rayjob" and not self.rayjob_image:
             raise ValueError("LLMFORGE_SUBMIT=rayjob needs LLMFORGE_RAYJOB_IMAGE (the pods' image)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -32,3 +34,13 @@ def make_engine(url: str) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads only, in autocommit: each query its own snapshot, and no BEGIN nor
+    ROLLBACK sent around it (two of a read's four round trips to PostgreSQL). It must not
+    write: nothing would hold its writes together."""
+    with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session

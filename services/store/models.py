@@ -95,9 +95,11 @@ class Pipeline(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_state", "state"),
+        # Page order (newest first by created_at, id) after each filter of GET /jobs.
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_state_created", "state", "created_at", "id"),
+        Index("ix_jobs_team_created", "team", "created_at", "id"),
         Index("ix_jobs_pipeline", "pipeline_id"),
-        Index("ix_jobs_team", "team"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from contracts.jobs import JOB_TYPES
 from llm import storage
 from services import roots
 from services.api import log_stream
 from services.api.auditing import audit_event, refusals
-from services.api.deps import RayDep, SchedulerDep, SessionDep
+from services.api.deps import RayDep, SchedulerDep, SessionDep, SessionsDep
 from services.api.downloads import DOWNLOAD_RESPONSES, RangeHeader, file_response, locate
 from services.api.schemas import (
     JobCreate,
     JobLogs,
     JobPublic,
     JobsPublic,
-    MetricRecord,
     MetricsPublic,
 )
 from services.api.validation import check_storage, request_error, validate_spec
@@ -31,6 +34,7 @@ from services.redact import redact
 from services.registry_refs import resolve_refs
 from services.scheduler import RETRYABLE
 from services.store import crud, queue
+from services.store.db import read_session
 from services.store.models import Job, JobState, Role
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -162,8 +166,8 @@ def _earlier_submission(
 
 
 @router.get("")
-def list_jobs(
-    session: SessionDep,
+async def list_jobs(
+    sessions: SessionsDep,
     ray: RayDep,
     who: PrincipalDep,
     kind: str | None = None,
@@ -173,31 +177,48 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JobsPublic:
+    # The hot reads are ``async`` with their store work in one worker thread: a plain ``def``
+    # route and its session dependency cost three thread-pool hops a request.
     try:
         after = crud.decode_cursor(cursor) if cursor else None
     except ValueError as e:
         raise request_error(("query", "cursor"), str(e)) from e
-    jobs = crud.list_jobs(
-        session,
-        kind=kind,
-        state=state.value if state else None,
-        pipeline_id=pipeline_id,
-        owner=owner,
-        team=None if who.allowed(Role.admin) else who.team,
-        limit=limit + 1,
-        after=after,
-    )
-    page = jobs[:limit]
-    next_cursor = crud.encode_cursor(page[-1]) if len(jobs) > limit else None
-    return JobsPublic(
-        data=public_page(session, page, ray), count=len(page), next_cursor=next_cursor
-    )
+    filters = {
+        "kind": kind,
+        "state": state.value if state else None,
+        "pipeline_id": pipeline_id,
+        "owner": owner,
+        "team": None if who.allowed(Role.admin) else who.team,
+    }
+    return await run_in_threadpool(_jobs_page, sessions, ray, filters, limit, after)
+
+
+def _jobs_page(
+    sessions: sessionmaker[Session],
+    ray: RayJobs,
+    filters: dict[str, str | None],
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> JobsPublic:
+    with read_session(sessions) as session:
+        jobs = crud.list_jobs(session, **filters, limit=limit + 1, after=after)
+        page = jobs[:limit]
+        next_cursor = crud.encode_cursor(page[-1]) if len(jobs) > limit else None
+        data = public_page(session, page, ray)
+    return JobsPublic(data=data, count=len(page), next_cursor=next_cursor)
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, session: SessionDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
+async def get_job(job_id: str, sessions: SessionsDep, ray: RayDep, who: PrincipalDep) -> JobPublic:
     """The job; a QUEUED job also says its place in its team's queue (1: next to run)."""
-    return public_one(session, job_or_404(session, job_id, who), ray)
+    return await run_in_threadpool(_job_public, sessions, ray, job_id, who)
+
+
+def _job_public(
+    sessions: sessionmaker[Session], ray: RayJobs, job_id: str, who: Principal
+) -> JobPublic:
+    with read_session(sessions) as session:
+        return public_one(session, job_or_404(session, job_id, who), ray)
 
 
 @router.post("/{job_id}/cancel", dependencies=[refusals("job.cancel", "job", "job_id")])
@@ -331,18 +352,38 @@ def download_artifact(
     return file_response(uri, size, range)
 
 
-@router.get("/{job_id}/metrics")
-def get_metrics(
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+async def get_metrics(
     job_id: str,
-    session: SessionDep,
+    sessions: SessionsDep,
     who: PrincipalDep,
     name: str | None = None,
     min_step: Annotated[int | None, Query(ge=0)] = None,
     max_step: Annotated[int | None, Query(ge=0)] = None,
-) -> MetricsPublic:
-    job_or_404(session, job_id, who)
-    rows = crud.query_metrics(
-        session, job_id=job_id, name=name, min_step=min_step, max_step=max_step
+) -> Response:
+    body = await run_in_threadpool(
+        _metrics_json, sessions, job_id, who, name=name, min_step=min_step, max_step=max_step
     )
-    records = [MetricRecord(step=m.step, name=m.name, value=m.value, time=m.time) for m in rows]
-    return MetricsPublic(job_id=job_id, records=records)
+    return Response(body, media_type="application/json")
+
+
+def _metrics_json(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    who: Principal,
+    *,
+    name: str | None,
+    min_step: int | None,
+    max_step: int | None,
+) -> bytes:
+    """The ``MetricsPublic`` body, written straight from the rows: the points were checked on
+    the way in (finite, a step >= 0, a name of 1 to 100 characters), and checking them again
+    as a model per point cost as much as the query."""
+    with read_session(sessions) as session:
+        job_or_404(session, job_id, who)
+        rows = crud.query_metrics(
+            session, job_id=job_id, name=name, min_step=min_step, max_step=max_step
+        )
+    records = [{"step": s, "name": n, "value": v, "time": t} for s, n, v, t in rows]
+    answer = {"job_id": job_id, "records": records}
+    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
