@@ -6,12 +6,13 @@ The chain, with default parameters on both sides: Gopher quality → Gopher repe
 quality (which also edits the text) → FineWeb quality. Both sides run in a pool of 2 worker
 processes (one per core), each worker taking every other document; the pool is forked from a
 parent that has built and run both chains once (imports, spaCy's blank English pipeline), so
-start-up is not timed. llmforge's side builds Arrow batches of ``BATCH_ROWS`` and calls each
-block's ``apply``; datatrove's side builds ``Document``s and calls each filter's ``filter()``
-until one rejects. datatrove 0.10.1 splits English words with spaCy (``spacy.blank("en")``,
-nothing to download); llmforge's ``split_words`` (llm/data/words.py) ports spaCy's English rules,
-and its Gopher quality rule counts distinct stop words and datatrove's punctuation set, as
-datatrove does.
+start-up is not timed. Each side's wall seconds and its workers' CPU seconds are reported (the
+speedup on both; CPU seconds hold steadier when other work shares the cores). llmforge's side
+builds Arrow batches of ``BATCH_ROWS`` and calls each block's ``apply``; datatrove's side builds
+``Document``s and calls each filter's ``filter()`` until one rejects. datatrove 0.10.1 splits
+English words with spaCy (``spacy.blank("en")``, nothing to download); llmforge's
+``split_words`` (llm/data/words.py) ports spaCy's English rules, and its Gopher quality rule
+counts distinct stop words and datatrove's punctuation set, as datatrove does.
 
 Agreement is per document: both sides keep it, or both drop it (any reason). Per filter, it is
 over the documents both chains handed to that filter. Needs the `bench` extra (datatrove
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import time
 from collections import Counter
 from typing import Any
@@ -106,21 +108,25 @@ def _run_datatrove(texts: list[str]) -> list[str | None]:
     return reasons
 
 
-def _shard(side_and_index: tuple[str, int]) -> list[str | None]:
+def _shard(side_and_index: tuple[str, int]) -> tuple[list[str | None], float]:
+    """One worker's reasons, and the CPU seconds its process spent on them (all threads)."""
     side, index = side_and_index
     texts = _TEXTS[index::WORKERS]
-    return _run_ours(texts) if side == "ours" else _run_datatrove(texts)
+    started = time.process_time()
+    reasons = _run_ours(texts) if side == "ours" else _run_datatrove(texts)
+    return reasons, time.process_time() - started
 
 
-def run_side(pool: Any, side: str) -> tuple[list[str | None], float]:
-    """(per-document reasons in corpus order, seconds) for one side over the whole corpus."""
+def run_side(pool: Any, side: str) -> tuple[list[str | None], float, float]:
+    """(per-document reasons in corpus order, wall seconds, CPU seconds of the workers) for one
+    side over the whole corpus. CPU seconds are the steadier figure on a shared machine."""
     started = time.perf_counter()
     shards = pool.map(_shard, [(side, index) for index in range(WORKERS)])
     seconds = time.perf_counter() - started
     reasons: list[str | None] = [None] * len(_TEXTS)
-    for index, shard in enumerate(shards):
+    for index, (shard, _) in enumerate(shards):
         reasons[index::WORKERS] = shard
-    return reasons, seconds
+    return reasons, seconds, sum(cpu for _, cpu in shards)
 
 
 def _filter_of(reason: str | None) -> int:
@@ -161,16 +167,19 @@ def main() -> None:
     megabytes = sum(len(text.encode("utf-8")) for text in _TEXTS) / 1e6
     _warm_up()
     with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-        ours, ours_s = run_side(pool, "ours")
-        theirs, theirs_s = run_side(pool, "datatrove")
+        ours, ours_s, ours_cpu = run_side(pool, "ours")
+        theirs, theirs_s, theirs_cpu = run_side(pool, "datatrove")
     agree = agreement(ours, theirs)
 
     print(f"{len(_TEXTS)} documents, {megabytes:.1f} MB, {WORKERS} worker processes per side")
-    print(f"{'':12}{'seconds':>9}{'docs/s':>9}{'MB/s':>8}{'kept':>7}")
-    for side, reasons, seconds in (("llmforge", ours, ours_s), ("datatrove", theirs, theirs_s)):
+    print(f"{'':12}{'seconds':>9}{'CPU s':>9}{'docs/s':>9}{'MB/s':>8}{'kept':>7}")
+    for side, reasons, seconds, cpu in (
+        ("llmforge", ours, ours_s, ours_cpu),
+        ("datatrove", theirs, theirs_s, theirs_cpu),
+    ):
         kept = sum(reason is None for reason in reasons)
         rate = len(reasons) / seconds
-        print(f"{side:12}{seconds:9.2f}{rate:9.1f}{megabytes / seconds:8.2f}{kept:7}")
+        print(f"{side:12}{seconds:9.2f}{cpu:9.2f}{rate:9.1f}{megabytes / seconds:8.2f}{kept:7}")
     print(f"decision agreement, whole chain: {agree['chain']:.4f}")
     for name in FILTERS:
         print(f"  {name:18} {agree[name]['agreement']:.4f} over {agree[name]['docs']} docs")
@@ -181,6 +190,12 @@ def main() -> None:
         json.dumps(
             {
                 "speedup_vs_datatrove": round(theirs_s / ours_s, 2),
+                "cpu_speedup_vs_datatrove": round(theirs_cpu / ours_cpu, 2),
+                "llmforge_seconds": round(ours_s, 2),
+                "datatrove_seconds": round(theirs_s, 2),
+                "llmforge_cpu_seconds": round(ours_cpu, 2),
+                "datatrove_cpu_seconds": round(theirs_cpu, 2),
+                "load_average_1m": round(os.getloadavg()[0], 2),
                 "decision_agreement": round(agree["chain"], 4),
                 "agreement_per_filter": {n: round(agree[n]["agreement"], 4) for n in FILTERS},
                 "docs": len(_TEXTS),

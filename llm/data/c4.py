@@ -125,8 +125,8 @@ class C4QualityFilter(DocumentBlock):
         """(the line after citation removal, None to keep it, _DROP_LINE, or a document reason)."""
         line = raw_line.strip()
         words = line.split()  # counted before citations are removed, as in datatrove
-        if _enabled(self.max_word_length) and any(
-            len(word) > (self.max_word_length or 0) for word in words
+        if _enabled(self.max_word_length) and max(map(len, words), default=0) > (
+            self.max_word_length or 0
         ):
             return line, _DROP_LINE
         if self.remove_citations:

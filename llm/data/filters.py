@@ -11,7 +11,9 @@ from annotated_types import Ge, Gt, Le
 
 from llm.data.block import DocumentBlock
 from llm.data.schema import mark_failures
-from llm.data.words import split_words
+from llm.data.words import document_words, split_words
+
+__all__ = ["split_words"]  # re-exported: callers import the word splitter from here
 
 GOPHER_STOP_WORDS: frozenset[str] = frozenset(
     {"the", "be", "to", "of", "and", "that", "have", "with"}
@@ -31,6 +33,30 @@ _SYMBOLS_ONLY = regex.compile(
 
 def _is_symbol(token: str) -> bool:
     return _SYMBOLS_ONLY.fullmatch(token) is not None
+
+
+# Every word classified so far, and which of them are symbols only / have no letter: a
+# document's distinct words are classified with set operations (in C), and only words new to
+# these sets take a Python step. Emptied together when they outgrow the bound.
+_CLASSIFIED: set[str] = set()
+_SYMBOL_WORDS: set[str] = set()
+_LETTERLESS_WORDS: set[str] = set()
+_CLASSIFIED_LIMIT = 1 << 20
+
+
+def _classify(words: Iterable[str]) -> None:
+    new = set(words).difference(_CLASSIFIED)
+    if not new:
+        return
+    if len(_CLASSIFIED) + len(new) > _CLASSIFIED_LIMIT:
+        for table in (_CLASSIFIED, _SYMBOL_WORDS, _LETTERLESS_WORDS):
+            table.clear()
+    for word in new:
+        if _is_symbol(word):
+            _SYMBOL_WORDS.add(word)
+        if not word.isalpha() and not any(ch.isalpha() for ch in word):
+            _LETTERLESS_WORDS.add(word)
+    _CLASSIFIED.update(new)
 
 
 def _ratio(count: int, total: int) -> float:
@@ -132,10 +158,11 @@ class GopherQualityFilter(DocumentBlock):
 
     def check(self, text: str) -> str | None:
         """The removal reason for ``text``, or None to keep it."""
-        words = split_words(text)
+        words = document_words(text)
         # The word rules only count, so each distinct word is classified once.
         counts = Counter(words)
-        failed = self._word_rule(counts) or self._symbol_rule(text, len(words))
+        _classify(counts)
+        failed = self._word_rule(words, counts) or self._symbol_rule(text, len(words))
         failed = failed or self._line_rule(text) or self._content_rule(counts, len(words))
         return f"{self.name}:{failed}" if failed else None
 
@@ -143,12 +170,10 @@ class GopherQualityFilter(DocumentBlock):
         """Mark kept rows that fail ``check``."""
         return mark_failures(batch, self.check)
 
-    def _word_rule(self, counts: Counter[str]) -> str | None:
-        n_words = chars = 0
-        for word, count in counts.items():
-            if not _is_symbol(word):
-                n_words += count
-                chars += len(word) * count
+    def _word_rule(self, words: tuple[str, ...], counts: Counter[str]) -> str | None:
+        symbols = [(word, counts[word]) for word in counts.keys() & _SYMBOL_WORDS]
+        n_words = len(words) - sum(count for _, count in symbols)
+        chars = sum(map(len, words)) - sum(len(word) * count for word, count in symbols)
         if _below(n_words, self.min_doc_words):
             return "short_doc"
         if _above(n_words, self.max_doc_words):
@@ -179,7 +204,7 @@ class GopherQualityFilter(DocumentBlock):
         return None
 
     def _content_rule(self, counts: Counter[str], n_words: int) -> str | None:
-        alpha = sum(count for word, count in counts.items() if any(ch.isalpha() for ch in word))
+        alpha = n_words - sum(counts[word] for word in counts.keys() & _LETTERLESS_WORDS)
         if _below(_ratio(alpha, n_words), self.max_non_alpha_words_ratio):
             return "below_alpha_words"
         # "At least two of" the stop words (Gopher paper, datatrove): distinct words, not

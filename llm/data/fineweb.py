@@ -17,9 +17,9 @@ import pyarrow as pa
 from annotated_types import Ge
 
 from llm.data.block import DocumentBlock, Fraction
-from llm.data.filters import split_words
 from llm.data.repetition import find_duplicates
 from llm.data.schema import mark_failures
+from llm.data.words import document_words
 
 STOP_CHARS = (".", "'", '"', "!", "?")
 
@@ -95,7 +95,7 @@ class FineWebQualityFilter(DocumentBlock):
             if chars and duplicated / chars >= self.char_duplicates_ratio:
                 return "char_dup_ratio"
         if self.new_line_ratio is not None:
-            words = len(split_words(text))
+            words = len(document_words(text))
             if words and text.count("\n") / words > self.new_line_ratio:
                 return "list_ratio"
         return None

@@ -8,7 +8,7 @@ n-grams are confused only if their 64-bit hashes collide (odds about N²/2⁶⁴
 
 import hashlib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -29,14 +29,27 @@ def word_hashes(words: Iterable[str]) -> np.ndarray:
     return np.fromiter(map(_word_hash, words), dtype=np.uint64)
 
 
-def local_word_hashes(words: list[str]) -> np.ndarray:
+# Word -> number, shared by every call (numbers are only compared, never stored): a document's
+# words are numbered by a lookup in C, and only words new to the table take a Python step.
+# Emptied when it outgrows the bound, before numbering a document, never during one.
+_WORD_NUMBERS: dict[str, int] = {}
+_WORD_NUMBERS_LIMIT = 1 << 21
+
+
+def local_word_hashes(words: Sequence[str]) -> np.ndarray:
     """Per-word uint64 hashes valid within this call only: cheaper than ``word_hashes``.
 
-    Words are numbered in order of first appearance and the numbers scrambled with the murmur3
-    finaliser, so the polynomial n-gram hash sees well-mixed 64-bit values.
+    Distinct words get distinct numbers, scrambled with the murmur3 finaliser (a bijection), so
+    the polynomial n-gram hash sees well-mixed 64-bit values.
     """
-    numbering: dict[str, int] = {}
-    values = np.array([numbering.setdefault(word, len(numbering)) for word in words], np.uint64)
+    numbers = _WORD_NUMBERS
+    new = set(words).difference(numbers)
+    if new:
+        if len(numbers) + len(new) > _WORD_NUMBERS_LIMIT:
+            numbers.clear()
+            new = set(words)
+        numbers.update(zip(new, range(len(numbers), len(numbers) + len(new)), strict=True))
+    values = np.fromiter(map(numbers.__getitem__, words), np.uint64, count=len(words))
     with np.errstate(over="ignore"):
         values = (values + np.uint64(1)) * _MULTIPLIER
         values ^= values >> np.uint64(33)
@@ -57,7 +70,7 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     return result
 
 
-def cumulative_lengths(words: list[str]) -> np.ndarray:
+def cumulative_lengths(words: Sequence[str]) -> np.ndarray:
     """Characters in the first k words, for k = 0..len(words) (input to ``ngram_lengths``)."""
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     return np.concatenate(([0], np.cumsum(lengths)))

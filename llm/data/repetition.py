@@ -21,9 +21,9 @@ import pyarrow as pa
 from annotated_types import Ge, Le
 
 from llm.data.block import DocumentBlock, Fraction
-from llm.data.filters import split_words
 from llm.data.ngrams import cumulative_lengths, local_word_hashes, ngram_hashes, ngram_lengths
 from llm.data.schema import mark_failures
+from llm.data.words import document_words
 
 TOP_N_GRAMS: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
 DUP_N_GRAMS: tuple[tuple[int, float], ...] = (
@@ -55,15 +55,27 @@ def top_ngram_chars(hashes: np.ndarray, lengths: np.ndarray) -> int:
     return int(lengths[position]) * int(best)
 
 
-def duplicated_ngram_chars(hashes: np.ndarray, lengths: np.ndarray, n: int) -> int:
+def repeated_positions(hashes: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Positions (ascending) whose n-gram occurs more than once, looking only at ``candidates``
+    (ascending positions; None: all) — which must include every position of a repeated n-gram."""
+    values = hashes if candidates is None else hashes[candidates]
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    return repeated if candidates is None else candidates[repeated]
+
+
+def duplicated_ngram_chars(
+    hashes: np.ndarray, lengths: np.ndarray, n: int, repeated: np.ndarray | None = None
+) -> int:
     """Characters of n-grams repeating an earlier one, scanning left to right.
 
     After a duplicate the scan jumps ``n`` words, so overlapping repeats are not counted twice.
     An n-gram that occurs once in the document never counts and never matters as "seen", so only
-    positions of n-grams occurring more than once are visited.
+    positions of n-grams occurring more than once (``repeated``, computed when not given) are
+    visited.
     """
-    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts[inverse] > 1)
+    if repeated is None:
+        repeated = repeated_positions(hashes)
     seen: set[int] = set()
     total = cursor = 0
     for position, value in zip(repeated.tolist(), hashes[repeated].tolist(), strict=True):
@@ -149,7 +161,7 @@ class GopherRepetitionFilter(DocumentBlock):
         return None
 
     def _ngram_rule(self, text: str) -> str | None:
-        words = split_words(text)
+        words = document_words(text)
         hashes = local_word_hashes(words)
         cumulative = cumulative_lengths(words)
         for n, limit in self.top_n_grams:
@@ -159,11 +171,23 @@ class GopherRepetitionFilter(DocumentBlock):
                 and top_ngram_chars(grams, ngram_lengths(cumulative, n, 1)) / len(text) > limit
             ):
                 return f"top_{n}_gram"
+        # An n-gram that repeats starts with an m-gram (m < n) that repeats at the same position,
+        # so positions are looked for among those of the longest shorter n-gram done so far.
+        repeats: dict[int, np.ndarray] = {}
         for n, limit in self.dup_n_grams:
             grams = ngram_hashes(hashes, n)
             if not len(grams):
                 continue
-            chars = duplicated_ngram_chars(grams, ngram_lengths(cumulative, n, 0), n)
+            shorter = [m for m in repeats if m < n]
+            candidates = repeats[max(shorter)] if shorter else None
+            if candidates is not None:
+                candidates = candidates[candidates < len(grams)]
+            if candidates is not None and not len(candidates):
+                repeats[n] = candidates  # nothing repeats at n, nor at any longer n
+                continue
+            repeated = repeated_positions(grams, candidates)
+            repeats[n] = repeated
+            chars = duplicated_ngram_chars(grams, ngram_lengths(cumulative, n, 0), n, repeated)
             if chars / len(text) > limit:
                 return f"duplicated_{n}_n_grams"
         return None

@@ -12,6 +12,7 @@ that spell a special case. spaCy's English defaults only.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import chain
 
 import regex
 
@@ -146,12 +147,77 @@ def _split_chunk(chunk: str) -> tuple[str, ...]:
     return tuple(_merge_specials(tokens) if len(tokens) > 1 else tokens)
 
 
+# Every whitespace-separated chunk seen -> its tokens. A document's chunks are looked up in C
+# (map + chain below) rather than by a Python loop per chunk, which was half of split_words'
+# time; only chunks new to this table take a Python step. Emptied when it outgrows the bound.
+_CHUNK_TOKENS: dict[str, tuple[str, ...]] = {}
+_CHUNK_TABLE_LIMIT = 1 << 20
+
+
+# Shortcuts for the commonest chunks, each giving what spaCy's rules give (checked against the
+# full path on the benchmark corpus): a letters-only word with one closing mark, one opening
+# mark, or ASCII digits. None of these characters is a letter, so no prefix, suffix or infix
+# rule can see more than the one mark; "." splits off only after a lowercase letter (an
+# uppercase one may be an initial), so only ASCII lowercase takes the shortcut. A chunk that is
+# a special case, or whose word is, takes the full path.
+_CLOSING = frozenset(",;:!?)]\"”’'")
+_OPENING = frozenset("(\"“‘'[")
+_ASCII_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+
+
+def _chunk_tokens(chunk: str) -> tuple[str, ...]:
+    if chunk in _SPECIAL:
+        return _split_chunk(chunk)
+    if chunk.isalpha():  # most words: nothing to split
+        return (chunk,)
+    if chunk.isascii() and chunk.isdigit():
+        return (chunk,)
+    if len(chunk) > 1:
+        last, word = chunk[-1], chunk[:-1]
+        closing = last in _CLOSING or (last == "." and word[-1] in _ASCII_LOWER)
+        if closing and word.isalpha() and word not in _SPECIAL:
+            return (word, last)
+        first, word = chunk[0], chunk[1:]
+        if first in _OPENING and word.isalpha() and word not in _SPECIAL:
+            return (first, word)
+    return _split_chunk(chunk)
+
+
 def split_words(text: str) -> list[str]:
     """English word tokens, punctuation split off as tokens of their own (spaCy's rules)."""
-    words: list[str] = []
-    for chunk in text.split():
-        if chunk.isalpha() and chunk not in _SPECIAL:  # most words: nothing to split
-            words.append(chunk)
-        else:
-            words.extend(_split_chunk(chunk))
+    chunks = text.split()
+    table = _CHUNK_TOKENS
+    new = set(chunks).difference(table)
+    if new:
+        if len(table) + len(new) > _CHUNK_TABLE_LIMIT:
+            table.clear()
+            new = set(chunks)
+        for chunk in new:
+            table[chunk] = _chunk_tokens(chunk)
+    return list(chain.from_iterable(map(table.__getitem__, chunks)))
+
+
+# The last batch's documents' words: a chain of filters (Gopher quality, Gopher repetition,
+# FineWeb) looks at the same texts in turn, a batch at a time, and splits each text once. Keyed
+# by the text itself (equal texts from different Arrow conversions hit); tuples, so no caller
+# can change what the next one reads. The words are the chunk table's own strings, so an entry
+# costs a pointer per word; bounded by entries and by words held.
+_RECENT: dict[str, tuple[str, ...]] = {}
+_RECENT_DOCS = 2048
+_RECENT_WORDS = 1 << 23
+_recent_words = 0
+
+
+def document_words(text: str) -> tuple[str, ...]:
+    """``split_words(text)`` as a tuple, remembered for the last batch or so of texts."""
+    global _recent_words
+    words = _RECENT.get(text)
+    if words is None:
+        words = tuple(split_words(text))
+        while _RECENT and (
+            len(_RECENT) >= _RECENT_DOCS or _recent_words + len(words) > _RECENT_WORDS
+        ):
+            _recent_words -= len(_RECENT.pop(next(iter(_RECENT))))
+        _RECENT[text] = words
+        _recent_words += len(words)
     return words
