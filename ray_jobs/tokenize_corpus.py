@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from contracts.specs import TokenizeSpec
@@ -77,19 +78,23 @@ def _encode_block(
     encode = _worker_encoder(uri, tokenizer_sha256, vocab_size, fast)
     ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
     sources = batch.column("source").to_pylist()
+    # UTF-8 sizes from Arrow's offsets, not by encoding every text again
+    sizes = pc.binary_length(batch.column("text")).to_pylist()
+    splits = [split_of(i, val_fraction) for i in ids]
     rows: list[dict[str, Any]] = []
     for source in sorted(set(sources)):
         # named by the source and the block's first and last ids: unique across inputs
         name = f"{source}|{ids[0]}|{ids[-1]}|{len(ids)}"
         key = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
         for split in ("train", "val"):
-            docs = [
-                t
-                for i, t, s in zip(ids, texts, sources, strict=True)
-                if s == source and split_of(i, val_fraction) == split
+            chosen = [
+                row
+                for row, (s, where) in enumerate(zip(sources, splits, strict=True))
+                if s == source and where == split
             ]
-            if not docs:
+            if not chosen:
                 continue
+            docs = [texts[row] for row in chosen]
             tokens = encode(docs)
             entry = write_shard(out, f"{split}-{key}.bin", tokens)
             seen = np.zeros(vocab_size, dtype=bool)
@@ -100,7 +105,7 @@ def _encode_block(
                     "split": split,
                     "source": source,
                     "documents": len(docs),
-                    "bytes": sum(len(t.encode("utf-8")) for t in docs),
+                    "bytes": sum(sizes[row] or 0 for row in chosen),
                     "used": np.packbits(seen).tobytes(),
                     "node": node_id(),
                 }

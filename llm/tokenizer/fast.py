@@ -134,23 +134,45 @@ def build_encoding(path: str | os.PathLike[str]) -> tiktoken.Encoding:
         raise NotExact(f"{path}: fast path is not exact: {exc}") from exc
 
 
+def _joinable(specials: set[str], eos_text: str) -> bool:
+    """Whether documents joined with `eos_text` encode as if each were encoded alone: no other
+    special token can start inside the separator and run on, or start in a document and run
+    into it, and none starts with or contains it (so the separator always matches as itself)."""
+    for other in specials - {eos_text}:
+        if eos_text in other:
+            return False
+        for k in range(1, len(eos_text)):
+            if other.startswith(eos_text[k:]) or other.endswith(eos_text[:k]):
+                return False
+    return True
+
+
 def fast_encode_documents(
     enc: tiktoken.Encoding, texts: list[str], eos: int, dtype: np.dtype | str
 ) -> np.ndarray:
     """`encode_documents` with tiktoken: each document's ids followed by EOS, one flat array.
 
-    Special-token strings inside a document become their ids, as `tokenizers` does. One call
-    per document rather than tiktoken's threaded encode_batch, so a worker uses one core.
+    Special-token strings inside a document become their ids, as `tokenizers` does. The batch
+    is encoded in one call, the documents joined with the EOS string: tiktoken encodes the text
+    between special tokens piece by piece, so each document is encoded exactly as alone, and
+    the ids come back as one numpy buffer rather than a Python list per document. One thread
+    (not tiktoken's threaded encode_batch), so a worker uses one core.
     """
     dtype = np.dtype(dtype)
+    if not texts:
+        return np.zeros(0, dtype=dtype)
     specials = enc.special_tokens_set
+    eos_text = next((s for s in specials if enc.encode_single_token(s) == eos), None)
+    if eos_text is not None and _joinable(set(specials), eos_text):
+        joined = eos_text.join(texts) + eos_text
+        return enc.encode_to_numpy(joined, allowed_special="all").astype(dtype)
     pieces = []
     for text in texts:
         has_special = any(s in text for s in specials)
         ids = enc.encode(text, allowed_special="all") if has_special else enc.encode_ordinary(text)
         pieces.append(np.asarray(ids, dtype=dtype))
         pieces.append(np.asarray([eos], dtype=dtype))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    return np.concatenate(pieces)
 
 
 def document_encoder(
