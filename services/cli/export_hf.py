@@ -59,7 +59,7 @@ def export_model(api: Api, model_id: str, output: Path) -> dict[str, Any]:
     checkpoint = str(record.stats.get("checkpoint") or record.uri)
     folder = _relative(checkpoint, record.uri)
     chain = api.lineage("models", model_id).chain
-    shards = next((a for a in chain if a.category == "datasets" and a.kind == "token_shards"), None)
+    shards = next((a for a in chain if a.category == "dataset" and a.kind == "token_shards"), None)
     if shards is None:
         raise ExportError(f"model {model_id}'s lineage holds no token_shards dataset (tokenizer)")
     with tempfile.TemporaryDirectory(prefix="llmforge-export-") as scratch:
