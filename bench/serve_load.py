@@ -89,11 +89,13 @@ def train_model(docs: list[str], steps: int, out: Path) -> tuple[GPT, Path, list
     return model.eval(), ckpt, prompts
 
 
-def start_server(home: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+def start_server(home: Path, port: int, max_batch: int, models: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "LLMFORGE_AUTH": "false",
         "LLMFORGE_HOME": str(home),
+        # the trained model's folder: a registered URI must lie under the team's read roots
+        "LLMFORGE_SHARED_ROOTS": str(models),
         "RAY_ADDRESS": f"http://127.0.0.1:{free_port()}",
         "LLMFORGE_POLL_INTERVAL_S": "3600",
         "LLMFORGE_SERVE_MAX_BATCH": str(max_batch),
@@ -216,11 +218,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="llmforge-serve-bench-") as tmp:
         model, ckpt, prompts = train_model(docs, args.train_steps, Path(tmp) / "model")
         port = free_port()
-        server = start_server(Path(tmp) / "home", port, max_batch=max(args.clients, 16))
+        server = start_server(
+            Path(tmp) / "home", port, max_batch=max(args.clients, 16), models=Path(tmp) / "model"
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             body = {"name": "bench", "kind": "checkpoint", "uri": str(ckpt)}
-            model_id = httpx.post(f"{base}/api/v1/models", json=body).json()["id"]
+            registered = httpx.post(f"{base}/api/v1/models", json=body).raise_for_status()
+            model_id = registered.json()["id"]
             url = f"/api/v1/models/{model_id}/completions"
             bodies = [
                 {"prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens,
