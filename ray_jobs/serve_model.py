@@ -33,7 +33,6 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
@@ -43,7 +42,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from contracts.serving import APP_ENV, KEY_HEADER, ServeApp
 from llm.serve import wire
 from llm.serve.errors import EngineError, ParamError, QueueFull
-from llm.serve.pool import EnginePool
+from llm.serve.pool import EnginePool, Loaded
 from llm.serve.requests import prepare
 
 if TYPE_CHECKING:
@@ -54,21 +53,6 @@ log = logging.getLogger("llmforge.serve")
 ERROR_PREFIX = "LLMFORGE_ERROR: "
 # adapters a replica keeps loaded (each is its base with the adapter on it, in its own engine)
 ADAPTERS_PER_REPLICA = 4
-
-
-@dataclass
-class _Served:
-    """A model a replica serves, with its engine: the deployed one, or an adapter of it."""
-
-    served: ServedModel
-    engine: Engine
-
-    @property
-    def busy(self) -> bool:
-        return self.engine.busy
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 class ModelServer:
@@ -87,12 +71,12 @@ class ModelServer:
             self.app.model_id, self.app.model_uri, self.app.tokenizer_uri, self.app.chat_template
         )
         self.served, self.engine = model.served, model.engine
-        self.adapters: EnginePool[_Served] = EnginePool(ADAPTERS_PER_REPLICA)
+        self.adapters: EnginePool[Loaded] = EnginePool(ADAPTERS_PER_REPLICA)
         log.info("replica of %s ready on %s", self.app.model_id, self.device)
 
     def _load(
         self, name: str, uri: str, tokenizer_uri: str | None, chat_template: str | None
-    ) -> _Served:
+    ) -> Loaded:
         from llm.serve.engine import Engine
         from llm.serve.model import batch_slots, load_registered
 
@@ -112,9 +96,9 @@ class ModelServer:
             max_queue=spec.max_queue,
             name=name,
         )
-        return _Served(served, engine)
+        return Loaded(served, engine)
 
-    def _load_adapter(self, ref: wire.AdapterRef) -> _Served:
+    def _load_adapter(self, ref: wire.AdapterRef) -> Loaded:
         """The adapter on this replica's base: refused (ParamError) unless it was trained on
         the deployed weights."""
         from llm.serve.fetch import local_model

@@ -22,34 +22,18 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from llm import storage
-from llm.serve.pool import EnginePool
+from llm.serve.pool import EnginePool, Loaded
 from services.settings import Settings
 from services.store.models import Artifact, Job
 
 if TYPE_CHECKING:
-    from llm.serve.engine import Engine
-    from llm.serve.model import ServedModel
+    pass
 
 # torch and the model code load with the first model served, not with the control plane
 log = logging.getLogger("llmforge.serving")
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 ADAPTER_KIND = "adapter"  # a LoRA adapter's registry kind; its parent is its base
-
-
-@dataclass
-class Loaded:
-    """A served model and its engine (one pool entry)."""
-
-    served: ServedModel
-    engine: Engine
-
-    @property
-    def busy(self) -> bool:
-        return self.engine.busy
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 def tokenizer_uri(session: Session, artifact: Artifact) -> str | None:

@@ -7,7 +7,12 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from llm.serve.engine import Engine
+    from llm.serve.model import ServedModel
 
 
 class Closable(Protocol):
@@ -15,6 +20,21 @@ class Closable(Protocol):
     def busy(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class Loaded:
+    """A served model and its engine: one pool entry (the control plane's and a replica's)."""
+
+    served: ServedModel
+    engine: Engine
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.busy
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 T = TypeVar("T", bound=Closable)
