@@ -238,3 +238,63 @@ class ModelEntry(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelEntry]
+
+
+# --- stream chunks: what each ``data:`` line of a ``stream: true`` answer holds -------------
+# (OpenAPI 3.1 has no per-event schema for text/event-stream: the completions routes document
+# these as the stream's schema, one event each, and ``data: [DONE]`` ends the stream)
+
+
+class CompletionChunk(BaseModel):
+    """A completion stream's event: one choice's new text (and logprobs, and its finish), or,
+    last, with ``choices`` empty, the usage (with ``stream_options.include_usage``)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsagePublic | None = None
+
+
+class ChatDelta(BaseModel):
+    """What a chat choice gained: the role with its first chunk, then content."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """A chat stream's event (OpenAI's ``chat.completion.chunk``)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsagePublic | None = None
+
+
+class StreamErrorDetail(BaseModel):
+    message: str
+    type: str
+
+
+class StreamError(BaseModel):
+    """A stream that failed after its 200 was sent ends with this event (then ``[DONE]``)."""
+
+    error: StreamErrorDetail
+
+
+STREAM_EVENTS: tuple[type[BaseModel], ...] = (
+    CompletionChunk,
+    ChatCompletionChunk,
+    StreamError,
+)

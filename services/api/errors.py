@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from services.api.completion_schemas import STREAM_EVENTS
 from services.api.links import add_links
 from services.api.log_stream import LogEnd, LogLine
 
@@ -183,9 +184,11 @@ def _generic(response: dict[str, Any]) -> bool:
 
 def _document(schema: dict[str, Any]) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ValidationIssue, ErrorBody, LogLine, LogEnd):
+    models: tuple[type[BaseModel], ...] = (ValidationIssue, ErrorBody, LogLine, LogEnd)
+    for model in (*models, *STREAM_EVENTS):
         found = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(found.pop("$defs", {}))
+        for name, nested in found.pop("$defs", {}).items():  # the routes' own stay
+            components.setdefault(name, nested)
         components[model.__name__] = found
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)

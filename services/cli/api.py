@@ -1,9 +1,10 @@
 """A typed client of the REST API: jobs, pipelines, datasets, models, ratings, rating campaigns,
-prompt templates, API keys, teams and file downloads (what the CLI calls). It is written on the
-OpenAPI document's own schemas (the pydantic models the control plane publishes as
-``components/schemas``; tests/services/test_client.py checks they are the document's), so
-every answer the CLI reads is parsed against the contract, and an error is an ``ApiError``
-carrying the document's ``ErrorBody``.
+prompt templates, API keys, teams, model deployments, streamed completions and file downloads
+(what the CLI calls). It is written on the OpenAPI document's own schemas (the pydantic models
+the control plane publishes as ``components/schemas``; tests/services/test_client.py checks
+they are the document's), so every answer the CLI reads, each event of a completion stream
+too, is parsed against the contract, and an error is an ``ApiError`` carrying the document's
+``ErrorBody``.
 
 Request bodies are sent as given: the control plane validates them and says what to fix.
 """
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from services.api.completion_schemas import ChatCompletionChunk, CompletionChunk, StreamError
 from services.api.errors import ErrorBody
 from services.api.log_stream import MEDIA_TYPE as NDJSON
 from services.api.log_stream import LogEnd, LogLine
@@ -32,6 +34,7 @@ from services.api.prompt_schemas import (
     RenderedPublic,
 )
 from services.api.routes.audit import AuditPage
+from services.api.routes.deployments import DeploymentPublic
 from services.api.routes.keys import KeyCreated, KeyPublic, KeyRotated
 from services.api.schemas import (
     ArtifactPublic,
@@ -49,6 +52,13 @@ from services.api.schemas import (
 )
 
 Model = TypeVar("Model", bound=BaseModel)
+SSE = "text/event-stream"
+_COMPLETION_EVENT: TypeAdapter[CompletionChunk | StreamError] = TypeAdapter(
+    CompletionChunk | StreamError
+)
+_CHAT_EVENT: TypeAdapter[ChatCompletionChunk | StreamError] = TypeAdapter(
+    ChatCompletionChunk | StreamError
+)
 Category = Literal["datasets", "models"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
 
@@ -239,6 +249,51 @@ class Api:
     def clear_team_limit(self, team: str) -> TeamPublic:
         return self._call(TeamPublic, "DELETE", f"/api/v1/teams/{team}/limit")
 
+    # --- serving ----------------------------------------------------------------------------
+
+    def deploy(self, model: str, spec: dict[str, Any]) -> DeploymentPublic:
+        return self._call(DeploymentPublic, "POST", f"/api/v1/models/{model}/deploy", json=spec)
+
+    def deployment(self, model: str) -> DeploymentPublic:
+        return self._call(DeploymentPublic, "GET", f"/api/v1/models/{model}/deploy")
+
+    def undeploy(self, model: str) -> DeploymentPublic:
+        return self._call(DeploymentPublic, "DELETE", f"/api/v1/models/{model}/deploy")
+
+    def stream_completion(self, model: str, body: dict[str, Any]) -> Iterator[CompletionChunk]:
+        """A completion as its chunks arrive (``stream: true``)."""
+        path = f"/api/v1/models/{model}/completions"
+        yield from self._chunks(_COMPLETION_EVENT, path, body)
+
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[ChatCompletionChunk]:
+        """A chat completion (``/v1/chat/completions``, ``stream: true``) as its chunks arrive."""
+        yield from self._chunks(_CHAT_EVENT, "/v1/chat/completions", body)
+
+    def _chunks(self, events: TypeAdapter[Any], path: str, body: dict[str, Any]) -> Iterator[Any]:
+        """The server-sent events of a streamed completion, each parsed against the document's
+        chunk schema; a StreamError event (the model failed after the 200) is an ApiError with
+        status 200 and code ``stream_error``. No read timeout: a long prompt may take a while."""
+        timeout = httpx.Timeout(self.http.timeout.connect, read=None)
+        body = body | {"stream": True}
+        with self.http.stream("POST", path, json=body, timeout=timeout) as r:
+            if not r.is_success:
+                r.read()
+                raise ApiError(r.status_code, _error_body(r), r.headers)
+            kind = r.headers.get("content-type", "").split(";")[0].strip()
+            if kind != SSE:
+                raise ApiError(r.status_code, _unexpected(f"a {kind or 'untyped'} body", SSE))
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue  # blank separators, SSE comments
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    return
+                event = events.validate_json(data)
+                if isinstance(event, StreamError):
+                    error = ErrorBody(detail=event.error.message, code="stream_error")
+                    raise ApiError(r.status_code, error, r.headers)
+                yield event
+
     # --- files ------------------------------------------------------------------------------
 
     @staticmethod
@@ -290,8 +345,8 @@ def _log_item(text: str) -> LogLine | LogEnd:
         return LogEnd.model_validate_json(text)
 
 
-def _unexpected(what: str) -> ErrorBody:
-    return ErrorBody(detail=f"the control plane sent {what}, not {NDJSON}", code="unexpected")
+def _unexpected(what: str, expected: str = NDJSON) -> ErrorBody:
+    return ErrorBody(detail=f"the control plane sent {what}, not {expected}", code="unexpected")
 
 
 def _error_body(r: httpx.Response) -> ErrorBody:

@@ -9,13 +9,17 @@ llmforge prompt MODEL --template qa --var question="Why is the sea deep?"   # a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
-
+from services.api.completion_schemas import (
+    ChatCompletionChunk,
+    CompletionChoice,
+    CompletionChunk,
+    UsagePublic,
+)
+from services.cli.api import Api, ApiError
 from services.cli.campaigns import parse_vars
 from services.cli.client import api_client
 
@@ -25,37 +29,29 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
-        "stream": True,
         "stream_options": {"include_usage": True},
     }
     optional = {"top_k": args.top_k, "seed": args.seed, "stop": args.stop or None}
     return body | {k: v for k, v in optional.items() if v is not None}
 
 
-def _events(r: httpx.Response) -> Iterator[dict[str, Any]]:
-    for line in r.iter_lines():
-        if not line.startswith("data: "):
-            continue
-        data = line.removeprefix("data: ")
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
-
-
-def _print_stream(r: httpx.Response, chat: bool) -> int:
-    usage = None
-    for event in _events(r):
-        if "error" in event:
-            print(f"\nllmforge prompt: {event['error']['message']}", file=sys.stderr)
-            return 1
-        usage = event.get("usage") or usage
-        for choice in event.get("choices", []):
-            text = choice["delta"].get("content") if chat else choice["text"]
-            print(text or "", end="", flush=True)
+def _print_stream(chunks: Iterator[CompletionChunk] | Iterator[ChatCompletionChunk]) -> int:
+    """Print each chunk's text as it arrives, then the token counts: 0, or 1 for an error (an
+    error answer before the stream, or a stream that failed midway)."""
+    usage: UsagePublic | None = None
+    try:
+        for chunk in chunks:
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                text = choice.text if isinstance(choice, CompletionChoice) else choice.delta.content
+                print(text or "", end="", flush=True)
+    except ApiError as e:
+        print(f"\nllmforge prompt: {e}", file=sys.stderr)
+        return 1
     print()
     if usage:
         print(
-            f"[{usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens]",
+            f"[{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens]",
             file=sys.stderr,
         )
     return 0
@@ -80,17 +76,11 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"llmforge prompt: {e}", file=sys.stderr)
         return 2
-    if args.chat:
-        path = "/v1/chat/completions"
-        body["model"] = args.model
-    else:
-        path = f"/api/v1/models/{args.model}/completions"
-    with api_client(timeout=None) as api, api.stream("POST", path, json=body) as r:
-        if not r.is_success:
-            r.read()
-            print(f"llmforge prompt: {r.status_code} {r.text}", file=sys.stderr)
-            return 1
-        return _print_stream(r, args.chat)
+    with api_client(timeout=None) as http:
+        api = Api(http)
+        if args.chat:
+            return _print_stream(api.stream_chat(body | {"model": args.model}))
+        return _print_stream(api.stream_completion(args.model, body))
 
 
 def add_prompt_command(sub: argparse._SubParsersAction) -> None:

@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-import httpx
-
-from services.cli.client import api_client, console, print_response
+from services.api.routes.deployments import DeploymentPublic
+from services.cli.api import Api, ApiError
+from services.cli.client import api_client, console, print_error, print_result
 
 SETTLED = {"RUNNING", "FAILED", "UNDEPLOYED", "UNHEALTHY"}
 SPEC_FIELDS = (
@@ -30,37 +30,39 @@ SPEC_FIELDS = (
 )
 
 
-def _wait(api: httpx.Client, path: str, timeout_s: float) -> httpx.Response:
+def _wait(api: Api, model: str, timeout_s: float) -> DeploymentPublic:
     deadline = time.monotonic() + timeout_s
     with console.status("waiting…") as status:
         while True:
-            r = api.get(path)
-            if not r.is_success or r.json()["state"] in SETTLED or time.monotonic() > deadline:
-                return r
-            body = r.json()
-            status.update(f"{body['state']} ({body['replicas']} replicas running)")
+            deployment = api.deployment(model)
+            if deployment.state in SETTLED or time.monotonic() > deadline:
+                return deployment
+            status.update(f"{deployment.state} ({deployment.replicas} replicas running)")
             time.sleep(1)
 
 
 def cmd_serve_model(args: argparse.Namespace) -> int:
-    path = f"/api/v1/models/{args.model}/deploy"
-    with api_client(timeout=120) as api:
+    with api_client(timeout=120) as http:
+        api = Api(http)
         if args.status:
-            return print_response(api.get(path))
-        if args.undeploy:
-            r = api.delete(path)
-        else:
-            spec: dict[str, Any] = {
-                f: getattr(args, f) for f in SPEC_FIELDS if getattr(args, f) is not None
-            }
-            r = api.post(path, json=spec)
-        if r.is_success and args.wait:
-            r = _wait(api, path, args.timeout)
-            if r.is_success and r.json()["state"] not in ("RUNNING", "UNDEPLOYED"):
-                print_response(r)
-                print(f"llmforge serve-model: {r.json()['state']}", file=sys.stderr)
-                return 1
-        return print_response(r)
+            return print_result(lambda: api.deployment(args.model))
+        try:
+            if args.undeploy:
+                deployment = api.undeploy(args.model)
+            else:
+                spec: dict[str, Any] = {
+                    f: getattr(args, f) for f in SPEC_FIELDS if getattr(args, f) is not None
+                }
+                deployment = api.deploy(args.model, spec)
+            if args.wait:
+                deployment = _wait(api, args.model, args.timeout)
+        except ApiError as e:
+            return print_error(e)
+        code = print_result(lambda: deployment)
+        if args.wait and deployment.state not in ("RUNNING", "UNDEPLOYED"):
+            print(f"llmforge serve-model: {deployment.state}", file=sys.stderr)
+            return 1
+        return code
 
 
 def add_serve_model_command(sub: argparse._SubParsersAction) -> None:

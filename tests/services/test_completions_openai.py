@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.api.completion_schemas import ChatCompletionChunk, CompletionChunk
+from services.cli.api import Api, ApiError
 from services.cli.main import main
 from services.ray_head import free_port
 from services.server import BackgroundServer
@@ -135,3 +137,50 @@ def test_llmforge_prompt_streams_the_completion_to_the_terminal(
     assert printed.out == whole["choices"][0]["text"] + "\n"
     assert "completion tokens" in printed.err
     assert main(["prompt", "nope", "x"]) == 1
+
+
+def test_the_typed_client_reads_each_stream_event_against_the_document(
+    served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """services.cli.api parses every SSE event with the chunk schemas the document publishes
+    (CompletionChunk, ChatCompletionChunk): the streamed text is the non-streamed answer's, the
+    usage comes last, and a refused request is an ApiError with the document's ErrorBody."""
+    server, model = served
+    sampling = {"max_tokens": 6, "temperature": 0, "logprobs": 2}
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as http:
+        api = Api(http)
+        whole = http.post(
+            f"/api/v1/models/{model}/completions", json={"prompt": "The king"} | sampling
+        )
+        include = {"stream_options": {"include_usage": True}}
+        chunks = list(api.stream_completion(model, {"prompt": "The king"} | sampling | include))
+        assert all(isinstance(c, CompletionChunk) for c in chunks)
+        assert (
+            "".join(ch.text for c in chunks for ch in c.choices)
+            == whole.json()["choices"][0]["text"]
+        )
+        assert all(ch.logprobs is not None for c in chunks for ch in c.choices)
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 6
+
+        chat = {"model": model, "messages": [{"role": "user", "content": "Hello"}]}
+        replies = list(api.stream_chat(chat | {"max_tokens": 4, "temperature": 0}))
+        assert all(isinstance(c, ChatCompletionChunk) for c in replies)
+        assert replies[0].choices[0].delta.role == "assistant"
+        assert replies[-1].choices[0].finish_reason == "length"
+
+        with pytest.raises(ApiError) as refused:
+            list(api.stream_completion("nope", {"prompt": "x"}))
+        assert refused.value.status == 404 and refused.value.error.code == "not_found"
+
+    key = (Path(server.settings.home) / "admin.key").read_text().strip()
+    monkeypatch.setenv("LLMFORGE_API_URL", server.url)
+    monkeypatch.setenv("LLMFORGE_API_KEY", key)
+    assert (
+        main(["prompt", model, "Hello", "--chat", "--max-tokens", "4", "--temperature", "0"]) == 0
+    )
+    printed = capsys.readouterr()
+    assert (
+        printed.out
+        == "".join(c.choices[0].delta.content or "" for c in replies if c.choices) + "\n"
+    )

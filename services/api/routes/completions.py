@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from llm.serve.chat import Message
@@ -35,8 +36,10 @@ from llm.serve.requests import ChatRequest, CompletionRequest, Prompt, prepare
 from llm.serve.requests import Request as ServeRequest
 from llm.serve.wire import AdapterRef
 from services.api.completion_schemas import (
+    ChatCompletionChunk,
     ChatCompletionCreate,
     ChatCompletionPublic,
+    CompletionChunk,
     CompletionCreate,
     CompletionFields,
     CompletionPublic,
@@ -44,6 +47,7 @@ from services.api.completion_schemas import (
     ModelList,
     OpenAICompletionCreate,
     SamplingFields,
+    StreamError,
 )
 from services.api.deps import DeploymentsDep, ServingDep, SessionDep, SessionsDep
 from services.api.openai_shapes import DONE, ChunkWriter, Head, chat_body, completion_body
@@ -74,12 +78,27 @@ router = APIRouter(tags=["completions"])
 openai = APIRouter(prefix="/v1", tags=["openai"])
 Loc = tuple[str | int, ...]
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}}, "description": "JSON, or with stream: SSE"},
-    404: {"description": "no such model (or another team's)"},
-    429: {"description": "the model's queue is full: retry after Retry-After seconds"},
-    503: {"description": "its deployment is not running (yet): retry after Retry-After"},
-}
+
+def _responses(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 is JSON, or with ``stream: true`` server-sent events: each ``data:`` line holds
+    one ``chunk`` (or, from a stream that failed after its 200, one StreamError), and
+    ``data: [DONE]`` ends it. The event schemas are components of their own
+    (``services.api.errors`` adds them); OpenAPI 3.1 has no per-event schema for a stream."""
+    each = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in (chunk, StreamError)]}
+    return {
+        200: {
+            "content": {"text/event-stream": {"schema": each}},
+            "description": f"JSON, or with stream: SSE, one {chunk.__name__} a data: line, then "
+            "data: [DONE]",
+        },
+        404: {"description": "no such model (or another team's)"},
+        429: {"description": "the model's queue is full: retry after Retry-After seconds"},
+        503: {"description": "its deployment is not running (yet): retry after Retry-After"},
+    }
+
+
+RESPONSES = _responses(CompletionChunk)
+CHAT_RESPONSES = _responses(ChatCompletionChunk)
 
 
 class Local:
@@ -354,7 +373,7 @@ async def openai_complete(
     return await _complete(request, body, target, body.model)
 
 
-@openai.post("/chat/completions", response_model=ChatCompletionPublic, responses=RESPONSES)
+@openai.post("/chat/completions", response_model=ChatCompletionPublic, responses=CHAT_RESPONSES)
 async def openai_chat(
     body: ChatCompletionCreate,
     request: Request,
