@@ -41,11 +41,6 @@ def api_client(timeout: float | None = 30) -> httpx.Client:
     )
 
 
-def print_response(r: httpx.Response) -> int:
-    print(json.dumps(r.json(), indent=2))
-    return 0 if r.is_success else 1
-
-
 # ``${NAME}`` or ``${NAME:-default}``: a variable of the file. A pipeline's own placeholders
 # (``${stage.field}``) always hold a dot, so the two never meet.
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
