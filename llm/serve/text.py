@@ -1,9 +1,16 @@
 """A choice's text as its tokens arrive: what is safe to send now, and where a stop string
 cuts it.
 
-Text is sent only once no later token can change it: a trailing U+FFFD is an incomplete UTF-8
-character that the next byte-level token may finish, and a tail that could still grow into a
+Text is sent only once no later token can change it: a trailing U+FFFD may be an incomplete UTF-8
+character that the next byte-level token finishes, and a tail that could still grow into a
 stop string is held back. The completion ends before the stop string (OpenAI's behaviour).
+
+Only the last ``MAX_INCOMPLETE`` replacement characters are held: an incomplete character is at
+most 3 bytes, which a byte-level decoder (GPT-2's, Rust's ``from_utf8_lossy``) shows as one
+U+FFFD and a byte-fallback one (Llama's SentencePiece) as at most three. Replacement characters
+before those stand for bytes that no later byte can make valid (a model emitting stray
+continuation bytes), so they go out as they come; holding all of them held such a choice's whole
+text until its end, and its first token's time with it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"
+MAX_INCOMPLETE = 3  # bytes of a UTF-8 character that can still be waiting for the rest
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -43,7 +51,8 @@ class StopText:
             if found:
                 end = min(found)
                 return self._take(end), True
-        safe = len(self.text.rstrip(REPLACEMENT))
+        trailing = len(self.text) - len(self.text.rstrip(REPLACEMENT))
+        safe = len(self.text) - min(trailing, MAX_INCOMPLETE)
         safe -= _held_back(self.text[:safe], self.stops)
         return self._take(safe), False
 

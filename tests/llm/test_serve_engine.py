@@ -4,6 +4,7 @@ seeded sampling independent of the batch, stop strings, echo/logprobs, cancellat
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from llm.model.gpt import GPT
 from llm.serve.engine import Engine, RequestHandle
 from llm.serve.errors import ParamError, QueueFull
 from llm.serve.params import SamplingParams
-from llm.serve.text import StopText
+from llm.serve.text import REPLACEMENT, StopText
 
 BASE = dict(vocab_size=64, block_size=48, n_layer=2, n_head=4, n_embd=32)
 VARIANTS = {
@@ -201,6 +202,69 @@ def test_text_that_may_become_a_stop_string_is_held_back() -> None:
     assert stop.push(2) == ("", False)
     assert stop.push(3) == ("", True)  # "abcebcd": ends before the stop string
     assert stop.text[: stop.sent] == "abce"
+
+
+def byte_level(ids: list[int]) -> str:
+    """A byte-level BPE's decode (GPT-2's: the bytes, invalid ones as U+FFFD, maximal subparts)."""
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+def byte_fallback(ids: list[int]) -> str:
+    """A byte-fallback decode (Llama's SentencePiece): a run of bytes that is not valid UTF-8
+    becomes one U+FFFD per byte."""
+    try:
+        return bytes(ids).decode("utf-8")
+    except UnicodeDecodeError:
+        return REPLACEMENT * len(ids)
+
+
+def test_stray_bytes_stream_out_holding_back_at_most_an_incomplete_character() -> None:
+    stop = StopText(byte_level)
+    # continuation bytes with no lead byte can never become a character: only the last 3 wait
+    assert [stop.push(0x81)[0] for _ in range(6)] == [
+        "",
+        "",
+        "",
+        REPLACEMENT,
+        REPLACEMENT,
+        REPLACEMENT,
+    ]
+    assert stop.flush() == REPLACEMENT * 3
+    split = StopText(byte_level)  # one character over three tokens is sent whole, once
+    assert [split.push(b)[0] for b in "あ".encode()] == ["", "", "あ"]
+    emoji = StopText(byte_level)
+    assert [emoji.push(b)[0] for b in b"a" + "😀".encode()] == ["a", "", "", "", "😀"]
+
+
+def test_a_byte_fallback_character_is_held_until_whole() -> None:
+    """Byte fallback shows a truncated character as one U+FFFD per byte (up to three)."""
+    for character in ("é", "あ", "😀"):
+        stop = StopText(byte_fallback)
+        pieces = [stop.push(b)[0] for b in character.encode()]
+        assert pieces == [""] * (len(pieces) - 1) + [character]
+
+
+def test_streamed_text_never_changes_and_adds_up_to_the_whole() -> None:
+    """Random runs of valid characters, stray and truncated bytes through a byte-level decode:
+    every piece sent is final (a prefix of the whole text at the end), and the pieces plus the
+    flush are the whole."""
+    decode = byte_level
+    rng = random.Random(0)
+    for _ in range(200):
+        data = b""
+        for _ in range(rng.randint(1, 12)):
+            what = rng.random()
+            if what < 0.4:
+                data += rng.choice(["a", "é", "あ", "😀", " "]).encode()
+            elif what < 0.7:
+                data += bytes([rng.randint(0x80, 0xBF)])  # a stray continuation byte
+            else:
+                data += rng.choice(["あ", "😀"]).encode()[: rng.randint(1, 3)]  # truncated
+        stop, pieces = StopText(decode), []
+        for b in data:
+            pieces.append(stop.push(b)[0])
+            assert decode(list(data)).startswith("".join(pieces))
+        assert "".join(pieces) + stop.flush() == decode(list(data))
 
 
 def test_eos_ends_a_choice_with_stop(engines) -> None:
