@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from bench._common import DATA
+from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
 
@@ -180,6 +181,9 @@ def main() -> None:
         shared_write_roots=str(work),
         poll_interval_s=1.0,
         auth=False,
+        # ports of its own: a control plane or a Ray dashboard the user already runs keeps its own
+        api_port=free_port(),
+        ray_dashboard_port=free_port(),
     )
     server = BackgroundServer(settings)
     server.start()
