@@ -245,16 +245,10 @@ class ModelList(BaseModel):
 # these as the stream's schema, one event each, and ``data: [DONE]`` ends the stream)
 
 
-class CompletionChunk(BaseModel):
-    """A completion stream's event: one choice's new text (and logprobs, and its finish), or,
-    last, with ``choices`` empty, the usage (with ``stream_options.include_usage``)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsagePublic | None = None
+class CompletionChunk(CompletionPublic):
+    """A completion stream's event, in the completion's own shape (as OpenAI's is): one
+    choice's new text (and logprobs, and its finish), or, last, with ``choices`` empty, the
+    usage (with ``stream_options.include_usage``)."""
 
 
 class ChatDelta(BaseModel):
