@@ -31,7 +31,25 @@ DUP_N_GRAMS: tuple[tuple[int, float], ...] = (
 )  # fmt: skip
 
 _PARAGRAPH_RE = re.compile(r"\n{2,}")
-_LINE_RE = re.compile(r"\n+")
+
+
+def _paragraphs(stripped: str) -> list[str]:
+    """Split at runs of two or more newlines (``_PARAGRAPH_RE``); str.split where no run is
+    longer than two."""
+    if "\n\n\n" in stripped:
+        return _PARAGRAPH_RE.split(stripped)
+    return stripped.split("\n\n")
+
+
+def _lines(text: str) -> list[str]:
+    """Split at runs of newlines, as ``re.split`` with ``\\n+`` does, four times faster: a run
+    leaves an empty piece only at either end of the text."""
+    lines = list(filter(None, text.split("\n")))
+    if text[:1] == "\n":
+        lines.insert(0, "")
+    if text[-1:] == "\n":
+        lines.append("")
+    return lines
 
 
 def find_duplicates(items: Iterable[str]) -> tuple[int, int]:
@@ -48,20 +66,45 @@ def find_duplicates(items: Iterable[str]) -> tuple[int, int]:
 
 
 def top_ngram_chars(hashes: np.ndarray, lengths: np.ndarray) -> int:
-    """Characters covered by the most frequent n-gram (the first one seen on a tie in count)."""
-    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
-    best = counts.max()
-    position = first[counts == best].min()
-    return int(lengths[position]) * int(best)
+    """Characters covered by the most frequent n-gram (the first one seen on a tie in count).
+
+    One plain sort (SIMD in numpy) instead of ``np.unique(return_index=True)``, whose stable
+    argsort took twice as long: the first one seen among the most frequent is the first position
+    holding any of them.
+    """
+    ordered = np.sort(hashes)
+    starts_run = np.empty(len(ordered), dtype=bool)
+    starts_run[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts_run[1:])
+    starts = np.flatnonzero(starts_run)
+    counts = np.diff(starts, append=len(ordered))
+    best = int(counts.max())
+    if best == 1:
+        position = 0  # all distinct: the first n-gram is the first seen
+    else:
+        values = ordered[starts[counts == best]]
+        if len(values) == 1:
+            position = int(np.argmax(hashes == values[0]))
+        else:
+            position = int(np.flatnonzero(np.isin(hashes, values))[0])
+    return int(lengths[position]) * best
 
 
 def repeated_positions(hashes: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
     """Positions (ascending) whose n-gram occurs more than once, looking only at ``candidates``
-    (ascending positions; None: all) — which must include every position of a repeated n-gram."""
+    (ascending positions; None: all) — which must include every position of a repeated n-gram.
+
+    An n-gram repeats when a sorted neighbour equals it; one argsort, no inverse index.
+    """
     values = hashes if candidates is None else hashes[candidates]
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    repeated = np.flatnonzero(counts[inverse] > 1)
-    return repeated if candidates is None else candidates[repeated]
+    order = np.argsort(values)
+    ordered = values[order]
+    equal = ordered[1:] == ordered[:-1]
+    repeated = np.zeros(len(ordered), dtype=bool)
+    repeated[1:] = equal
+    repeated[:-1] |= equal
+    positions = np.sort(order[repeated])
+    return positions if candidates is None else candidates[positions]
 
 
 def duplicated_ngram_chars(
@@ -146,13 +189,13 @@ class GopherRepetitionFilter(DocumentBlock):
         return mark_failures(batch, self.check)
 
     def _block_rule(self, text: str) -> str | None:
-        paragraphs = _PARAGRAPH_RE.split(text.strip())
+        paragraphs = _paragraphs(text.strip())
         count, chars = find_duplicates(paragraphs)
         if self.dup_para_frac and count / len(paragraphs) > self.dup_para_frac:
             return "dup_para_frac"
         if self.dup_para_char_frac and chars / len(text) > self.dup_para_char_frac:
             return "dup_para_char_frac"
-        lines = _LINE_RE.split(text)
+        lines = _lines(text)
         count, chars = find_duplicates(lines)
         if self.dup_line_frac and count / len(lines) > self.dup_line_frac:
             return "dup_line_frac"

@@ -154,15 +154,74 @@ _CHUNK_TOKENS: dict[str, tuple[str, ...]] = {}
 _CHUNK_TABLE_LIMIT = 1 << 20
 
 
-# Shortcuts for the commonest chunks, each giving what spaCy's rules give (checked against the
-# full path on the benchmark corpus): a letters-only word with one closing mark, one opening
-# mark, or ASCII digits. None of these characters is a letter, so no prefix, suffix or infix
-# rule can see more than the one mark; "." splits off only after a lowercase letter (an
-# uppercase one may be an initial), so only ASCII lowercase takes the shortcut. A chunk that is
-# a special case, or whose word is, takes the full path.
+# Shortcuts for the commonest chunks, each giving what the full path below gives: a letters-only
+# word; ASCII digits; letters-only words joined by "-" or "--", maybe with a possessive "'s",
+# wrapped in opening and closing marks ("(word", 'word."', "sash-window,", "Melinda's)"). None
+# of these marks is a letter, so no prefix, suffix or infix rule can see more than one mark at a
+# time, and each mark is peeled off as a token of its own; "." splits off only after a lowercase
+# letter (an uppercase one may be an initial), so only ASCII lowercase takes the shortcut. spaCy
+# stops peeling at a special case and joins adjacent tokens that spell one, so a chunk where any
+# span of words and marks is a special case, or adjacent tokens spell one (":)"), takes the full
+# path. tests/llm/data/test_filters.py checks the shortcuts against the full path on every chunk
+# of real text and on random chunks.
 _CLOSING = frozenset(",;:!?)]\"”’'")
 _OPENING = frozenset("(\"“‘'[")
 _ASCII_LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
+_POSSESSIVE = frozenset(("'s", "'S", "’s", "’S"))
+
+
+def _words_of_core(core: str) -> list[str] | None:
+    """A letters-only core, or letters-only words joined by "-" or "--" (the infix rule splits
+    those off), as tokens; None for any other core."""
+    if core.isalpha():
+        return [core]
+    pieces = core.split("-")
+    if len(pieces) == 1 or not pieces[0].isalpha():
+        return None
+    tokens = [pieces[0]]
+    i = 1
+    while i < len(pieces):
+        separator = "-"
+        if not pieces[i]:  # "--": an empty piece between two hyphens; three or more: full path
+            separator, i = "--", i + 1
+            if i == len(pieces) or not pieces[i]:
+                return None
+        if not pieces[i].isalpha():
+            return None
+        tokens += (separator, pieces[i])
+        i += 1
+    return tokens
+
+
+def _marked_word(chunk: str) -> tuple[str, ...] | None:
+    """The tokens of a letters-only word (or hyphenated words), maybe with a possessive "'s",
+    wrapped in opening and closing marks; None where the full path is needed."""
+    start, end = 0, len(chunk)
+    while start < end and chunk[start] in _OPENING:
+        start += 1
+    while end > start:
+        last = chunk[end - 1]
+        if last in _CLOSING or (last == "." and chunk[end - 2] in _ASCII_LOWER):
+            end -= 1
+        else:
+            break
+    tail = list(chunk[end:])
+    if end - start > 2 and chunk[end - 2 : end] in _POSSESSIVE:
+        end -= 2
+        tail.insert(0, chunk[end : end + 2])
+    words = _words_of_core(chunk[start:end])
+    if words is None:
+        return None
+    for i in range(start + 1):  # spaCy stops peeling at a special case: a span of word and marks
+        for j in range(end, len(chunk) + 1):
+            if chunk[i:j] in _SPECIAL:
+                return None
+    tokens = [*chunk[:start], *words, *tail]
+    for width in (2, 3):  # spaCy joins adjacent tokens that spell a special case
+        for i in range(len(tokens) - width + 1):
+            if "".join(tokens[i : i + width]) in _MERGEABLE:
+                return None
+    return tuple(tokens)
 
 
 def _chunk_tokens(chunk: str) -> tuple[str, ...]:
@@ -172,15 +231,7 @@ def _chunk_tokens(chunk: str) -> tuple[str, ...]:
         return (chunk,)
     if chunk.isascii() and chunk.isdigit():
         return (chunk,)
-    if len(chunk) > 1:
-        last, word = chunk[-1], chunk[:-1]
-        closing = last in _CLOSING or (last == "." and word[-1] in _ASCII_LOWER)
-        if closing and word.isalpha() and word not in _SPECIAL:
-            return (word, last)
-        first, word = chunk[0], chunk[1:]
-        if first in _OPENING and word.isalpha() and word not in _SPECIAL:
-            return (first, word)
-    return _split_chunk(chunk)
+    return _marked_word(chunk) or _split_chunk(chunk)
 
 
 def split_words(text: str) -> list[str]:
@@ -192,7 +243,10 @@ def split_words(text: str) -> list[str]:
         if len(table) + len(new) > _CHUNK_TABLE_LIMIT:
             table.clear()
             new = set(chunks)
-        for chunk in new:
+        # Plain words (most new chunks) are entered in C: each is its own one token.
+        plain = set(filter(str.isalpha, new)).difference(_SPECIAL)
+        table.update(zip(plain, zip(plain, strict=True), strict=True))
+        for chunk in new.difference(plain):
             table[chunk] = _chunk_tokens(chunk)
     return list(chain.from_iterable(map(table.__getitem__, chunks)))
 

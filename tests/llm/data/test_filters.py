@@ -1,10 +1,12 @@
 import gzip
 import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
 
+from llm.data import words as word_rules
 from llm.data.filters import GopherQualityFilter, LengthFilter, split_words
 from tests.llm.data.batches import make_batch
 
@@ -163,3 +165,31 @@ def test_length_filter() -> None:
     rejected = make_batch([""], reasons=["exact_duplicate"])
     assert LengthFilter().apply(rejected)["reason"].to_pylist() == ["exact_duplicate"]
     assert {LengthFilter.name, GopherQualityFilter.name} == {"length", "gopher_quality"}
+
+
+def _corpus_chunks(shared_data: Path) -> set[str]:
+    path = next((shared_data / "web" / "cc_dolma_sample").iterdir())
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        texts = [json.loads(line)["text"] for line in itertools.islice(lines, 300)]
+    books = sorted((shared_data / "text" / "gutenberg_nltk").glob("*.txt"))[:4]
+    texts += [book.read_text(encoding="utf-8", errors="replace") for book in books]
+    return {chunk for text in texts for chunk in text.split()}
+
+
+def test_chunk_shortcuts_give_what_the_full_rules_give(shared_data: Path) -> None:
+    """Every chunk of real web text and books, and random chunks built from the shortcuts'
+    pieces (letters, marks, hyphens, possessives, special cases), split both ways."""
+    chunks = _corpus_chunks(shared_data)
+    rng = random.Random(3)
+    pieces = [
+        "word", "Word", "e", "mail", "s", "'s", "’S", "-", "--", "---", ".", "..", ",", ":", ")",
+        "(", '"', "“", "”", "'", "’", "[", "]", "!", "?", ";", "etc", "Mr", "U.S", "can't", "é",
+        "東京", "3", "x", "n't",
+    ]  # fmt: skip
+    chunks |= {"".join(rng.choices(pieces, k=rng.randint(1, 5))) for _ in range(20_000)}
+    shortcut = 0
+    for chunk in chunks:
+        expected = word_rules._split_chunk(chunk)
+        assert word_rules._chunk_tokens(chunk) == expected, chunk
+        shortcut += word_rules._marked_word(chunk) is not None
+    assert shortcut > 5_000  # the shortcut is taken, not only the full path

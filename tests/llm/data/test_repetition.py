@@ -2,10 +2,17 @@ import random
 import re
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from llm.data.filters import split_words
-from llm.data.repetition import GopherRepetitionFilter
+from llm.data.repetition import (
+    GopherRepetitionFilter,
+    _lines,
+    _paragraphs,
+    repeated_positions,
+    top_ngram_chars,
+)
 from tests.llm.data.batches import make_batch
 
 
@@ -143,3 +150,31 @@ def test_long_document_is_fast() -> None:
     start = time.perf_counter()
     GopherRepetitionFilter(top_n_grams=()).check(text)
     assert time.perf_counter() - start < 3.0
+
+
+def test_paragraph_and_line_splits_match_the_regexes_they_replace() -> None:
+    rng = random.Random(11)
+    texts = ["\n", "\n\n", "a\n", "\na", "a\n\n\nb\n\n", "a\n\n\n\n\nb", "x"]
+    for _ in range(2000):
+        texts.append("".join(rng.choices(["a", "bc", " ", "\n", "\n\n", "\n\n\n"], k=12)))
+    for text in texts:
+        assert _lines(text) == re.split(r"\n+", text), repr(text)
+        stripped = text.strip()
+        assert _paragraphs(stripped) == re.split(r"\n{2,}", stripped), repr(text)
+
+
+def test_ngram_counts_match_numpy_unique() -> None:
+    """The sort-based top n-gram and repeated positions against np.unique's definitions."""
+    rng = np.random.default_rng(5)
+    for size in [1, 2, 3, 5, 17, 200] * 60:
+        hashes = rng.integers(0, rng.integers(1, 12), size=size).astype(np.uint64)
+        lengths = rng.integers(1, 50, size=size)
+        _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+        best = counts.max()
+        assert top_ngram_chars(hashes, lengths) == lengths[first[counts == best].min()] * best
+        _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+        expected = np.flatnonzero(counts[inverse] > 1)
+        assert repeated_positions(hashes).tolist() == expected.tolist()
+        candidates = np.flatnonzero(rng.random(size) < 0.7)
+        candidates = np.union1d(candidates, expected)
+        assert repeated_positions(hashes, candidates).tolist() == expected.tolist()
