@@ -25,7 +25,11 @@ so that a gap the hardware causes when both cores are busy is told apart from Ra
 Ray ~10.4k per worker: the remaining gap is DDP's all-reduce plus Ray's worker processes.
 
 Also in the same run: the same 2-process DDP started by ``torchrun`` without Ray
-(``ray_vs_torchrun``: Ray Train's tokens/s over torchrun's, what Ray itself adds).
+(``ray_vs_torchrun``: Ray Train's tokens/s over torchrun's, what Ray itself adds). Ray starts its
+workers at niceness 15, torchrun at the caller's 0: whenever anything else wants the cores
+(Ray's own daemons, the bench's parent, other work on the machine), Ray's workers yield to it
+and torchrun's do not. So Ray Train runs a second time with its workers at niceness 0
+(``ray_nice0_*``), the setting ``LLMFORGE_RAY_WORKER_NICENESS=0`` gives llmforge's embedded head.
 
 Run from the repository root (about two minutes on 2 cores; the last line is JSON):
     .venv/bin/python -m bench.train_cpu
@@ -124,13 +128,19 @@ def ray_worker(config: dict[str, Any]) -> None:
         Path(config["result"]).write_text(json.dumps(logs))
 
 
-def ray_run(data: Path, out: Path) -> float:
+def ray_run(data: Path, out: Path, worker_niceness: int | None = None) -> float:
+    """Ray Train's steady tokens/s; ``worker_niceness`` None keeps Ray's default (15), as a head
+    started without llmforge's ``LLMFORGE_RAY_WORKER_NICENESS`` does."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     ray.init(
-        address="local", num_cpus=WORKERS, object_store_memory=100_000_000, include_dashboard=False
+        address="local",
+        num_cpus=WORKERS,
+        object_store_memory=100_000_000,
+        include_dashboard=False,
+        _system_config={} if worker_niceness is None else {"worker_niceness": worker_niceness},
     )
     try:
         result = out / "logs.json"
@@ -149,6 +159,10 @@ def ray_run(data: Path, out: Path) -> float:
         return steady_tokens_per_s(json.loads(result.read_text()))
     finally:
         ray.shutdown()
+
+
+def ray_run_nice0(data: Path, out: Path) -> float:
+    return ray_run(data, out, worker_niceness=0)
 
 
 def torchrun_worker() -> None:
@@ -199,6 +213,7 @@ def main() -> None:
     ray_tps: list[float] = []
     both: list[float] = []
     torchrun: list[float] = []
+    ray_nice0: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = build_shard_folder(root / "shards", shakespeare_docs())
@@ -206,6 +221,8 @@ def main() -> None:
             plain.append(_timed("plain, 1 process x 1 thread", plain_run, data, root / f"p{i}"))
             label = f"Ray Train, {WORKERS} workers x 1 CPU (DDP/gloo)"
             ray_tps.append(_timed(label, ray_run, data, root / f"r{i}"))
+            label = f"Ray Train, {WORKERS} workers x 1 CPU (DDP/gloo), worker niceness 0"
+            ray_nice0.append(_timed(label, ray_run_nice0, data, root / f"n{i}"))
             label = "plain, 2 processes at once, each"
             both.append(_timed(label, two_plain_runs, data, root / f"b{i}"))
             label = f"torchrun, {WORKERS} processes x 1 thread (DDP/gloo, no Ray)"
@@ -221,6 +238,12 @@ def main() -> None:
                 # what Ray adds to the same DDP: Ray Train against torchrun
                 "ray_vs_torchrun": round(best_ray / best_torchrun, 3),
                 "torchrun_tokens_per_s": round(best_torchrun),
+                # the same with Ray's workers at torchrun's priority (worker niceness 0, which
+                # LLMFORGE_RAY_WORKER_NICENESS=0 gives the embedded head): what Ray adds apart
+                # from the lower priority it gives its workers by default
+                "ray_nice0_vs_torchrun": round(max(ray_nice0) / best_torchrun, 3),
+                "ray_nice0_vs_plain_per_worker": round(max(ray_nice0) / WORKERS / best_plain, 3),
+                "ray_nice0_tokens_per_s": round(max(ray_nice0)),
                 # diagnostic: per worker against a plain process that shares the machine
                 "ray_vs_concurrent_plain_per_worker": round(best_ray / WORKERS / best_both, 3),
                 "concurrent_plain_tokens_per_s_each": round(best_both),

@@ -36,6 +36,12 @@ AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 QUICK_STOP_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
 
 
+def worker_niceness_env(niceness: int | None) -> dict[str, str]:
+    """The environment that makes a node's raylet start its workers at ``niceness`` (Ray's
+    ``worker_niceness`` setting; None: Ray's default, 15)."""
+    return {} if niceness is None else {"RAY_worker_niceness": str(niceness)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("RAY_ADDRESS", "LLMFORGE_RAY_ADDRESS")
     )
     ray_num_cpus: int | None = None
+    # Niceness of the worker processes (tasks, actors, Ray Train workers) of the embedded Ray
+    # head: None keeps Ray's 15, at which Ray's own daemons and this control plane preempt them;
+    # 0 gives them a plain process's priority (what torchrun's workers get), which training on a
+    # machine shared with other work needs to get its share of the cores (bench/train_cpu.py).
+    ray_worker_niceness: int | None = Field(default=None, ge=0, le=19)
     ray_object_store_mb: int = 256
     ray_dashboard_port: int = 8265
     # The Ray dashboard as a user's browser reaches it, for the job links the API gives

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from services.auth import ADMIN_KEY_FILE
@@ -110,6 +111,9 @@ def test_a_token_file_that_cannot_be_trusted_is_an_error_naming_it(
         ensure_token(tmp_path)
 
 
+WORKER_NICENESS = 4
+
+
 def _env(home: Path, api_port: int, dashboard_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LLMFORGE_"))}
     return {
@@ -123,6 +127,8 @@ def _env(home: Path, api_port: int, dashboard_port: int) -> dict[str, str]:
         "LLMFORGE_RAY_NUM_CPUS": "1",
         "LLMFORGE_RAY_OBJECT_STORE_MB": "80",
         "LLMFORGE_POLL_INTERVAL_S": "0.3",
+        # not Ray's default (15), so that the test can see the setting reach the workers
+        "LLMFORGE_RAY_WORKER_NICENESS": str(WORKER_NICENESS),
     }
 
 
@@ -186,6 +192,14 @@ def another_ray_on_the_machine(tmp_path: Path) -> Iterator[None]:
         log.close()
 
 
+def _is_our_raylet(process: psutil.Process, home: Path) -> bool:
+    try:
+        environ = process.info["environ"] or {}
+        return process.name() == "raylet" and environ.get("HOME") == str(home)
+    except psutil.Error:
+        return False
+
+
 @pytest.mark.ray
 def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
     fresh_control_plane: tuple[str, dict[str, str], Path, str],
@@ -194,6 +208,7 @@ def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
 ) -> None:
     url, headers, home, dashboard = fresh_control_plane
     area = home / "llmforge" / "artifacts" / "teams" / "default"  # the admin's team's area
+    head = next(p for p in psutil.process_iter(["environ"]) if _is_our_raylet(p, home))
     area.mkdir(parents=True)
     corpus = area / "corpus.jsonl"
     words = "the quick brown fox jumps over the lazy dog while the cat sleeps in the sun"
@@ -209,6 +224,12 @@ def test_control_plane_on_a_machine_that_never_ran_ray_runs_a_job(
             time.sleep(0.5)
     assert job["state"] == "SUCCEEDED", job["message"]
     assert json.loads((area / "curated" / "stats.json").read_text())["documents"] == 8
+
+    # The embedded head's workers run at the niceness the setting asks for (Ray's job supervisor
+    # sets its own actor to 0); Ray keeps idle workers for the next tasks.
+    workers = [p for p in head.children() if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::")]
+    assert WORKER_NICENESS in {p.nice() for p in workers}, [(p.pid, p.nice()) for p in workers]
+    assert {p.nice() for p in workers} <= {0, WORKER_NICENESS}
 
     token = home / "llmforge" / OWN_TOKEN_FILE
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
