@@ -292,7 +292,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--open-seconds", type=float, default=30, help="the 300/s open loop")
     parser.add_argument("--step-seconds", type=float, default=10, help="each rate step")
-    parser.add_argument("--workers", type=int, default=1, help="control-plane processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="control-plane processes (default: one per core, as LLMFORGE_API_WORKERS advises)",
+    )
     parser.add_argument("--server-cpus", default="", help="taskset CPU list for the server")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the peer (profiling)")
     args = parser.parse_args()

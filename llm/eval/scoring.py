@@ -61,7 +61,12 @@ def _score_rows(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[
     flat = torch.tensor([t for target in targets for t in target], device=logits.device)
     logprobs = F.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(1, flat[:, None])[:, 0]
-    greedy = logprobs.argmax(dim=-1) == flat
+    # argmax == target (lm-eval's test, the first index on a tie), with argmax (ten times
+    # slower than a max on the CPU) only on the rows where the target reaches the maximum
+    greedy = picked >= torch.amax(logprobs, dim=-1)
+    reach = greedy.nonzero()[:, 0]
+    if len(reach):
+        greedy[reach] = logprobs[reach].argmax(dim=-1) == flat[reach]
     out, start = [], 0
     for target in targets:
         end = start + len(target)
@@ -138,11 +143,14 @@ def _run_continuations(
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's positions in turn
     rest = head(hidden[rows, cols])
     # interleave: row n's first-token logits, then its len(k) - 1 continuation positions
-    order, offset = [], len(conts)
-    for n, k in enumerate(conts):
-        order += [n, *range(offset, offset + len(k) - 1)]
-        offset += len(k) - 1
-    return _score_rows(torch.cat((first, rest))[torch.tensor(order, device=device)], conts)
+    lengths = torch.tensor([len(k) for k in conts], device=device)
+    starts = torch.cumsum(lengths, 0) - lengths
+    order = torch.empty(int(lengths.sum()), dtype=torch.long, device=device)
+    order[starts] = torch.arange(len(conts), device=device)
+    others = torch.ones_like(order, dtype=torch.bool)
+    others[starts] = False
+    order[others] = torch.arange(len(conts), len(conts) + len(rest), device=device)
+    return _score_rows(torch.cat((first, rest))[order], conts)
 
 
 def _score_shared(

@@ -17,7 +17,7 @@ from llm.eval.loglik import (
     loglikelihood_rolling,
     rolling_windows,
 )
-from llm.eval.scoring import TokenRequest, score_tokens
+from llm.eval.scoring import TokenRequest, _score_rows, score_tokens
 from tests.llm.eval.conftest import tiny_gpt
 
 
@@ -170,3 +170,23 @@ def test_rolling_loglikelihood_over_several_windows_sums_the_windows(lm):
     )
     assert total == pytest.approx(expected, abs=1e-3)
     assert math.isfinite(total) and total < 0
+
+
+def test_greedy_is_argmax_equal_to_the_target_first_index_on_a_tie() -> None:
+    """lm-eval's is_greedy: logprobs.argmax() == token, so on a tie only the first index wins."""
+    logits = torch.tensor(
+        [
+            [0.0, 2.0, 2.0, 1.0],  # target 1: the first of two maxima
+            [0.0, 2.0, 2.0, 1.0],  # target 2: a maximum, but not argmax's
+            [3.0, 1.0, 0.0, 0.0],  # target 1: not a maximum
+            [0.0, 0.0, 0.0, 5.0],  # target 3: the only maximum
+        ]
+    )
+    scores = _score_rows(logits, [[1], [2], [1, 3]])
+    assert [s.is_greedy for s in scores] == [True, False, False]
+    rng = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (400, 6), generator=rng).float()  # many ties
+    targets = torch.randint(0, 6, (400,), generator=rng).tolist()
+    scores = _score_rows(logits, [[t] for t in targets])
+    expected = (torch.log_softmax(logits, -1).argmax(-1) == torch.tensor(targets)).tolist()
+    assert [s.is_greedy for s in scores] == expected
