@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # one needs PostgreSQL (one leader per store) and RAY_ADDRESS (a local head per process
     # would be several clusters). API keys' rate limits count in each process.
     api_workers: int = Field(default=1, ge=1)
+    # Threads per control-plane process for blocking work (store queries, sync routes). Few
+    # keep latency low (many runnable threads take turns at the GIL); enough that a few slow
+    # calls (Ray's API, object storage) do not hold up the rest.
+    api_threads: int = Field(default=8, ge=1)
     # The URL that Ray jobs use to reach this control plane (metrics ingestion).
     public_url: str | None = None
     # The interpreter that runs job entrypoints; on the embedded head it is this one, so jobs see

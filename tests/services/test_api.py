@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from anyio import to_thread
 from fastapi.testclient import TestClient
 
 from services.api.app import create_app
@@ -437,11 +438,21 @@ def test_a_running_app_keeps_its_start_up_objects_out_of_the_collectors_walks(
     tmp_path: Path,
 ) -> None:
     """The start-up's objects are frozen while the app runs (a full collection had taken
-    ~100 ms, the p99 of every route under load), and unfrozen when it stops."""
+    ~100 ms, the p99 of every route under load), and unfrozen when it stops; blocking work
+    gets the threads the settings give."""
     settings = Settings(
-        home=tmp_path, ray_address=f"http://127.0.0.1:{free_port()}", poll_interval_s=60, auth=False
+        home=tmp_path,
+        ray_address=f"http://127.0.0.1:{free_port()}",
+        poll_interval_s=60,
+        auth=False,
+        api_threads=3,
     )
+
+    async def threads() -> float:
+        return to_thread.current_default_thread_limiter().total_tokens
+
     with TestClient(create_app(settings)) as c:
         assert gc.get_freeze_count() > 50_000
+        assert c.portal is not None and c.portal.call(threads) == 3  # the app's own event loop
         assert c.get("/api/v1/jobs").status_code == 200
     assert gc.get_freeze_count() == 0
