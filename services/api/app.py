@@ -150,8 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # lives as long as the app: frozen out of the collector's reach, a full collection no
         # longer walks them. It took ~100 ms here, stopping the event loop, and was the p99 of
         # every route under load (bench/api_load.py); unfrozen at shutdown, so an app's cycles
-        # can be collected once it is gone (tests start many apps in one process).
-        gc.collect()
+        # can be collected once it is gone (tests start many apps in one process). No collection
+        # first: in a process that also holds torch it took ~250 ms per start.
         gc.freeze()
         # Blocking work (store queries, sync routes) runs on this many threads, not anyio's 40:
         # dozens of runnable threads took turns at the GIL, so every request behind them waited
