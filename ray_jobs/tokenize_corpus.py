@@ -1,10 +1,11 @@
-"""Tokenize a curated corpus on Ray Data: train a byte-level BPE, encode to token shards.
+"""Tokenize a curated corpus on Ray: train a byte-level BPE, encode to token shards.
 
 Input and output are folders or ``s3://`` URIs (``llm.storage``). The tokenizer is trained on a
 uniform sample drawn in parallel by the workers (only the sample reaches the driver) and stored
-with the shards; encoding runs as one Ray task per block, each writing whole shards straight to
-the output and returning their entries, from which the driver writes ``manifest.json`` (after
-the shards) and ``stats.json``.
+with the shards. Encoding runs as Ray tasks over planned pieces (row ranges of the Parquet files,
+read from the Parquet footers), each writing whole shards straight to the output and returning
+their entries, from which the driver writes ``manifest.json`` (after the shards) and
+``stats.json``.
 
 Every shard holds one source's documents: with ``input``, the curated documents' ``source``
 tags; with ``inputs``, the name each corpus is given. One tokenizer serves all sources.
@@ -13,19 +14,22 @@ tags; with ``inputs``, the name each corpus is given. One tokenizer serves all s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 import time
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from contracts.specs import TokenizeSpec
 from llm import storage
+from llm.data.sources import list_files
 from llm.tokenizer.bpe import eos_id, file_sha256, load_tokenizer, save_tokenizer, train_bpe
 from llm.tokenizer.fast import Encoder, document_encoder
 from llm.tokenizer.shards import (
@@ -42,6 +46,10 @@ from ray_jobs.entrypoint import JobError
 from ray_jobs.reporting import report
 
 TOKENIZER_FILE = "tokenizer.json"
+# Documents per encoding call, and so per shard of each source and split: batches are counted
+# from each file's first row, so the shards never depend on the pieces or the worker count.
+ENCODE_BATCH = 1024
+PIECE_BATCHES = 8  # batches per encoding task: ~12 MB of text, enough tasks to share out
 # One encoder per worker process and tokenizer (keyed by its hash, so a rewritten file at the
 # same URI is never encoded with a stale vocabulary), not one per batch.
 _encoders: dict[tuple[str, str], Encoder] = {}
@@ -63,19 +71,117 @@ def _worker_encoder(uri: str, sha256: str, vocab_size: int, fast: bool) -> Encod
     return _encoders[key]
 
 
-def _encode_block(
-    batch: pa.Table,
-    *,
-    out: str,
-    tokenizer_sha256: str,
-    val_fraction: float,
-    vocab_size: int,
-    fast: bool,
-) -> pa.Table:
-    """Encode a batch into one shard per split, written straight to ``out``; their entries,
-    with which token ids occur (a bitmap, so the driver never reads a shard back)."""
+@dataclass(frozen=True)
+class Piece:
+    """Rows start..stop-1 of one Parquet file (in units of ENCODE_BATCH, the last one short),
+    and the source their shards are tagged with: ``source`` for a named input, else the
+    file's own ``source`` column (``tagged``), else DEFAULT_SOURCE."""
+
+    uri: str
+    start: int
+    stop: int
+    groups: tuple[int, ...]  # the row groups these rows lie in
+    first_row: int  # the first of those groups' first row in the file
+    source: str
+    tagged: bool
+
+
+@dataclass
+class Plan:
+    pieces: list[Piece]
+    documents: dict[str | None, int]  # per input name
+
+
+def _plan(
+    corpora: dict[str | None, str], batch: int = ENCODE_BATCH, piece_batches: int = PIECE_BATCHES
+) -> Plan:
+    """Pieces of ``piece_batches`` batches of ``batch`` rows over every Parquet file, counted
+    from each file's first row, from the footers alone.
+
+    Why not Ray Data's reader: in Ray 2.60 it makes blocks of up to 128 MB whatever
+    override_num_blocks asks (the 147 MB bench corpus came as 2 blocks of 27k and 80k rows), a
+    map task takes whole blocks, and its per-operator CPU reservations held the encoding
+    operator behind a reader to one task at a time on a 2-CPU node. One operator over planned
+    pieces (as the curate job's phase one runs) spreads evenly over any number of workers.
+    """
+    pieces: list[Piece] = []
+    documents: dict[str | None, int] = {}
+    step = batch * piece_batches
+    for name, data in corpora.items():
+        documents[name] = 0
+        try:
+            files = list_files(data, "parquet")
+        except FileNotFoundError as e:
+            raise JobError(f"input not found: {data} ({e})") from e
+        for uri in files:
+            with storage.open_input_file(uri) as f:
+                meta = pq.ParquetFile(f).metadata
+            columns = set(meta.schema.names)
+            missing = sorted({"id", "text"} - columns)
+            if missing:
+                raise JobError(
+                    f"{uri}: no column {', '.join(map(repr, missing))} (the tokenize job reads "
+                    "curated Parquet: an 'id' and a 'text' column, and optionally 'source')"
+                )
+            ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+            starts = ends - [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            rows = int(ends[-1]) if len(ends) else 0
+            documents[name] += rows
+            for start in range(0, rows, step):
+                stop = min(start + step, rows)
+                groups = [g for g in range(len(ends)) if starts[g] < stop and ends[g] > start]
+                pieces.append(
+                    Piece(
+                        uri=uri,
+                        start=start,
+                        stop=stop,
+                        groups=tuple(groups),
+                        first_row=int(starts[groups[0]]),
+                        source=name or DEFAULT_SOURCE,
+                        tagged=name is None and "source" in columns,
+                    )
+                )
+    return Plan(pieces, documents)
+
+
+def _read_piece(piece: Piece) -> pa.Table:
+    """The piece's id, text and source columns."""
+    columns = ["id", "text", "source"] if piece.tagged else ["id", "text"]
+    with storage.open_input_file(piece.uri) as f:
+        table = pq.ParquetFile(f).read_row_groups(list(piece.groups), columns=columns)
+    table = table.slice(piece.start - piece.first_row, piece.stop - piece.start)
+    if piece.tagged:
+        return table
+    return table.append_column("source", pa.array([piece.source] * table.num_rows, pa.string()))
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What every encoding task shares: where shards go and how documents become them."""
+
+    out: str
+    tokenizer_sha256: str
+    val_fraction: float
+    vocab_size: int
+    fast: bool  # tiktoken, checked against `tokenizers` on the driver
+    batch: int = ENCODE_BATCH
+
+
+def _encode_piece(piece: Piece, how: Encoding) -> list[dict[str, Any]]:
+    """Encode one piece, ``how.batch`` rows at a time: the entries of the shards it wrote."""
+    table = _read_piece(piece)
+    entries: list[dict[str, Any]] = []
+    for offset in range(0, table.num_rows, how.batch):
+        entries.extend(_encode_block(table.slice(offset, how.batch), how))
+    return entries
+
+
+def _encode_block(batch: pa.Table, how: Encoding) -> list[dict[str, Any]]:
+    """Encode a batch into one shard per split, written straight to ``how.out``; their
+    entries, with which token ids occur (a bitmap, so the driver never reads a shard back)."""
+    out, val_fraction, vocab_size = how.out, how.val_fraction, how.vocab_size
     uri = storage.join(out, TOKENIZER_FILE)
-    encode = _worker_encoder(uri, tokenizer_sha256, vocab_size, fast)
+    encode = _worker_encoder(uri, how.tokenizer_sha256, vocab_size, how.fast)
     ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
     sources = batch.column("source").to_pylist()
     # UTF-8 sizes from Arrow's offsets, not by encoding every text again
@@ -110,26 +216,11 @@ def _encode_block(
                     "node": node_id(),
                 }
             )
-    return pa.Table.from_pylist(rows, schema=_ENTRY_SCHEMA)
-
-
-_ENTRY_SCHEMA = pa.schema(
-    [
-        ("file", pa.string()),
-        ("tokens", pa.int64()),
-        ("sha256", pa.string()),
-        ("split", pa.string()),
-        ("source", pa.string()),
-        ("documents", pa.int64()),
-        ("bytes", pa.int64()),
-        ("used", pa.binary()),
-        ("node", pa.string()),
-    ]
-)
+    return rows
 
 
 def _prepare_tokenizer(
-    spec: TokenizeSpec, ds: ray.data.Dataset, n_docs: int, out: str, local: Path
+    spec: TokenizeSpec, corpora: dict[str | None, str], n_docs: int, out: str, local: Path
 ) -> float:
     """The tokenizer stored with the shards in ``out`` and at ``local`` (the driver's copy):
     ``spec.tokenizer`` copied, or one trained on a sample drawn on the workers."""
@@ -143,6 +234,8 @@ def _prepare_tokenizer(
         eos_id(load_tokenizer(local))  # fails early if it has no EOS
         storage.upload(local, storage.join(out, TOKENIZER_FILE))
         return 0.0
+    parts = [_read(data) for data in corpora.values()]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     fraction = min(1.0, spec.sample_docs / n_docs)
     sample = ds.random_sample(fraction, seed=spec.seed) if fraction < 1 else ds
     texts = [r["text"] for r in sample.select_columns(["text"]).take(spec.sample_docs)]
@@ -157,9 +250,15 @@ def _prepare_tokenizer(
     return time.time() - started
 
 
-def _choose_encoder(ds: ray.data.Dataset, tokenizer: Path, vocab_size: int) -> str:
-    """Which encoder the workers use: tiktoken if it matches `tokenizers` on a few documents."""
-    check = [r["text"] for r in ds.select_columns(["text"]).take(64)]
+def _choose_encoder(pieces: list[Piece], tokenizer: Path, vocab_size: int) -> str:
+    """Which encoder the workers use: tiktoken if it matches `tokenizers` on a few documents
+    (the first 64, read here on the driver)."""
+    check: list[str] = []
+    for piece in pieces:
+        if len(check) >= 64:
+            break
+        texts = _read_piece(piece).column("text").slice(0, 64 - len(check))
+        check.extend(t for t in texts.to_pylist() if t is not None)
     return document_encoder(tokenizer, token_dtype(vocab_size), check)[1]
 
 
@@ -193,23 +292,21 @@ def _stats(entries: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str,
 
 
 def _encode_corpus(
-    spec: TokenizeSpec, ds: ray.data.Dataset, out: str, tokenizer: Path, vocab_size: int
+    spec: TokenizeSpec, pieces: list[Piece], out: str, tokenizer: Path, vocab_size: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Encode every block in parallel; return shard entries and the encoding figures."""
-    encoder = _choose_encoder(ds, tokenizer, vocab_size)
-    encode = partial(
-        _encode_block,
+    """Encode every piece in parallel; return shard entries and the encoding figures."""
+    encoder = _choose_encoder(pieces, tokenizer, vocab_size)
+    how = Encoding(
         out=out,
         tokenizer_sha256=file_sha256(tokenizer),
         val_fraction=spec.val_fraction,
         vocab_size=vocab_size,
         fast=encoder == "tiktoken",
+        batch=ENCODE_BATCH,
     )
     started = time.time()
-    compute = ray.data.TaskPoolStrategy(size=spec.workers)
-    entries = ds.map_batches(
-        encode, batch_format="pyarrow", batch_size=1024, compute=compute
-    ).take_all()
+    workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
+    entries = [e for done in _run_window(pieces, workers, how) for e in done]
     seconds = time.time() - started
     nbytes = sum(e["bytes"] for e in entries)
     return entries, {
@@ -217,6 +314,34 @@ def _encode_corpus(
         "encode_seconds": round(seconds, 3),
         "encode_mb_per_s": round(nbytes / 1e6 / max(seconds, 1e-9), 3),
     }
+
+
+def _run_window(pieces: list[Piece], workers: int, how: Encoding) -> list[list[dict[str, Any]]]:
+    """_encode_piece over every piece as Ray tasks, at most ``workers`` at a time; results in
+    piece order.
+
+    Ray core tasks, not a Ray Data map: its streaming executor polls for finished tasks every
+    100 ms, which left each worker idle 0.1-0.2 s between the ~0.5 s pieces (measured on the
+    bench corpus); ``ray.wait`` hands the next piece over as soon as one ends. SPREAD places
+    the tasks over the cluster's nodes as Ray Data's tasks are.
+    """
+    remote = ray.remote(_encode_piece).options(num_cpus=1, scheduling_strategy="SPREAD")
+    results: dict[int, list[dict[str, Any]]] = {}
+    running: dict[ray.ObjectRef, int] = {}
+    todo = iter(enumerate(pieces))
+    for index, piece in itertools.islice(todo, workers):
+        running[remote.remote(piece, how)] = index
+    try:
+        while running:
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            results[running.pop(ready)] = ray.get(ready)
+            for index, piece in itertools.islice(todo, 1):
+                running[remote.remote(piece, how)] = index
+    except BaseException:
+        for ref in running:  # a failed piece ends the job: stop the others' work too
+            ray.cancel(ref)
+        raise
+    return [results[i] for i in range(len(pieces))]
 
 
 def _corpora(spec: TokenizeSpec) -> dict[str | None, str]:
@@ -237,21 +362,11 @@ def _corpora(spec: TokenizeSpec) -> dict[str | None, str]:
     return found
 
 
-def _read(data: str, name: str | None, blocks: int) -> ray.data.Dataset:
-    """The documents' id, text and source: ``name`` for all of them when given, else their
-    own ``source`` column (DEFAULT_SOURCE for a corpus without one)."""
+def _read(data: str) -> ray.data.Dataset:
+    """The documents' texts as a Ray dataset, read on the workers: the tokenizer's training
+    sample is drawn from it there, so only the sample reaches the driver."""
     filesystem, path = storage.filesystem(data)
-    ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks)
-    columns = ["id", "text"]
-    if name is None and "source" in ds.schema().names:
-        return ds.select_columns([*columns, "source"])
-    return ds.select_columns(columns).map_batches(
-        partial(_tag, source=name or DEFAULT_SOURCE), batch_format="pyarrow"
-    )
-
-
-def _tag(batch: pa.Table, *, source: str) -> pa.Table:
-    return batch.append_column("source", pa.array([source] * batch.num_rows, pa.string()))
+    return ray.data.read_parquet(path, filesystem=filesystem, columns=["text"])
 
 
 def run(spec: TokenizeSpec) -> dict[str, Any]:
@@ -259,23 +374,19 @@ def run(spec: TokenizeSpec) -> dict[str, Any]:
     storage.check_access(out, write=True)
     corpora = _corpora(spec)
     started = time.time()
-    init_ray()
-    # Ray Data sizes read blocks by bytes, which leaves a few MB of text in one block and so
-    # one encoding task; encoding is CPU-bound, so ask for several blocks per worker.
-    workers = spec.workers or int(ray.cluster_resources().get("CPU", 1))
-    parts = [_read(data, name, 4 * workers) for name, data in corpora.items()]
-    for (name, data), part in zip(corpora.items(), parts, strict=True):
-        if len(corpora) > 1 and part.count() == 0:
+    plan = _plan(corpora, ENCODE_BATCH, PIECE_BATCHES)
+    for name, data in corpora.items():
+        if len(corpora) > 1 and plan.documents[name] == 0:
             raise JobError(f"empty corpus: {data} (source {name!r}) holds no documents")
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    n_docs = ds.count()
+    n_docs = sum(plan.documents.values())
     if n_docs == 0:
         raise JobError(f"empty corpus: {', '.join(corpora.values())} holds no documents")
+    init_ray()
     with tempfile.TemporaryDirectory(dir=storage.scratch("tokenize")) as scratch:
         local = Path(scratch) / TOKENIZER_FILE
-        train_seconds = _prepare_tokenizer(spec, ds, n_docs, out, local)
+        train_seconds = _prepare_tokenizer(spec, corpora, n_docs, out, local)
         tok = load_tokenizer(local)
-        entries, encoding = _encode_corpus(spec, ds, out, local, tok.get_vocab_size())
+        entries, encoding = _encode_corpus(spec, plan.pieces, out, local, tok.get_vocab_size())
     shards = {
         s: [
             {k: e[k] for k in ("file", "tokens", "documents", "sha256", "source")}

@@ -18,8 +18,9 @@ from contracts.specs import TokenizeSpec
 from llm.tokenizer.bpe import EOS_TOKEN, MASK_TOKEN, PAD_TOKEN, load_tokenizer
 from llm.tokenizer.shards import split_of
 from llm.train.data import TokenShards
+from ray_jobs import tokenize_corpus
 from ray_jobs.entrypoint import JobError
-from ray_jobs.tokenize_corpus import run
+from ray_jobs.tokenize_corpus import _plan, _read_piece, run
 
 pytestmark = [pytest.mark.ray]
 NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\n  two spaces\r\n"
@@ -173,4 +174,81 @@ def test_empty_corpus_is_an_error(tmp_path: Path) -> None:
         tmp_path / "data" / "part-0.parquet",
     )
     with pytest.raises(JobError, match="empty corpus"):
+        run(TokenizeSpec(input=str(tmp_path), output=str(tmp_path / "out")))
+
+
+def _row_grouped(corpus: tuple[Path, list[str], list[str]], folder: Path) -> Path:
+    """The corpus as two Parquet files of many uneven row groups (37 rows), tagged by source."""
+    _, ids, texts = corpus
+    (folder / "data").mkdir(parents=True)
+    half = len(ids) // 2 + 5
+    for n, (start, stop) in enumerate(((0, half), (half, len(ids)))):
+        table = pa.table(
+            {
+                "id": ids[start:stop],
+                "text": texts[start:stop],
+                "source": ["web" if i % 3 else "books" for i in range(start, stop)],
+            }
+        )
+        pq.write_table(table, folder / "data" / f"part-{n}.parquet", row_group_size=37)
+    return folder
+
+
+def test_pieces_cover_every_row_once_in_batch_units(
+    corpus: tuple[Path, list[str], list[str]], tmp_path: Path
+) -> None:
+    folder = _row_grouped(corpus, tmp_path / "in")
+    plan = _plan({None: str(folder / "data")}, batch=16, piece_batches=3)
+    _, ids, _ = corpus
+    assert plan.documents == {None: len(ids)}
+    read: list[str] = []
+    for piece in plan.pieces:
+        assert piece.start % 16 == 0 and piece.stop - piece.start <= 48 and piece.tagged
+        rows = _read_piece(piece)
+        assert rows.num_rows == piece.stop - piece.start
+        # the row groups named are exactly those the rows lie in (37 rows each)
+        assert piece.groups == tuple(range(piece.start // 37, (piece.stop - 1) // 37 + 1))
+        read += rows.column("id").to_pylist()
+    assert read == ids
+    named = _plan({"news": str(folder / "data")}, batch=16, piece_batches=3)
+    assert {p.source for p in named.pieces} == {"news"} and not any(p.tagged for p in named.pieces)
+    assert set(_read_piece(named.pieces[0]).column("source").to_pylist()) == {"news"}
+
+
+def test_shards_do_not_depend_on_the_pieces_or_the_workers(
+    job: tuple[Path, dict[str, Any]],
+    corpus: tuple[Path, list[str], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches are counted from each file's first row, so pieces of 1 or 3 batches over 1 or 3
+    workers write the same shards, byte for byte, holding the documents' direct encodings."""
+    out, _ = job
+    folder = _row_grouped(corpus, tmp_path / "in")
+    monkeypatch.setattr(tokenize_corpus, "ENCODE_BATCH", 16)
+    manifests = []
+    for piece_batches, workers in ((3, 1), (1, 3)):
+        monkeypatch.setattr(tokenize_corpus, "PIECE_BATCHES", piece_batches)
+        result = tmp_path / f"out-{piece_batches}-{workers}"
+        spec = TokenizeSpec(
+            input=str(folder),
+            output=str(result),
+            tokenizer=str(out / "tokenizer.json"),
+            val_fraction=0.2,
+            workers=workers,
+        )
+        run(spec)
+        manifests.append(json.loads((result / "manifest.json").read_text())["splits"])
+        for split in ("train", "val"):
+            assert shard_documents(result, split) == shard_documents(out, split)
+    assert manifests[0] == manifests[1]
+    # 302 documents in files of 156 and 146 rows: 10 + 10 batches, each a shard per split met
+    shards = manifests[0]["train"]["shards"] + manifests[0]["val"]["shards"]
+    assert len({s["file"] for s in shards}) == len(shards) > 20
+
+
+def test_a_file_without_a_text_column_is_named(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "data" / "p.parquet")
+    with pytest.raises(JobError, match=r"p\.parquet: no column 'text'"):
         run(TokenizeSpec(input=str(tmp_path), output=str(tmp_path / "out")))
