@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,40 +109,53 @@ def _plan(
     documents: dict[str | None, int] = {}
     step = batch * piece_batches
     for name, data in corpora.items():
-        documents[name] = 0
         try:
             files = list_files(data, "parquet")
         except FileNotFoundError as e:
             raise JobError(f"input not found: {data} ({e})") from e
-        for uri in files:
-            with storage.open_input_file(uri) as f:
-                meta = pq.ParquetFile(f).metadata
-            columns = set(meta.schema.names)
-            missing = sorted({"id", "text"} - columns)
-            if missing:
-                raise JobError(
-                    f"{uri}: no column {', '.join(map(repr, missing))} (the tokenize job reads "
-                    "curated Parquet: an 'id' and a 'text' column, and optionally 'source')"
-                )
-            ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-            starts = ends - [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        # footers are a ranged read or two each: fetch many at once from object storage
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            footers = list(pool.map(_footer, files))
+        documents[name] = 0
+        for uri, (columns, group_rows) in zip(files, footers, strict=True):
+            ends = np.cumsum(group_rows, dtype=np.int64)
+            starts = ends - np.asarray(group_rows, dtype=np.int64)
             rows = int(ends[-1]) if len(ends) else 0
             documents[name] += rows
             for start in range(0, rows, step):
                 stop = min(start + step, rows)
-                groups = [g for g in range(len(ends)) if starts[g] < stop and ends[g] > start]
+                first = int(np.searchsorted(ends, start, side="right"))
+                last = int(np.searchsorted(ends, stop - 1, side="right"))
                 pieces.append(
                     Piece(
                         uri=uri,
                         start=start,
                         stop=stop,
-                        groups=tuple(groups),
-                        first_row=int(starts[groups[0]]),
+                        groups=tuple(range(first, last + 1)),
+                        first_row=int(starts[first]),
                         source=name or DEFAULT_SOURCE,
                         tagged=name is None and "source" in columns,
                     )
                 )
     return Plan(pieces, documents)
+
+
+def _footer(uri: str) -> tuple[set[str], list[int]]:
+    """A Parquet file's column names and its row groups' row counts, checked for the columns
+    the job reads."""
+    try:
+        with storage.open_input_file(uri) as f:
+            meta = pq.ParquetFile(f).metadata
+    except (OSError, pa.ArrowInvalid) as e:
+        raise JobError(f"{uri}: not a readable Parquet file ({e})") from e
+    columns = set(meta.schema.names)
+    missing = sorted({"id", "text"} - columns)
+    if missing:
+        raise JobError(
+            f"{uri}: no column {', '.join(map(repr, missing))} (the tokenize job reads "
+            "curated Parquet: an 'id' and a 'text' column, and optionally 'source')"
+        )
+    return columns, [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
 
 def _read_piece(piece: Piece) -> pa.Table:

@@ -247,8 +247,11 @@ def test_shards_do_not_depend_on_the_pieces_or_the_workers(
     assert len({s["file"] for s in shards}) == len(shards) > 20
 
 
-def test_a_file_without_a_text_column_is_named(tmp_path: Path) -> None:
+def test_a_file_without_a_text_column_or_not_parquet_is_named(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp_path / "data" / "p.parquet")
     with pytest.raises(JobError, match=r"p\.parquet: no column 'text'"):
+        run(TokenizeSpec(input=str(tmp_path), output=str(tmp_path / "out")))
+    (tmp_path / "data" / "p.parquet").write_text("id,text\na,x\n")
+    with pytest.raises(JobError, match=r"p\.parquet: not a readable Parquet file"):
         run(TokenizeSpec(input=str(tmp_path), output=str(tmp_path / "out")))
