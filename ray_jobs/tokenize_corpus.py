@@ -74,7 +74,7 @@ def _worker_encoder(uri: str, sha256: str, vocab_size: int, fast: bool) -> Encod
 
 @dataclass(frozen=True)
 class Piece:
-    """Rows start..stop-1 of one Parquet file (in units of ENCODE_BATCH, the last one short),
+    """Rows start..stop-1 of one Parquet file (whole encoding batches, the file's last short),
     and the source their shards are tagged with: ``source`` for a named input, else the
     file's own ``source`` column (``tagged``), else DEFAULT_SOURCE."""
 
@@ -102,8 +102,8 @@ def _plan(
     Why not Ray Data's reader: in Ray 2.60 it makes blocks of up to 128 MB whatever
     override_num_blocks asks (the 147 MB bench corpus came as 2 blocks of 27k and 80k rows), a
     map task takes whole blocks, and its per-operator CPU reservations held the encoding
-    operator behind a reader to one task at a time on a 2-CPU node. One operator over planned
-    pieces (as the curate job's phase one runs) spreads evenly over any number of workers.
+    operator behind a reader to one task at a time on a 2-CPU node. Pieces planned here and
+    handed out by ``_run_window`` spread evenly over any number of workers.
     """
     pieces: list[Piece] = []
     documents: dict[str | None, int] = {}
