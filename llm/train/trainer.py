@@ -225,24 +225,39 @@ class Trainer:
         self.guard.consecutive = 0
         self.guard.rollbacks += 1
 
-    def _micro_step(self, final: bool) -> tuple[torch.Tensor, int]:
-        batch = next(self.batches)
-        # no_sync must cover the backward pass, autocast only the forward
-        with sync_gradients(self.wrapped, final):
-            with autocast(self.cfg.precision, self.device):
-                loss, tokens = self.task.objective(self.wrapped, batch, self.device)
-            scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return loss.detach(), tokens
+    def _micro_steps(self) -> tuple[float, int]:
+        """Forward and backward over every micro-batch of the step; the mean of the ranks'
+        losses (what the averaged gradient follows) and all ranks' tokens.
 
-    def _reduce(self, loss: torch.Tensor, tokens: int) -> tuple[float, int]:
-        """The mean of the ranks' losses (what the averaged gradient follows) and all tokens:
-        every rank must see the same loss, so that all take the same skip decision."""
-        both = torch.stack(
-            [loss, torch.tensor(float(tokens), dtype=torch.float64, device=loss.device)]
-        )
-        if self.world_size > 1:
-            dist.all_reduce(both)
+        Every rank must see the same loss, so that all take the same skip decision. The
+        step's loss and tokens are known once the last forward has run, so their all-reduce
+        starts there and travels while the last backward computes (waiting for it after the
+        backward cost 0.7-3.7% of a 2-rank CPU step). Losses stay on the device until then: one
+        host sync per step, so the host queues the next micro-step while the device computes.
+        """
+        losses: list[torch.Tensor] = []
+        tokens = 0
+        both = pending = None
+        for i in range(self.micro_steps):
+            final = i == self.micro_steps - 1
+            batch = next(self.batches)
+            # no_sync must cover the backward pass, autocast only the forward
+            with sync_gradients(self.wrapped, final):
+                with autocast(self.cfg.precision, self.device):
+                    loss, count = self.task.objective(self.wrapped, batch, self.device)
+                losses.append(loss.detach())
+                tokens += count
+                if final:
+                    local = torch.stack(losses).double().sum() / self.micro_steps
+                    count_t = torch.tensor(float(tokens), dtype=torch.float64, device=loss.device)
+                    both = torch.stack([local, count_t])
+                    if self.world_size > 1:
+                        pending = dist.all_reduce(both, async_op=True)
+                scaled = loss / self.micro_steps if self.micro_steps > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        assert both is not None
+        if pending is not None:
+            pending.wait()
         return float(both[0]) / self.world_size, int(both[1])
 
     def train_step(self) -> tuple[float, float, int]:
@@ -260,11 +275,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        # losses stay on the device until the step's end: one host sync per step, not per
-        # micro-step, so the host queues the next micro-step while the device still computes
-        parts = [self._micro_step(i == self.micro_steps - 1) for i in range(self.micro_steps)]
-        local = torch.stack([loss for loss, _ in parts]).double().sum() / self.micro_steps
-        loss, tokens = self._reduce(local, sum(count for _, count in parts))
+        loss, tokens = self._micro_steps()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
