@@ -24,7 +24,7 @@ choice: the argmax; generation: the completion and every filter's answer), acc a
 both and their difference in points, items/s of both and the ratio. Both timings cover
 loading the model and the data and scoring (lm_eval: its total_evaluation_time_seconds;
 neither counts Python start-up); both use the same batch size and torch thread count. Each
-round times lm_eval and llmforge (with and without its shared-context cache) in alternating
+round times lm_eval and llmforge (with and without its prefix sharing) in alternating
 order; the speedup is the median of the rounds' ratios, because timings on a shared 2-core
 machine swing with other processes.
 
@@ -559,7 +559,7 @@ def measure_round(
     order: int,
     files: dict[str, Path],
 ) -> dict[str, dict[str, Any]]:
-    """One timing of each: lm_eval, llmforge with and without the shared-context cache; the
+    """One timing of each: lm_eval, llmforge with and without prefix sharing; the
     order alternates between rounds so neither side always runs first."""
     tasks = args.work_dir / "lm_eval_tasks"
     runs = {
@@ -573,7 +573,7 @@ def measure_round(
     rates = {name: n_items / out[name]["seconds"] for name in runs}
     print(
         f"round {order + 1}: {n_items} items, items/s llmforge {rates['ours']:.1f} (without "
-        f"the shared-context cache {rates['plain']:.1f}), lm_eval hf {rates['lm_eval']:.1f} "
+        f"prefix sharing {rates['plain']:.1f}), lm_eval hf {rates['lm_eval']:.1f} "
         f"(its whole command took {out['lm_eval']['wall']:.1f} s with Python start-up)"
     )
     return out
@@ -609,8 +609,8 @@ def main() -> None:
     speedups = [r["lm_eval"]["seconds"] / r["ours"]["seconds"] for r in rounds]
     cache_gain = [r["plain"]["seconds"] / r["ours"]["seconds"] for r in rounds]
     print(
-        f"speedup over lm_eval per round {[round(x, 2) for x in speedups]}; the shared-context "
-        f"cache alone per round {[round(x, 2) for x in cache_gain]}"
+        f"speedup over lm_eval per round {[round(x, 2) for x in speedups]}; prefix "
+        f"sharing alone per round {[round(x, 2) for x in cache_gain]}"
     )
     figures["speedup_vs_lm_eval"] = statistics.median(speedups)
     print(json.dumps({k: round(v, 4) for k, v in figures.items()}))

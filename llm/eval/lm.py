@@ -82,7 +82,7 @@ class EvalModel(ABC):
         return self.logits(ids)[rows, cols]
 
     def gpt(self) -> GPT | None:
-        """The llmforge GPT behind this model, whose KV cache scoring can use; None if none."""
+        """The llmforge GPT behind this model, whose prefix-tree scoring can use; None if none."""
         return None
 
     @abstractmethod

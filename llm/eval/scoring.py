@@ -1,13 +1,19 @@
 """Batched scoring of tokenized (context, continuation) requests.
 
-Requests are sorted longest first (lm-eval's Collator order: -len(context + continuation), then
-the tokens) and batched; inputs are right-padded and only the continuation positions go
-through the LM head and log_softmax. On an llmforge GPT, requests that share a context (the
-choices of one multiple-choice item) run that context once: a batch of contexts (longest
-first) goes through the model with a KV cache, then their continuations, sorted by length, run
-in batches on a copy of their context's cache. Padding between a context and its
-continuations is masked and position ids count real tokens only, so each continuation is
-scored as if it directly followed its context.
+Requests longer than the model's window are cut on the left as lm-eval cuts them, as a shorter
+context. Without a shared-context path (``share_prefix=False``, an ALiBi model, a Hugging Face
+model) they run lm-eval's way: one right-padded row per request, longest first, and only the
+continuation positions go through the LM head and log_softmax.
+
+On an llmforge GPT, requests that share leading tokens run them once. Each request's sequence
+(context + continuation[:-1]) becomes a path in a prefix tree: the choices of a multiple-choice
+item branch after their context, WinoGrande-style contexts after their shared start, and
+one-token choices add nothing to their context. A row holds a tree of up to max_length tokens in
+depth-first order; each token attends to its ancestors only (a mask) and has its depth as its
+position, so every continuation is scored exactly as if it followed its context alone. Rows run
+longest first, batch_size rows at a time, and a prefix every row of a batch starts with (a
+few-shot task's description and examples) runs once, on one row, into a KV cache the batch
+reads. Logits are made and scored a few hundred rows at a time, which stay in cache.
 
 An llmforge encoder (``scoring == "pll"``) scores a continuation by pseudo-log-likelihood
 (Salazar et al. 2020, as ``llm.eval.pll``): context and continuation are one bidirectional
@@ -23,9 +29,8 @@ log-probabilities of the continuation tokens are summed.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +39,13 @@ from torch import nn
 from llm.eval.lm import PLL, SEQ2SEQ, EvalModel, LlmforgeEncoder, LlmforgeSeq2Seq, hidden_states
 from llm.model.encoders import START_ID
 from llm.model.gpt import GPT
-from llm.model.layers import KVCache
+
+# shorter prefixes shared by a whole batch run with each row: one more forward costs more
+MIN_SHARED_PREFIX = 16
+# a sequence joins the previous one's row when they share at least this many leading tokens
+MIN_JOIN = 4
+# rows of logits scored at a time: 256 x a 50k vocabulary is 50 MB, a 4k one 4 MB
+SCORE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -56,17 +67,41 @@ def _sort_key(r: TokenRequest) -> tuple[int, tuple[int, ...]]:
     return -len(whole), whole
 
 
-def _score_rows(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> list[Score]:
-    """logits: (sum of len(targets), vocab), the rows predicting each target's tokens in turn."""
-    flat = torch.tensor([t for target in targets for t in target], device=logits.device)
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    picked = logprobs.gather(1, flat[:, None])[:, 0]
-    # argmax == target (lm-eval's test, the first index on a tie), with argmax (ten times
-    # slower than a max on the CPU) only on the rows where the target reaches the maximum
-    greedy = picked >= torch.amax(logprobs, dim=-1)
-    reach = greedy.nonzero()[:, 0]
-    if len(reach):
-        greedy[reach] = logprobs[reach].argmax(dim=-1) == flat[reach]
+def _fitted(r: TokenRequest, limit: int) -> TokenRequest:
+    """r with the context lm-eval's window leaves it: the model reads the last limit + 1 tokens
+    of context + continuation but the last; the continuation (at most limit tokens, checked
+    when it was encoded) keeps every token and the context at least one."""
+    if len(r.continuation) > limit:
+        raise ValueError(
+            f"{r.label or 'request'}: the continuation has {len(r.continuation)} tokens, more "
+            f"than the model's context of {limit}"
+        )
+    over = len(r.context) + len(r.continuation) - (limit + 1)
+    return r if over <= 0 else TokenRequest(r.context[over:], r.continuation, r.label)
+
+
+def _score_rows(
+    rows: torch.Tensor, targets: Sequence[Sequence[int]], head: nn.Module | None = None
+) -> list[Score]:
+    """rows: (sum of len(targets), vocab) logits predicting each target's tokens in turn, or
+    the hidden states the LM head ``head`` turns into them. Logits are made and read
+    SCORE_CHUNK rows at a time, which stay in the CPU's cache."""
+    flat = torch.tensor([t for target in targets for t in target], device=rows.device)
+    picked = torch.empty(len(flat), device=rows.device)
+    greedy = torch.empty(len(flat), dtype=torch.bool, device=rows.device)
+    for start in range(0, len(flat), SCORE_CHUNK):
+        part = slice(start, start + SCORE_CHUNK)
+        logits = rows[part] if head is None else head(rows[part])
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        mine = flat[part]
+        picked[part] = logprobs.gather(1, mine[:, None])[:, 0]
+        # argmax == target (lm-eval's test, the first index on a tie), with argmax (ten times
+        # slower than a max on the CPU) only on the rows where the target reaches the maximum
+        reaches = picked[part] >= torch.amax(logprobs, dim=-1)
+        reach = reaches.nonzero()[:, 0]
+        if len(reach):
+            reaches[reach] = logprobs[reach].argmax(dim=-1) == mine[reach]
+        greedy[part] = reaches
     out, start = [], 0
     for target in targets:
         end = start + len(target)
@@ -103,95 +138,137 @@ def _padded(
     return ids, mask
 
 
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the prefix a and b share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class _Row:
+    """Sequences (context + continuation[:-1]) laid out as a prefix tree in one model input:
+    a token shared by several sequences appears once, in depth-first order, and attends to its
+    ancestors only; its position id is its depth."""
+
+    first: tuple[int, ...]  # the first sequence placed, lexicographically the least
+    tokens: list[int] = field(default_factory=list)
+    depth: list[int] = field(default_factory=list)
+    parent: list[int] = field(default_factory=list)
+    # each request's index and the nodes whose logits predict its continuation tokens
+    reads: list[tuple[int, list[int]]] = field(default_factory=list)
+    trunk: int = 0  # leading nodes every sequence of the row shares
+
+    def ancestry(self) -> torch.Tensor:
+        """(n, n) bool: node a sees node b iff b is a or one of its ancestors. In depth-first
+        order b's subtree is the range b..end[b], so that is b <= a <= end[b]."""
+        end = list(range(len(self.tokens)))
+        for node in reversed(range(len(self.tokens))):
+            if self.parent[node] >= 0:
+                end[self.parent[node]] = max(end[self.parent[node]], end[node])
+        idx = torch.arange(len(self.tokens))
+        return (idx[None, :] <= idx[:, None]) & (idx[:, None] <= torch.tensor(end)[None, :])
+
+
+def _tree_rows(requests: Sequence[TokenRequest], limit: int) -> list[_Row]:
+    """Requests packed into prefix-tree rows of at most limit tokens.
+
+    In lexicographic order each sequence shares with its predecessor the longest prefix it
+    shares with any earlier one, so it joins the current row as the path down that prefix plus
+    its own new tokens. A sequence starts a row of its own when it shares fewer than
+    MIN_JOIN tokens (unrelated texts would only lengthen every attention row) or would not fit.
+    """
+    order = sorted(range(len(requests)), key=lambda i: _sequence(requests[i]))
+    rows: list[_Row] = []
+    previous: tuple[int, ...] = ()
+    path: list[int] = []
+    for i in order:
+        r = requests[i]
+        seq = _sequence(r)
+        shared = _common(previous, seq)
+        row = rows[-1] if rows else None
+        joins = shared >= MIN_JOIN or (shared == len(seq) and shared > 0)
+        if row is None or not joins or len(row.tokens) + len(seq) - shared > limit:
+            row, shared = _Row(first=seq), 0
+            rows.append(row)
+        path = path[:shared]
+        for token in seq[shared:]:
+            row.parent.append(path[-1] if path else -1)
+            row.depth.append(len(path))
+            row.tokens.append(token)
+            path.append(len(row.tokens) - 1)
+        row.trunk = _common(row.first, seq) if row.reads else len(seq)
+        first = len(r.context) - 1  # the context's last token predicts the first one
+        row.reads.append((i, path[first : first + len(r.continuation)]))
+        previous = seq
+    return rows
+
+
+def _sequence(r: TokenRequest) -> tuple[int, ...]:
+    # a continuation's last token is never an input
+    return r.context + r.continuation[:-1]
+
+
 @torch.no_grad()
-def _run_contexts(
-    gpt: GPT, head: nn.Module, contexts: list[tuple[int, ...]]
-) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
-    """One pass over the contexts: their KV cache, padding mask and, from each context's last
-    position, the logits of every continuation's first token."""
+def _run_rows(gpt: GPT, requests: Sequence[TokenRequest], rows: list[_Row]) -> dict[int, Score]:
+    """Score the requests of rows in one forward. The prefix every row starts with (a few-shot
+    task's description and examples) runs once, on one row, and the rows read its keys and
+    values from a cache; each context keeps at least its last token out of it."""
     device = gpt.wte.weight.device
-    ids, mask = _padded(contexts, max(len(c) for c in contexts), device)
-    cache = gpt.new_cache(len(contexts), ids.shape[1])
-    hidden = gpt(ids, attention_mask=mask, cache=cache)[0]
-    last = torch.tensor([len(c) - 1 for c in contexts], device=device)
-    return cache, mask, head(hidden[torch.arange(len(contexts), device=device), last])
-
-
-@torch.no_grad()
-def _run_continuations(
-    gpt: GPT,
-    head: nn.Module,
-    ctx: tuple[KVCache, torch.Tensor, torch.Tensor],
-    owner: list[int],
-    conts: list[tuple[int, ...]],
-) -> list[Score]:
-    """Score conts, conts[n] after context owner[n], on a copy of that context's cache."""
-    cache, ctx_mask, first_all = ctx
-    device = ctx_mask.device
-    rows_of = torch.tensor(owner, device=device)
-    first = first_all[rows_of]
-    tail = max(len(k) for k in conts) - 1  # a continuation's last token is never an input
-    if tail == 0:
-        return _score_rows(first, conts)
-    n_ctx = ctx_mask.shape[1]
-    big = gpt.new_cache(len(conts), n_ctx + tail)
-    big.k[:, :, :, :n_ctx] = cache.k[:, rows_of]
-    big.v[:, :, :, :n_ctx] = cache.v[:, rows_of]
-    big.length = n_ctx
-    ids, mask = _padded([k[:-1] for k in conts], tail, device)
-    hidden = gpt(ids, attention_mask=torch.cat((ctx_mask[rows_of], mask), dim=1), cache=big)[0]
-    rows, cols = mask.nonzero(as_tuple=True)  # row-major: each row's positions in turn
-    rest = head(hidden[rows, cols])
-    # interleave: row n's first-token logits, then its len(k) - 1 continuation positions
-    lengths = torch.tensor([len(k) for k in conts], device=device)
-    starts = torch.cumsum(lengths, 0) - lengths
-    order = torch.empty(int(lengths.sum()), dtype=torch.long, device=device)
-    order[starts] = torch.arange(len(conts), device=device)
-    others = torch.ones_like(order, dtype=torch.bool)
-    others[starts] = False
-    order[others] = torch.arange(len(conts), len(conts) + len(rest), device=device)
-    return _score_rows(torch.cat((first, rest))[order], conts)
+    firsts = [row.first for row in rows]
+    shared = min(
+        _common(min(firsts), max(firsts)),  # the least and greatest bound all the others
+        *(row.trunk for row in rows),
+        *(len(requests[i].context) - 1 for row in rows for i, _ in row.reads),
+    )
+    if len(rows) == 1 or shared < MIN_SHARED_PREFIX:
+        shared = 0
+    width = max(len(row.tokens) for row in rows) - shared
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    # padding sees the shared prefix and itself, so no softmax row is empty
+    allowed = torch.zeros(len(rows), width, shared + width, dtype=torch.bool)
+    allowed[:, :, :shared] = True
+    allowed[:, torch.arange(width), shared + torch.arange(width)] = True
+    for b, row in enumerate(rows):
+        n = len(row.tokens) - shared
+        ids[b, :n] = torch.tensor(row.tokens[shared:])
+        positions[b, :n] = torch.tensor(row.depth[shared:])
+        allowed[b, :n, : shared + n] = row.ancestry()[shared:]
+    cache = None
+    if shared:
+        cache = gpt.new_cache(len(rows), shared + width)
+        one = gpt.new_cache(1, shared)
+        gpt.hidden_states(torch.tensor([rows[0].first[:shared]], device=device), cache=one)
+        cache.k[:, :, :, :shared] = one.k
+        cache.v[:, :, :, :shared] = one.v
+        cache.length = shared
+    hidden = gpt.masked_hidden(
+        ids.to(device), positions.to(device), allowed[:, None].to(device), cache=cache
+    )
+    picks = [
+        (b, node - shared) for b, row in enumerate(rows) for _, nodes in row.reads for node in nodes
+    ]
+    at = torch.tensor(picks, device=device)
+    owners = [i for row in rows for i, _ in row.reads]
+    targets = [requests[i].continuation for i in owners]
+    scores = _score_rows(hidden[at[:, 0], at[:, 1]], targets, gpt.lm_head)
+    return dict(zip(owners, scores, strict=True))
 
 
 def _score_shared(
-    gpt: GPT, requests: Sequence[TokenRequest], groups: list[list[int]], batch_size: int
+    gpt: GPT, requests: Sequence[TokenRequest], limit: int, batch_size: int
 ) -> dict[int, Score]:
-    """Each group's context runs once; its continuations then run in batches of batch_size,
-    longest first, so little of any batch is padding."""
-    contexts = [requests[g[0]].context for g in groups]
-    rows = [(n, i) for n, g in enumerate(groups) for i in g]
-    rows.sort(key=lambda row: (-len(requests[row[1]].continuation), requests[row[1]].continuation))
+    """Prefix-tree rows (see _tree_rows), longest first, batch_size rows per forward."""
+    rows = _tree_rows(requests, limit)
+    rows.sort(key=lambda row: (-len(row.tokens), row.first))
     out: dict[int, Score] = {}
-    with hidden_states(gpt) as head:
-        ctx = _run_contexts(gpt, head, contexts)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            conts = [requests[i].continuation for _, i in chunk]
-            scores = _run_continuations(gpt, head, ctx, [n for n, _ in chunk], conts)
-            out.update(zip([i for _, i in chunk], scores, strict=True))
+    for start in range(0, len(rows), batch_size):
+        out.update(_run_rows(gpt, requests, rows[start : start + batch_size]))
     return out
-
-
-def _context_batches(
-    requests: Sequence[TokenRequest], indices: list[int], batch_size: int, limit: int
-) -> Iterator[list[list[int]]]:
-    """Requests grouped by context, up to batch_size contexts per batch, longest context first,
-    each batch small enough that its padded context plus any continuation fits the model."""
-    by_context: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i in indices:
-        by_context[requests[i].context].append(i)
-    groups = sorted(by_context.values(), key=lambda g: (-len(requests[g[0]].context), g[0]))
-    batch: list[list[int]] = []
-    for group in groups:
-        candidate = [*batch, group]
-        n_ctx = len(requests[candidate[0][0]].context)
-        tail = max(len(requests[i].continuation) for g in candidate for i in g) - 1
-        if batch and (len(candidate) > batch_size or n_ctx + tail > limit):
-            yield batch
-            candidate = [group]
-        batch = candidate
-    if batch:
-        yield batch
 
 
 @torch.no_grad()
@@ -280,28 +357,20 @@ def score_tokens(
     if model.scoring == SEQ2SEQ:
         assert isinstance(model, LlmforgeSeq2Seq)
         return _score_seq2seq(model, requests, batch_size)
-    results: dict[int, Score] = {}
+    # lm-eval's left truncation, as a shorter context: the model sees the same tokens, and the
+    # choices of an item whose context was cut still share it (when their lengths agree)
+    requests = [_fitted(r, model.max_length) for r in requests]
     gpt = model.gpt() if share_prefix else None
     if gpt is not None and gpt.config.position == "alibi":
-        # ALiBi biases by slot distance, which the padding between a context and its
-        # continuations would distort; the other position schemes count real tokens only
+        # ALiBi biases by column distance, which prefix-tree rows do not keep
         gpt = None
-    fits = [
-        i
-        for i, r in enumerate(requests)
-        if len(r.context) + len(r.continuation) <= model.max_length + 1
-    ]
-    shared: list[int] = []
     if gpt is not None:
-        counts: dict[tuple[int, ...], int] = defaultdict(int)
-        for i in fits:
-            counts[requests[i].context] += 1
-        shared = [i for i in fits if counts[requests[i].context] > 1]
-    plain = sorted(set(range(len(requests))) - set(shared), key=lambda i: _sort_key(requests[i]))
-    for start in range(0, len(plain), batch_size):
-        chunk = plain[start : start + batch_size]
-        results.update(zip(chunk, _score_plain(model, [requests[i] for i in chunk]), strict=True))
-    if gpt is not None and shared:
-        for batch in _context_batches(requests, shared, batch_size, model.max_length):
-            results.update(_score_shared(gpt, requests, batch, batch_size))
+        results = _score_shared(gpt, requests, model.max_length, batch_size)
+    else:
+        results = {}
+        order = sorted(range(len(requests)), key=lambda i: _sort_key(requests[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            scores = _score_plain(model, [requests[i] for i in chunk])
+            results.update(zip(chunk, scores, strict=True))
     return [results[i] for i in range(len(requests))]

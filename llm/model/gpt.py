@@ -174,6 +174,34 @@ class GPT(nn.Module):
             cache.length = seq_len
         return x
 
+    def masked_hidden(
+        self,
+        idx: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (B, T, n_embd) of tokens at the given positions (B, T) that
+        attend where allowed (B, 1, T, past + T) is True: rows that pack several sequences, or
+        a tree of sequences sharing their prefixes (evaluation's choices after one context).
+        Every token must be allowed to see itself; cache holds the past columns' keys and
+        values. ALiBi biases by column distance, which such rows do not keep: not supported."""
+        if self.slopes is not None:
+            raise ValueError("masked_hidden needs positions without ALiBi's column distances")
+        if int(positions.max()) >= self.config.block_size:
+            raise ValueError(
+                f"position {int(positions.max())} exceeds ModelConfig.block_size "
+                f"({self.config.block_size})"
+            )
+        past = cache.length if cache is not None else 0
+        if allowed.shape[-1] != past + idx.shape[1]:
+            raise ValueError(f"allowed has {allowed.shape[-1]} columns, not {past + idx.shape[1]}")
+        rope = rope_tables(self.config, positions) if self.config.position == "rope" else None
+        x = self._trunk(idx, positions, AttnInputs(rope=rope, mask=allowed, cache=cache))
+        if cache is not None:
+            cache.length = past + idx.shape[1]
+        return x
+
     def _trunk(
         self, idx: torch.Tensor, positions: torch.Tensor, inputs: AttnInputs
     ) -> torch.Tensor:

@@ -104,3 +104,45 @@ def test_sampled_batch_is_reproducible_with_seed():
     assert generate_batch(model, [[1], [2, 3]], 8, opts) == generate_batch(
         model, [[1], [2, 3]], 8, opts
     )
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "alibi_mqa"])
+def test_masked_hidden_of_a_prefix_tree_equals_each_branch_alone(variant):
+    """One row holding [a b c] + [d e] after b + [f] after c (tree order a b c f d e) gives
+    every token the hidden state of its own path run alone; a cached past is seen by all."""
+    model = build(**VARIANTS[variant])
+    a, b, c, d, e, f = 3, 9, 4, 11, 20, 7
+    tokens = torch.tensor([[a, b, c, f, d, e]])
+    parent = [-1, 0, 1, 2, 1, 4]
+    depth = [0, 1, 2, 3, 2, 3]
+    allowed = torch.zeros(6, 6, dtype=torch.bool)
+    for node in range(6):
+        up = node
+        while up >= 0:
+            allowed[node, up] = True
+            up = parent[up]
+    with torch.no_grad():
+        hidden = model.masked_hidden(tokens, torch.tensor([depth]), allowed[None, None])
+        paths = {3: [a, b, c, f], 5: [a, b, d, e]}
+        for leaf, path in paths.items():
+            alone = model.hidden_states(torch.tensor([path]))[0]
+            nodes = [n for n in range(6) if allowed[leaf, n]]
+            torch.testing.assert_close(hidden[0, nodes], alone, atol=1e-5, rtol=1e-4)
+        # the same with [a b] already in a cache: the rest sees it through the past columns
+        cache = model.new_cache(1, 6)
+        model.hidden_states(tokens[:, :2], cache=cache)
+        rest = model.masked_hidden(
+            tokens[:, 2:], torch.tensor([depth[2:]]), allowed[None, None, 2:], cache=cache
+        )
+        assert cache.length == 6
+        torch.testing.assert_close(rest[0], hidden[0, 2:], atol=1e-5, rtol=1e-4)
+
+
+def test_masked_hidden_refuses_alibi_and_positions_past_the_block():
+    ok = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="ALiBi"):
+        build(position="alibi").masked_hidden(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), ok)
+    with pytest.raises(ValueError, match="block_size"):
+        build().masked_hidden(torch.tensor([[1, 2]]), torch.tensor([[15, 16]]), ok)
+    with pytest.raises(ValueError, match="columns"):
+        build().masked_hidden(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), ok[..., :1])

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from llm.eval import scoring
 from llm.eval.lm import LlmforgeModel
 from llm.eval.loglik import (
     EmptyContinuationError,
@@ -130,6 +131,94 @@ def test_shared_context_cache_equals_one_row_per_request(tok, position):
         assert a.logprob == pytest.approx(expected, abs=1e-4)
         assert b.logprob == pytest.approx(expected, abs=1e-4)
         assert a.is_greedy == b.is_greedy == greedy
+
+
+def _tree_shaped_requests(vocab: int, limit: int, seed: int) -> list[TokenRequest]:
+    """Requests of every shape the prefix-tree rows meet: a few-shot prefix (longer than
+    MIN_SHARED_PREFIX) before items of several choices, one-token choices that share their
+    whole sequence, WinoGrande-style contexts that differ after a shared start and share the
+    continuation, contexts beyond the model's window and unrelated single requests."""
+    rnd = random.Random(seed)
+
+    def toks(n: int) -> tuple[int, ...]:
+        return tuple(rnd.randrange(vocab) for _ in range(n))
+
+    shots = toks(scoring.MIN_SHARED_PREFIX + 2)
+    out = []
+    for _ in range(5):  # few-shot items: some choices multi-token, some one token
+        ctx = shots + toks(rnd.randint(1, 6))
+        out += [TokenRequest(ctx, toks(rnd.randint(1, 4))) for _ in range(rnd.randint(2, 4))]
+        out += [TokenRequest(ctx, toks(1)) for _ in range(3)]
+    for _ in range(3):  # one context per choice, the same continuation
+        start, rest = toks(rnd.randint(4, 9)), toks(rnd.randint(1, 5))
+        out += [TokenRequest(start + toks(rnd.randint(1, 2)), rest) for _ in range(2)]
+    for _ in range(2):  # truncated on the left: the choices still share what is left
+        ctx = toks(limit + rnd.randint(1, 10))
+        out += [TokenRequest(ctx, toks(2)) for _ in range(3)]
+    out += [TokenRequest(toks(rnd.randint(1, 12)), toks(rnd.randint(1, 6))) for _ in range(6)]
+    rnd.shuffle(out)
+    return out
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_prefix_tree_rows_score_every_request_as_alone(tok, position, batch_size):
+    lm = LlmforgeModel(tiny_gpt(tok.get_vocab_size(), position=position), tok)
+    requests = _tree_shaped_requests(tok.get_vocab_size(), lm.max_length, seed=batch_size)
+    shared = score_tokens(lm, requests, batch_size=batch_size, share_prefix=True)
+    plain = score_tokens(lm, requests, batch_size=batch_size, share_prefix=False)
+    for a, b, r in zip(shared, plain, requests, strict=True):
+        expected, greedy = by_hand(lm, list(r.context), list(r.continuation))
+        assert a.logprob == pytest.approx(expected, abs=1e-4)
+        assert b.logprob == pytest.approx(expected, abs=1e-4)
+        assert a.is_greedy == b.is_greedy == greedy
+        assert a.tokens == len(r.continuation)
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_a_few_shot_prefix_runs_once_per_batch_on_one_row(tok, position, monkeypatch):
+    lm = LlmforgeModel(tiny_gpt(tok.get_vocab_size(), position=position), tok)
+    rnd = random.Random(1)
+    shots = tuple(rnd.randrange(50) for _ in range(scoring.MIN_SHARED_PREFIX + 2))
+    contexts = [(*shots, rnd.randrange(50), item) for item in range(12)]
+    requests = [
+        TokenRequest(ctx, (rnd.randrange(50), choice)) for ctx in contexts for choice in range(3)
+    ]
+    prefix_runs = []
+    run = lm.core.hidden_states
+    monkeypatch.setattr(
+        lm.core, "hidden_states", lambda idx, **kw: prefix_runs.append(idx) or run(idx, **kw)
+    )
+    scores = score_tokens(lm, requests, batch_size=2)
+    assert [p.tolist() for p in prefix_runs] == [[list(shots)]] * len(prefix_runs)
+    assert len(prefix_runs) >= 2  # the rows (12 items x 3 choices > 32 tokens) need batches
+    for score, r in zip(scores, requests, strict=True):
+        expected, greedy = by_hand(lm, list(r.context), list(r.continuation))
+        assert score.logprob == pytest.approx(expected, abs=1e-4)
+        assert score.is_greedy == greedy
+
+
+def test_tree_rows_hold_each_shared_token_once_and_fit_the_window():
+    limit = 12
+    a = TokenRequest((1, 2, 3, 4, 5), (6, 7))  # sequence 1 2 3 4 5 6
+    b = TokenRequest((1, 2, 3, 4, 5), (8,))  # sequence 1 2 3 4 5: a's prefix, no new node
+    c = TokenRequest((1, 2, 3, 4, 9), (6,))  # branches after 1 2 3 4
+    d = TokenRequest((1, 2, 7), (5,))  # shares 2 tokens only (< MIN_JOIN): a row of its own
+    e = TokenRequest((1, 2, 3, 4, 9, 9, 9, 9, 9), (1, 1, 1))  # 11 tokens: 6 more than c's row
+    rows = scoring._tree_rows([a, b, c, d, e], limit)  # holds, one over the limit
+    assert [len(r.tokens) for r in rows] == [7, 11, 3]
+    by_request = {i: (n, nodes) for n, row in enumerate(rows) for i, nodes in row.reads}
+    row = rows[by_request[0][0]]
+    assert row.tokens == [1, 2, 3, 4, 5, 6, 9]
+    assert row.depth == [0, 1, 2, 3, 4, 5, 4]
+    assert by_request[0][1] == [4, 5]  # the nodes of 5 and 6 predict 6 and 7
+    assert by_request[1][1] == [4]
+    assert by_request[2][1] == [6]  # node 9 (depth 4) predicts c's 6
+    assert row.trunk == 4
+    seen = row.ancestry()
+    assert seen[6].tolist() == [True, True, True, True, False, False, True]
+    assert rows[by_request[3][0]].tokens == [1, 2, 7]
+    assert all(len(r.tokens) <= limit for r in rows)
 
 
 def test_rolling_windows_match_lm_evals_docstring_example():
