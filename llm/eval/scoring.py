@@ -166,9 +166,10 @@ class _Row:
         """(n, n) bool: node a sees node b iff b is a or one of its ancestors. In depth-first
         order b's subtree is the range b..end[b], so that is b <= a <= end[b]."""
         end = list(range(len(self.tokens)))
-        for node in reversed(range(len(self.tokens))):
-            if self.parent[node] >= 0:
-                end[self.parent[node]] = max(end[self.parent[node]], end[node])
+        for node in range(len(self.tokens) - 1, 0, -1):
+            up = self.parent[node]
+            if up >= 0 and end[node] > end[up]:
+                end[up] = end[node]
         idx = torch.arange(len(self.tokens))
         return (idx[None, :] <= idx[:, None]) & (idx[:, None] <= torch.tensor(end)[None, :])
 
@@ -194,12 +195,12 @@ def _tree_rows(requests: Sequence[TokenRequest], limit: int) -> list[_Row]:
         if row is None or not joins or len(row.tokens) + len(seq) - shared > limit:
             row, shared = _Row(first=seq), 0
             rows.append(row)
-        path = path[:shared]
-        for token in seq[shared:]:
-            row.parent.append(path[-1] if path else -1)
-            row.depth.append(len(path))
-            row.tokens.append(token)
-            path.append(len(row.tokens) - 1)
+        # the new nodes hang in a chain below the last shared one
+        start, new = len(row.tokens), len(seq) - shared
+        row.parent += [path[shared - 1] if shared else -1, *range(start, start + new - 1)][:new]
+        row.depth += range(shared, len(seq))
+        row.tokens += seq[shared:]
+        path = path[:shared] + list(range(start, start + new))
         row.trunk = _common(row.first, seq) if row.reads else len(seq)
         first = len(r.context) - 1  # the context's last token predicts the first one
         row.reads.append((i, path[first : first + len(r.continuation)]))
