@@ -112,9 +112,8 @@ def _score_rows(
 
 
 def _score_plain(model: EvalModel, requests: Sequence[TokenRequest]) -> list[Score]:
-    """lm-eval's path: one row per request, left-truncated to max_length + 1 tokens."""
-    limit = model.max_length
-    inputs = [(r.context + r.continuation)[-(limit + 1) :][:-1] for r in requests]
+    """lm-eval's path: one row per request (already _fitted to the window)."""
+    inputs = [_sequence(r) for r in requests]
     ids = torch.zeros(len(requests), max(len(i) for i in inputs), dtype=torch.long)
     rows: list[int] = []
     cols: list[int] = []
