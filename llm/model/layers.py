@@ -180,25 +180,45 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: torch.Tensor, inputs: AttnInputs, memory: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        inputs: AttnInputs,
+        memory: torch.Tensor | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with at (B, Q), the outputs of only the queries at those
+        positions of each row, (B, Q, C), every position still giving its key and value."""
         B, T, C = x.shape
         q, k, v = self._project(x, memory)
+        mask = inputs.mask
+        if at is not None:
+            q = q.gather(2, at[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
+            if mask is not None:
+                mask = mask.expand(B, -1, T, -1)
+                mask = mask.gather(
+                    2, at[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3])
+                )
         if inputs.rope is not None and not self.cross:
             cos, sin = inputs.rope
-            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+            k = _apply_rope(k, cos, sin)
+            if at is not None:
+                cos, sin = (
+                    t.gather(2, at[:, None, :, None].expand(-1, 1, -1, t.shape[3]))
+                    for t in (cos, sin)
+                )
+            q = _apply_rope(q, cos, sin)
         if inputs.cache is not None and not self.cross:
             k, v = inputs.cache.update(self.layer, k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
-            attn_mask=inputs.mask,
+            attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=inputs.is_causal and inputs.mask is None,
+            is_causal=inputs.is_causal and mask is None and at is None,
             enable_gqa=self.kv_heads != self.n_head,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, q.shape[2], C)
         return self.resid_dropout(self.proj(y))
 
 
@@ -254,7 +274,20 @@ class Block(nn.Module):
         inputs: AttnInputs,
         memory: torch.Tensor | None = None,
         memory_inputs: AttnInputs | None = None,
+        at: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); with at (B, Q), only the outputs at those positions of each
+        row, (B, Q, C): the other positions give their keys and values and nothing else (the last
+        block of a model whose logits are read at a few positions)."""
+        if at is not None:
+            if memory is not None:
+                raise ValueError("at= is for decoder-only blocks, without cross-attention")
+            mine = x.gather(1, at[..., None].expand(-1, -1, x.shape[2]))
+            if self.pre_norm:
+                x = mine + self.attn(self.ln_1(x), inputs, at=at)
+            else:
+                x = self.ln_1(mine + self.attn(x, inputs, at=at))
+            return self._sublayer(x, self.ln_2, self.mlp)
         x = self._sublayer(x, self.ln_1, self.attn, inputs)
         if memory is not None:
             x = self._sublayer(x, self.ln_cross, self.cross_attn, memory_inputs, memory)

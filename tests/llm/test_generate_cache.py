@@ -138,6 +138,38 @@ def test_masked_hidden_of_a_prefix_tree_equals_each_branch_alone(variant):
         torch.testing.assert_close(rest[0], hidden[0, 2:], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["gpt2", "llama", "post_norm_relu2"])
+@pytest.mark.parametrize("cached", [False, True])
+def test_masked_hidden_at_some_columns_equals_those_columns_of_all(variant, cached):
+    """at= makes only the chosen columns' hidden states (the last block runs their queries and
+    MLP alone), each row its own columns, padded with repeats: the same values as the full
+    output at those columns, before and after a cached past."""
+    model = build(**VARIANTS[variant])
+    torch.manual_seed(1)
+    idx = torch.randint(0, 64, (2, 9))
+    positions = torch.tensor([list(range(9)), [0, 1, 2, 3, 2, 3, 4, 1, 2]])
+    allowed = torch.tril(torch.ones(9, 9, dtype=torch.bool)).repeat(2, 1, 1)
+    allowed[1, 4:7, 2:4] = False  # row 1: a branch after node 1 at 4..6 and another at 7..8
+    allowed[1, 7:, 2:7] = False
+    at = torch.tensor([[8, 0, 5, 3], [6, 8, 3, 3]])
+    with torch.no_grad():
+        cache = past = None
+        if cached:
+            cache = model.new_cache(2, 12)
+            model.hidden_states(torch.randint(0, 64, (2, 3)), cache=cache)
+            past = torch.ones(2, 9, 3, dtype=torch.bool)
+            positions = positions + 3
+        mask = allowed if past is None else torch.cat([past, allowed], dim=2)
+        full = model.masked_hidden(idx, positions, mask[:, None], cache=cache)
+        if cache is not None:
+            cache.length = 3  # the same past again: the new columns are written over
+        some = model.masked_hidden(idx, positions, mask[:, None], cache=cache, at=at)
+    assert some.shape == (2, 4, model.config.n_embd)
+    torch.testing.assert_close(some, full[torch.arange(2)[:, None], at], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="outside"):
+        model.masked_hidden(idx, positions % 9, allowed[:, None], at=torch.tensor([[9], [0]]))
+
+
 def test_masked_hidden_refuses_alibi_and_positions_past_the_block():
     ok = torch.ones(1, 1, 2, 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="ALiBi"):
