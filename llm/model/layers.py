@@ -124,6 +124,11 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return (x * cos + rotated * sin).to(x.dtype)
 
 
+def _rows_at(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """t (B, H, T, D) at the positions at (B, Q) of each row: (B, H, Q, D)."""
+    return t.gather(2, at[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
+
+
 def alibi_slopes(n_head: int) -> torch.Tensor:
     """Press et al. 2022: geometric per-head slopes, interpolated when n_head is no power of 2."""
     closest = 2 ** math.floor(math.log2(n_head))
@@ -192,20 +197,14 @@ class Attention(nn.Module):
         q, k, v = self._project(x, memory)
         mask = inputs.mask
         if at is not None:
-            q = q.gather(2, at[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
+            q = _rows_at(q, at)
             if mask is not None:
-                mask = mask.expand(B, -1, T, -1)
-                mask = mask.gather(
-                    2, at[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3])
-                )
+                mask = _rows_at(mask.expand(B, -1, T, -1), at)
         if inputs.rope is not None and not self.cross:
             cos, sin = inputs.rope
             k = _apply_rope(k, cos, sin)
             if at is not None:
-                cos, sin = (
-                    t.gather(2, at[:, None, :, None].expand(-1, 1, -1, t.shape[3]))
-                    for t in (cos, sin)
-                )
+                cos, sin = _rows_at(cos, at), _rows_at(sin, at)
             q = _apply_rope(q, cos, sin)
         if inputs.cache is not None and not self.cross:
             k, v = inputs.cache.update(self.layer, k, v)
