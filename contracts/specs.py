@@ -90,7 +90,7 @@ class TokenizeSpec(Spec):
 
 
 class DebugOptions(Spec):
-    """For testing fault tolerance only: make a run fail on purpose, once."""
+    """For testing fault tolerance only: make a run fail, or hold still, on purpose, once."""
 
     fail_at_step: int | None = Field(
         default=None, gt=0, description="rank 0 raises once, at the first log step >= this"
@@ -100,6 +100,16 @@ class DebugOptions(Spec):
         description="before failing, delete this node's scratch copies (checkpoint staging and "
         "downloads, the token-shard cache), as a worker group restarted on a node with an empty "
         "disk would find it; the checkpoints at the output stay",
+    )
+    pause_at_step: int | None = Field(
+        default=None,
+        gt=0,
+        description="rank 0 holds still once, at the first log step >= this, for pause_s "
+        "seconds, after leaving injected_pause.json at the output: a test kills a node or a "
+        "worker while the run is surely mid-way, then lets the restarted group finish",
+    )
+    pause_s: float = Field(
+        default=120.0, gt=0, le=3600, description="how long the pause_at_step pause lasts"
     )
 
 

@@ -28,7 +28,7 @@ from llm.train.mixture import MixtureError, MixturePlan
 from llm.train.pretrain import train
 from ray_jobs import entrypoint
 from ray_jobs.entrypoint import JobError
-from ray_jobs.fault_injection import fail_once
+from ray_jobs.fault_injection import fail_once, pause_once
 from ray_jobs.launcher import Launch, WorkerReporting, launch, metric_by_step, read_summary
 from ray_jobs.training_io import (
     Shards,
@@ -58,6 +58,7 @@ def worker(config: dict[str, Any]) -> None:
         reporting.on_log(step, metrics)
         if debug is not None:
             fail_once(output, step, debug, scratch)
+            pause_once(output, step, debug)
 
     try:
         summary = train(

@@ -34,6 +34,10 @@ AUTH_ENV = {"RAY_AUTH_MODE": "token"}
 # head (the control plane's shutdown, the demo's end) took the whole 30 s. The control plane
 # stops it when its jobs are over or abandoned anyway. A caller's own setting wins.
 QUICK_STOP_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
+# The control plane's own head is one machine, which no cloud preempts: Ray Train's preemption
+# watcher (an actor per run that polls the GCS for node drains) only costs a process there,
+# about 2 CPU-seconds per run to import ray.train. A caller's own setting wins.
+EMBEDDED_HEAD_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def worker_niceness_env(niceness: int | None) -> dict[str, str]:
@@ -113,14 +117,28 @@ class LocalRayHead:
             args.append(f"--resources={json.dumps(self.resources)}")
         return args
 
-    def _spawn(self, cmd: list[str], *, own_session: bool = False) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
+    def environment(self) -> dict[str, str]:
+        """The environment of this node's processes (raylet, workers, job drivers)."""
         env = {**QUICK_STOP_ENV, **AUTH_ENV, **os.environ, **self.token.env(), **self.env}
         env |= LOOPBACK_ENV
         env.pop("RAY_ADDRESS", None)
+        # Where Ray's state API is, for the actors of this cluster that call it: without it they
+        # look for "the" cluster in /tmp/ray/ray_current_cluster and among the machine's GCS
+        # processes, which on a machine with another Ray (or a stale file) is the wrong one.
+        # Ray Train's placement-group cleaner then blocked in that lookup until the controller
+        # gave up on stopping it: every Train run's end waited its full 12 s stop timeout.
+        env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
+        return env
+
+    def _spawn(self, cmd: list[str], *, own_session: bool = False) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=own_session
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.environment(),
+            start_new_session=own_session,
         )
 
     def wait_node_id(self, timeout_s: float = 60) -> str:

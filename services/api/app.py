@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlparse
@@ -43,7 +44,7 @@ from services.kuberay import KubeRayJobs
 from services.leader import Leadership
 from services.ray_auth import RayToken, RayTokenError, check_access, ensure_token, find_token
 from services.ray_client import RayJobs
-from services.ray_head import LocalRayHead, free_port, worker_niceness_env
+from services.ray_head import EMBEDDED_HEAD_ENV, LocalRayHead, free_port, worker_niceness_env
 from services.redact import install_log_redaction, mask_url
 from services.scheduler import Scheduler
 from services.serving import Serving
@@ -81,7 +82,10 @@ def _connect_ray(settings: Settings) -> tuple[str, RayToken | None, LocalRayHead
         object_store_mb=settings.ray_object_store_mb,
         log_path=settings.home / "logs" / "ray-head.log",
         token=token,
-        env=worker_niceness_env(settings.ray_worker_niceness),
+        env={
+            **{k: v for k, v in EMBEDDED_HEAD_ENV.items() if k not in os.environ},
+            **worker_niceness_env(settings.ray_worker_niceness),
+        },
     )
     log.info("starting a local Ray head (dashboard %s)", head.dashboard_url)
     head.start()

@@ -29,6 +29,7 @@ import pytest
 from contracts.jobs import JOB_TYPES, JobKind
 from llm import storage
 from llm.tokenizer.shards import read_manifest
+from ray_jobs.fault_injection import PAUSE_MARKER
 from services.demo import pipeline_body
 from services.ray_head import free_port
 from services.server import BackgroundServer
@@ -404,7 +405,7 @@ def _steps(client: httpx.Client, job_id: str) -> list[int]:
     return [int(r["step"]) for r in records["records"]]
 
 
-NODE_LOSS_STEPS = 300
+NODE_LOSS_STEPS, PAUSE_AT = 30, 15
 
 
 def test_a_dead_worker_node_and_training_finishes_from_s3(team: TeamCluster) -> None:
@@ -415,31 +416,38 @@ def test_a_dead_worker_node_and_training_finishes_from_s3(team: TeamCluster) -> 
     )
     spec.update(
         output=storage.join(team.work, "train-node-loss"),
-        # long enough that the kill below lands mid-run on a quiet machine too: 60 steps once
-        # ran to the end in the seconds between step 15's report and the kill
         steps=NODE_LOSS_STEPS,
         checkpoint_every=10,
         eval_every=100,
         placement_strategy="SPREAD",
         max_failures=3,
+        # rank 0 holds still at step 15 (once): the kill below lands mid-run however fast the
+        # machine is (an unpaused 60-step run once ended between step 15's report and the kill)
+        debug={"pause_at_step": PAUSE_AT, "pause_s": 300},
     )
+    pause = storage.join(spec["output"], PAUSE_MARKER)
     with httpx.Client(base_url=team.url, timeout=30) as client:
         r = client.post("/api/v1/jobs", json={"kind": "train", "spec": spec})
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
-        # Step 15 logged: the step-10 checkpoint was written (training waits for it) and the
-        # run is 5 steps past it.
+        # Rank 0 paused at step 15: the step-10 checkpoint was written (training waits for it)
+        # and the run is 5 steps past it.
         deadline = time.monotonic() + 300
-        while max(_steps(client, job_id), default=0) < 15:
+        while not storage.exists(pause):
             state = client.get(f"/api/v1/jobs/{job_id}").json()["state"]
             assert state in ("QUEUED", "PENDING", "RUNNING") and time.monotonic() < deadline
             time.sleep(0.5)
+        assert storage.read_json(pause)["step"] == PAUSE_AT
         assert storage.is_dir(storage.join(spec["output"], "checkpoints", "step_00000010"))
         worker = team.cluster.workers[0]
         team.cluster.kill(worker)
         team.cluster.wipe_scratch()  # nothing of the first attempt is left on any node's disk
         job = _wait(client, f"/api/v1/jobs/{job_id}", {"SUCCEEDED", "FAILED"})
+        steps = _steps(client, job_id)
     assert job["state"] == "SUCCEEDED", job["message"]
     result = job["result"]
     assert result["steps"] == NODE_LOSS_STEPS and math.isfinite(result["final_loss"])
     assert set(result["nodes"]) == {team.cluster.head.node_id}  # both ranks ended on the head
+    # the restarted group went on from the step-10 checkpoint: step 15 ran twice, the rest once
+    assert sorted(set(steps)) == list(range(5, NODE_LOSS_STEPS + 1, 5))
+    assert [s for s in set(steps) if steps.count(s) > 1] == [PAUSE_AT]

@@ -176,3 +176,34 @@ def test_the_fault_hook_lives_in_the_debug_section_only(tmp_path: Path) -> None:
     spec = TrainSpec.model_validate({**base, "debug": {"fail_at_step": FAIL_AT}})
     assert spec.debug is not None and spec.debug.fail_at_step == FAIL_AT
     assert TrainSpec.model_validate(base).debug is None
+
+
+def _actors(control_plane: BackgroundServer, class_name: str) -> list[dict[str, Any]]:
+    """Every actor of that class the shared head has seen, alive or dead (Ray's state API)."""
+    ray = control_plane.app.state.ray
+    r = httpx.get(
+        f"{ray.dashboard_url}/api/v0/actors",
+        params={
+            "filter_keys": "class_name",
+            "filter_predicates": "=",
+            "filter_values": class_name,
+            "detail": "true",
+        },
+        headers=ray.token.header if ray.token else None,
+        timeout=30,
+    )
+    actors: list[dict[str, Any]] = r.raise_for_status().json()["data"]["result"]["result"]
+    return actors
+
+
+def test_a_train_run_starts_only_the_helpers_it_needs(
+    failed_once: tuple[dict[str, Any], Path], control_plane: BackgroundServer
+) -> None:
+    """Ray Train's own helpers of the runs on the shared head: the controller and the
+    placement-group cleaner; not the Ray Data shard manager (the workers read token shards
+    themselves) nor, on the embedded head (one machine, which no cloud preempts), the
+    preemption watcher."""
+    assert _actors(control_plane, "TrainController")
+    assert _actors(control_plane, "PlacementGroupCleaner")
+    assert not _actors(control_plane, "DatasetManager")
+    assert not _actors(control_plane, "PreemptionWatcher")

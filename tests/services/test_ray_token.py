@@ -27,7 +27,7 @@ from services.ray_auth import (
     ensure_token,
     find_token,
 )
-from services.ray_head import free_port
+from services.ray_head import LocalRayHead, LocalRayWorker, free_port
 from services.server import BackgroundServer
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "CANCELLED"}
@@ -263,3 +263,20 @@ def test_remote_head_without_a_usable_token_stops_the_control_plane_before_any_j
         BackgroundServer(settings).start(timeout_s=30)
     assert "RAY_ADDRESS" in caplog.text and "requires a token and none was found" in caplog.text
     assert not (tmp_path / "other" / ADMIN_KEY_FILE).exists()  # it stopped before its first key
+
+
+def test_a_nodes_processes_find_their_own_clusters_state_api(tmp_path: Path) -> None:
+    """Ray's state API clients in a node's actors (Ray Train's placement-group cleaner) are
+    told the cluster's dashboard: left to look for "the" cluster, they read
+    /tmp/ray/ray_current_cluster or scan the machine's GCS processes, and found another Ray
+    (or a stale file), which held every Train run's end for a 12 s stop timeout."""
+    token_file = tmp_path / "token"
+    token_file.write_text("0" * 64)
+    token = RayToken(token_file.read_text(), str(token_file), token_file)
+    options = {"num_cpus": 1, "object_store_mb": 64, "log_path": tmp_path / "log"}
+    head = LocalRayHead(gcs_port=None, dashboard_port=free_port(), token=token, **options)
+    worker = LocalRayWorker(head, **options)
+    for node in (head, worker):
+        env = node.environment()
+        assert env["RAY_API_SERVER_ADDRESS"] == head.dashboard_url
+        assert "RAY_ADDRESS" not in env
