@@ -17,8 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from services.ray_auth import RayToken
-from services.ray_head import LocalRayHead, LocalRayWorker, free_port
+from services.ray_head import AUTH_ENV, LocalRayHead, LocalRayWorker, free_port
 
 # A dead node is noticed in seconds rather than Ray's default of about half a minute.
 FAST_NODE_DEATH = {
@@ -26,6 +28,28 @@ FAST_NODE_DEATH = {
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
+
+
+def join_as_driver(head: LocalRayHead, env: dict[str, str] | None = None) -> None:
+    """Connect this process to ``head``'s cluster as a Ray driver (once: a driver already
+    connected elsewhere, or with another environment, is shut down first). ``env`` becomes the
+    environment of this driver's tasks and actors on the cluster (its job's runtime env)."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if ray.is_initialized():
+        if not env and ray.get_runtime_context().gcs_address == head.address:
+            return
+        ray.shutdown()
+    # The head's token, for the connection (set for the call, not left for later tests). Ray
+    # read its config (the auth mode) and looked for a token when this process first used it,
+    # perhaps before the head started: both are read again.
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**AUTH_ENV, **head.token.env()}.items():
+            patch.setenv(name, value)
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        ray.init(address=head.address, runtime_env={"env_vars": env} if env else None)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import pytest
 from services.ray_head import free_port
 from services.server import BackgroundServer
 from services.settings import Settings
+from tests.cluster import join_as_driver
 from tests.shared import DATA, require
 
 UNDER_CI = os.environ.get("CI") == "true"
@@ -107,6 +108,21 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backgrou
     try:
         server.start()
         yield server
+        # a test process still connected to the head as a driver (shared_ray) would lose its
+        # GCS when the head stops
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
         server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_ray(control_plane: BackgroundServer) -> None:
+    """This process as a driver of the shared cluster, for tests that call a job's ``run``
+    in-process. Without it ``ray_jobs.cluster.init_ray`` starts a private Ray instance (its
+    GCS, raylet, agents and Ray Data's actors), which took some 8 s to start and then idled at
+    about 9% of a core beside the shared one for the rest of the session. Module-scoped: a
+    module whose jobs need an environment of their own joins again with it
+    (tests/integration/test_data_s3.py), and the next module joins without."""
+    join_as_driver(control_plane.app.state.ray_head)

@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.resolved_database_url)
         dashboard, token, head = _connect_ray(settings)
         app.state.settings = settings
+        app.state.ray_head = head  # the embedded head, or None on a configured cluster
         app.state.sessions = make_sessionmaker(engine)
         try:
             with app.state.sessions() as session:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from services.server import BackgroundServer
+from tests.integration.test_train_job import head_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STEPS = 8
@@ -147,3 +148,14 @@ def test_every_model_is_registered_with_its_lineage(
                 jobs[f"tokenize_{arm}"]["id"],
                 jobs[f"curate_{arm}"]["id"],
             ]
+
+
+def test_parquet_reads_start_no_footer_reader_actors(
+    ablation: tuple[dict[str, Any], Path], control_plane: BackgroundServer
+) -> None:
+    """The curate and tokenize jobs read parquet through Ray Data's first datasource
+    (ray_jobs.cluster.init_ray): Ray 2.60's default lists the files on a pool of FooterReader
+    actors, a new worker process each, per read."""
+    jobs = {j["stage"]: j for j in ablation[0]["jobs"]}
+    assert jobs["curate_full"]["result"]["stats"]["kept"]["documents"] > 0
+    assert not head_actors(control_plane, "FooterReader")

@@ -33,7 +33,7 @@ from llm.data.minhash_verify import verify_pairs_exact
 from ray_jobs.curate.job import run
 from tests.llm.data.batches import make_batch
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 BASES = 40
 # Word substitution rates: 5-gram Jaccard about 0.93 and 0.74 (a shingle survives (1 - r)^5).
 ABOVE, BELOW = 0.007, 0.03

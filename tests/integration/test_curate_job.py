@@ -36,7 +36,7 @@ from ray_jobs.curate.job import run
 from ray_jobs.entrypoint import JobError
 from tests.llm.data.quality_examples import boilerplate_pages, reuters_stories, write_jsonl
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 REPO = Path(__file__).resolve().parents[2]
 STEPS: list[dict[str, Any]] = [
     {"kind": "normalize"},

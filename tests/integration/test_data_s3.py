@@ -28,6 +28,8 @@ from llm.tokenizer.shards import read_manifest
 from ray_jobs.curate.job import run as curate
 from ray_jobs.tokenize_corpus import run as tokenize
 from services.ray_head import free_port
+from services.server import BackgroundServer
+from tests.cluster import join_as_driver
 from tests.s3 import moto_process
 
 pytestmark = [pytest.mark.ray]
@@ -41,7 +43,7 @@ STEPS: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def s3(tmp_path_factory: pytest.TempPathFactory, control_plane: BackgroundServer) -> Iterator[Any]:
     with moto_process() as endpoint, pytest.MonkeyPatch.context() as patch:
         env = {
             "AWS_ENDPOINT_URL": endpoint,
@@ -51,10 +53,10 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             # Each process's own scratch: nothing a step reads may come from another's.
             storage.SCRATCH_ENV: str(tmp_path_factory.mktemp("scratch")),
         }
-        # A Ray instance started earlier in this session lacks the environment: start our own.
-        ray.shutdown()
         for name, value in env.items():
             patch.setenv(name, value)
+        # the jobs' tasks on the shared cluster get it as their runtime env
+        join_as_driver(control_plane.app.state.ray_head, env)
         client = boto3.client("s3", endpoint_url=endpoint)
         client.create_bucket(Bucket=BUCKET)
         yield client

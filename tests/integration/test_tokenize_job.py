@@ -22,7 +22,7 @@ from ray_jobs import tokenize_corpus
 from ray_jobs.entrypoint import JobError
 from ray_jobs.tokenize_corpus import _plan, _read_piece, run
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("shared_ray")]
 NON_ASCII = "Schließen — naïve café, Ελληνικά, 日本語, emoji 😀\n  two spaces\r\n"
 
 

@@ -178,7 +178,7 @@ def test_the_fault_hook_lives_in_the_debug_section_only(tmp_path: Path) -> None:
     assert TrainSpec.model_validate(base).debug is None
 
 
-def _actors(control_plane: BackgroundServer, class_name: str) -> list[dict[str, Any]]:
+def head_actors(control_plane: BackgroundServer, class_name: str) -> list[dict[str, Any]]:
     """Every actor of that class the shared head has seen, alive or dead (Ray's state API)."""
     ray = control_plane.app.state.ray
     r = httpx.get(
@@ -203,7 +203,7 @@ def test_a_train_run_starts_only_the_helpers_it_needs(
     placement-group cleaner; not the Ray Data shard manager (the workers read token shards
     themselves) nor, on the embedded head (one machine, which no cloud preempts), the
     preemption watcher."""
-    assert _actors(control_plane, "TrainController")
-    assert _actors(control_plane, "PlacementGroupCleaner")
-    assert not _actors(control_plane, "DatasetManager")
-    assert not _actors(control_plane, "PreemptionWatcher")
+    assert head_actors(control_plane, "TrainController")
+    assert head_actors(control_plane, "PlacementGroupCleaner")
+    assert not head_actors(control_plane, "DatasetManager")
+    assert not head_actors(control_plane, "PreemptionWatcher")
