@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed._composable import checkpoint as checkpoint_activations
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from llm.model.compile import compile_supported
 from llm.model.gpt import GPT
+
+
+def _loaded(module: str, name: str) -> Any:
+    """A class of a torch module imported only where it is used, or None before that: FSDP,
+    activation checkpointing and DTensor bring DTensor's ops and sympy, about 2.4 s of every
+    DDP or single-process start that never uses them. A model cannot be an FSDPModule, nor a
+    norm a DTensor, before their module was imported."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else None
 
 
 def pick_device() -> torch.device:
@@ -50,6 +57,10 @@ def parallelize(
         supported, why = compile_supported(device)
         if not supported:  # before the first step, not as an inductor error mid-run
             raise ValueError(f"TrainConfig.compile=True cannot run here: {why}")
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint as checkpoint_activations
+    if parallelism == "fsdp":
+        from torch.distributed.fsdp import fully_shard
     for block in model.blocks:
         # the composable checkpoint keeps parameter names, so checkpoints stay interchangeable
         if activation_checkpointing:
@@ -70,7 +81,8 @@ def sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextMa
     """Skip the gradient all-reduce on all but the last micro-step of an accumulation."""
     if isinstance(model, DistributedDataParallel) and not sync:
         return model.no_sync()
-    if isinstance(model, FSDPModule):
+    fsdp_module = _loaded("torch.distributed.fsdp", "FSDPModule")
+    if fsdp_module is not None and isinstance(model, fsdp_module):
         model.set_requires_gradient_sync(sync)
     return contextlib.nullcontext()
 
@@ -78,6 +90,7 @@ def sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextMa
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
     """Clip in place and return the global gradient norm (a DTensor under FSDP)."""
     norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if isinstance(norm, DTensor):
+    dtensor = _loaded("torch.distributed.tensor", "DTensor")
+    if dtensor is not None and isinstance(norm, dtensor):
         norm = norm.full_tensor()
     return float(norm)

@@ -17,13 +17,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from llm.model.config import ModelConfig
 from llm.model.encoders import build_model
@@ -61,6 +54,13 @@ def save_fsdp_checkpoint(
     trainer_state: dict[str, Any],
 ) -> Path | None:
     """Collective: gather to rank 0, which writes a plain checkpoint; returns it on rank 0."""
+    # imported here, as in llm.train.checkpoint.sharded: only FSDP runs need DTensor's machinery
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = get_model_state_dict(model, options=options)
     optim_state = get_optimizer_state_dict(model, optimizer, options=options)
@@ -89,6 +89,12 @@ def load_fsdp_checkpoint(
 ) -> dict[str, Any]:
     """Collective: every rank reads the full checkpoint and keeps its shards; returns
     trainer_state."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     plain = build_model(config)
     plain_optimizer = make_optimizer(plain)
     _, state = load_checkpoint(directory, model=plain, optimizer=plain_optimizer)

@@ -26,9 +26,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llm.model.config import ModelConfig
 from llm.train.checkpoint.layout import (
@@ -54,6 +52,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _dcp() -> tuple[Any, Any, Any]:
+    """torch.distributed.checkpoint, its get_state_dict and set_state_dict, imported where a
+    sharded checkpoint is read or written: with them come DTensor's ops and sympy, about 2.4 s
+    of every process that merely imports the checkpoint package (a DDP worker, an evaluation,
+    a job's driver) and never touches a sharded checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    return dcp, get_state_dict, set_state_dict
+
+
 def save_sharded_checkpoint(
     directory: str | Path,
     *,
@@ -73,6 +82,7 @@ def save_sharded_checkpoint(
     # every rank creates it: where ranks share no disk, each stages its own shards in a folder
     # of its own (llm.train.checkpoint.location uploads them)
     tmp.mkdir(parents=True, exist_ok=True)
+    dcp, get_state_dict, _ = _dcp()
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / DCP_DIR)
     if _rank() == 0:
@@ -99,6 +109,7 @@ def load_sharded_checkpoint(
     directory = Path(directory)
     saved = ModelConfig.load(directory / CONFIG_FILE)
     check_same_config(getattr(model, "config", None), saved, directory / CONFIG_FILE)
+    dcp, get_state_dict, set_state_dict = _dcp()
     if optimizer is None:
         model_state = model.state_dict()
         dcp.load(
