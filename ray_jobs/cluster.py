@@ -31,7 +31,7 @@ def init_ray() -> None:
     # otherwise. Ray 2.60's default (V2) lists the files in a task and reads their footers on a
     # pool of up to 32 FooterReader actors per read, each a new worker process (about 2.3
     # CPU-s here). Our jobs read parquet files they listed themselves (a curate job's parts, a
-    # tokenize job's input), which V1 plans from their footers without extra processes: a
-    # 240-document curate job took 22-29 s instead of 45-63 s on the 2-core test cluster.
+    # tokenize job's input), which V1 reads without extra processes: the ablation's two
+    # concurrent 240-document curate jobs took 22-29 s instead of 45-64 s on a 2-core head.
     if DATASOURCE_V2_ENV not in os.environ:
         context.use_datasource_v2 = False
