@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from contracts.specs import TrainSpec
 from ray_jobs.fault_injection import FAIL_MARKER
+from services.ray_head import LOG_MONITOR_ENV
 from services.server import BackgroundServer
 from tests.llm.conftest import SHAKESPEARE, build_shard_folder, shakespeare_docs
 
@@ -207,3 +208,24 @@ def test_a_train_run_starts_only_the_helpers_it_needs(
     assert head_actors(control_plane, "PlacementGroupCleaner")
     assert not head_actors(control_plane, "DatasetManager")
     assert not head_actors(control_plane, "PreemptionWatcher")
+
+
+def test_the_log_monitor_looks_for_new_log_files_once_a_second(
+    control_plane: BackgroundServer,
+) -> None:
+    """The shared head's log monitor (it streams workers' output to their drivers) got the
+    settings that make it glob its logs folder once a second instead of on every 0.1 s pass;
+    that the output still arrives is what the S3 checkpoint test's log lines show."""
+    import psutil
+
+    head = control_plane.app.state.ray_head
+    monitors = [
+        p
+        for p in psutil.Process(head.process.pid).children(recursive=True)
+        if any(part.endswith("log_monitor.py") for part in p.cmdline())
+    ]
+    assert monitors, "the head runs no log monitor"
+    for monitor in monitors:
+        env = monitor.environ()
+        for name, value in LOG_MONITOR_ENV.items():
+            assert env.get(name) == value, (name, env.get(name))
