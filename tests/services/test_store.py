@@ -29,6 +29,19 @@ def test_job_round_trip_and_filters(session: Session) -> None:
     assert {j.id for j in crud.jobs_in_states(session, states=[JobState.pending])} == {a.id}
 
 
+def test_json_columns_read_back_what_orjson_alone_would_refuse(session: Session) -> None:
+    """The store decodes its JSON columns with orjson (services.store.db.json_loads) and falls
+    back to the standard library where orjson would lose something: an integer over 64 bits
+    (orjson makes it a float)."""
+    spec = {"seed": 2**70 + 1, "big": -(10**30) - 7, "nested": {"x": [1.5, "é", None, 2**62]}}
+    job = crud.create_job(session, kind="train", spec=spec)
+    session.commit()
+    session.expunge_all()
+    got = crud.get_job(session, job_id=job.id)
+    assert got is not None and got.spec == spec
+    assert isinstance(got.spec["seed"], int) and isinstance(got.spec["big"], int)
+
+
 def test_state_transitions_stamp_times_and_drop_the_token(session: Session) -> None:
     job = crud.create_job(session, kind="curate", spec={})
     job.token_hash = "h"
