@@ -66,18 +66,18 @@ def make_engine(url: str) -> Engine:
 PING_AFTER_IDLE_S = 1.0
 
 
-def ping_when_idle(engine: Engine, after_s: float | None = None) -> None:
+def ping_when_idle(engine: Engine) -> None:
     """SQLAlchemy's pessimistic disconnect handling, only for connections that sat in the pool.
 
     ``pool_pre_ping`` sends a ``SELECT 1`` round trip on every checkout: under load
     (bench/api_load.py, one server process, 50 clients listing jobs) the ping was 18% of the
     server's samples, a second round trip for every read. A connection that went back to the
-    pool under ``after_s`` ago was just used; one idle for longer (PostgreSQL restarted, a
+    pool under ``PING_AFTER_IDLE_S`` ago was just used; one idle for longer (PostgreSQL restarted, a
     proxy or failover dropped it) is pinged, and a dead one is replaced before the request sees
     it (SQLAlchemy's documented checkout-event recipe: DisconnectionError makes the pool retry
     with a new connection). A connection that dies within that second fails its next query, and
     SQLAlchemy then drops every connection of the pool, as it does without a ping."""
-    limit = PING_AFTER_IDLE_S if after_s is None else after_s
+    limit = PING_AFTER_IDLE_S
 
     @event.listens_for(engine, "checkin")
     def _returned(_dbapi: Any, record: Any) -> None:
